@@ -1,0 +1,402 @@
+"""Elementwise ops: arithmetic, activations, comparisons, where, cast and clip.
+
+Binary ops follow NumPy broadcasting; their VJPs sum gradients back to each input's shape.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from graphdl.ir import TensorType, normalize_dtype
+from graphdl.ops.infer import broadcast_shapes, check_arity, require_float, same_dtype
+from graphdl.ops.registry import OnnxLowering, OnnxNode, OpDef, apply, fail, lower, register
+
+try:  # scipy's erf is exact and vectorized; math.erf through np.vectorize is the fallback
+    from scipy.special import erf as _erf
+except ImportError:  # pragma: no cover
+    _erf = np.vectorize(math.erf, otypes=[np.float64])
+
+
+def _ufunc(fn):
+    return lambda xs, attrs, out: fn(*xs, out=out) if out is not None else fn(*xs)
+
+
+def _same_type(op):
+    def infer(types, attrs):
+        check_arity(op, types, 1)
+        return [types[0]]
+    return infer
+
+
+def _float_same_type(op):
+    def infer(types, attrs):
+        check_arity(op, types, 1)
+        require_float(op, types[0])
+        return [types[0]]
+    return infer
+
+
+def _broadcast(op, out_dtype=None):
+    def infer(types, attrs):
+        check_arity(op, types, len(types) if op == "Where" else 2)
+        dt = same_dtype(op, types)
+        return [TensorType(broadcast_shapes(op, types), out_dtype or dt)]
+    return infer
+
+
+def _unbroadcast(F, node, g0, g1):
+    a, b = node.inputs
+    return [None if g0 is None else F.sum_to(g0, a.shape),
+            None if g1 is None else F.sum_to(g1, b.shape)]
+
+
+def _relu_kernel(xs, attrs, out):
+    return np.maximum(xs[0], 0, out=out) if out is not None else np.maximum(xs[0], 0)
+
+
+def _leaky_kernel(xs, attrs, out):
+    x = xs[0]
+    return np.where(x > 0, x, x * np.asarray(attrs.get("alpha", 0.01), x.dtype))
+
+
+def _sigmoid_kernel(xs, attrs, out):
+    x = xs[0]
+    # 1/(1+exp(-x)) overflows for very negative x; exp(x)/(1+exp(x)) is used there instead
+    e = np.exp(-np.abs(x))
+    pos = 1.0 / (1.0 + e)
+    return np.where(x >= 0, pos, e * pos).astype(x.dtype, copy=False)
+
+
+def _gelu_kernel(xs, attrs, out):
+    x = xs[0]
+    return (0.5 * x * (1.0 + _erf(x / math.sqrt(2.0)))).astype(x.dtype, copy=False)
+
+
+def _erf_kernel(xs, attrs, out):
+    return np.asarray(_erf(xs[0])).astype(xs[0].dtype, copy=False)
+
+
+def _softplus_kernel(xs, attrs, out):
+    return np.logaddexp(np.zeros((), xs[0].dtype), xs[0])
+
+
+def _gelu_onnx(attrs, tin, tout, opset):
+    if opset >= 20:
+        return lower("Gelu")
+    dt = np.dtype(tin[0].dtype)
+    # gelu(x) = 0.5 * x * (1 + erf(x / sqrt 2))
+    return OnnxLowering((
+        OnnxNode("Div", ("in0", "sqrt2"), ("t0",)),
+        OnnxNode("Erf", ("t0",), ("t1",)),
+        OnnxNode("Add", ("t1", "one"), ("t2",)),
+        OnnxNode("Mul", ("in0", "t2"), ("t3",)),
+        OnnxNode("Mul", ("t3", "half"), ("out0",)),
+    ), {"sqrt2": np.array(math.sqrt(2.0), dt), "one": np.array(1.0, dt),
+        "half": np.array(0.5, dt)})
+
+
+def _softplus_onnx(attrs, tin, tout, opset):
+    # Softplus in ONNX is log(exp(x)+1), which overflows for large x in float32; the stable
+    # form max(x,0) + log1p(exp(-|x|)) matches the NumPy kernel.
+    dt = np.dtype(tin[0].dtype)
+    return OnnxLowering((
+        OnnxNode("Relu", ("in0",), ("r",)),
+        OnnxNode("Abs", ("in0",), ("a",)),
+        OnnxNode("Neg", ("a",), ("na",)),
+        OnnxNode("Exp", ("na",), ("e",)),
+        OnnxNode("Add", ("e", "one"), ("e1",)),
+        OnnxNode("Log", ("e1",), ("l",)),
+        OnnxNode("Add", ("r", "l"), ("out0",)),
+    ), {"one": np.array(1.0, dt)})
+
+
+def _sigmoid_vjp(F, node, gs):
+    y = node.outputs[0]
+    return [gs[0] * y * (1.0 - y)]  # d sigmoid = y (1 - y)
+
+
+def _gelu_vjp(F, node, gs):
+    x = node.inputs[0]
+    cdf = 0.5 * (1.0 + F.erf(x * (1.0 / math.sqrt(2.0))))
+    pdf = F.exp(-0.5 * x * x) * (1.0 / math.sqrt(2.0 * math.pi))
+    return [gs[0] * (cdf + x * pdf)]  # d gelu = Phi(x) + x phi(x)
+
+
+# name: (kernel, vjp, onnx op, float-only). Each VJP states its identity.
+UNARY_RULES = {
+    "Neg": (_ufunc(np.negative), lambda F, n, g: [-g[0]], "Neg", False),  # d(-x) = -1
+    "Exp": (_ufunc(np.exp), lambda F, n, g: [g[0] * n.outputs[0]], "Exp", True),  # d e^x = e^x
+    "Log": (_ufunc(np.log), lambda F, n, g: [g[0] / n.inputs[0]], "Log", True),  # d ln x = 1/x
+    "Sqrt": (_ufunc(np.sqrt),
+             lambda F, n, g: [g[0] * 0.5 / n.outputs[0]], "Sqrt", True),  # d sqrt x = 1/(2 sqrt x)
+    "Abs": (_ufunc(np.abs), lambda F, n, g: [g[0] * F.sign(n.inputs[0])], "Abs", False),
+    "Sign": (_ufunc(np.sign), lambda F, n, g: [None], "Sign", False),  # derivative 0 a.e.
+    "Erf": (_erf_kernel, lambda F, n, g: [g[0] * (2.0 / math.sqrt(math.pi)) * F.exp(
+        -(n.inputs[0] * n.inputs[0]))], "Erf", True),  # d erf = 2/sqrt(pi) e^{-x^2}
+    "Relu": (_relu_kernel, lambda F, n, g: [F.where(n.inputs[0] > 0, g[0], 0.0)], "Relu", True),
+    "Sigmoid": (_sigmoid_kernel, _sigmoid_vjp, "Sigmoid", True),
+    "Tanh": (_ufunc(np.tanh), lambda F, n, g: [g[0] * (1.0 - n.outputs[0] * n.outputs[0])],
+             "Tanh", True),  # d tanh = 1 - y^2
+    "Gelu": (_gelu_kernel, _gelu_vjp, _gelu_onnx, True),
+    "Softplus": (_softplus_kernel, lambda F, n, g: [g[0] * F.sigmoid(n.inputs[0])],
+                 _softplus_onnx, True),  # d softplus = sigmoid
+    "Identity": (lambda xs, a, out: xs[0], lambda F, n, g: [g[0]], "Identity", False),
+}
+
+for _name, (_kernel, _vjp, _onnx, _float) in UNARY_RULES.items():
+    register(OpDef(
+        name=_name,
+        infer=(_float_same_type if _float else _same_type)(_name),
+        kernel=_kernel, vjp=_vjp,
+        onnx=_onnx if callable(_onnx) else (lambda a, ti, to, o, _t=_onnx: lower(_t)),
+        differentiable=_name != "Sign", elementwise=_name != "Identity",
+    ))
+
+
+def _mul_vjp(F, n, g):
+    a, b = n.inputs
+    return _unbroadcast(F, n, g[0] * b, g[0] * a)  # d(ab) = b da + a db
+
+
+def _div_vjp(F, n, g):
+    a, b = n.inputs
+    ga = g[0] / b
+    return _unbroadcast(F, n, ga, -ga * n.outputs[0])  # d(a/b) = da/b - a/b^2 db
+
+
+def _pow_vjp(F, n, g):
+    a, b = n.inputs
+    y = n.outputs[0]
+    # d(a^b) = b a^(b-1) da + ln(a) a^b db
+    return _unbroadcast(F, n, g[0] * b * F.pow(a, b - 1.0), g[0] * F.log(a) * y)
+
+
+def _minmax_vjp(pick):
+    def vjp(F, n, g):
+        a, b = n.inputs
+        # ties split the gradient evenly, as torch does
+        half = g[0] * 0.5
+        ga = F.where(F.equal(a, b), half, F.where(pick(F, a, b), g[0], 0.0))
+        gb = F.where(F.equal(a, b), half, F.where(pick(F, b, a), g[0], 0.0))
+        return _unbroadcast(F, n, ga, gb)
+    return vjp
+
+
+def _pow_kernel(xs, attrs, out):
+    return np.power(xs[0], xs[1], out=out) if out is not None else np.power(xs[0], xs[1])
+
+
+# name: (numpy function, vjp, onnx op). Binary, broadcasting, same dtype in and out.
+BINARY_RULES = {
+    "Add": (np.add, lambda F, n, g: _unbroadcast(F, n, g[0], g[0]), "Add"),  # d(a+b) = da + db
+    "Sub": (np.subtract, lambda F, n, g: _unbroadcast(F, n, g[0], -g[0]), "Sub"),
+    "Mul": (np.multiply, _mul_vjp, "Mul"),
+    "Div": (np.divide, _div_vjp, "Div"),
+    "Pow": (np.power, _pow_vjp, "Pow"),
+    "Max": (np.maximum, _minmax_vjp(lambda F, a, b: a > b), "Max"),
+    "Min": (np.minimum, _minmax_vjp(lambda F, a, b: a < b), "Min"),
+}
+
+for _name, (_fn, _vjp, _onnx) in BINARY_RULES.items():
+    register(OpDef(name=_name, infer=_broadcast(_name), kernel=_ufunc(_fn), vjp=_vjp,
+                   onnx=lambda a, ti, to, o, _t=_onnx: lower(_t, 2), elementwise=True))
+
+COMPARISON_RULES = {
+    "Equal": np.equal, "Less": np.less, "Greater": np.greater,
+    "LessOrEqual": np.less_equal, "GreaterOrEqual": np.greater_equal,
+}
+
+for _name, _fn in COMPARISON_RULES.items():
+    register(OpDef(name=_name, infer=_broadcast(_name, out_dtype="bool"), kernel=_ufunc(_fn),
+                   vjp=None, onnx=lambda a, ti, to, o, _t=_name: lower(_t, 2),
+                   differentiable=False))
+
+
+def _where_infer(types, attrs):
+    check_arity("Where", types, 3)
+    if types[0].dtype != "bool":
+        raise fail("Where", f"condition must be bool, got {types[0].dtype}", list(types))
+    same_dtype("Where", types[1:])
+    return [TensorType(broadcast_shapes("Where", types), types[1].dtype)]
+
+
+def _where_vjp(F, n, g):
+    c, a, b = n.inputs
+    zero = F.zeros_like(g[0])
+    return [None, F.sum_to(F.where(c, g[0], zero), a.shape),
+            F.sum_to(F.where(c, zero, g[0]), b.shape)]
+
+
+register(OpDef(
+    name="Where", infer=_where_infer,
+    kernel=lambda xs, a, out: np.where(*xs),
+    vjp=_where_vjp, onnx=lambda a, ti, to, o: lower("Where", 3),
+))
+
+
+def _cast_infer(types, attrs):
+    check_arity("Cast", types, 1)
+    return [TensorType(types[0].shape, normalize_dtype(attrs["to"]))]
+
+
+def _cast_vjp(F, n, g):
+    src = n.inputs[0].dtype
+    if src in ("float32", "float64", "float16") and n.outputs[0].dtype in (
+            "float32", "float64", "float16"):
+        return [F.cast(g[0], src)]
+    return [None]
+
+
+_ONNX_DTYPE_CODES = {"float32": 1, "int32": 6, "int64": 7, "bool": 9, "float16": 10,
+                     "float64": 11}
+
+register(OpDef(
+    name="Cast", infer=_cast_infer,
+    kernel=lambda xs, a, out: xs[0].astype(a["to"]),
+    vjp=_cast_vjp, onnx=lambda a, ti, to, o: lower("Cast", to=_ONNX_DTYPE_CODES[a["to"]]),
+))
+
+
+def _clip_kernel(xs, attrs, out):
+    lo, hi = attrs.get("min"), attrs.get("max")
+    return np.clip(xs[0], lo, hi, out=out) if out is not None else np.clip(xs[0], lo, hi)
+
+
+def _clip_vjp(F, n, g):
+    x = n.inputs[0]
+    lo, hi = n.attrs.get("min"), n.attrs.get("max")
+    gx = g[0]
+    # d clip = 1 inside [min, max], 0 outside (torch's convention at the bounds)
+    if lo is not None:
+        gx = F.where(x < lo, 0.0, gx)
+    if hi is not None:
+        gx = F.where(x > hi, 0.0, gx)
+    return [gx]
+
+
+def _clip_onnx(attrs, tin, tout, opset):
+    dt = np.dtype(tin[0].dtype)
+    consts, names = {}, ["in0"]
+    for key in ("min", "max"):
+        if attrs.get(key) is None:
+            names.append("")
+        else:
+            consts[key] = np.array(attrs[key], dt)
+            names.append(key)
+    while names[-1] == "":
+        names.pop()
+    return OnnxLowering((OnnxNode("Clip", tuple(names), ("out0",)),), consts)
+
+
+register(OpDef(name="Clip", infer=_same_type("Clip"), kernel=_clip_kernel, vjp=_clip_vjp,
+               onnx=_clip_onnx, elementwise=True))
+
+
+def _leaky_vjp(F, n, g):
+    return [F.where(n.inputs[0] > 0, g[0], g[0] * n.attrs.get("alpha", 0.01))]
+
+
+register(OpDef(name="LeakyRelu", infer=_float_same_type("LeakyRelu"), kernel=_leaky_kernel,
+               vjp=_leaky_vjp,
+               onnx=lambda a, ti, to, o: lower("LeakyRelu", alpha=float(a.get("alpha", 0.01))),
+               elementwise=True))
+
+
+def _zeros_like_onnx(attrs, tin, tout, opset):
+    dt = np.dtype(tout[0].dtype)
+    return OnnxLowering((
+        OnnxNode("Shape", ("in0",), ("s",)),
+        OnnxNode("ConstantOfShape", ("s",), ("out0",), {"value": np.zeros(1, dt)}),
+    ))
+
+
+register(OpDef(name="ZerosLike", infer=_same_type("ZerosLike"),
+               kernel=lambda xs, a, out: np.zeros_like(xs[0]),
+               vjp=lambda F, n, g: [None], onnx=_zeros_like_onnx, differentiable=False))
+
+
+# ---- builders (the functional API; graphdl.tensor re-exports them) -------------------------
+
+def _binary(op):
+    def build(a, b):
+        return apply(op, a, b)
+    build.__name__ = op.lower()
+    return build
+
+
+add, sub, mul, div, pow, maximum, minimum = (
+    _binary(o) for o in ("Add", "Sub", "Mul", "Div", "Pow", "Max", "Min"))
+equal, less, greater, less_equal, greater_equal = (
+    _binary(o) for o in ("Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual"))
+add.__doc__ = "Elementwise a + b with broadcasting."
+sub.__doc__ = "Elementwise a - b with broadcasting."
+mul.__doc__ = "Elementwise a * b with broadcasting."
+div.__doc__ = "Elementwise a / b with broadcasting."
+pow.__doc__ = "Elementwise a ** b with broadcasting."
+maximum.__doc__ = "Elementwise maximum with broadcasting."
+minimum.__doc__ = "Elementwise minimum with broadcasting."
+equal.__doc__ = "Elementwise a == b (bool)."
+less.__doc__ = "Elementwise a < b (bool)."
+greater.__doc__ = "Elementwise a > b (bool)."
+less_equal.__doc__ = "Elementwise a <= b (bool)."
+greater_equal.__doc__ = "Elementwise a >= b (bool)."
+
+
+def _unary(op, doc):
+    def build(x):
+        return apply(op, x)
+    build.__name__ = op.lower()
+    build.__doc__ = doc
+    return build
+
+
+neg = _unary("Neg", "Elementwise -x.")
+exp = _unary("Exp", "Elementwise e**x.")
+log = _unary("Log", "Elementwise natural logarithm.")
+sqrt = _unary("Sqrt", "Elementwise square root.")
+abs = _unary("Abs", "Elementwise |x|.")
+sign = _unary("Sign", "Elementwise sign (-1, 0, 1).")
+erf = _unary("Erf", "Elementwise error function.")
+relu = _unary("Relu", "max(x, 0).")
+sigmoid = _unary("Sigmoid", "1 / (1 + exp(-x)), computed stably.")
+tanh = _unary("Tanh", "Hyperbolic tangent.")
+gelu = _unary("Gelu", "GELU, erf form: 0.5 x (1 + erf(x / sqrt 2)).")
+softplus = _unary("Softplus", "log(1 + exp(x)), computed stably.")
+identity = _unary("Identity", "The input, unchanged.")
+zeros_like = _unary("ZerosLike", "Zeros with the shape and dtype of x.")
+
+
+def square(x):
+    """Elementwise x * x."""
+    return apply("Mul", x, x)
+
+
+def leaky_relu(x, alpha: float = 0.01):
+    """x where x > 0, alpha * x elsewhere."""
+    return apply("LeakyRelu", x, alpha=float(alpha))
+
+
+def where(cond, a, b):
+    """Elementwise select: a where cond is true, b elsewhere (broadcasting)."""
+    from graphdl.ir import Value
+    like = a if isinstance(a, Value) else b if isinstance(b, Value) else None
+    return apply("Where", cond, a if like is None else _like(a, like), _like(b, like) if like
+                 is not None else b)
+
+
+def _like(x, like):
+    from graphdl.ir import Value
+    from graphdl.ops.registry import as_value
+    return x if isinstance(x, Value) else as_value(x, like=like)
+
+
+def cast(x, dtype):
+    """Convert to another dtype."""
+    return apply("Cast", x, to=normalize_dtype(dtype))
+
+
+def clip(x, min=None, max=None):
+    """Clamp into [min, max]; either bound may be None."""
+    return apply("Clip", x, min=None if min is None else float(min),
+                 max=None if max is None else float(max))

@@ -1,0 +1,148 @@
+"""The op registry: every op declared once, with its four parts.
+
+An :class:`OpDef` holds
+- ``infer(in_types, attrs) -> list[TensorType]``: shape/dtype inference; raises ``ShapeError``;
+- ``kernel(inputs, attrs, out) -> array | tuple``: the NumPy kernel; ``out`` is a preallocated
+  output buffer (or ``None``) that the kernel may write into and return;
+- ``vjp(F, node, grads) -> list[Value | None]``: builds gradient nodes with the functional API
+  ``F`` (:mod:`graphdl.tensor`), one entry per input; ``grads`` has one entry per output
+  (``None`` where no gradient flows); never closes over arrays;
+- ``onnx(attrs, in_types, out_types, opset) -> OnnxLowering``: the ONNX lowering as plain data.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from graphdl.ir import GraphError, ShapeError, TensorType
+
+
+class LoweringError(GraphError):
+    """An op has no ONNX lowering for the requested opset or attributes."""
+
+
+class UnsupportedOpError(GraphError):
+    """An op name that the registry does not know."""
+
+
+@dataclass(frozen=True)
+class OnnxNode:
+    """One ONNX node, as data. Names: ``in0..``/``out0..`` are the op's inputs and outputs,
+    keys of ``OnnxLowering.consts`` are constants, ``""`` is an omitted optional input, and
+    anything else is a temporary local to this lowering."""
+
+    op_type: str
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    attrs: dict[str, Any] = field(default_factory=dict)
+    domain: str = ""
+
+
+@dataclass(frozen=True)
+class OnnxLowering:
+    """The ONNX nodes and constant initializers an op lowers to."""
+
+    nodes: tuple[OnnxNode, ...]
+    consts: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def lower(op_type: str, n_in: int = 1, n_out: int = 1, **attrs) -> OnnxLowering:
+    """The common case: a single ONNX node with the op's inputs and outputs in order."""
+    return OnnxLowering((OnnxNode(op_type, tuple(f"in{i}" for i in range(n_in)),
+                                  tuple(f"out{i}" for i in range(n_out)), attrs),))
+
+
+@dataclass(frozen=True)
+class OpDef:
+    """The single definition of one op (see the module docstring for the four parts)."""
+
+    name: str
+    infer: Callable[[list[TensorType], dict], list[TensorType]]
+    kernel: Callable[[list[np.ndarray], dict, Any], Any]
+    vjp: Callable[..., list] | None
+    onnx: Callable[[dict, list[TensorType], list[TensorType], int], OnnxLowering]
+    n_outputs: int = 1
+    differentiable: bool = True  # False: outputs carry no gradient (comparisons, argmax, ...)
+    source: bool = False  # Input, Param, Const: no inputs, value comes from outside
+    elementwise: bool = False  # same-shape in/out, safe to compute in place into a dying input
+    doc: str = ""
+
+
+REGISTRY: dict[str, OpDef] = {}
+
+
+def register(op: OpDef) -> OpDef:
+    """Add an op to the registry; each name may be registered once."""
+    if op.name in REGISTRY:
+        raise ValueError(f"op {op.name} is registered twice")
+    REGISTRY[op.name] = op
+    return op
+
+
+def get_op(name: str) -> OpDef:
+    """Look up an op by name, with a clear error for unknown ones."""
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise UnsupportedOpError(
+            f"op {name!r} is not supported by graphdl (known ops: {len(REGISTRY)})") from None
+
+
+def fail(op: str, message: str, types: list[TensorType] | None = None) -> ShapeError:
+    """Build the standard inference error: the op, the input types and what is wrong."""
+    shown = f" (inputs: {', '.join(map(str, types))})" if types else ""
+    return ShapeError(f"{op}: {message}{shown}")
+
+
+def apply(op: str, *inputs: Any, name: str | None = None, **attrs: Any):
+    """Build one node of ``op`` over ``inputs`` (values, arrays or scalars) and return its
+    output value, or a tuple of values for a multi-output op.
+
+    Inference runs here, so a bad shape or dtype raises at build time, naming the op, the
+    input types and the user's file and line.
+    """
+    from graphdl.ir import Node, user_call_site
+
+    opdef = get_op(op)
+    values = [as_value(x, like=_first_value(inputs)) for x in inputs]
+    site = user_call_site()
+    types = [v.type for v in values]
+    try:
+        out_types = opdef.infer(types, attrs)
+    except ShapeError as err:
+        raise ShapeError(f"{err}\n  at {site}") from None
+    node = Node(op, values, attrs, out_types, name=name, site=site)
+    return node.outputs[0] if opdef.n_outputs == 1 else node.outputs
+
+
+def _first_value(inputs):
+    from graphdl.ir import Value
+
+    return next((x for x in inputs if isinstance(x, Value)), None)
+
+
+def constant(value: Any, dtype: Any = None, name: str | None = None):
+    """A ``Const`` node holding a read-only copy of ``value``."""
+    from graphdl.ir import Node, normalize_dtype, user_call_site
+
+    arr = np.array(value, dtype=dtype)
+    if dtype is None and arr.dtype == np.float64 and not isinstance(value, np.ndarray):
+        arr = arr.astype(np.float32)  # Python floats default to float32, as in torch
+    if dtype is None and arr.dtype.kind == "i" and not isinstance(value, np.ndarray):
+        arr = arr.astype(np.int64)
+    arr.setflags(write=False)
+    t = TensorType(tuple(int(d) for d in arr.shape), normalize_dtype(arr.dtype))
+    return Node("Const", (), {"value": arr}, (t,), name=name, site=user_call_site()).outputs[0]
+
+
+def as_value(x: Any, like=None):
+    """A value for ``x``: values pass through; scalars take the dtype of ``like``."""
+    from graphdl.ir import Value
+
+    if isinstance(x, Value):
+        return x
+    if like is not None and np.isscalar(x) or (like is not None and isinstance(x, (int, float, bool))):
+        return constant(np.asarray(x, dtype=like.dtype))
+    return constant(x)

@@ -1,0 +1,72 @@
+"""The symbolic front end: the functional op API (``gd.add``, ``gd.relu``, ...), the source
+nodes ``input``/``param``/``const``, and indexing.
+
+Every builder here creates graph nodes; nothing is computed until a compiled function runs.
+Op VJPs receive this module as ``F``, so gradients are written with the same API users use.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from graphdl.ir import GraphError, Node, TensorType, Value, Variable, normalize_dtype, \
+    normalize_shape, user_call_site
+from graphdl.ops import conv as _conv, indexing as _indexing, loss as _loss, norm as _norm, \
+    pool as _pool
+from graphdl.ops.elementwise import (abs, add, cast, clip, div, equal, erf, exp, gelu, greater,
+                                     greater_equal, identity, leaky_relu, less, less_equal, log,
+                                     maximum, minimum, mul, neg, pow, relu, sigmoid, sign,
+                                     softplus, sqrt, square, sub, tanh, where, zeros_like)
+from graphdl.ops.linalg import gemm, matmul
+from graphdl.ops.reduce import log_softmax, max, mean, min, numel, softmax, sum
+from graphdl.ops.registry import apply, constant
+from graphdl.ops.shape import (broadcast_to, expand_as, flatten, reshape, reshape_like,
+                               squeeze, sum_to, swap_last, transpose, unsqueeze)
+
+# Op families owned by other modules publish their builders in __all__; re-export them here.
+for _family in (_conv, _indexing, _loss, _norm, _pool):
+    for _name in getattr(_family, "__all__", ()):
+        globals()[_name] = getattr(_family, _name)
+
+
+def input(name: str, shape, dtype: Any = "float32") -> Value:
+    """A graph input fed at run time; ``None`` in ``shape`` is the symbolic batch dim."""
+    t = TensorType(normalize_shape(shape), normalize_dtype(dtype))
+    return Node("Input", (), {}, (t,), name=name, site=user_call_site()).outputs[0]
+
+
+def param(name: str, value, trainable: bool = True) -> Value:
+    """A named parameter (state) initialised to ``value``; gradients can be taken wrt it."""
+    return variable_value(Variable(name, np.array(value), trainable))
+
+
+def variable_value(var: Variable) -> Value:
+    """The graph value that reads ``var``."""
+    t = TensorType(tuple(int(d) for d in var.value.shape), normalize_dtype(var.value.dtype))
+    return Node("Param", (), {"variable": var}, (t,), name=var.name,
+                site=user_call_site()).outputs[0]
+
+
+def const(value, dtype: Any = None, name: str | None = None) -> Value:
+    """A constant baked into the graph."""
+    return constant(value, dtype=dtype, name=name)
+
+
+def variable_of(v: Value) -> Variable:
+    """The state variable behind a ``gd.param`` value."""
+    if v.node.op != "Param":
+        raise GraphError(f"{v!r} is not a parameter")
+    return v.node.attrs["variable"]
+
+
+def getitem(x: Value, index) -> Value:
+    """NumPy-style basic indexing: ints, slices, ``None`` and ``...``; an integer array or
+    value indexes along one axis (gather)."""
+    return _indexing.getitem(x, index)
+
+
+__all__ = sorted(n for n, v in list(globals().items())
+                 if not n.startswith("_") and callable(v) and getattr(v, "__module__", "")
+                 .startswith("graphdl.ops") or n in ("input", "param", "const", "getitem",
+                                                    "variable_of", "variable_value"))
