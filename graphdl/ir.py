@@ -430,3 +430,30 @@ def _format_attrs(attrs: dict[str, Any]) -> str:
             continue
         shown.append(f"{k}={v}")
     return (" {" + ", ".join(shown) + "}") if shown else ""
+
+
+def rebuild(graph: Graph, fn) -> Graph:
+    """A new graph where each node is rebuilt over already-rebuilt inputs.
+
+    ``fn(node, inputs)`` gets the original node and its new input values; it returns the new
+    output values (a sequence, one per output) or ``None`` to copy the node unchanged over the
+    new inputs. Nodes whose inputs did not change are reused, so untouched parts are shared.
+    Graph inputs are kept.
+    """
+    mapping: dict[Value, Value] = {}
+    for node in graph.nodes:
+        new_inputs = [mapping.get(v, v) for v in node.inputs]
+        outs = fn(node, new_inputs)
+        if outs is None:
+            if all(a is b or a == b for a, b in zip(new_inputs, node.inputs)):
+                continue
+            outs = Node(node.op, new_inputs, node.attrs, node.types, node.name,
+                        node.site).outputs
+        for old, new in zip(node.outputs, outs):
+            if new is not None and new != old:
+                if new.type != old.type:
+                    raise GraphError(f"rewrite of {node.op} (made at {node.site}) changed its "
+                                     f"type from {old.type} to {new.type}")
+                mapping[old] = new
+    return Graph(graph.inputs, [mapping.get(v, v) for v in graph.outputs],
+                 [(var, mapping.get(v, v)) for var, v in graph.updates], graph.name)

@@ -67,6 +67,9 @@ class OpDef:
     differentiable: bool = True  # False: outputs carry no gradient (comparisons, argmax, ...)
     source: bool = False  # Input, Param, Const: no inputs, value comes from outside
     elementwise: bool = False  # same-shape in/out, safe to compute in place into a dying input
+    # output index -> input index: that output is the new value of the state variable (a
+    # Param) feeding that input, e.g. BatchNorm's running statistics or a dropout seed
+    state_outputs: dict = field(default_factory=dict)
     doc: str = ""
 
 
