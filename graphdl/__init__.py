@@ -11,3 +11,8 @@ from graphdl.tensor import *  # noqa: F401,F403  (the functional op API)
 from graphdl.tensor import const, input, param, variable_of
 
 __version__ = "0.1.0"
+from graphdl import layers, losses, models, optim  # noqa: E402
+from graphdl.compile import compile, export_onnx  # noqa: E402
+from graphdl.model import Model, Sequential  # noqa: E402
+from graphdl.modes import set_training, state_updates  # noqa: E402
+from graphdl.optimize import optimize  # noqa: E402

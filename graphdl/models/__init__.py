@@ -1,0 +1,1 @@
+"""Model zoo; filled in by its owner."""
