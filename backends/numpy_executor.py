@@ -1,7 +1,13 @@
-"""The NumPy executor: a short interpreter over a toposorted schedule.
+"""The NumPy executor: a short interpreter over a toposorted schedule, running inside a
+memory plan.
 
-It calls each op's registry kernel, and frees every value after its last use. No op is
-special-cased here; everything an op does lives in its registry entry.
+It calls each op's registry kernel; no op is special-cased here. With ``plan=True`` (the
+default) every computed value lives in one arena laid out by :mod:`graphdl.passes.memory`:
+kernels get their arena view as ``out`` and write into it (a kernel that returns a fresh array
+instead has it copied into the view; the stats say how often), elementwise ops write over a
+dying input where the plan says so, and reshape-like ops are views of their input's storage.
+Outputs are copied out of the arena, so callers never see memory the next run overwrites.
+Plans are computed per binding of the symbolic dims (the batch) and cached.
 """
 from __future__ import annotations
 
@@ -12,21 +18,33 @@ import numpy as np
 from graphdl.ir import FLOAT_DTYPES, Graph, GraphError, Value
 from graphdl.ops.registry import get_op
 
+_ARENA, _VIEW, _MULTI, _FREE = 0, 1, 2, 3  # how a step stores its result
+
 
 class ExecutionError(GraphError, RuntimeError):
     """A kernel failed, or produced a non-finite value while finiteness was checked."""
 
 
 class NumpyExecutor:
-    """Compile a graph into a schedule once; ``run`` it many times."""
+    """Compile a graph into a schedule once; ``run`` it many times.
 
-    def __init__(self, graph: Graph, check_finite: bool = False):
+    ``plan=False`` runs without an arena (every kernel allocates, values are freed after
+    their last use): the reference behaviour the planned run is checked against.
+    """
+
+    def __init__(self, graph: Graph, check_finite: bool = False, plan: bool = True,
+                 alignment: int | None = None):
         self.graph = graph
         self.check_finite = check_finite
+        self.use_plan = plan
+        self.alignment = alignment
         slot: dict[Value, int] = {}
         for node in graph.nodes:
             for v in node.outputs:
                 slot[v] = len(slot)
+        for v in graph.inputs:  # an input no output depends on is still fed (and ignored)
+            slot.setdefault(v, len(slot))
+        self._slot = slot
         self.num_slots = len(slot)
         self.input_slots = [slot[v] for v in graph.inputs]
         self.output_slots = [slot[v] for v in graph.all_outputs]
@@ -49,6 +67,73 @@ class NumpyExecutor:
              tuple(slot[v] for v in n.outputs), tuple(frees[i]), n)
             for i, n in enumerate(compute)
         ]
+        self._plans: dict[tuple, object] = {}  # bindings -> MemoryPlan (plain data)
+        self._arena_key: tuple | None = None
+        self._arena: np.ndarray | None = None
+        self._views: list | None = None
+        self._modes: list[int] | None = None
+        self._copy_out: list[bool] = []
+        self.stats: dict = {}
+
+    # ---- planning ------------------------------------------------------------------------
+
+    def bindings_for(self, feeds: Sequence[np.ndarray]) -> dict[str, int]:
+        """Sizes of the symbolic dims, read off the fed arrays."""
+        bindings: dict[str, int] = {}
+        for v, arr in zip(self.graph.inputs, feeds):
+            for d, n in zip(v.type.shape, np.shape(arr)):
+                if isinstance(d, str):
+                    bindings.setdefault(d, int(n))
+        return bindings
+
+    def memory_plan(self, bindings: dict[str, int]):
+        """The (cached) memory plan for these symbolic sizes."""
+        from graphdl.passes.memory import DEFAULT_ALIGNMENT, plan_memory
+
+        key = tuple(sorted(bindings.items()))
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = plan_memory(self.graph, bindings,
+                               alignment=self.alignment or DEFAULT_ALIGNMENT)
+            self._plans[key] = plan
+        return plan
+
+    def _prepare(self, bindings: dict[str, int]) -> None:
+        key = tuple(sorted(bindings.items()))
+        if key == self._arena_key:
+            return
+        from graphdl.passes.memory import ARENA, VIEW
+
+        plan = self.memory_plan(bindings)
+        arena = np.empty(max(plan.arena_bytes, 1), np.uint8)
+        nodes = self.graph.nodes
+        views: list = [None] * self.num_slots
+        kinds: dict[int, str] = {}
+        for vp in plan.values:
+            s = self._slot[nodes[vp.node].outputs[vp.index]]
+            kinds[s] = vp.kind
+            if vp.kind == ARENA:
+                t = nodes[vp.node].types[vp.index]
+                shape = tuple(d if isinstance(d, int) else bindings.get(d, 1) for d in t.shape)
+                count = int(np.prod(shape, dtype=np.int64))
+                dt = np.dtype(t.dtype)
+                views[s] = np.frombuffer(arena, dt, count, vp.offset).reshape(shape) \
+                    if count else np.empty(shape, dt)
+        modes = []
+        for _, _, _, outs, _, node in self.steps:
+            if len(outs) > 1:
+                modes.append(_MULTI)
+            elif kinds.get(outs[0]) == VIEW or node.op in _view_ops():
+                modes.append(_VIEW)
+            elif views[outs[0]] is not None:
+                modes.append(_ARENA)
+            else:
+                modes.append(_FREE)
+        # outputs in (or viewing) the arena are copied out: the next run reuses those bytes
+        self._copy_out = [kinds.get(s) in (ARENA, VIEW) for s in self.output_slots]
+        self._arena_key, self._arena, self._views, self._modes = key, arena, views, modes
+
+    # ---- running -------------------------------------------------------------------------
 
     def run(self, feeds: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Execute with arrays for the graph inputs (in order); returns all outputs."""
@@ -59,13 +144,15 @@ class NumpyExecutor:
             vals[s] = var.value
         for s, arr in self.const_slots:
             vals[s] = arr
+        if not self.use_plan:
+            return self._run_unplanned(vals)
+        self._prepare(self.bindings_for(feeds))
+        return self._run_planned(vals)
+
+    def _run_unplanned(self, vals: list) -> list[np.ndarray]:
         check = self.check_finite
         for kernel, attrs, ins, outs, frees, node in self.steps:
-            try:
-                result = kernel([vals[i] for i in ins], attrs, None)
-            except Exception as err:  # add the op and the user's call site to any failure
-                raise ExecutionError(_describe_failure(node, [vals[i] for i in ins], err)) \
-                    from err
+            result = _call(kernel, vals, ins, attrs, None, node)
             if len(outs) == 1:
                 vals[outs[0]] = result
             else:
@@ -76,6 +163,61 @@ class NumpyExecutor:
             for s in frees:
                 vals[s] = None
         return [vals[s] for s in self.output_slots]
+
+    def _run_planned(self, vals: list) -> list[np.ndarray]:
+        check = self.check_finite
+        views = self._views
+        written = copied = 0
+        for (kernel, attrs, ins, outs, frees, node), mode in zip(self.steps, self._modes):
+            if mode == _ARENA:
+                out = views[outs[0]]
+                result = _call(kernel, vals, ins, attrs, out, node)
+                if result is out:
+                    written += 1
+                else:
+                    np.copyto(out, result)  # a kernel that allocated: keep the plan's bytes
+                    copied += 1
+                vals[outs[0]] = out
+            elif mode == _MULTI:
+                results = _call(kernel, vals, ins, attrs, None, node)
+                for s, r in zip(outs, results):
+                    view = views[s]
+                    if view is None:
+                        vals[s] = r
+                    else:
+                        np.copyto(view, r)
+                        vals[s] = view
+                        copied += 1
+            else:  # views of an input's storage, or a value with no arena bytes
+                vals[outs[0]] = _call(kernel, vals, ins, attrs, None, node)
+            if check:
+                _check_finite(node, [vals[s] for s in outs])
+            for s in frees:
+                vals[s] = None
+        self.stats = {"kernels_wrote_in_arena": written, "results_copied_in": copied}
+        return [vals[s].copy() if copy else vals[s]
+                for s, copy in zip(self.output_slots, self._copy_out)]
+
+    def arena_report(self) -> dict:
+        """How the last run used the arena: planned bytes, and how many kernels wrote into
+        their view directly versus had their result copied in."""
+        if self._arena_key is None:
+            return {}
+        plan = self._plans[self._arena_key]
+        return dict(plan.as_dict(), arena_bytes_allocated=int(self._arena.nbytes), **self.stats)
+
+
+def _view_ops():
+    from graphdl.passes.memory import VIEW_OPS
+    return VIEW_OPS
+
+
+def _call(kernel, vals, ins, attrs, out, node):
+    args = [vals[i] for i in ins]
+    try:
+        return kernel(args, attrs, out)
+    except Exception as err:  # add the op and the user's call site to any failure
+        raise ExecutionError(_describe_failure(node, args, err)) from err
 
 
 def _describe_failure(node, inputs, err) -> str:

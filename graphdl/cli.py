@@ -1,7 +1,122 @@
-"""The ``graphdl`` command line (placeholder; filled in by its owner)."""
+"""The ``graphdl`` command line: ``demo``, ``info``, ``optimize`` and ``bench``.
+
+Each subcommand imports what it needs when it runs, so ``graphdl --help`` stays fast and a
+missing optional part only affects its own command.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
 
 
-def main(argv=None) -> int:
-    """Entry point."""
-    print("graphdl: not built yet")
-    return 1
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for every subcommand."""
+    from graphdl import __version__
+    from graphdl.demo import DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS
+
+    parser = argparse.ArgumentParser(
+        prog="graphdl", description="graphdl: a deep learning framework built as a graph "
+        "compiler (typed IR, symbolic gradients, optimization passes, NumPy and ONNX Runtime "
+        "backends).")
+    parser.add_argument("--version", action="version", version=f"graphdl {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = sub.add_parser("demo", help="train the small CNN on the real 8x8 digits and report",
+                          description="Train gd.models.cnn on scikit-learn's 8x8 digits (fixed "
+                          "20%% hold-out), print test accuracy and training time, save the "
+                          "weights, a training-curve PNG and the model summary.")
+    demo.add_argument("--epochs", type=_positive, default=DEFAULT_EPOCHS,
+                      help=f"training epochs (default {DEFAULT_EPOCHS})")
+    demo.add_argument("--batch-size", type=_positive, default=DEFAULT_BATCH_SIZE,
+                      help=f"mini-batch size (default {DEFAULT_BATCH_SIZE})")
+    demo.add_argument("--out", default="graphdl_demo_out",
+                      help="output folder (default ./graphdl_demo_out)")
+    demo.add_argument("--seed", type=int, default=0,
+                      help="seed for the initial weights and the shuffling (default 0)")
+    demo.add_argument("--quick", action="store_true",
+                      help="2 epochs: a fast end-to-end smoke run")
+    demo.add_argument("--quiet", action="store_true", help="no per-epoch progress")
+
+    info = sub.add_parser("info", help="describe an ONNX file",
+                          description="Print an ONNX file's inputs, outputs, opset, op "
+                          "histogram and parameter count.")
+    info.add_argument("file", help="path to a .onnx file")
+
+    optimize = sub.add_parser("optimize", help="run graphdl's passes on an ONNX file",
+                              description="Import an ONNX file, run graphdl's optimization "
+                              "passes and write the optimized model.")
+    optimize.add_argument("input", help="input .onnx file")
+    optimize.add_argument("-o", "--output", required=True, help="output .onnx file")
+    optimize.add_argument("--report", default=None, help="also write the pass report as JSON")
+
+    sub.add_parser("bench", help="run the benchmark suite (options go to graphdl.bench)",
+                   description="Run the benchmark suite; any further options are passed to "
+                   "graphdl.bench.run.", add_help=False)
+    return parser
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``graphdl`` script; returns the exit status."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command != "bench":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    try:
+        return _dispatch(args, extra)
+    except KeyboardInterrupt:
+        print("graphdl: interrupted", file=sys.stderr)
+        return 130
+    except (FileNotFoundError, IsADirectoryError, PermissionError, ValueError) as err:
+        print(f"graphdl {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except Exception as err:
+        from graphdl.ir import GraphError
+
+        if isinstance(err, GraphError) or type(err).__name__ == "DemoDataError":
+            print(f"graphdl {args.command}: error: {err}", file=sys.stderr)
+            return 2
+        raise
+
+
+def _dispatch(args: argparse.Namespace, extra: list[str]) -> int:
+    if args.command == "demo":
+        from graphdl.demo import run_demo
+
+        results = run_demo(epochs=2 if args.quick else args.epochs, out_dir=args.out,
+                           seed=args.seed, batch_size=args.batch_size,
+                           verbose=0 if args.quiet else 1)
+        failed = [part for part in ("onnx", "optimize")
+                  if results.get(part, {}).get("status") in ("error", "mismatch")]
+        if failed:
+            print(f"graphdl demo: {' and '.join(failed)} check failed (see above)",
+                  file=sys.stderr)
+            return 1
+        return 0
+    if args.command == "info":
+        from graphdl.backends.onnx_info import print_info
+
+        print_info(args.file)
+        return 0
+    if args.command == "optimize":
+        from graphdl.passes import cli_optimize
+
+        result = cli_optimize(args.input, args.output, args.report)
+        return result if isinstance(result, int) else 0
+    if args.command == "bench":
+        from graphdl import bench
+
+        result = bench.run(extra)
+        return result if isinstance(result, int) else 0
+    raise AssertionError(f"unhandled command {args.command}")  # argparse enforces the choices
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,2 +1,77 @@
-"""Placeholder; filled in by its owner."""
-compile = export_onnx = None
+"""``gd.compile`` (a model or graph as a callable on a backend) and ``gd.export_onnx``.
+
+The ONNX-facing work lives in :mod:`graphdl.backends` (the only layer that imports onnx and
+onnxruntime); these are the user-facing entry points.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+BACKENDS = ("onnxruntime", "numpy")
+
+
+def compile(model_or_graph: Any, backend: str = "onnxruntime",
+            providers: str | Sequence[Any] = "auto", threads: int | None = None,
+            optimization_level: str = "all", io_binding: bool | None = None,
+            optimize: bool = True, **options: Any):
+    """Compile a Model (its inference graph), a Graph, or an ONNX model/file into a callable
+    that takes arrays (by position or input name) and returns NumPy arrays.
+
+    ``backend="onnxruntime"``: ``providers`` is ``"auto"`` (CUDA when actually usable, else
+    CPU, silently), ``"cpu"``, ``"cuda"`` (a clear error when unusable) or an ORT provider
+    list; ``threads`` sets ORT's intra-op thread count; ``optimization_level`` is ``"all"``,
+    ``"extended"``, ``"basic"`` or ``"disable"``; ``io_binding`` (default: on for CUDA) keeps
+    weights and outputs on the device between calls. Further ``options`` (``dtype="float16"``,
+    ``opset``, ``device_id``, ``optimized_model_path``, ``sync_state``) go to the runner.
+    ``backend="numpy"`` returns the NumPy executor's compiled function.
+    """
+    if backend == "onnxruntime":
+        from graphdl.backends.ort import compile_ort
+
+        return compile_ort(model_or_graph, providers=providers, threads=threads,
+                           optimization_level=optimization_level, io_binding=io_binding,
+                           optimize=optimize, **options)
+    if backend == "numpy":
+        if options:
+            raise TypeError(f"backend='numpy' takes no options {sorted(options)}")
+        return _compile_numpy(model_or_graph, optimize)
+    raise ValueError(f"backend={backend!r}: use one of {', '.join(BACKENDS)}")
+
+
+def _compile_numpy(model_or_graph: Any, optimize: bool):
+    from graphdl.function import Function
+    from graphdl.ir import Graph
+
+    graph = model_or_graph
+    if not isinstance(graph, Graph):
+        attr = getattr(graph, "graph", None)
+        graph = attr(training=False) if callable(attr) else attr
+    if not isinstance(graph, Graph):
+        raise TypeError(f"gd.compile(backend='numpy') needs a Model or a Graph, got "
+                        f"{type(model_or_graph).__name__}")
+    report = None
+    if optimize:
+        from graphdl.passes import optimize_graph
+
+        graph, report = optimize_graph(graph, training=bool(graph.updates))
+    return Function(graph, single_output=len(graph.outputs) == 1, report=report)
+
+
+def export_onnx(model_or_graph: Any, path: str | os.PathLike, opset: int = 17, *,
+                external_data: bool | str | None = None, optimize: bool = True,
+                dtype: str | None = None, ir_version: int | None = None,
+                name: str | None = None, check: bool = False) -> Path:
+    """Write a Model (its inference graph) or a Graph to an ONNX file, atomically.
+
+    The IR version is one the installed onnxruntime loads; the batch dimension stays
+    symbolic; parameters are initializers named after their Variables. ``external_data``:
+    None decides by size (over 2 GB), True or a file name (inside the model's folder) forces
+    it. ``dtype="float16"`` writes a half-precision model. Returns the written path.
+    """
+    from graphdl.backends.onnx_save import export_onnx as _export
+
+    return _export(model_or_graph, path, opset=opset, external_data=external_data,
+                   optimize=optimize, dtype=dtype, ir_version=ir_version, name=name,
+                   check=check)

@@ -88,6 +88,23 @@ class Function:
         outs = results[:self._n_out]
         return outs[0] if self.single_output else outs
 
+    def run_uncommitted(self, *args, **kwargs) -> tuple[list, list[tuple[Variable, Any]]]:
+        """Run without writing state back: returns (all outputs, [(variable, new value)]).
+
+        The caller checks the outputs (e.g. a NaN loss) and then writes the state with
+        :meth:`commit`, so a bad step leaves every variable as it was.
+        """
+        arrays, _ = validate_feeds(self.graph.inputs, args, kwargs)
+        results = self.executor.run(arrays)
+        pairs = [(var, new) for (var, _), new in zip(self.graph.updates, results[self._n_out:])]
+        return results[:self._n_out], pairs
+
+    @staticmethod
+    def commit(pairs: Sequence[tuple[Variable, Any]]) -> None:
+        """Write new state values returned by :meth:`run_uncommitted`."""
+        for var, new in pairs:
+            var.value = new
+
 
 def function(inputs: Sequence[Value], outputs: Sequence[Value] | Value,
              updates: Sequence[tuple[Any, Value]] = (), backend: str = "numpy",

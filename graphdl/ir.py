@@ -320,7 +320,8 @@ class Graph:
     """
 
     def __init__(self, inputs: Sequence[Value], outputs: Sequence[Value],
-                 updates: Sequence[tuple[Variable, Value]] = (), name: str = "graph"):
+                 updates: Sequence[tuple[Variable, Value]] = (), name: str = "graph",
+                 order: Sequence[Node] | None = None):
         self.inputs = tuple(inputs)
         self.outputs = tuple(outputs)
         self.updates = tuple(updates)
@@ -329,6 +330,8 @@ class Graph:
             if v.node.op != "Input":
                 raise GraphError(f"graph inputs must come from gd.input(); got {v!r}")
         self.nodes = toposort(self.outputs + tuple(v for _, v in self.updates))
+        if order is not None:  # a schedule chosen by a pass (e.g. to lower peak memory)
+            self.nodes = _checked_order(self.nodes, order)
         fed = {id(v.node) for v in self.inputs}
         for node in self.nodes:
             if node.op == "Input" and id(node) not in fed:
@@ -419,6 +422,19 @@ class Graph:
             for slot, v in enumerate(node.inputs):
                 g.add_edge(id(v.node), id(node), index=v.index, slot=slot, type=str(v.type))
         return g
+
+
+def _checked_order(nodes: tuple[Node, ...], order: Sequence[Node]) -> tuple[Node, ...]:
+    """``order`` as the schedule, after checking it is a topological order of ``nodes``."""
+    order = tuple(order)
+    if len(order) != len(nodes) or {id(n) for n in order} != {id(n) for n in nodes}:
+        raise GraphError("a schedule must list exactly the graph's nodes")
+    placed: set[int] = set()
+    for node in order:
+        if any(id(v.node) not in placed for v in node.inputs):
+            raise GraphError(f"schedule runs {node!r} before one of its inputs")
+        placed.add(id(node))
+    return order
 
 
 def _format_attrs(attrs: dict[str, Any]) -> str:

@@ -25,7 +25,9 @@ from graphdl.ops.shape import (broadcast_to, expand_as, flatten, reshape, reshap
                                squeeze, sum_to, swap_last, transpose, unsqueeze)
 
 # Op families owned by other modules publish their builders in __all__; re-export them here.
-for _family in (_conv, _indexing, _loss, _norm, _pool):
+from graphdl.ops import trig as _trig  # noqa: E402  (floor/cos/sin for LR schedules)
+
+for _family in (_conv, _indexing, _loss, _norm, _pool, _trig):
     for _name in getattr(_family, "__all__", ()):
         globals()[_name] = getattr(_family, _name)
 

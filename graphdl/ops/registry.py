@@ -63,7 +63,7 @@ class OpDef:
     kernel: Callable[[list[np.ndarray], dict, Any], Any]
     vjp: Callable[..., list] | None
     onnx: Callable[[dict, list[TensorType], list[TensorType], int], OnnxLowering]
-    n_outputs: int = 1
+    n_outputs: int = 1  # -1: variable, fixed per node by its attrs (Split)
     differentiable: bool = True  # False: outputs carry no gradient (comparisons, argmax, ...)
     source: bool = False  # Input, Param, Const: no inputs, value comes from outside
     elementwise: bool = False  # same-shape in/out, safe to compute in place into a dying input

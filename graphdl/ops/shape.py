@@ -60,7 +60,7 @@ def _reshape_kernel(xs, attrs, out):
 
 
 def _reshape_back(F, n, g):
-    return [F.reshape_like(g, n.inputs[0])]
+    return [F.reshape_like(g[0], n.inputs[0])]
 
 
 register(OpDef(

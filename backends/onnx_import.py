@@ -1,0 +1,266 @@
+"""Import an ONNX model as a graphdl Graph, for the ops graphdl has.
+
+``IMPORT_RULES`` maps each ONNX op type to the graphdl builder that rebuilds it (the simple
+ops as plain data, the rest as small functions in :mod:`graphdl.backends.onnx_import_rules`).
+Float initializers become Params (Variables named after the initializer, so names survive a
+round trip); other initializers and ``Constant`` nodes become constants. Shape arithmetic over
+constants (``Shape -> Gather -> Concat -> Reshape``, as torch emits) is evaluated during
+import, symbolic batch dims included. An op without a rule stops the import with an error
+that names it and the node.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Callable
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from graphdl import tensor as F
+from graphdl.ir import DTYPES, FLOAT_DTYPES, Graph, GraphError, Node, Value, rebuild
+
+
+class OnnxImportError(GraphError, ValueError):
+    """An ONNX model that graphdl cannot import (an unsupported op, a dynamic shape, ...)."""
+
+
+# ONNX op -> graphdl builder with the same inputs and no attributes
+UNARY_IMPORTS = {
+    "Relu": "relu", "Sigmoid": "sigmoid", "Tanh": "tanh", "Exp": "exp", "Log": "log",
+    "Sqrt": "sqrt", "Neg": "neg", "Abs": "abs", "Erf": "erf", "Sign": "sign",
+    "Softplus": "softplus", "Floor": "floor", "Cos": "cos", "Sin": "sin",
+}
+BINARY_IMPORTS = {
+    "Add": "add", "Sub": "sub", "Mul": "mul", "Div": "div", "Pow": "pow",
+    "Equal": "equal", "Less": "less", "Greater": "greater", "LessOrEqual": "less_equal",
+    "GreaterOrEqual": "greater_equal",
+}
+VARIADIC_IMPORTS = {"Max": "maximum", "Min": "minimum", "Sum": "add"}
+# ops evaluated on constants during import (shape arithmetic); symbolic dims allowed
+SHAPE_ARITHMETIC = {"Shape", "Gather", "Unsqueeze", "Squeeze", "Concat", "Slice", "Identity",
+                    "Cast", "Reshape", "Constant"}
+
+
+class Importer:
+    """State of one import: ONNX names -> graphdl values or known constants."""
+
+    def __init__(self, model: onnx.ModelProto, as_params: bool = True):
+        self.model = model
+        self.as_params = as_params
+        self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),
+                          1)
+        g = model.graph
+        self.initializers = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+        self.env: dict[str, Any] = dict(self.initializers)  # Value | np.ndarray
+        self.params: dict[str, Value] = {}
+        self.node_names: dict[int, str] = {}
+        self.node: onnx.NodeProto | None = None
+
+    # ---- reading inputs ------------------------------------------------------------------
+    def where(self) -> str:
+        n = self.node
+        return f"ONNX node {n.name or '(unnamed)'!r} ({n.op_type})" if n is not None else "model"
+
+    def has(self, name: str) -> bool:
+        return bool(name) and name in self.env
+
+    def is_const(self, name: str) -> bool:
+        return isinstance(self.env.get(name), np.ndarray)
+
+    def const(self, name: str) -> np.ndarray:
+        """A known constant input (shapes, axes, pads, ...)."""
+        value = self.env.get(name)
+        if value is None:
+            raise OnnxImportError(f"{self.where()}: input {name!r} is not defined")
+        if not isinstance(value, np.ndarray):
+            raise OnnxImportError(f"{self.where()}: input {name!r} must be a constant (an "
+                                  "initializer or computed from shapes), but it is computed "
+                                  "at run time; graphdl needs it known when importing")
+        return value
+
+    def ints(self, name: str) -> tuple:
+        arr = self.const(name)
+        if arr.dtype == object:
+            raise OnnxImportError(f"{self.where()}: input {name!r} depends on a symbolic "
+                                  f"dimension ({list(arr)}); graphdl needs it static here")
+        return tuple(int(v) for v in arr.reshape(-1))
+
+    def value(self, name: str) -> Value:
+        """The input as a graph value: a float initializer becomes a Param, other constants
+        a Const."""
+        value = self.env.get(name)
+        if isinstance(value, Value):
+            return value
+        if value is None:
+            raise OnnxImportError(f"{self.where()}: input {name!r} is not defined (or is an "
+                                  "output graphdl does not produce)")
+        if value.dtype == object:
+            raise OnnxImportError(f"{self.where()}: {name!r} holds a shape with symbolic "
+                                  f"dimensions {list(value)}, used as a tensor; graphdl "
+                                  "supports shape arithmetic only into Reshape/Expand")
+        if value.dtype.name not in DTYPES:
+            raise OnnxImportError(f"{self.where()}: {name!r} has dtype {value.dtype}, which "
+                                  f"graphdl does not support ({', '.join(DTYPES)})")
+        # weights (float initializers of rank >= 1) become Params: named, trainable state;
+        # scalars and everything else are constants that passes may fold
+        if self.as_params and name in self.initializers and value.ndim \
+                and value.dtype.name in FLOAT_DTYPES:
+            if name not in self.params:
+                self.params[name] = F.param(name, value.copy())
+            return self.params[name]
+        const = F.const(value, dtype=value.dtype, name=name)
+        self.env[name] = const
+        return const
+
+    def attrs(self, node: onnx.NodeProto) -> dict[str, Any]:
+        out = {}
+        for a in node.attribute:
+            v = helper.get_attribute_value(a)
+            if isinstance(v, bytes):
+                v = v.decode()
+            elif isinstance(v, onnx.TensorProto):
+                v = numpy_helper.to_array(v)
+            out[a.name] = v
+        return out
+
+    # ---- the walk ------------------------------------------------------------------------
+    def run(self, name: str | None = None) -> Graph:
+        from graphdl.backends.onnx_import_rules import IMPORT_RULES
+
+        g = self.model.graph
+        inputs = []
+        for vi in g.input:
+            if vi.name in self.initializers:
+                continue  # IR < 4 lists initializers among the inputs
+            v = F.input(vi.name, _shape_of(vi), _dtype_of(vi))
+            self.env[vi.name] = v
+            inputs.append(v)
+        for node in g.node:
+            self.node = node
+            if node.domain not in ("", "ai.onnx"):
+                raise OnnxImportError(f"{self.where()}: op {node.domain}.{node.op_type} is "
+                                      "not supported by graphdl (only the ONNX domain is)")
+            attrs = self.attrs(node)
+            ins = [n for n in node.input]
+            if node.op_type != "Constant" and ins and all(
+                    not n or self.is_const(n) for n in ins):
+                outs = self.fold(node, attrs)
+            else:
+                rule = IMPORT_RULES.get(node.op_type)
+                if rule is None:
+                    raise OnnxImportError(self.unsupported(node))
+                try:
+                    outs = rule(self, node, attrs)
+                except OnnxImportError:
+                    raise
+                except GraphError as err:
+                    raise OnnxImportError(f"{self.where()}: {err}") from None
+            for out_name, out in zip(node.output, outs):
+                if not out_name:
+                    continue
+                self.env[out_name] = out
+                if isinstance(out, Value) and out.node.op not in ("Input", "Param", "Const") \
+                        and id(out.node) not in self.node_names:
+                    self.node_names[id(out.node)] = out_name
+        self.node = None
+        outputs = []
+        for vi in g.output:
+            v = self.value(vi.name)
+            if v.node.op in ("Input", "Param") or v in outputs:
+                v = F.identity(v)
+                self.node_names[id(v.node)] = vi.name
+            outputs.append(v)
+        graph = Graph(inputs, outputs, name=name or g.name or "imported")
+        return _rename(graph, self.node_names)
+
+    def unsupported(self, node: onnx.NodeProto) -> str:
+        from graphdl.backends.onnx_import_rules import IMPORT_RULES
+
+        missing = sorted({n.op_type for n in self.model.graph.node
+                          if n.op_type not in IMPORT_RULES})
+        return (f"{self.where()}: ONNX op {node.op_type!r} is not supported by graphdl's "
+                f"importer (node {node.name or '(unnamed)'!r}; unsupported ops in this model: "
+                f"{', '.join(missing)})")
+
+    def fold(self, node: onnx.NodeProto, attrs: dict[str, Any]) -> list:
+        """Evaluate a node whose inputs are all constants (shape arithmetic, folded weights)."""
+        from graphdl.backends.onnx_import_rules import fold_symbolic
+
+        arrays = [self.env[n] if n else None for n in node.input]
+        if any(a is not None and a.dtype == object for a in arrays):
+            if node.op_type not in SHAPE_ARITHMETIC:
+                raise OnnxImportError(f"{self.where()}: {node.op_type} over a symbolic shape "
+                                      "is not supported")
+            return fold_symbolic(self, node, attrs, arrays)
+        from onnx.reference import ReferenceEvaluator
+
+        feeds = {n: a for n, a in zip(node.input, arrays) if n}
+        inputs = [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(a.dtype),
+                                                list(a.shape)) for n, a in feeds.items()]
+        outputs = [helper.make_empty_tensor_value_info(o) for o in node.output if o]
+        graph = helper.make_graph([node], "fold", inputs, outputs)
+        model = helper.make_model(graph, opset_imports=list(self.model.opset_import))
+        try:
+            results = ReferenceEvaluator(model).run(None, feeds)
+        except Exception as err:  # noqa: BLE001  (the reference evaluator raises anything)
+            if node.op_type not in _rules():
+                raise OnnxImportError(self.unsupported(node)) from None
+            raise OnnxImportError(f"{self.where()}: evaluating it on constants failed: "
+                                  f"{err}") from None
+        it = iter(results)
+        return [np.asarray(next(it)) if o else None for o in node.output]
+
+
+def _rules() -> dict[str, Callable]:
+    from graphdl.backends.onnx_import_rules import IMPORT_RULES
+    return IMPORT_RULES
+
+
+def _shape_of(vi: onnx.ValueInfoProto) -> tuple:
+    t = vi.type.tensor_type
+    dims = []
+    for i, d in enumerate(t.shape.dim):
+        if d.HasField("dim_value"):
+            dims.append(int(d.dim_value))
+        else:
+            dims.append(d.dim_param or ("N" if i == 0 else f"{vi.name}_dim{i}"))
+    return tuple(dims)
+
+
+def _dtype_of(vi: onnx.ValueInfoProto) -> str:
+    dtype = np.dtype(helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type)).name
+    if dtype not in DTYPES:
+        raise OnnxImportError(f"graph input {vi.name!r} has dtype {dtype}, which graphdl does "
+                              f"not support ({', '.join(DTYPES)})")
+    return dtype
+
+
+def _rename(graph: Graph, names: dict[int, str]) -> Graph:
+    """Give each node the name of the ONNX value it computes (readable, round-trip stable)."""
+    def fn(node: Node, inputs):
+        name = names.get(id(node))
+        if name is None or node.name == name:
+            return None
+        return Node(node.op, inputs, node.attrs, node.types, name, node.site).outputs
+    return rebuild(graph, fn)
+
+
+def from_onnx(model_or_path: onnx.ModelProto | str | os.PathLike,
+              name: str | None = None, as_params: bool = True) -> Graph:
+    """Import an ONNX model (or file, external data included) as an inference Graph.
+
+    ``as_params=True`` turns float weight initializers into Params (trainable Variables
+    named after the initializers); False makes every initializer a constant.
+    """
+    if isinstance(model_or_path, onnx.ModelProto):
+        model = model_or_path
+    else:
+        try:
+            model = onnx.load(os.fspath(model_or_path))
+        except (OSError, onnx.onnx_cpp2py_export.checker.ValidationError) as err:
+            raise OnnxImportError(f"cannot read ONNX model {model_or_path}: {err}") from None
+        except Exception as err:  # noqa: BLE001  (protobuf's DecodeError and friends)
+            raise OnnxImportError(f"{model_or_path} is not a readable ONNX model: "
+                                  f"{err}") from None
+    return Importer(model, as_params).run(name)

@@ -1,0 +1,214 @@
+"""NumPy kernels for 2-D convolution (NCHW activations, OIHW weights) and its two gradients.
+
+Each kernel runs over cache-sized chunks of the batch:
+- forward: unfold the padded chunk (im2col, one strided copy) and multiply by the weights in
+  one BLAS call per chunk;
+- grad-input: one BLAS call gives the unfolded gradient, which col2im folds back with kh*kw
+  strided adds;
+- grad-weight: unfold, then one BLAS call with the batch and pixels as the reduction axis.
+1x1 convolutions skip the unfold (plain matmul); depthwise convolutions (one input channel
+per group) use kh*kw broadcast multiply-adds instead of tiny matmuls.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from graphdl.ops._windows import Window2d, batch_chunk, window2d
+
+
+def geometry(in_hw, kernel, attrs) -> Window2d:
+    """The window geometry of a Conv node's attributes."""
+    return window2d(tuple(in_hw), tuple(kernel), tuple(attrs.get("strides", (1, 1))),
+                    tuple(attrs.get("pads", (0, 0, 0, 0))), tuple(attrs.get("dilations", (1, 1))))
+
+
+def _is_pointwise(geo: Window2d) -> bool:
+    return geo.kernel == (1, 1) and geo.strides == (1, 1) and not any(geo.pads)
+
+
+def _is_depthwise(channels: int, group: int, per_group: int) -> bool:
+    return group > 1 and group == channels and per_group == 1
+
+
+def conv2d_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, attrs) -> np.ndarray:
+    """y[n, o] = sum_{c, i, j} w[o, c, i, j] * xpad[n, c, y*s + i*d, x*s + j*d] (+ b[o])."""
+    n, c, h, wd = x.shape
+    o, cg, kh, kw = w.shape
+    g = int(attrs.get("group", 1))
+    geo = geometry((h, wd), (kh, kw), attrs)
+    ho, wo = geo.out_hw
+    if _is_pointwise(geo):
+        y = np.matmul(w.reshape(g, o // g, cg), x.reshape(n, g, cg, h * wd))
+        y = y.reshape(n, o, h, wd)
+    elif _is_depthwise(c, g, cg):
+        y = _depthwise_forward(x, w, geo)
+    else:
+        y = _unfolded_forward(x, w, g, geo)
+    if b is not None:
+        y += b.reshape(o, 1, 1)
+    return y
+
+
+def _unfolded_forward(x, w, g, geo: Window2d):
+    n, c = x.shape[:2]
+    o, cg, kh, kw = w.shape
+    ho, wo = geo.out_hw
+    wq = geo.wide
+    k, span = cg * kh * kw, ho * wq
+    w2 = w.reshape(g, o // g, k)
+    y = np.empty((n, o, ho, wo), x.dtype)
+    nb = batch_chunk(n, c * kh * kw * span * x.itemsize)
+    xpad = geo.empty_padded(nb, c, x.dtype)
+    cols = np.empty((nb, c, kh, kw, ho, wq), x.dtype)
+    ywide = np.empty((nb, g, o // g, span), x.dtype)
+    for n0 in range(0, n, nb):
+        m = min(nb, n - n0)
+        geo.padded(x[n0:n0 + m], buf=xpad[:m])
+        np.copyto(cols[:m], geo.unfold(xpad[:m]))
+        np.matmul(w2, cols[:m].reshape(m, g, k, span), out=ywide[:m])
+        y[n0:n0 + m] = ywide[:m].reshape(m, o, ho, wq)[..., :wo]
+    return y
+
+
+def _depthwise_forward(x, w, geo: Window2d):
+    n, c = x.shape[:2]
+    o = w.shape[0]
+    mult = o // c
+    ho, wo = geo.out_hw
+    wq = geo.wide
+    nb = batch_chunk(n, 2 * o * ho * wq * x.itemsize)
+    xpad = geo.empty_padded(nb, c, x.dtype)
+    acc = np.empty((nb, c, mult, ho, wq), x.dtype)
+    tmp = np.empty_like(acc)
+    y = np.empty((n, o, ho, wo), x.dtype)
+    taps = w.reshape(c, mult, -1)
+    for n0 in range(0, n, nb):
+        m = min(nb, n - n0)
+        geo.padded(x[n0:n0 + m], buf=xpad[:m])
+        for t, (i, j) in enumerate(geo.taps):
+            src = geo.tap(xpad[:m], i, j)[:, :, None]
+            wt = taps[:, :, t].reshape(1, c, mult, 1, 1)
+            if t == 0:
+                np.multiply(src, wt, out=acc[:m])
+            else:
+                np.multiply(src, wt, out=tmp[:m])
+                acc[:m] += tmp[:m]
+        y[n0:n0 + m] = acc[:m].reshape(m, o, ho, wq)[..., :wo]
+    return y
+
+
+def conv2d_grad_input(dy: np.ndarray, w: np.ndarray, in_hw, attrs) -> np.ndarray:
+    """dx = the adjoint of the convolution in x (a transposed convolution of dy by w)."""
+    n, o, ho, wo = dy.shape
+    _, cg, kh, kw = w.shape
+    g = int(attrs.get("group", 1))
+    c = cg * g
+    geo = geometry(in_hw, (kh, kw), attrs)
+    h, wd = geo.in_hw
+    if _is_pointwise(geo):
+        w2t = w.reshape(g, o // g, cg).transpose(0, 2, 1)
+        return np.matmul(w2t, dy.reshape(n, g, o // g, h * wd)).reshape(n, c, h, wd)
+    if _is_depthwise(c, g, cg):
+        return _depthwise_grad_input(dy, w, c, geo)
+    wq = geo.wide
+    k, span = cg * kh * kw, ho * wq
+    w2t = w.reshape(g, o // g, k).transpose(0, 2, 1)
+    dx = np.empty((n, c, h, wd), dy.dtype)
+    nb = batch_chunk(n, c * kh * kw * span * dy.itemsize)
+    # garbage columns of dy stay zero, so their unfolded gradient is zero and folding it
+    # back (into whatever it overlaps) adds nothing
+    dyw = np.zeros((nb, o, ho, wq), dy.dtype)
+    cols = np.empty((nb, g, k, span), dy.dtype)
+    dxpad = geo.empty_padded(nb, c, dy.dtype)
+    for n0 in range(0, n, nb):
+        m = min(nb, n - n0)
+        dyw[:m, :, :, :wo] = dy[n0:n0 + m]
+        np.matmul(w2t, dyw[:m].reshape(m, g, o // g, span), out=cols[:m])
+        unfolded = cols[:m].reshape(m, c, kh, kw, ho, wq)
+        dxpad[:m].fill(0)
+        for i, j in geo.taps:
+            view = geo.tap(dxpad[:m], i, j)
+            np.add(view, unfolded[:, :, i, j], out=view)
+        dx[n0:n0 + m] = geo.interior(dxpad[:m])
+    return dx
+
+
+def _depthwise_grad_input(dy, w, c, geo: Window2d):
+    n, o, ho, wo = dy.shape
+    mult = o // c
+    wq = geo.wide
+    h, wd = geo.in_hw
+    nb = batch_chunk(n, 2 * o * ho * wq * dy.itemsize)
+    dyw = np.zeros((nb, c, mult, ho, wq), dy.dtype)  # garbage columns stay zero
+    tmp = np.empty((nb, c, ho, wq), dy.dtype)
+    dxpad = geo.empty_padded(nb, c, dy.dtype)
+    dx = np.empty((n, c, h, wd), dy.dtype)
+    taps = w.reshape(c, mult, -1)
+    for n0 in range(0, n, nb):
+        m = min(nb, n - n0)
+        dyw[:m].reshape(m, o, ho, wq)[..., :wo] = dy[n0:n0 + m]
+        dxpad[:m].fill(0)
+        for t, (i, j) in enumerate(geo.taps):
+            if mult == 1:
+                np.multiply(dyw[:m, :, 0], taps[:, 0, t].reshape(1, c, 1, 1), out=tmp[:m])
+            else:
+                np.einsum("ncmyx,cm->ncyx", dyw[:m], taps[:, :, t], out=tmp[:m])
+            view = geo.tap(dxpad[:m], i, j)
+            np.add(view, tmp[:m], out=view)
+        dx[n0:n0 + m] = geo.interior(dxpad[:m])
+    return dx
+
+
+def conv2d_grad_weight(x: np.ndarray, dy: np.ndarray, kernel, attrs) -> np.ndarray:
+    """dw[o, c, i, j] = sum_{n, y, x} dy[n, o, y, x] * xpad[n, c, y*s + i*d, x*s + j*d]."""
+    n, c, h, wd = x.shape
+    o, ho, wo = dy.shape[1:]
+    kh, kw = kernel
+    g = int(attrs.get("group", 1))
+    cg = c // g
+    geo = geometry((h, wd), (kh, kw), attrs)
+    if _is_pointwise(geo):
+        # sum over the batch of dy[n] @ x[n]^T, as one matmul over (n, pixels)
+        dyg = dy.reshape(n, g, o // g, h * wd)
+        xg = x.reshape(n, g, cg, h * wd)
+        dw = np.einsum("ngop,ngcp->goc", dyg, xg, optimize=True)
+        return dw.reshape(o, cg, 1, 1).astype(x.dtype, copy=False)
+    if _is_depthwise(c, g, cg):
+        return _depthwise_grad_weight(x, dy, geo)
+    wq = geo.wide
+    k, span = cg * kh * kw, ho * wq
+    nb = batch_chunk(n, c * kh * kw * span * x.itemsize)
+    xpad = geo.empty_padded(nb, c, x.dtype)
+    cols_flat = np.empty(c * kh * kw * nb * span, x.dtype)
+    dy_flat = np.zeros(o * nb * span, x.dtype)  # garbage columns stay zero
+    dw = np.zeros((g, o // g, k), x.dtype)
+    part = np.empty_like(dw)
+    for n0 in range(0, n, nb):
+        m = min(nb, n - n0)
+        geo.padded(x[n0:n0 + m], buf=xpad[:m])
+        cols = cols_flat[:c * kh * kw * m * span].reshape(c, kh, kw, m, ho, wq)
+        np.copyto(cols, geo.unfold(xpad[:m]).transpose(1, 2, 3, 0, 4, 5))
+        dyt = dy_flat[:o * m * span].reshape(o, m, ho, wq)
+        dyt[..., :wo] = dy[n0:n0 + m].transpose(1, 0, 2, 3)
+        np.matmul(dyt.reshape(g, o // g, m * span),
+                  cols.reshape(g, k, m * span).transpose(0, 2, 1), out=part)
+        dw += part
+    return dw.reshape(o, cg, kh, kw)
+
+
+def _depthwise_grad_weight(x, dy, geo: Window2d):
+    n, c = x.shape[:2]
+    o, ho, wo = dy.shape[1:]
+    mult = o // c
+    wq = geo.wide
+    nb = batch_chunk(n, 2 * o * ho * wq * x.itemsize)
+    xpad = geo.empty_padded(nb, c, x.dtype)
+    dyw = np.zeros((nb, c, mult, ho, wq), x.dtype)  # garbage columns stay zero
+    dw = np.zeros((c, mult, len(geo.taps)), x.dtype)
+    for n0 in range(0, n, nb):
+        m = min(nb, n - n0)
+        geo.padded(x[n0:n0 + m], buf=xpad[:m])
+        dyw[:m].reshape(m, o, ho, wq)[..., :wo] = dy[n0:n0 + m]
+        for t, (i, j) in enumerate(geo.taps):
+            dw[:, :, t] += np.einsum("ncyx,ncmyx->cm", geo.tap(xpad[:m], i, j), dyw[:m])
+    return dw.reshape(o, 1, *geo.kernel)

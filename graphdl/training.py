@@ -1,0 +1,338 @@
+"""The Keras-style loop: ``compile``, ``fit``, ``evaluate`` and ``predict``.
+
+``fit`` compiles the whole train step (forward, loss, gradients, optimizer and BatchNorm
+updates) into one function once, then runs it per shuffled mini-batch. Each step runs without
+writing state back; the loss is checked first, so a step whose loss is NaN/Inf changes nothing
+and stops training with an error naming the epoch and batch.
+
+Data checks run before any training: X must match the model input's shape (batch first);
+floating-point X of another precision (e.g. float64 from NumPy or scikit-learn) is converted
+to the model's dtype, as Keras does, while integer or bool X is refused rather than silently
+scaled (convert it yourself, e.g. ``X.astype(np.float32) / 255``). Targets are checked
+against the loss (integer labels within the model's classes for cross-entropy).
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from graphdl import losses as _losses, optim as _optim
+from graphdl.callbacks import Callback, History
+from graphdl.ir import GraphError
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or Inf; the weights are those from before that step."""
+
+
+class TrainingMixin:
+    """compile/fit/evaluate/predict for :class:`graphdl.Model` (see the module docstring)."""
+
+    def __init__(self):
+        self.stop_training = False
+        self.history: History | None = None
+        self.optimizer: _optim.Optimizer | None = None
+        self.loss: _losses.Loss | None = None
+        self.metrics: list[tuple[str, Callable]] = []
+        self._reset_compiled_functions()
+
+    def _reset_compiled_functions(self) -> None:
+        self._train_fn = None
+        self._eval_fn = None
+        self._predict_fn = None
+
+    def _ensure_built(self, sample_shape=None) -> None:
+        """Functional models are always built; Sequential overrides this."""
+
+    def compile(self, optimizer: Any = "adam", loss: Any = None,
+                metrics: Sequence[str | Callable] | None = None) -> None:
+        """Choose the optimizer (an optimizer or "sgd"/"adam"/"adamw"), the loss (a name such
+        as "cross_entropy", a Loss, or ``fn(outputs, targets)``) and host-side metrics
+        ("accuracy", "mae", "mse" or ``fn(outputs, y) -> per-sample values``)."""
+        if loss is None:
+            raise ValueError("compile needs a loss, e.g. loss='cross_entropy'")
+        opt, loss_obj = _optim.get(optimizer), _losses.get(loss)
+        chosen = [_metric(m, loss_obj) for m in (metrics or [])]
+        self.optimizer, self.loss, self.metrics = opt, loss_obj, chosen
+        self._reset_compiled_functions()
+
+    # ---- compiled functions --------------------------------------------------------------
+
+    def _train_function(self):
+        if self._train_fn is None:
+            from graphdl.function import function
+
+            g = self.train_step_graph(self.loss, self.optimizer)
+            self._train_fn = function(g.inputs, list(g.outputs), g.updates, training=True)
+        return self._train_fn
+
+    def _eval_function(self, loss):
+        if self._eval_fn is None or self._eval_fn[0] is not loss:
+            from graphdl.function import function
+
+            g = self.eval_graph(loss)
+            self._eval_fn = (loss, function(g.inputs, list(g.outputs), training=False))
+        return self._eval_fn[1]
+
+    def _predict_function(self):
+        if self._predict_fn is None:
+            from graphdl.function import function
+
+            g = self.graph(training=False)
+            self._predict_fn = function(g.inputs, list(g.outputs), training=False)
+        return self._predict_fn
+
+    # ---- the loop ------------------------------------------------------------------------
+
+    def fit(self, x: Any, y: Any, epochs: int = 1, batch_size: int = 32,
+            validation_data: tuple | None = None, validation_split: float = 0.0,
+            shuffle: bool = True, seed: int = 0, verbose: int = 1,
+            callbacks: Sequence[Callback] | None = None, console=None) -> History:
+        """Train for ``epochs`` passes over (``x``, ``y``) in shuffled mini-batches.
+
+        ``seed`` fixes the shuffling; ``validation_data=(x_val, y_val)`` (or
+        ``validation_split``, the last fraction of the data, taken before shuffling) is
+        evaluated after each epoch in inference mode. Returns a :class:`History`; progress is
+        shown with a rich bar (``verbose=0`` silences it, ``2`` prints one line per epoch).
+        """
+        self._require_compiled("fit")
+        epochs, batch_size = _positive_int("epochs", epochs, 0), _positive_int(
+            "batch_size", batch_size, 1)
+        xs, targets = self._prepare(x, y, "x", "y")
+        if validation_split and validation_data is None:
+            if not 0.0 < validation_split < 1.0:
+                raise ValueError(f"validation_split must lie in (0, 1), got {validation_split}")
+            n_val = int(round(len(targets) * validation_split))
+            if n_val < 1 or n_val >= len(targets):
+                raise ValueError(f"validation_split={validation_split} leaves no data for "
+                                 f"training or validation ({len(targets)} samples)")
+            validation_data = ([a[-n_val:] for a in xs], targets[-n_val:])
+            xs, targets = [a[:-n_val] for a in xs], targets[:-n_val]
+        val = None
+        if validation_data is not None:
+            if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+                raise ValueError("validation_data must be a pair (x_val, y_val)")
+            val = self._prepare(validation_data[0], validation_data[1],
+                                "validation x", "validation y")
+        step = self._train_function()
+        n = len(targets)
+        steps = -(-n // batch_size)
+        names = ["loss"] + [name for name, _ in self.metrics]
+        history = History()
+        cbs = [history] + list(callbacks or [])
+        params = {"epochs": epochs, "steps": steps, "samples": n, "verbose": verbose,
+                  "metrics": names + ([f"val_{k}" for k in names] if val else [])}
+        for cb in cbs:
+            cb.set_model(self)
+            cb.set_params(params)
+        from graphdl.progress import FitProgress
+
+        progress = FitProgress(verbose, epochs, steps, console)
+        rng = np.random.default_rng(seed)
+        self.stop_training = False
+        self.history = history
+        try:
+            for cb in cbs:
+                cb.on_train_begin({})
+            for epoch in range(epochs):
+                for cb in cbs:
+                    cb.on_epoch_begin(epoch, {})
+                order = rng.permutation(n) if shuffle else None
+                progress.start_epoch(epoch)
+                logs, seconds = self._run_epoch(step, xs, targets, order, batch_size, epoch,
+                                                epochs, cbs, progress)
+                if val is not None:
+                    val_logs = self._evaluate_arrays(val[0], val[1], batch_size, self.loss)
+                    logs.update({f"val_{k}": v for k, v in val_logs.items()})
+                history.epoch_seconds.append(seconds)
+                progress.end_epoch(epoch, logs, seconds, n)
+                for cb in cbs:
+                    cb.on_epoch_end(epoch, logs)
+                if self.stop_training:
+                    break
+            for cb in cbs:
+                cb.on_train_end({})
+        finally:
+            progress.close()
+        return history
+
+    def _run_epoch(self, step, xs, targets, order, batch_size, epoch, epochs, cbs, progress):
+        n = len(targets)
+        steps = -(-n // batch_size)
+        sums = {"loss": 0.0, **{name: 0.0 for name, _ in self.metrics}}
+        seen = 0
+        seconds = 0.0
+        for b in range(steps):
+            idx = slice(b * batch_size, (b + 1) * batch_size) if order is None else \
+                order[b * batch_size:(b + 1) * batch_size]
+            xb = [a[idx] for a in xs]
+            yb = targets[idx]
+            start = time.perf_counter()
+            outs, new_state = step.run_uncommitted(*xb, yb)
+            loss = float(outs[0])
+            bad = None if np.isfinite(loss) else f"the loss became {loss}"
+            if bad is None:
+                bad = _non_finite_update(new_state)
+            if bad is not None:
+                raise NonFiniteLossError(
+                    f"{bad} at epoch {epoch + 1}/{epochs}, batch {b + 1}/{steps} (step "
+                    f"{self.optimizer.iterations + 1}); training stopped and the weights from "
+                    "before this step are kept. Try a lower learning rate, or check the data "
+                    "for extreme values.")
+            step.commit(new_state)
+            seconds += time.perf_counter() - start
+            size = len(yb)
+            seen += size
+            sums["loss"] += loss * size
+            for name, fn in self.metrics:
+                sums[name] += float(np.sum(fn(outs[1], yb)))
+            running = {k: v / seen for k, v in sums.items()}
+            progress.update(b, seen, running)
+            for cb in cbs:
+                cb.on_train_batch_end(b, {"loss": loss, "size": size})
+        return {k: v / max(seen, 1) for k, v in sums.items()}, seconds
+
+    def evaluate(self, x: Any, y: Any, batch_size: int = 128, return_dict: bool = False,
+                 verbose: int = 0):
+        """Loss and metrics on (``x``, ``y``) in inference mode: the loss alone when there are
+        no metrics, else ``[loss, *metrics]`` (or a dict with ``return_dict=True``)."""
+        self._require_compiled("evaluate")
+        xs, targets = self._prepare(x, y, "x", "y")
+        logs = self._evaluate_arrays(xs, targets, _positive_int("batch_size", batch_size, 1),
+                                     self.loss)
+        if verbose:
+            print("  ".join(f"{k} {v:.4f}" for k, v in logs.items()))
+        if return_dict:
+            return logs
+        values = list(logs.values())
+        return values[0] if len(values) == 1 else values
+
+    def _evaluate_arrays(self, xs, targets, batch_size, loss) -> dict[str, float]:
+        fn = self._eval_function(loss)
+        sums = {"loss": 0.0, **{name: 0.0 for name, _ in self.metrics}}
+        n = len(targets)
+        for start in range(0, n, batch_size):
+            idx = slice(start, start + batch_size)
+            yb = targets[idx]
+            loss_value, out = fn(*[a[idx] for a in xs], yb)
+            sums["loss"] += float(loss_value) * len(yb)
+            for name, metric in self.metrics:
+                sums[name] += float(np.sum(metric(out, yb)))
+        return {k: v / n for k, v in sums.items()}
+
+    def predict(self, x: Any, batch_size: int = 128, verbose: int = 0):
+        """Model outputs for ``x`` in inference mode, computed in batches (one array, or a
+        list for multi-output models)."""
+        xs = self._prepare_inputs(x, "x")
+        fn = self._predict_function()
+        batch_size = _positive_int("batch_size", batch_size, 1)
+        n = len(xs[0])
+        chunks: list[list[np.ndarray]] = []
+        for start in range(0, n, batch_size):
+            chunks.append(fn(*[a[start:start + batch_size] for a in xs]))
+        outs = [np.concatenate([c[i] for c in chunks]) for i in range(len(chunks[0]))]
+        if verbose:
+            print(f"predicted {n} samples")
+        return outs[0] if len(outs) == 1 else outs
+
+    # ---- input checks --------------------------------------------------------------------
+
+    def _require_compiled(self, what: str) -> None:
+        if self.loss is None:
+            raise GraphError(f"call model.compile(optimizer=..., loss=...) before {what}()")
+
+    def _prepare(self, x, y, x_name: str, y_name: str):
+        xs = self._prepare_inputs(x, x_name)
+        if y is None:
+            raise ValueError(f"{y_name} is missing: fit/evaluate need targets")
+        y_arr = np.asarray(y)
+        if y_arr.ndim == 0 or len(y_arr) != len(xs[0]):
+            got = "a scalar" if y_arr.ndim == 0 else f"{len(y_arr)} targets"
+            raise ValueError(f"{x_name} has {len(xs[0])} samples but {y_name} has {got}; they "
+                             "must have the same length")
+        return xs, self.loss.check_targets(y_arr, self.output)
+
+    def _prepare_inputs(self, x, x_name: str) -> list[np.ndarray]:
+        multi = isinstance(x, (list, tuple)) and len(getattr(self, "_inputs", None) or ()) > 1
+        arrays = [np.asarray(a) for a in (x if multi else [x])]
+        self._ensure_built(arrays[0].shape[1:] if arrays[0].ndim >= 1 else None)
+        inputs = self.inputs
+        if len(arrays) != len(inputs):
+            raise ValueError(f"the model takes {len(inputs)} input(s) "
+                             f"{[v.name for v in inputs]}, got {len(arrays)} array(s)")
+        out = []
+        for a, inp in zip(arrays, inputs):
+            label = x_name if len(inputs) == 1 else f"{x_name} for input {inp.name!r}"
+            out.append(_check_input_array(a, inp, label))
+        sizes = {len(a) for a in out}
+        if len(sizes) != 1:
+            raise ValueError(f"the input arrays have different numbers of samples {sorted(sizes)}")
+        return out
+
+
+def _check_input_array(a: np.ndarray, inp, label: str) -> np.ndarray:
+    want = tuple("N" if isinstance(d, str) else d for d in inp.shape)
+    shown = "(" + ", ".join("N" if isinstance(d, str) else str(d) for d in inp.shape) + ")"
+    if a.ndim == 0:
+        raise ValueError(f"{label} is a scalar; the model input {inp.name!r} expects {shown}")
+    if len(a) == 0:
+        raise ValueError(f"{label} is empty (0 samples); there is nothing to train on")
+    if a.ndim != len(want) or any(isinstance(d, int) and d != s for d, s in zip(want, a.shape)):
+        hint = ""
+        static = want[1:]
+        if all(isinstance(d, int) for d in static) and \
+                int(np.prod(static)) == int(np.prod(a.shape[1:])):
+            hint = f"; reshape it with {label.split()[0]}.reshape(-1, " \
+                   f"{', '.join(map(str, static))})"
+        raise ValueError(f"{label} has shape {a.shape}; the model input {inp.name!r} expects "
+                         f"{shown} (N = batch){hint}")
+    if inp.dtype.startswith("float"):
+        if a.dtype.kind in "iub":
+            raise ValueError(f"{label} has dtype {a.dtype}, the model takes {inp.dtype}; "
+                             "graphdl does not guess how to scale integer data: convert it, "
+                             f"e.g. x.astype(np.{inp.dtype}) / 255 for 8-bit images")
+        if a.dtype.kind != "f":
+            raise ValueError(f"{label} has dtype {a.dtype}; the model takes {inp.dtype}")
+        a = a.astype(inp.dtype, copy=False)
+        if not np.isfinite(a).all():
+            first = int(np.flatnonzero(~np.isfinite(a.reshape(len(a), -1)).all(1))[0])
+            raise ValueError(f"{label} contains NaN or Inf (first at sample {first})")
+    else:
+        if a.dtype.kind not in "iu":
+            raise ValueError(f"{label} has dtype {a.dtype}; the model input {inp.name!r} takes "
+                             f"{inp.dtype}")
+        a = a.astype(inp.dtype, copy=False)
+    return a
+
+
+def _non_finite_update(pairs) -> str | None:
+    for var, value in pairs:
+        if value.dtype.kind == "f" and not np.isfinite(value).all():
+            return f"the update of {var.name!r} became non-finite"
+    return None
+
+
+def _positive_int(name: str, value: Any, lowest: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lowest:
+        raise ValueError(f"{name} must be an integer >= {lowest}, got {value!r}")
+    return int(value)
+
+
+def _metric(spec: str | Callable, loss: _losses.Loss) -> tuple[str, Callable]:
+    """(name, fn(outputs, y) -> per-sample values) for a metric name or function."""
+    if callable(spec):
+        return getattr(spec, "__name__", "metric"), spec
+    key = str(spec).lower()
+    if key in ("accuracy", "acc"):
+        if loss.targets == "values":
+            raise ValueError(f"metric 'accuracy' needs a classification loss; loss "
+                             f"{loss.name!r} is a regression loss (use 'mae' or 'mse')")
+        return "accuracy", loss.accuracy
+    if key in ("mae", "mean_absolute_error"):
+        return "mae", lambda out, y: np.abs(out - y).reshape(len(y), -1).mean(axis=1)
+    if key in ("mse", "mean_squared_error"):
+        return "mse", lambda out, y: np.square(out - y).reshape(len(y), -1).mean(axis=1)
+    raise ValueError(f"unknown metric {spec!r}; use 'accuracy', 'mae', 'mse' or a function "
+                     "fn(outputs, y) -> per-sample values")

@@ -1,0 +1,342 @@
+"""The rewrite engine: patterns, rules, and a one-sweep graph rewriter.
+
+A rule is a pattern plus a replacement function (tinygrad's PatternMatcher, onnxscript's
+RewriteRule). The replacement gets a :class:`Match` and returns the new value(s) for the
+matched root, or ``None`` when the rule does not apply after all. Commutative ops match their
+inputs in both orders without writing the variant. Every rule states its identity in a
+trailing comment where it is declared (``# x*1 -> x``).
+
+:func:`rewrite_graph` walks the schedule once, rebuilding each node over its already rewritten
+inputs, so patterns always see the rewritten graph. A pass that changes nothing returns the
+very same graph object, which is how the pass manager detects a fixed point cheaply.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+
+from graphdl.ir import Graph, GraphError, Node, TensorType, Value, normalize_dtype
+from graphdl.ops.registry import get_op
+
+COMMUTATIVE = frozenset({"Add", "Mul", "Max", "Min", "Equal"})
+_MAX_LOCAL_REWRITES = 8  # rules re-tried on a fresh replacement root, at most this many times
+
+
+class Pattern:
+    """Matches a value: its producing op (a name, a set of names, or any), its inputs'
+    patterns (or any inputs), an optional predicate, and a capture name."""
+
+    __slots__ = ("ops", "inputs", "capture", "where", "index")
+
+    def __init__(self, ops: str | Iterable[str] | None = None,
+                 inputs: Sequence["Pattern"] | None = None, capture: str | None = None,
+                 where: Callable[[Value], bool] | None = None, index: int = 0):
+        self.ops = None if ops is None else (frozenset((ops,)) if isinstance(ops, str)
+                                             else frozenset(ops))
+        self.inputs = None if inputs is None else tuple(inputs)
+        self.capture = capture
+        self.where = where
+        self.index = index
+
+
+def op(ops: str | Iterable[str], *inputs: Pattern, capture: str | None = None,
+       where: Callable[[Value], bool] | None = None, index: int = 0) -> Pattern:
+    """A pattern for a value made by ``ops`` from values matching ``inputs`` (any if none)."""
+    return Pattern(ops, inputs if inputs else None, capture, where, index)
+
+
+def any_value(capture: str | None = None, where: Callable[[Value], bool] | None = None
+              ) -> Pattern:
+    """A pattern matching any value (a leaf), captured under ``capture``."""
+    return Pattern(None, None, capture, where)
+
+
+def const(capture: str | None = None, value: float | None = None) -> Pattern:
+    """A pattern for a constant whose elements all equal ``value`` (any constant if None)."""
+    if value is None:
+        return Pattern(None, None, capture, lambda v: constant_array(v) is not None)
+    return Pattern(None, None, capture, lambda v: uniform_value(v) == value)
+
+
+def constant_array(v: Value) -> np.ndarray | None:
+    """The array behind a ``Const`` value, else None."""
+    return v.node.attrs["value"] if v.node.op == "Const" else None
+
+
+def uniform_value(v: Value) -> float | None:
+    """The one value every element of ``v`` holds, when that is known at compile time:
+    small constants, broadcasts of them, and ``ZerosLike``."""
+    node = v.node
+    if node.op == "Const":
+        arr = node.attrs["value"]
+        if arr.size == 0 or arr.size > 4096:
+            return None
+        first = arr.flat[0]
+        return first.item() if (arr == first).all() else None
+    if node.op in ("Expand", "ExpandAs"):
+        return uniform_value(node.inputs[0])
+    if node.op == "ZerosLike":
+        return 0
+    return None
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A named rewrite: ``pattern`` locates the root; ``replace(match)`` returns the new value
+    (or a tuple, one per output of a multi-output root) or None to decline."""
+
+    name: str
+    pattern: Pattern
+    replace: Callable[["Match"], Any]
+
+
+class RewriteContext:
+    """What rules may ask about the graph being rewritten: use counts and consumers (taken
+    on the input graph, and kept conservative as rewrites add uses)."""
+
+    def __init__(self, graph: Graph):
+        self.graph = graph
+        self.uses: dict[Value, int] = {}
+        self.consumers: dict[Value, list[Node]] = {}
+        self.outputs = set(graph.all_outputs)
+        for node in graph.nodes:
+            for v in node.inputs:
+                self.uses[v] = self.uses.get(v, 0) + 1
+                self.consumers.setdefault(v, []).append(node)
+        for v in graph.all_outputs:
+            self.uses[v] = self.uses.get(v, 0) + 1
+        self.original: frozenset[int] = frozenset(id(n) for n in graph.nodes)
+        self.known: set[int] = set(self.original)
+
+    def note_new(self, values: Iterable[Value | None]) -> None:
+        """Count the uses that freshly built nodes add, so use counts never go stale low."""
+        stack = [v.node for v in values if v is not None and id(v.node) not in self.known]
+        while stack:
+            node = stack.pop()
+            if id(node) in self.known:
+                continue
+            self.known.add(id(node))
+            for v in node.inputs:
+                self.uses[v] = self.uses.get(v, 0) + 1
+                if id(v.node) not in self.known:
+                    stack.append(v.node)
+
+    def note_replaced(self, old: Value, new: Value) -> None:
+        """``new`` takes over every use of ``old``."""
+        self.uses[new] = self.uses.get(new, 0) + self.uses.get(old, 0)
+
+
+class Match:
+    """A successful match: captured values by name, the root node, and builders that give new
+    nodes the root's call site."""
+
+    __slots__ = ("root", "captures", "ctx")
+
+    def __init__(self, root: Node, captures: dict[str, Value], ctx: RewriteContext | None):
+        self.root = root
+        self.captures = captures
+        self.ctx = ctx
+
+    def __getitem__(self, name: str) -> Value:
+        return self.captures[name]
+
+    def get(self, name: str) -> Value | None:
+        """The capture ``name``, or None."""
+        return self.captures.get(name)
+
+    @property
+    def value(self) -> Value:
+        """The root's first output."""
+        return self.root.outputs[0]
+
+    @property
+    def type(self) -> TensorType:
+        """The type of the root's first output."""
+        return self.root.types[0]
+
+    def uses(self, v: Value) -> int:
+        """How many times ``v`` is consumed (graph outputs count as a use); large if unknown."""
+        if self.ctx is None:
+            return 1 << 30
+        return self.ctx.uses.get(v, 1 << 30)
+
+    def only_used_here(self, v: Value) -> bool:
+        """True when ``v`` has exactly one use and is not a graph output."""
+        return self.uses(v) == 1 and (self.ctx is None or v not in self.ctx.outputs)
+
+    def consumers(self, v: Value) -> list[Node]:
+        """Nodes of the input graph that consume ``v``."""
+        return [] if self.ctx is None else self.ctx.consumers.get(v, [])
+
+    def op(self, op_name: str, *inputs: Value, name: str | None = None, **attrs: Any):
+        """Build a node (the root's call site); returns its value or values."""
+        return build(op_name, *inputs, name=name, site=self.root.site, **attrs)
+
+    def try_op(self, op_name: str, *inputs: Value, **attrs: Any):
+        """Like :meth:`op`, but None when inference rejects the inputs."""
+        try:
+            return self.op(op_name, *inputs, **attrs)
+        except GraphError:
+            return None
+
+    def const(self, value: Any, dtype: Any = None) -> Value:
+        """A constant node (read-only copy of ``value``)."""
+        return make_const(value, dtype, site=self.root.site)
+
+
+def build(op_name: str, *inputs: Value, name: str | None = None, site: str | None = None,
+          **attrs: Any):
+    """Build one node, running the op's inference; returns its value or values."""
+    opdef = get_op(op_name)
+    types = opdef.infer([v.type for v in inputs], attrs)
+    node = Node(op_name, inputs, attrs, types, name=name, site=site)
+    return node.outputs[0] if opdef.n_outputs == 1 else node.outputs
+
+
+def make_const(value: Any, dtype: Any = None, site: str | None = None,
+               name: str | None = None) -> Value:
+    """A ``Const`` node holding a read-only copy of ``value``."""
+    arr = np.array(value, dtype=dtype)
+    arr.setflags(write=False)
+    t = TensorType(tuple(int(d) for d in arr.shape), normalize_dtype(arr.dtype))
+    return Node("Const", (), {"value": arr}, (t,), name=name, site=site).outputs[0]
+
+
+# ---- matching ------------------------------------------------------------------------------
+
+def match_value(pattern: Pattern, v: Value, captures: dict[str, Value]) -> dict | None:
+    """Captures extended by matching ``pattern`` against ``v``, or None."""
+    node = v.node
+    if pattern.ops is not None and (node.op not in pattern.ops or v.index != pattern.index):
+        return None
+    if pattern.capture is not None:
+        seen = captures.get(pattern.capture)
+        if seen is not None and seen is not v:
+            return None
+    if pattern.where is not None and not pattern.where(v):
+        return None
+    if pattern.capture is not None and pattern.capture not in captures:
+        captures = dict(captures)
+        captures[pattern.capture] = v
+    if pattern.inputs is None:
+        return captures
+    return _match_inputs(pattern.inputs, node, captures)
+
+
+def _match_inputs(pats: tuple[Pattern, ...], node: Node, captures: dict) -> dict | None:
+    ins = node.inputs
+    if len(pats) != len(ins):
+        return None
+    orders = [ins]
+    if node.op in COMMUTATIVE and len(ins) == 2:
+        orders.append((ins[1], ins[0]))  # the commutative variant comes for free
+    for order in orders:
+        caps: dict | None = captures
+        for p, x in zip(pats, order):
+            caps = match_value(p, x, caps)
+            if caps is None:
+                break
+        if caps is not None:
+            return caps
+    return None
+
+
+def match_node(pattern: Pattern, node: Node, ctx: RewriteContext | None = None
+               ) -> Match | None:
+    """A :class:`Match` of ``pattern`` rooted at ``node``, or None."""
+    if pattern.index >= len(node.outputs):
+        return None
+    caps = match_value(pattern, node.outputs[pattern.index], {})
+    return None if caps is None else Match(node, caps, ctx)
+
+
+# ---- graph rewriting -----------------------------------------------------------------------
+
+def rewrite_graph(graph: Graph, fn: Callable[[Node], Sequence[Value | None] | None]) -> Graph:
+    """One sweep over the schedule: ``fn(node)`` sees each node rebuilt over its rewritten
+    inputs and returns new values for its outputs (None entries keep an output) or None to
+    keep the node. Returns ``graph`` itself when nothing changed."""
+    mapping: dict[Value, Value] = {}
+    for node in graph.nodes:
+        cur = node
+        if mapping and node.inputs:
+            new_inputs = tuple(mapping.get(v, v) for v in node.inputs)
+            if any(a is not b for a, b in zip(new_inputs, node.inputs)):
+                cur = Node(node.op, new_inputs, node.attrs, node.types, node.name, node.site)
+        outs = fn(cur)
+        if outs is None:
+            if cur is not node:
+                mapping.update(zip(node.outputs, cur.outputs))
+            continue
+        for old, here, new in zip(node.outputs, cur.outputs, outs):
+            new = here if new is None else new
+            if new is old:
+                continue
+            if new.type != old.type:
+                raise GraphError(f"internal: rewriting {node.op} (made at {node.site}) changed "
+                                 f"its type from {old.type} to {new.type}")
+            mapping[old] = new
+    if not mapping:
+        return graph
+    return Graph(graph.inputs, [mapping.get(v, v) for v in graph.outputs],
+                 [(var, mapping.get(v, v)) for var, v in graph.updates], graph.name)
+
+
+def index_rules(rules: Iterable[Rule]) -> dict[str | None, list[Rule]]:
+    """Rules grouped by the op of their root (None: rules whose root is any op)."""
+    index: dict[str | None, list[Rule]] = {}
+    for rule in rules:
+        for name in (rule.pattern.ops or (None,)):
+            index.setdefault(name, []).append(rule)
+    return index
+
+
+def apply_rules(graph: Graph, rules: Sequence[Rule], fired: dict[str, int] | None = None
+                ) -> Graph:
+    """Rewrite ``graph`` once with ``rules``; ``fired`` (if given) counts firings per rule."""
+    index = index_rules(rules)
+    anywhere = index.get(None, [])
+    ctx = RewriteContext(graph)
+
+    def rewrite(node: Node):
+        outs = _first_firing(index.get(node.op, ()), anywhere, node, ctx, fired)
+        if outs is None or len(outs) != 1 or outs[0] is None:
+            return outs
+        v = outs[0]
+        for _ in range(_MAX_LOCAL_REWRITES):  # a fresh root may simplify further right away
+            fresh = v.node
+            if id(fresh) in ctx.original or not fresh.inputs:
+                break
+            more = _first_firing(index.get(fresh.op, ()), anywhere, fresh, ctx, fired)
+            if more is None or more[0] is None:
+                break
+            v = more[0]
+        return [v]
+
+    return rewrite_graph(graph, rewrite)
+
+
+def _first_firing(rules, anywhere, node: Node, ctx: RewriteContext, fired):
+    for rule in (*rules, *anywhere):
+        m = match_node(rule.pattern, node, ctx)
+        if m is None:
+            continue
+        res = rule.replace(m)
+        if res is None:
+            continue
+        outs = list(res) if isinstance(res, (tuple, list)) else [res]
+        if len(outs) != len(node.outputs):
+            raise GraphError(f"internal: rule {rule.name} returned {len(outs)} values for "
+                             f"{node.op} with {len(node.outputs)} outputs")
+        if any(o is not None and o.type != t for o, t in zip(outs, node.types)):
+            continue  # a replacement must keep every type; decline rather than break users
+        ctx.note_new(outs)
+        for old, new in zip(node.outputs, outs):
+            if new is not None:
+                ctx.note_replaced(old, new)
+        if fired is not None:
+            fired[rule.name] = fired.get(rule.name, 0) + 1
+        return outs
+    return None

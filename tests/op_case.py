@@ -1,0 +1,37 @@
+"""The shape of one op test case, shared by every op family's case table."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+
+@dataclass
+class OpCase:
+    """One way to call one op.
+
+    ``inputs`` are float64 arrays for float inputs (tests cast them for float32 runs) and
+    integer/bool arrays otherwise; use non-square, seeded shapes. ``torch`` takes the same
+    inputs as torch tensors and returns the output (or a tuple of outputs) — the reference for
+    the forward pass and for the VJP. ``grad_inputs``/``grad_outputs`` choose which inputs get a
+    gradient check and which outputs are seeded with a cotangent (default: every float one).
+    ``fd=False`` skips finite differences (e.g. a kink sits too close to an input).
+    ``onnx=False`` skips runtime comparisons that cannot agree (random dropout masks).
+    """
+
+    inputs: list[np.ndarray]
+    attrs: dict[str, Any] = field(default_factory=dict)
+    torch: Callable | None = None
+    grad_inputs: tuple[int, ...] | None = None
+    grad_outputs: tuple[int, ...] | None = None
+    fd: bool = True
+    onnx: bool = True
+    rtol: float = 1e-5
+    atol: float = 1e-7
+    id: str = ""
+
+
+def rng(seed: int = 0) -> np.random.Generator:
+    """A seeded generator for case inputs."""
+    return np.random.default_rng(seed)
