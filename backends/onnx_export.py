@@ -188,7 +188,7 @@ class _Builder:
                     self.initializer(var_names[id(var)], var.value)
                 self.names[node.outputs[0]] = var_names[id(var)]
             elif node.op == "Const":
-                self.names[node.outputs[0]] = self.unique(readable[node.outputs[0]])
+                self.names[node.outputs[0]] = self.unique(self.const_label(node, readable))
                 self.initializer(self.names[node.outputs[0]], node.attrs["value"])
         aliases = self.name_outputs(readable)
         for node in graph.nodes:
@@ -197,9 +197,10 @@ class _Builder:
         for out_name, v in aliases:
             self.emit(helper.make_node("Identity", [self.names[v]], [out_name],
                                        name=self.unique_node(out_name)), node=None)
+        produced = {o for n in self.nodes for o in n.output}
         value_info = [self.value_info(self.names[v], v.type) for node in graph.nodes
                       if not get_op(node.op).source for v in node.outputs
-                      if v in self.names and self.names[v] not in self.output_names]
+                      if self.names.get(v) in produced and self.names[v] not in self.output_names]
         proto = helper.make_graph(self.nodes, name, self.inputs, self.outputs,
                                   self.initializers, value_info=value_info)
         model = helper.make_model(
@@ -214,6 +215,17 @@ class _Builder:
             _convert_float_attrs(model, ONNX_ELEM_TYPES[self.dtype])
         annotate_temporaries(model)
         return model
+
+    def const_label(self, node: Node, readable: dict[Value, str]) -> str:
+        """A constant's name: its own, else after its first named consumer and the input
+        slot it feeds (a folded Conv weight becomes ``layer1.0.conv1.input1``)."""
+        if node.name:
+            return node.name
+        for user in self._consumers.get(id(node), ()):
+            if user.name:
+                slot = next(i for i, v in enumerate(user.inputs) if v.node is node)
+                return f"{readable[user.outputs[0]]}.input{slot}"
+        return readable[node.outputs[0]]
 
     def name_outputs(self, readable: dict[Value, str]) -> list[tuple[str, Value]]:
         """Name graph outputs (node name, else ``output``) and state outputs
@@ -379,6 +391,27 @@ def _convert_float_attrs(model: onnx.ModelProto, target: int) -> None:
         if init.name in keep and init.data_type != TensorProto.FLOAT:
             arr = numpy_helper.to_array(init).astype(np.float32)
             model.graph.initializer[i].CopyFrom(numpy_helper.from_array(arr, init.name))
+
+
+def convert_float(model: onnx.ModelProto, dtype: str = "float16") -> onnx.ModelProto:
+    """A copy of any ONNX model with its float tensors in ``dtype``: initializers, graph
+    inputs, outputs and value_info, tensor attributes and Cast targets (top-level graph)."""
+    target = ONNX_ELEM_TYPES[np.dtype(dtype).name]
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    g = out.graph
+    keep = {node.input[i] for node in g.node for (op, i) in _KEEP_FLOAT32_INPUTS
+            if node.op_type == op and len(node.input) > i}
+    np_target = helper.tensor_dtype_to_np_dtype(target)
+    for init in g.initializer:
+        if init.data_type in _FLOAT_CODES and init.name not in keep:
+            arr = numpy_helper.to_array(init).astype(np_target)
+            init.CopyFrom(numpy_helper.from_array(arr, init.name))
+    for vi in list(g.input) + list(g.output) + list(g.value_info):
+        if vi.type.tensor_type.elem_type in _FLOAT_CODES and vi.name not in keep:
+            vi.type.tensor_type.elem_type = target
+    _convert_float_attrs(out, target)
+    return out
 
 
 _SMALL = 4096  # elements: initializers up to this size keep their data for shape inference

@@ -378,14 +378,16 @@ def _avg_pool(imp, node, a):
     x = imp.value(node.input[0])
     kernel = tuple(a["kernel_shape"])
     strides, dilations, pads = _spatial(imp, node, a, x, kernel)
+    fn = _builder(imp, "avg_pool2d")
+    kwargs: dict[str, Any] = {"stride": strides, "padding": (pads[0], pads[1])}
     if a.get("ceil_mode", 0) and _ceil_pads(x, kernel, strides, dilations, pads) != pads:
-        raise OnnxImportError(f"{imp.where()}: AveragePool with ceil_mode=1 that changes the "
-                              "output size is not supported")
+        if not _takes(fn, "ceil_mode"):
+            raise OnnxImportError(f"{imp.where()}: AveragePool with ceil_mode=1 that changes "
+                                  "the output size is not supported")
+        kwargs["ceil_mode"] = True
     if pads[:2] != pads[2:]:
         raise OnnxImportError(f"{imp.where()}: AveragePool with asymmetric pads {pads} is "
                               "not supported")
-    fn = _builder(imp, "avg_pool2d")
-    kwargs: dict[str, Any] = {"stride": strides, "padding": (pads[0], pads[1])}
     include = bool(a.get("count_include_pad", 0))
     if any(pads):
         if _takes(fn, "count_include_pad"):

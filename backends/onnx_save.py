@@ -39,11 +39,29 @@ def export_onnx(model_or_graph: Any, path: str | os.PathLike, opset: int = DEFAU
     else:
         graph = as_graph(model_or_graph)
         if optimize:
-            from graphdl.passes import optimize_graph
-
-            graph, _ = optimize_graph(graph, training=bool(graph.updates))
+            graph = optimize_for_onnx(graph)
         model = to_onnx(graph, opset=opset, ir_version=ir_version, dtype=dtype, name=name)
     return save_model(model, path, external_data=external_data, check=check)
+
+
+# Passes that only pay off in graphdl's NumPy executor (fused elementwise kernels, a schedule
+# for its memory arena); ONNX Runtime has its own kernels and memory planner.
+EXECUTOR_ONLY_PASSES = ("fuse_elementwise", "schedule_for_memory")
+
+
+def optimize_for_onnx(graph):
+    """graphdl's pipeline for an ONNX export: an inference graph is frozen (parameters become
+    constants, as in any export) so BatchNorm folds into the Conv/Gemm weights and constant
+    subgraphs fold; a training step keeps its state. Executor-only passes are left out."""
+    from graphdl.passes import DEFAULT_PIPELINE, Stage, optimize_graph
+
+    stages = [Stage(s.name, tuple(p for p in s.passes if p not in EXECUTOR_ONLY_PASSES),
+                    s.fixed_point) for s in DEFAULT_PIPELINE]
+    stages = [s for s in stages if s.passes]
+    training = bool(graph.updates)
+    optimized, _ = optimize_graph(graph, training=training, passes=stages,
+                                  freeze_params=not training, memory=False)
+    return optimized
 
 
 def save_model(model: onnx.ModelProto, path: str | os.PathLike,

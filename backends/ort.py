@@ -282,9 +282,9 @@ def compile_ort(model_or_graph: Any, providers: str | Sequence[Any] = "auto",
     if not isinstance(model_or_graph, (onnx.ModelProto, str, os.PathLike)):
         graph = as_graph(model_or_graph)
         if optimize:
-            from graphdl.passes import optimize_graph
+            from graphdl.backends.onnx_save import optimize_for_onnx
 
-            graph, _ = optimize_graph(graph, training=bool(graph.updates))
+            graph = optimize_for_onnx(graph)
         model_or_graph = graph
     return OrtRunner(model_or_graph, providers=providers, threads=threads,
                      optimization_level=optimization_level, io_binding=io_binding, **kwargs)

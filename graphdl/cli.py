@@ -24,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="train the small CNN on the real 8x8 digits and report",
                           description="Train gd.models.cnn on scikit-learn's 8x8 digits (fixed "
-                          "20%% hold-out), print test accuracy and training time, save the "
+                          "20% hold-out), print test accuracy and training time, save the "
                           "weights, a training-curve PNG and the model summary.")
     demo.add_argument("--epochs", type=_positive, default=DEFAULT_EPOCHS,
                       help=f"training epochs (default {DEFAULT_EPOCHS})")

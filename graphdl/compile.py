@@ -26,6 +26,9 @@ def compile(model_or_graph: Any, backend: str = "onnxruntime",
     weights and outputs on the device between calls. Further ``options`` (``dtype="float16"``,
     ``opset``, ``device_id``, ``optimized_model_path``, ``sync_state``) go to the runner.
     ``backend="numpy"`` returns the NumPy executor's compiled function.
+
+    With ``optimize=True`` (the default) an inference graph is compiled from a snapshot of
+    the parameters (BatchNorm folds into the weights); compile again after training.
     """
     if backend == "onnxruntime":
         from graphdl.backends.ort import compile_ort

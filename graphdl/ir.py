@@ -257,6 +257,12 @@ class Value:
     def __ge__(self, o): return self._t().greater_equal(self, o)
     def __getitem__(self, idx): return self._t().getitem(self, idx)
 
+    def __iter__(self):
+        """Values along a static first axis (a symbolic batch has no length to iterate)."""
+        if not self.shape or not isinstance(self.shape[0], int):
+            raise TypeError(f"cannot iterate over {self!r}: its first axis has no static size")
+        return (self[i] for i in range(self.shape[0]))
+
     @property
     def T(self) -> "Value":
         """Transpose with the axes reversed."""

@@ -101,6 +101,7 @@ class TrainingMixin:
         epochs, batch_size = _positive_int("epochs", epochs, 0), _positive_int(
             "batch_size", batch_size, 1)
         xs, targets = self._prepare(x, y, "x", "y")
+        val = None
         if validation_split and validation_data is None:
             if not 0.0 < validation_split < 1.0:
                 raise ValueError(f"validation_split must lie in (0, 1), got {validation_split}")
@@ -108,9 +109,8 @@ class TrainingMixin:
             if n_val < 1 or n_val >= len(targets):
                 raise ValueError(f"validation_split={validation_split} leaves no data for "
                                  f"training or validation ({len(targets)} samples)")
-            validation_data = ([a[-n_val:] for a in xs], targets[-n_val:])
+            val = ([a[-n_val:] for a in xs], targets[-n_val:])  # already checked
             xs, targets = [a[:-n_val] for a in xs], targets[:-n_val]
-        val = None
         if validation_data is not None:
             if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
                 raise ValueError("validation_data must be a pair (x_val, y_val)")
@@ -308,8 +308,13 @@ def _check_input_array(a: np.ndarray, inp, label: str) -> np.ndarray:
 
 
 def _non_finite_update(pairs) -> str | None:
-    for var, value in pairs:
-        if value.dtype.kind == "f" and not np.isfinite(value).all():
+    floats = [(var, value) for var, value in pairs if value.dtype.kind == "f"]
+    # one reduction per array (no temporaries); a NaN/Inf anywhere makes its sum non-finite
+    with np.errstate(over="ignore", invalid="ignore"):
+        if np.isfinite(sum(float(value.sum()) for _, value in floats)):
+            return None
+    for var, value in floats:
+        if not np.isfinite(value).all():
             return f"the update of {var.name!r} became non-finite"
     return None
 

@@ -63,7 +63,7 @@ def freeze_parameters(graph: Graph) -> Graph:
     def freeze(node: Node):
         if node.op != "Param":
             return None
-        value = np.array(node.attrs["variable"].value)
-        return [make_const(value, site=node.site, name=node.name)]
+        # make_const copies: later changes to the variable do not reach the snapshot
+        return [make_const(node.attrs["variable"].value, site=node.site, name=node.name)]
 
     return rewrite_graph(graph, freeze)

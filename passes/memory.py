@@ -135,25 +135,42 @@ def plan_memory(graph: Graph, bindings: Mapping[str, int] | None = None,
     """Plan every computed value of ``graph`` into one arena for these symbolic sizes
     (unbound symbolic dims count as 1)."""
     bindings = dict(bindings or {})
-    node_pos = {id(n): i for i, n in enumerate(graph.nodes)}
-    steps = [n for n in graph.nodes if not get_op(n.op).source]
+    plans, storages, no_reuse, end = liveness(graph.nodes, graph.all_outputs, bindings,
+                                              alignment, inplace)
+    intervals = [tuple(st) for st in storages]
+    offsets, arena = greedy_by_size(intervals)
+    values = []
+    for p in plans.values():
+        if p.get("storage", -1) >= 0:
+            p["offset"] = offsets[p["storage"]]
+        values.append(ValuePlan(**p))
+    return MemoryPlan(tuple(sorted(bindings.items())), arena, lower_bound(intervals), no_reuse,
+                      end, tuple(values), tuple(intervals), alignment)
+
+
+def liveness(nodes: Sequence, outputs: Sequence, bindings: Mapping[str, int],
+             alignment: int = DEFAULT_ALIGNMENT, inplace: bool = True):
+    """Storage of every value under the schedule ``nodes``: returns (per-value plans keyed by
+    (id(node), index), storages as [first, last, bytes], no-reuse bytes, number of steps)."""
+    node_pos = {id(n): i for i, n in enumerate(nodes)}
+    steps = [n for n in nodes if not get_op(n.op).source]
     step_of = {id(n): s for s, n in enumerate(steps)}
     end = len(steps)
     last_use: dict[tuple[int, int], int] = {}
     for s, node in enumerate(steps):
         for v in node.inputs:
-            key = (id(v.node), v.index)
-            last_use[key] = s  # steps run in order, so the final write is the last use
-    for v in graph.all_outputs:
+            last_use[(id(v.node), v.index)] = s  # steps run in order: the final write wins
+    for v in outputs:
         last_use[(id(v.node), v.index)] = end  # outputs stay until they are copied out
 
     plans: dict[tuple[int, int], dict] = {}
     storage_of: dict[tuple[int, int], int] = {}
     storages: list[list[int]] = []  # [first, last, bytes]
     no_reuse = 0
-    for node in graph.nodes:
+    for node in nodes:
         pos = node_pos[id(node)]
-        if get_op(node.op).source:
+        opdef = get_op(node.op)
+        if opdef.source:
             for v in node.outputs:
                 plans[(id(node), v.index)] = {"node": pos, "index": v.index, "kind": EXTERNAL}
             continue
@@ -172,7 +189,7 @@ def plan_memory(graph: Graph, bindings: Mapping[str, int] | None = None,
                 plans[key] = {"node": pos, "index": 0, "kind": VIEW, "storage": src_storage,
                               "first": s, "last": last}
             continue
-        elementwise = get_op(node.op).elementwise or node.op in INPLACE_OPS
+        elementwise = opdef.elementwise or node.op in INPLACE_OPS
         for v in node.outputs:
             key = (id(node), v.index)
             nbytes = _aligned(v.type.nbytes(bindings), alignment)
@@ -192,16 +209,14 @@ def plan_memory(graph: Graph, bindings: Mapping[str, int] | None = None,
             storages.append([s, last, nbytes])
             plans[key] = {"node": pos, "index": v.index, "kind": ARENA, "nbytes": nbytes,
                           "storage": len(storages) - 1, "first": s, "last": last}
+    return plans, storages, no_reuse, end
 
-    intervals = [tuple(st) for st in storages]
-    offsets, arena = greedy_by_size(intervals)
-    values = []
-    for key, p in plans.items():
-        if p.get("storage", -1) >= 0:
-            p["offset"] = offsets[p["storage"]]
-        values.append(ValuePlan(**p))
-    return MemoryPlan(tuple(sorted(bindings.items())), arena, lower_bound(intervals), no_reuse,
-                      end, tuple(values), tuple(intervals), alignment)
+
+def schedule_peak(nodes: Sequence, outputs: Sequence, bindings: Mapping[str, int],
+                  alignment: int = DEFAULT_ALIGNMENT) -> int:
+    """The lower bound of peak memory for the schedule ``nodes`` (cheap: no offsets)."""
+    _, storages, _, _ = liveness(nodes, outputs, bindings, alignment)
+    return lower_bound(storages)
 
 
 def _dying_input(node, step, plans, storages, bindings, out_type):

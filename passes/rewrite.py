@@ -340,3 +340,36 @@ def _first_firing(rules, anywhere, node: Node, ctx: RewriteContext, fired):
             fired[rule.name] = fired.get(rule.name, 0) + 1
         return outs
     return None
+
+
+def replace_nodes(graph: Graph, builders: dict[int, Callable[[Callable[[Value], Value]],
+                                                              Sequence[Value]]]) -> Graph:
+    """Replace the nodes whose ids key ``builders``: each builder gets ``remap`` (old value ->
+    its value in the new graph) and returns new values for the node's outputs. Nodes that
+    only consumed replaced values are rebuilt; nothing else changes."""
+    if not builders:
+        return graph
+    mapping: dict[Value, Value] = {}
+
+    def remap(v: Value) -> Value:
+        return mapping.get(v, v)
+
+    for node in graph.nodes:
+        builder = builders.get(id(node))
+        if builder is not None:
+            for old, new in zip(node.outputs, builder(remap)):
+                if new is not None and new is not old:
+                    if new.type != old.type:
+                        raise GraphError(f"internal: fusing {node.op} (made at {node.site}) "
+                                         f"changed its type from {old.type} to {new.type}")
+                    mapping[old] = new
+            continue
+        if mapping and node.inputs:
+            new_inputs = tuple(remap(v) for v in node.inputs)
+            if any(a is not b for a, b in zip(new_inputs, node.inputs)):
+                cur = Node(node.op, new_inputs, node.attrs, node.types, node.name, node.site)
+                mapping.update(zip(node.outputs, cur.outputs))
+    if not mapping:
+        return graph
+    return Graph(graph.inputs, [remap(v) for v in graph.outputs],
+                 [(var, remap(v)) for var, v in graph.updates], graph.name)

@@ -46,7 +46,9 @@ def _dropout_identity(m: Match):
     node = m.root
     if node.attrs.get("training", True) and node.attrs.get("rate", 0.0) != 0.0:
         return None
-    return (node.inputs[0], None, None)  # y = x; mask and next seed stay if anyone reads them
+    if node.attrs.get("training", True):
+        return (node.inputs[0], None, None)  # rate 0: y = x, but the seed still advances
+    return (node.inputs[0], None, node.inputs[1])  # inference: y = x, the seed stays
 
 
 def _same_shape(m: Match):
@@ -287,12 +289,31 @@ def _relu_mask(m: Match):
     return None
 
 
+def _numel_from_input(m: Match):
+    x, axes = m["x"], m.root.attrs["axes"]
+    if x.node.op == "Input" or m.ctx is None:
+        return None
+    dims = [x.shape[a] for a in axes]
+    symbols = [d for d in dims if isinstance(d, str)]
+    if not symbols or len(set(symbols)) != len(symbols):
+        return None
+    static = int(np.prod([d for d in dims if isinstance(d, int)]))
+    for u in m.ctx.graph.inputs:
+        if all(u.shape.count(d) == 1 for d in symbols):
+            n = m.op("Numel", u, axes=tuple(u.shape.index(d) for d in symbols))
+            # the count depends on x's shape only: read it off a graph input, so x may die
+            return n if static == 1 else m.op("Mul", n, m.const(np.array(static, n.dtype)))
+    return None
+
+
 GRADIENT_RULES = [
     Rule("absorb_expand", op(BROADCASTING_OPS), _absorb_expand),  # a*expand(b) -> a*b
     Rule("sink_expand", op(_BINARY_ARITH + _UNARY_ELEMENTWISE), _sink_expand),
     # ^ expand(a)*b -> expand(a*b) when b is as small as a
     Rule("relu_mask", op("Greater", _X, const(value=0)), _relu_mask),
     # ^ x > 0 -> relu(x) > 0 where relu(x) is computed anyway
+    Rule("numel_from_input", op("Numel", _X), _numel_from_input),
+    # ^ numel(x, axes) -> numel(input, axes') * k: same count, without keeping x alive
 ]
 
 SIMPLIFY_RULES = IDENTITY_RULES + ALGEBRA_RULES + SHAPE_RULES + GRADIENT_RULES

@@ -318,3 +318,33 @@ _add("ReshapeLike",
 
 for _op, _cases in INDEXING_CASES.items():
     _add(_op, *_cases)
+
+
+# ---- integer and bool inputs: inference and kernels must agree on the dtype too ------------
+
+_IA = np.array([[7, -7, 5, 0], [-3, 4, 9, -8], [1, -1, 6, 2]], np.int64)
+_IB = np.array([2, 3, -3, 5], np.int64)
+for _op, _ref in (("Add", _tfn("add")), ("Sub", _tfn("sub")), ("Mul", _tfn("mul")),
+                  ("Div", _tfn("div", rounding_mode="trunc")), ("Max", _tfn("maximum")),
+                  ("Min", _tfn("minimum"))):
+    _add(_op, OpCase([_IA, _IB], torch=_ref, id="int64"))
+_add("Pow", OpCase([np.abs(_IA), np.abs(_IB) % 3], torch=_tfn("pow"), id="int64"))
+for _op, _ref in (("Neg", "neg"), ("Abs", "abs"), ("Sign", "sign")):
+    _add(_op, OpCase([_IA.astype(np.int32)], torch=_tfn(_ref), id="int32"))
+_add("Clip", OpCase([_IA], {"min": -1.0, "max": 4.0}, torch=_tfn("clamp", min=-1, max=4),
+                    id="int64"))
+for _op, _name in (("ReduceSum", "sum"), ("ReduceMax", "amax"), ("ReduceMin", "amin")):
+    _add(_op, OpCase([_IA], {"axes": (1,), "keepdims": False},
+                     torch=_reduce_ref(_name, (1,), False), id="int64"))
+_add("MatMul", OpCase([_IA, _IA.T[:, :2].copy()], torch=_tfn("matmul"), id="int64"))
+_add("Where", OpCase([_IA > 0, _IA, _IB], torch=_tfn("where"), id="int64"),
+     # ONNX Runtime has no bool Where kernel; the NumPy kernel and torch still agree
+     OpCase([_IA > 0, _IA < 3, _IB > 0], torch=_tfn("where"), onnx=False, id="bool"))
+_add("Equal", OpCase([_IA > 0, _IB > 0], torch=_tfn("eq"), id="bool"))
+_add("Transpose", OpCase([_IA], {"perm": (1, 0)}, torch=lambda t: t.permute(1, 0), id="int64"))
+_add("Concat", OpCase([_IA, _IA[:2]], {"axis": 0}, torch=lambda *t: _torch().cat(t, 0),
+                      id="int64"))
+_add("Gather", OpCase([_IA, np.array([2, 0])], {"axis": 1},
+                      torch=lambda x, i: x.index_select(1, i), id="int64-data"))
+_add("Pad", OpCase([_IA], {"pads": ((1, 0), (0, 2)), "value": 0.0},
+                   torch=lambda t: _torch().nn.functional.pad(t, (0, 2, 1, 0)), id="int64"))

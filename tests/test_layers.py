@@ -195,6 +195,15 @@ def test_bad_inputs_raise_clear_errors():
         L.Embedding(10, 4)(x)
     with pytest.raises(gd.ShapeError, match="same shape"):
         L.Add()([x, gd.input("z", (None, 3))])
+    with pytest.raises(TypeError, match="non-empty list"):
+        L.Add()(x)
+    # an op's own inference error is prefixed with the layer and the user's line
+    with pytest.raises(gd.ShapeError) as err:
+        L.Conv2D(4, 5, name="big")(gd.input("small", (None, 3, 3, 3)))
+    assert str(err.value).startswith("Conv2D layer 'big' (input float32[N,3,3,3]): Conv")
+    assert "test_layers.py" in str(err.value)
+    with pytest.raises(gd.ShapeError, match="MaxPool2D layer"):
+        L.MaxPool2D(2)(x)
 
 
 # ---- conv and pooling --------------------------------------------------------------------------
@@ -380,3 +389,12 @@ def test_layers_module_is_a_package():
 
     assert graphdl.layers.__file__.endswith("__init__.py")
     assert L.Dense is graphdl.layers.core.Dense
+
+
+def test_layers_compose_in_sequential():
+    model = gd.Sequential([L.Conv2D(4, 3, padding="same", use_bias=False), L.BatchNorm2D(),
+                           L.ReLU(), L.MaxPool2D(2), L.Flatten(), L.Dropout(0.25),
+                           L.Dense(10)], input_shape=(1, 8, 8))
+    assert model.num_params() == 36 + 8 + 64 * 10 + 10
+    out = model.predict(np.zeros((3, 1, 8, 8), np.float32))
+    assert out.shape == (3, 10)

@@ -148,45 +148,45 @@ class _Pool2D(Layer):
 
     def pads(self, t: TensorType) -> tuple[int, ...]:
         self.check_rank(t, (4,), "N, C, H, W")
-        pads = list(resolve_padding(self, self.padding, t, self.kernel_size, self.stride,
-                                    (1, 1)))
-        if self.ceil_mode:
-            # torch's ceil_mode: out = ceil((size + pads - k) / s) + 1, dropping a last window
-            # that would start in the bottom/right padding; extra bottom/right padding gives
-            # the same windows (max pooling pads with -inf).
-            for axis in (0, 1):
-                size = self.static_dim(t, 2 + axis, "spatial")
-                k, s = self.kernel_size[axis], self.stride[axis]
-                span = size + pads[axis] + pads[axis + 2]
-                out = -(-(span - k) // s) + 1
-                if (out - 1) * s >= size + pads[axis]:
-                    out -= 1
-                pads[axis + 2] += max((out - 1) * s + k - span, 0)
-        return tuple(pads)
+        return resolve_padding(self, self.padding, t, self.kernel_size, self.stride, (1, 1))
 
 
 class MaxPool2D(_Pool2D):
-    """Max over ``kernel_size`` windows (stride defaults to the kernel size, like torch);
-    ``ceil_mode=True`` rounds the output size up, as torch does."""
+    """Max over ``kernel_size`` windows (stride defaults to the kernel size, like torch;
+    padding counts as -inf); ``ceil_mode=True`` rounds the output size up, as torch does."""
 
     default_name = "max_pool2d"
 
+    def __init__(self, kernel_size: Any, stride: Any = None, padding: Any = 0,
+                 dilation: Any = 1, ceil_mode: bool = False, name: str | None = None):
+        super().__init__(kernel_size, stride, padding, ceil_mode, name)
+        self.dilation = _pair(dilation, "dilation")
+
+    def pads(self, t: TensorType) -> tuple[int, ...]:
+        self.check_rank(t, (4,), "N, C, H, W")
+        return resolve_padding(self, self.padding, t, self.kernel_size, self.stride,
+                               self.dilation)
+
     def forward(self, x):
-        return F.max_pool2d(x, self.kernel_size, self.stride, self.pads(x.type))
+        return F.max_pool2d(x, self.kernel_size, self.stride, self.pads(x.type),
+                            dilation=self.dilation, ceil_mode=self.ceil_mode)
 
 
 class AvgPool2D(_Pool2D):
     """Mean over ``kernel_size`` windows (stride defaults to the kernel size); padded zeros
-    count in the mean, as in torch's default (count_include_pad=True)."""
+    count in the mean unless ``count_include_pad=False`` (torch's default is True)."""
 
     default_name = "avg_pool2d"
 
     def __init__(self, kernel_size: Any, stride: Any = None, padding: Any = 0,
+                 ceil_mode: bool = False, count_include_pad: bool = True,
                  name: str | None = None):
-        super().__init__(kernel_size, stride, padding, False, name)
+        super().__init__(kernel_size, stride, padding, ceil_mode, name)
+        self.count_include_pad = bool(count_include_pad)
 
     def forward(self, x):
-        return F.avg_pool2d(x, self.kernel_size, self.stride, self.pads(x.type))
+        return F.avg_pool2d(x, self.kernel_size, self.stride, self.pads(x.type),
+                            count_include_pad=self.count_include_pad, ceil_mode=self.ceil_mode)
 
 
 class GlobalAvgPool2D(Layer):
@@ -222,7 +222,7 @@ class AdaptiveAvgPool2D(Layer):
         if (oh, ow) == (1, 1):
             return F.global_avg_pool(x)
         if h % oh == 0 and w % ow == 0:
-            return F.avg_pool2d(x, (h // oh, w // ow), (h // oh, w // ow), 0)
+            return F.avg_pool2d(x, (h // oh, w // ow))
         # Uneven windows: Y = P_h @ X @ P_w^T with row i of P averaging window i.
         dt = np.dtype(t.dtype)
         ph, pw = F.const(_window_matrix(h, oh, dt)), F.const(_window_matrix(w, ow, dt).T)

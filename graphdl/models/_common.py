@@ -1,6 +1,8 @@
 """Shared pieces of the zoo: the input, seeded layer factories and the Model wrapper."""
 from __future__ import annotations
 
+import functools
+import inspect
 from typing import Any, Sequence
 
 from graphdl.ir import Value
@@ -38,9 +40,8 @@ class LayerFactory:
         return cls(*args, name=name, **kwargs)
 
 
+@functools.lru_cache(maxsize=None)
 def _params(cls) -> tuple[str, ...]:
-    import inspect
-
     return tuple(inspect.signature(cls.__init__).parameters)
 
 

@@ -119,16 +119,29 @@ class Window2d:
 
     def tap(self, buf: np.ndarray, i: int, j: int, crop: bool = False) -> np.ndarray:
         """View (n, c, Ho, Wq) of what tap (i, j) reads from a padded buffer; ``crop`` trims
-        it to (n, c, Ho, Wo). Writable: col2im adds into it."""
-        n, c = buf.shape[:2]
+        it to (n, c, Ho, Wo). Writable: col2im adds into it.
+
+        Cropped taps only need a C-contiguous buffer that covers every window (any row
+        length; an unpadded input when the op has no padding); wide taps need the (Hb, Wb)
+        buffer of :meth:`padded`.
+        """
+        n, c, rows, pitch = buf.shape
         item = buf.itemsize
-        plane = self.rows * self.pitch
-        offset = i * self.dilations[0] * self.pitch + j * self.dilations[1]
+        plane = rows * pitch
+        offset = i * self.dilations[0] * pitch + j * self.dilations[1]
         flat = buf.reshape(n, c, plane)[:, :, offset:]
         cols = self.out_hw[1] if crop else self.wide
         return as_strided(flat, (n, c, self.out_hw[0], cols),
-                          (c * plane * item, plane * item, self.strides[0] * self.pitch * item,
+                          (c * plane * item, plane * item, self.strides[0] * pitch * item,
                            self.strides[1] * item))
+
+    def needs_padding(self) -> bool:
+        """True when some window reaches outside the input (cropped taps of an unpadded
+        input would then be out of bounds)."""
+        (h, w), (ho, wo) = self.in_hw, self.out_hw
+        return any(self.pads) or (ho - 1) * self.strides[0] + self.dilations[0] * (
+            self.kernel[0] - 1) >= h or (wo - 1) * self.strides[1] + self.dilations[1] * (
+            self.kernel[1] - 1) >= w
 
     def unfold(self, buf: np.ndarray) -> np.ndarray:
         """View (n, c, kh, kw, Ho, Wq) of every tap at once (the im2col operand)."""

@@ -183,6 +183,18 @@ def _minmax_vjp(pick):
     return vjp
 
 
+def _divide(a, b, out=None):
+    """True division for floats; for integers ONNX's Div, which truncates toward zero."""
+    if a.dtype.kind not in "iu":
+        return np.divide(a, b, out=out) if out is not None else np.divide(a, b)
+    q = np.floor_divide(a, b)
+    q += (np.remainder(a, b) != 0) & ((a < 0) != (b < 0))  # floor -> trunc for mixed signs
+    if out is not None:
+        np.copyto(out, q)
+        return out
+    return q
+
+
 def _pow_kernel(xs, attrs, out):
     return np.power(xs[0], xs[1], out=out) if out is not None else np.power(xs[0], xs[1])
 
@@ -192,7 +204,7 @@ BINARY_RULES = {
     "Add": (np.add, lambda F, n, g: _unbroadcast(F, n, g[0], g[0]), "Add"),  # d(a+b) = da + db
     "Sub": (np.subtract, lambda F, n, g: _unbroadcast(F, n, g[0], -g[0]), "Sub"),
     "Mul": (np.multiply, _mul_vjp, "Mul"),
-    "Div": (np.divide, _div_vjp, "Div"),
+    "Div": (_divide, _div_vjp, "Div"),
     "Pow": (np.power, _pow_vjp, "Pow"),
     "Max": (np.maximum, _minmax_vjp(lambda F, a, b: a > b), "Max"),
     "Min": (np.minimum, _minmax_vjp(lambda F, a, b: a < b), "Min"),
@@ -260,6 +272,9 @@ register(OpDef(
 
 def _clip_kernel(xs, attrs, out):
     lo, hi = attrs.get("min"), attrs.get("max")
+    # bounds take the input's dtype (as the ONNX lowering's constants do), so ints stay ints
+    lo = None if lo is None else np.asarray(lo).astype(xs[0].dtype)
+    hi = None if hi is None else np.asarray(hi).astype(xs[0].dtype)
     return np.clip(xs[0], lo, hi, out=out) if out is not None else np.clip(xs[0], lo, hi)
 
 

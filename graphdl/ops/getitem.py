@@ -134,13 +134,8 @@ def _is_whole(d, start: int, end: int, step: int) -> bool:
 
 def _advanced_adjacent(raw: list) -> bool:
     """Whether the integer and array indices sit next to each other in the user's index."""
-    kinds = []
-    for it in raw:
-        if it is None or it is Ellipsis or isinstance(it, _pyslice):
-            kinds.append(False)
-        else:
-            kinds.append(True)
-    hits = [i for i, k in enumerate(kinds) if k]
+    hits = [i for i, it in enumerate(raw)
+            if not (it is None or it is Ellipsis or isinstance(it, _pyslice))]
     return hits == list(range(hits[0], hits[-1] + 1)) if hits else True
 
 

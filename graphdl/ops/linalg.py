@@ -48,8 +48,9 @@ def _gemm_infer(types, attrs):
     if k != k2:
         raise fail("Gemm", f"inner dimensions differ ({k} != {k2})", types)
     out = TensorType((m, n), dt)
-    if len(types) == 3:
-        broadcast_shapes("Gemm", [types[2], out])
+    if len(types) == 3 and broadcast_shapes("Gemm", [types[2], out]) != out.shape:
+        raise fail("Gemm", f"C of shape {tuple(types[2].shape)} does not broadcast to the "
+                   f"output shape {tuple(out.shape)}", types)
     return [out]
 
 

@@ -1,1 +1,380 @@
-"""Placeholder; filled in by its owner."""
+"""Normalization and dropout: BatchNorm (+ BatchNormGrad), LayerNorm and Dropout.
+
+``BatchNorm(x, scale, bias, running_mean, running_var)`` has three outputs: y and the new
+running mean and variance, which are the state updates of inputs 3 and 4 (torch conventions:
+normalize with the biased batch variance, update the running variance with the unbiased one,
+new = (1 - momentum) old + momentum batch). With ``training=False`` it normalizes with the
+running statistics and passes them through. Channels are axis 1, for (N, C) and (N, C, ...).
+
+``Dropout(x, seed)`` has outputs (y, mask, next_seed); next_seed updates the seed variable.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from graphdl.ir import TensorType
+from graphdl.ops import _norm_kernels as K
+from graphdl.ops.infer import check_arity, norm_axis, require_float, same_dtype
+from graphdl.ops.registry import OnnxLowering, OnnxNode, OpDef, apply, fail, register
+
+__all__ = ["batch_norm", "layer_norm", "dropout"]
+
+
+def _reduce_axes(rank: int) -> tuple[int, ...]:
+    return (0,) + tuple(range(2, rank))
+
+
+def _channel_shape(rank: int) -> tuple[int, ...]:
+    """Shape that broadcasts a (C,) vector against (N, C, ...)."""
+    return (1, -1) + (1,) * (rank - 2)
+
+
+# ---- BatchNorm --------------------------------------------------------------------------------
+
+def _bn_infer(types, attrs):
+    check_arity("BatchNorm", types, 5)
+    dt = same_dtype("BatchNorm", types)
+    x = types[0]
+    require_float("BatchNorm", x)
+    if x.rank < 2:
+        raise fail("BatchNorm", f"needs (N, C) or (N, C, ...) input, got {tuple(x.shape)}",
+                   types)
+    c = x.shape[1]
+    names = ("scale", "bias", "running_mean", "running_var")
+    for name, t in zip(names, types[1:]):
+        if tuple(t.shape) != (c,):
+            raise fail("BatchNorm", f"{name} must have shape ({c},) for input "
+                       f"{tuple(x.shape)} (channels on axis 1), got {tuple(t.shape)}", types)
+    stat = TensorType((c,), dt)
+    return [x, stat, stat]
+
+
+def _bn_kernel(xs, attrs, out):
+    eps = float(attrs.get("eps", 1e-5))
+    if attrs.get("training", True):
+        return K.batch_norm_train(*xs, eps, float(attrs.get("momentum", 0.1)))
+    return K.batch_norm_infer(*xs, eps)
+
+
+def _bn_vjp(F, node, grads):
+    x, scale, bias, running_mean, running_var = node.inputs
+    gy, g_mean, g_var = grads
+    eps, m = float(node.attrs.get("eps", 1e-5)), float(node.attrs.get("momentum", 0.1))
+    rank, axes = x.ndim, _reduce_axes(x.ndim)
+    gx = gscale = gbias = gmean = gvar = None
+    if node.attrs.get("training", True):
+        if gy is not None:
+            gx, gscale, gbias = apply("BatchNormGrad", x, scale, gy, eps=eps)
+        # running stats: new = (1 - m) old + m batch; d batch mean / dx = 1/n,
+        # d unbiased var / dx = 2 (x - mean) / (n - 1)
+        if g_mean is not None or g_var is not None:
+            n = F.numel(x, axes)
+            extra = None
+            if g_mean is not None:
+                gmean = g_mean * (1.0 - m)
+                extra = F.expand_as(F.reshape(g_mean, _channel_shape(rank)), x) * m / n
+            if g_var is not None:
+                gvar = g_var * (1.0 - m)
+                centred = x - F.mean(x, axes, keepdims=True)
+                term = centred * F.reshape(g_var, _channel_shape(rank)) * (2.0 * m) / (n - 1.0)
+                extra = term if extra is None else extra + term
+            gx = extra if gx is None else gx + extra
+    else:
+        gmean, gvar = g_mean, g_var  # the statistics pass through
+        if gy is not None:
+            inv = 1.0 / F.sqrt(running_var + eps)
+            k = scale * inv
+            centred = x - F.reshape(running_mean, _channel_shape(rank))
+            gx = gy * F.reshape(k, _channel_shape(rank))
+            gbias = F.sum(gy, axes)
+            dot = F.sum(gy * centred, axes)
+            gscale = dot * inv
+            through_mean = -gbias * k  # d/d mean of (x - mean) k
+            through_var = dot * scale * (-0.5) * inv * inv * inv  # d (v + eps)^-1/2 = -1/2 ()^-3/2
+            gmean = through_mean if gmean is None else gmean + through_mean
+            gvar = through_var if gvar is None else gvar + through_var
+    return [gx, gscale, gbias, gmean, gvar]
+
+
+def _bn_onnx(attrs, tin, tout, opset):
+    eps = float(attrs.get("eps", 1e-5))
+    if not attrs.get("training", True):
+        return OnnxLowering((
+            OnnxNode("BatchNormalization", ("in0", "in1", "in2", "in3", "in4"), ("out0",),
+                     {"epsilon": eps}),
+            OnnxNode("Identity", ("in3",), ("out1",)),
+            OnnxNode("Identity", ("in4",), ("out2",)),
+        ))
+    # ONNX's training-mode BatchNormalization updates the running variance with the biased
+    # variance and weights momentum the other way round, so lower torch's rule with primitives.
+    dt = np.dtype(tin[0].dtype)
+    rank = tin[0].rank
+    m = float(attrs.get("momentum", 0.1))
+    axes = list(_reduce_axes(rank))
+
+    def reduce_mean(src, dst):
+        if opset >= 18:
+            return OnnxNode("ReduceMean", (src, "axes"), (dst,), {"keepdims": 1})
+        return OnnxNode("ReduceMean", (src,), (dst,), {"keepdims": 1, "axes": axes})
+
+    nodes = (
+        reduce_mean("in0", "mean"),
+        OnnxNode("Sub", ("in0", "mean"), ("centred",)),
+        OnnxNode("Mul", ("centred", "centred"), ("sq",)),
+        reduce_mean("sq", "var"),
+        OnnxNode("Add", ("var", "eps"), ("var_eps",)),
+        OnnxNode("Sqrt", ("var_eps",), ("std",)),
+        OnnxNode("Reshape", ("in1", "cshape"), ("scale_b",)),
+        OnnxNode("Reshape", ("in2", "cshape"), ("bias_b",)),
+        OnnxNode("Div", ("scale_b", "std"), ("k",)),
+        OnnxNode("Mul", ("centred", "k"), ("scaled",)),
+        OnnxNode("Add", ("scaled", "bias_b"), ("out0",)),
+        # count per channel: size(x) / C, then the unbiased correction n / (n - 1)
+        OnnxNode("Size", ("in0",), ("size",)),
+        OnnxNode("Shape", ("in0",), ("shape",)),
+        OnnxNode("Gather", ("shape", "one_i"), ("channels",), {"axis": 0}),
+        OnnxNode("Div", ("size", "channels"), ("count_i",)),
+        OnnxNode("Cast", ("count_i",), ("count",), {"to": _ONNX_CODES[dt.name]}),
+        OnnxNode("Sub", ("count", "one"), ("count_1",)),
+        OnnxNode("Div", ("count", "count_1"), ("unbias",)),
+        OnnxNode("Reshape", ("mean", "flat"), ("mean_c",)),
+        OnnxNode("Reshape", ("var", "flat"), ("var_c",)),
+        OnnxNode("Mul", ("in3", "keep"), ("old_mean",)),
+        OnnxNode("Mul", ("mean_c", "mom"), ("new_mean",)),
+        OnnxNode("Add", ("old_mean", "new_mean"), ("out1",)),
+        OnnxNode("Mul", ("var_c", "unbias"), ("var_u",)),
+        OnnxNode("Mul", ("var_u", "mom"), ("new_var",)),
+        OnnxNode("Mul", ("in4", "keep"), ("old_var",)),
+        OnnxNode("Add", ("old_var", "new_var"), ("out2",)),
+    )
+    consts = {"eps": np.array(eps, dt), "cshape": np.array(_channel_shape(rank), np.int64),
+              "one_i": np.array(1, np.int64), "one": np.array(1.0, dt),
+              "flat": np.array([-1], np.int64), "keep": np.array(1.0 - m, dt),
+              "mom": np.array(m, dt)}
+    if opset >= 18:
+        consts["axes"] = np.array(axes, np.int64)
+    return OnnxLowering(nodes, consts)
+
+
+_ONNX_CODES = {"float32": 1, "float16": 10, "float64": 11}
+
+register(OpDef(name="BatchNorm", infer=_bn_infer, kernel=_bn_kernel, vjp=_bn_vjp,
+               onnx=_bn_onnx, n_outputs=3, state_outputs={1: 3, 2: 4},
+               doc="Batch normalization over axis 1 (torch conventions); outputs y and the "
+                   "new running mean and variance."))
+
+
+# ---- BatchNormGrad ----------------------------------------------------------------------------
+
+def _bn_grad_infer(types, attrs):
+    check_arity("BatchNormGrad", types, 3)
+    dt = same_dtype("BatchNormGrad", types)
+    x, scale, dy = types
+    if x.rank < 2 or tuple(scale.shape) != (x.shape[1],) or dy.shape != x.shape:
+        raise fail("BatchNormGrad", "needs x (N, C, ...), scale (C,) and dy shaped like x",
+                   types)
+    return [x, TensorType(scale.shape, dt), TensorType(scale.shape, dt)]
+
+
+def _bn_grad_kernel(xs, attrs, out):
+    return K.batch_norm_grad(xs[0], xs[1], xs[2], float(attrs.get("eps", 1e-5)))
+
+
+def bn_grad_composed(F, x, scale, dy, eps: float):
+    """(dx, dscale, dbias) of training-mode batch norm, built from primitive ops."""
+    rank, axes = x.ndim, _reduce_axes(x.ndim)
+    centred = x - F.mean(x, axes, keepdims=True)
+    inv = 1.0 / F.sqrt(F.mean(centred * centred, axes, keepdims=True) + eps)
+    xhat = centred * inv
+    k = F.reshape(scale, _channel_shape(rank)) * inv
+    dx = k * (dy - F.mean(dy, axes, keepdims=True)
+              - xhat * F.mean(dy * xhat, axes, keepdims=True))
+    return dx, F.sum(dy * xhat, axes), F.sum(dy, axes)
+
+
+def _bn_grad_vjp(F, node, grads):
+    # Second derivatives: reverse-mode through the primitive form of the first derivative.
+    from graphdl.autodiff import grad  # the VJP runs inside grad(); imported when used
+
+    x, scale, dy = node.inputs
+    outs = bn_grad_composed(F, x, scale, dy, float(node.attrs.get("eps", 1e-5)))
+    total = None
+    for value, g in zip(outs, grads):
+        if g is not None:
+            term = F.sum(value * g)
+            total = term if total is None else total + term
+    return grad(total, [x, scale, dy])
+
+
+def _bn_grad_onnx(attrs, tin, tout, opset):
+    dt = np.dtype(tin[0].dtype)
+    rank = tin[0].rank
+    axes = list(_reduce_axes(rank))
+    sum_axes = np.array(axes, np.int64)
+
+    def mean(src, dst):
+        if opset >= 18:
+            return OnnxNode("ReduceMean", (src, "axes"), (dst,), {"keepdims": 1})
+        return OnnxNode("ReduceMean", (src,), (dst,), {"keepdims": 1, "axes": axes})
+
+    nodes = (
+        mean("in0", "mu"),
+        OnnxNode("Sub", ("in0", "mu"), ("centred",)),
+        OnnxNode("Mul", ("centred", "centred"), ("sq",)),
+        mean("sq", "var"),
+        OnnxNode("Add", ("var", "eps"), ("ve",)),
+        OnnxNode("Sqrt", ("ve",), ("std",)),
+        OnnxNode("Div", ("centred", "std"), ("xhat",)),
+        OnnxNode("Reshape", ("in1", "cshape"), ("scale_b",)),
+        OnnxNode("Div", ("scale_b", "std"), ("k",)),
+        mean("in2", "dy_mean"),
+        OnnxNode("Mul", ("in2", "xhat"), ("dy_xhat",)),
+        mean("dy_xhat", "dyx_mean"),
+        OnnxNode("Mul", ("xhat", "dyx_mean"), ("t1",)),
+        OnnxNode("Sub", ("in2", "dy_mean"), ("t2",)),
+        OnnxNode("Sub", ("t2", "t1"), ("t3",)),
+        OnnxNode("Mul", ("k", "t3"), ("out0",)),
+        OnnxNode("ReduceSum", ("dy_xhat", "sum_axes"), ("out1",), {"keepdims": 0}),
+        OnnxNode("ReduceSum", ("in2", "sum_axes"), ("out2",), {"keepdims": 0}),
+    )
+    consts = {"eps": np.array(float(attrs.get("eps", 1e-5)), dt), "sum_axes": sum_axes,
+              "cshape": np.array(_channel_shape(rank), np.int64)}
+    if opset >= 18:
+        consts["axes"] = sum_axes
+    return OnnxLowering(nodes, consts)
+
+
+register(OpDef(name="BatchNormGrad", infer=_bn_grad_infer, kernel=_bn_grad_kernel,
+               vjp=_bn_grad_vjp, onnx=_bn_grad_onnx, n_outputs=3,
+               doc="(dx, dscale, dbias) of training-mode BatchNorm, through the batch "
+                   "statistics."))
+
+
+# ---- LayerNorm --------------------------------------------------------------------------------
+
+def _ln_infer(types, attrs):
+    check_arity("LayerNorm", types, 3)
+    dt = same_dtype("LayerNorm", types)
+    x = types[0]
+    require_float("LayerNorm", x)
+    axis = norm_axis("LayerNorm", int(attrs.get("axis", -1)), x.rank)
+    want = tuple(x.shape[axis:])
+    for name, t in zip(("scale", "bias"), types[1:]):
+        if tuple(t.shape) != want:
+            raise fail("LayerNorm", f"{name} must have the normalized shape {want} of input "
+                       f"{tuple(x.shape)} (axis {axis}), got {tuple(t.shape)}", types)
+    return [TensorType(x.shape, dt)]
+
+
+def _ln_kernel(xs, attrs, out):
+    x = xs[0]
+    axis = int(attrs.get("axis", -1)) % x.ndim
+    return K.layer_norm(x, xs[1], xs[2], axis, float(attrs.get("eps", 1e-5)))
+
+
+def _ln_vjp(F, node, grads):
+    x, scale, bias = node.inputs
+    g = grads[0]
+    axis = int(node.attrs.get("axis", -1)) % x.ndim
+    axes, lead = tuple(range(axis, x.ndim)), tuple(range(axis))
+    centred = x - F.mean(x, axes, keepdims=True)
+    inv = 1.0 / F.sqrt(F.mean(centred * centred, axes, keepdims=True)
+                       + float(node.attrs.get("eps", 1e-5)))
+    xhat = centred * inv
+    gxhat = g * scale
+    # dx = inv (gxhat - mean(gxhat) - xhat mean(gxhat xhat)) over the normalized axes
+    gx = inv * (gxhat - F.mean(gxhat, axes, keepdims=True)
+                - xhat * F.mean(gxhat * xhat, axes, keepdims=True))
+    gscale = F.sum(g * xhat, lead) if lead else g * xhat
+    gbias = F.sum(g, lead) if lead else g
+    return [gx, gscale, gbias]
+
+
+register(OpDef(name="LayerNorm", infer=_ln_infer, kernel=_ln_kernel, vjp=_ln_vjp,
+               onnx=lambda a, ti, to, o: OnnxLowering((OnnxNode(
+                   "LayerNormalization", ("in0", "in1", "in2"), ("out0",),
+                   {"axis": int(a.get("axis", -1)), "epsilon": float(a.get("eps", 1e-5))}),)),
+               doc="Normalize over the axes from ``axis`` on, then scale and shift."))
+
+
+# ---- Dropout ----------------------------------------------------------------------------------
+
+def _dropout_infer(types, attrs):
+    check_arity("Dropout", types, 2)
+    x, seed = types
+    require_float("Dropout", x)
+    if seed.dtype != "int64" or seed.shape != ():
+        raise fail("Dropout", f"seed must be an int64 scalar, got {seed}", types)
+    rate = float(attrs.get("rate", 0.5))
+    if not 0.0 <= rate <= 1.0:
+        raise fail("Dropout", f"rate must be in [0, 1], got {rate}", types)
+    return [x, TensorType(x.shape, "bool"), seed]
+
+
+def _dropout_kernel(xs, attrs, out):
+    x, seed = xs
+    if attrs.get("training", True):
+        return K.dropout_train(x, seed, float(attrs.get("rate", 0.5)))
+    return x, np.ones(x.shape, bool), np.asarray(seed, np.int64)
+
+
+def _dropout_vjp(F, node, grads):
+    g = grads[0]
+    if g is None:
+        return [None, None]
+    rate = float(node.attrs.get("rate", 0.5))
+    if not node.attrs.get("training", True):
+        return [g, None]
+    mask = F.cast(node.outputs[1], g.dtype)
+    return [g * mask * (0.0 if rate >= 1.0 else 1.0 / (1.0 - rate)), None]
+
+
+def _dropout_onnx(attrs, tin, tout, opset):
+    if attrs.get("training", True):
+        dt = np.dtype(tin[0].dtype)
+        return OnnxLowering((
+            OnnxNode("Dropout", ("in0", "ratio", "train"), ("out0", "out1")),
+            OnnxNode("Add", ("in1", "one"), ("out2",)),
+        ), {"ratio": np.array(float(attrs.get("rate", 0.5)), dt), "train": np.array(True),
+            "one": np.array(1, np.int64)})
+    return OnnxLowering((
+        OnnxNode("Identity", ("in0",), ("out0",)),
+        OnnxNode("Shape", ("in0",), ("shape",)),
+        OnnxNode("ConstantOfShape", ("shape",), ("out1",), {"value": np.ones(1, bool)}),
+        OnnxNode("Identity", ("in1",), ("out2",)),
+    ))
+
+
+register(OpDef(name="Dropout", infer=_dropout_infer, kernel=_dropout_kernel,
+               vjp=_dropout_vjp, onnx=_dropout_onnx, n_outputs=3, state_outputs={2: 1},
+               doc="Inverted dropout with an explicit seed; outputs (y, mask, next_seed)."))
+
+
+# ---- builders ---------------------------------------------------------------------------------
+
+def batch_norm(x, scale, bias, running_mean, running_var, training: bool = True,
+               momentum: float = 0.1, eps: float = 1e-5):
+    """Batch normalization over axis 1 (torch's F.batch_norm); returns y.
+
+    In training mode the node's outputs 1 and 2 are the new running statistics, which
+    ``gd.state_updates`` (and the model's train step) write back to the variables."""
+    return apply("BatchNorm", x, scale, bias, running_mean, running_var,
+                 training=bool(training), momentum=float(momentum), eps=float(eps))[0]
+
+
+def layer_norm(x, scale, bias, axis: int = -1, eps: float = 1e-5):
+    """Layer normalization over the axes from ``axis`` on (ONNX LayerNormalization)."""
+    return apply("LayerNorm", x, scale, bias, axis=int(axis), eps=float(eps))
+
+
+def dropout(x, rate: float, seed, training: bool = True):
+    """Zero elements with probability ``rate`` and scale the rest by 1 / (1 - rate).
+
+    ``seed`` is an int64 scalar (a state variable, so each step draws a new mask; a plain
+    int gives the same mask every run). Returns y; the node's output 2 is the next seed."""
+    from graphdl.ir import Value
+    from graphdl.ops.registry import constant
+
+    if not isinstance(seed, Value):
+        seed = constant(np.array(int(seed), np.int64))
+    return apply("Dropout", x, seed, rate=float(rate), training=bool(training))[0]

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from graphdl.ir import TensorType
+from graphdl.ir import FLOAT_DTYPES, TensorType
 from graphdl.ops.infer import check_arity, norm_axes, norm_axis, require_float
-from graphdl.ops.registry import OnnxLowering, OnnxNode, OpDef, apply, lower, register
+from graphdl.ops.registry import OnnxLowering, OnnxNode, OpDef, apply, fail, lower, register
 
 
 def _reduced_shape(shape, axes, keepdims):
@@ -17,6 +17,8 @@ def _reduce_infer(op):
     def infer(types, attrs):
         check_arity(op, types, 1)
         t = types[0]
+        if t.dtype == "bool" or (op == "ReduceMean" and t.dtype not in FLOAT_DTYPES):
+            raise fail(op, f"cannot reduce {t.dtype} values; cast them first", types)
         axes = norm_axes(op, attrs.get("axes"), t.rank)
         return [TensorType(_reduced_shape(t.shape, axes, attrs.get("keepdims", False)), t.dtype)]
     return infer

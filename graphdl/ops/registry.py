@@ -146,6 +146,11 @@ def as_value(x: Any, like=None):
 
     if isinstance(x, Value):
         return x
-    if like is not None and np.isscalar(x) or (like is not None and isinstance(x, (int, float, bool))):
-        return constant(np.asarray(x, dtype=like.dtype))
+    if like is not None and (np.isscalar(x) or isinstance(x, (int, float, bool))):
+        arr = np.asarray(x, dtype=like.dtype)
+        if arr.dtype.kind in "biu" and arr != x:  # int_value * 0.5 would multiply by 0
+            from graphdl.ir import ShapeError, user_call_site
+            raise ShapeError(f"the scalar {x!r} does not fit {like!r} ({like.dtype}); cast the "
+                             f"value first (.astype)\n  at {user_call_site()}")
+        return constant(arr)
     return constant(x)

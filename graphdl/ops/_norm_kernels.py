@@ -1,0 +1,117 @@
+"""NumPy kernels for batch normalization, layer normalization and dropout.
+
+Batch norm views x as (N, C, L) (L = the spatial size, 1 for (N, C) inputs), so every
+per-channel reduction runs over contiguous rows. Statistics follow torch: the batch mean and
+the biased batch variance normalize; the running variance takes the unbiased one.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def _rows(x: np.ndarray) -> np.ndarray:
+    """x as (N, C, L)."""
+    return x.reshape(x.shape[0], x.shape[1], -1)
+
+
+def _per_channel(v: np.ndarray, ndim: int) -> np.ndarray:
+    """A (C,) vector shaped to broadcast against (N, C, L)."""
+    return v.reshape(1, -1, 1) if ndim else v
+
+
+def channel_count(x: np.ndarray) -> int:
+    """Values per channel: N times the spatial size."""
+    return x.size // x.shape[1] if x.shape[1] else 0
+
+
+def batch_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(mean, biased variance, centred x as (N, C, L)) over every axis but the channels."""
+    x3 = _rows(x)
+    n = channel_count(x)
+    mean = x3.sum(axis=2).sum(axis=0) / x.dtype.type(n)
+    centred = x3 - mean.reshape(1, -1, 1)
+    var = np.einsum("ncl,ncl->c", centred, centred) / x.dtype.type(n)
+    return mean.astype(x.dtype, copy=False), var.astype(x.dtype, copy=False), centred
+
+
+def batch_norm_train(x, scale, bias, running_mean, running_var, eps: float, momentum: float):
+    """(y, new running mean, new running var) with batch statistics (torch's training mode)."""
+    n = channel_count(x)
+    if n <= 1:
+        raise ValueError(f"BatchNorm: expected more than 1 value per channel when training, "
+                         f"got input shape {x.shape}")
+    dt = x.dtype.type
+    mean, var, y = batch_stats(x)
+    inv = 1.0 / np.sqrt(var + dt(eps))
+    y *= (scale * inv).reshape(1, -1, 1)
+    y += bias.reshape(1, -1, 1)
+    m = dt(momentum)
+    new_mean = (dt(1) - m) * running_mean + m * mean
+    new_var = (dt(1) - m) * running_var + m * var * dt(n / (n - 1))  # unbiased, as torch
+    return y.reshape(x.shape), new_mean.astype(x.dtype), new_var.astype(x.dtype)
+
+
+def batch_norm_infer(x, scale, bias, running_mean, running_var, eps: float):
+    """y with the running statistics; the statistics pass through unchanged."""
+    dt = x.dtype.type
+    k = scale / np.sqrt(running_var + dt(eps))
+    y = _rows(x) * k.reshape(1, -1, 1)
+    y += (bias - running_mean * k).reshape(1, -1, 1)  # (x - mean) k + b = x k + (b - mean k)
+    return y.reshape(x.shape), running_mean, running_var
+
+
+def batch_norm_grad(x, scale, dy, eps: float):
+    """(dx, dscale, dbias) of training-mode batch norm, through the batch statistics:
+    dx = k (dy - mean(dy) - xhat mean(dy xhat)), k = scale / sqrt(var + eps)."""
+    dt = x.dtype.type
+    n = dt(channel_count(x))
+    _, var, centred = batch_stats(x)
+    inv = 1.0 / np.sqrt(var + dt(eps))
+    dy3 = _rows(dy)
+    dbias = dy3.sum(axis=2).sum(axis=0)
+    dy_dot_centred = np.einsum("ncl,ncl->c", dy3, centred)
+    k = scale * inv
+    # dx = k dy - k mean(dy) - centred * k inv^2 mean(dy centred)
+    dx = centred
+    dx *= (-(k * inv * inv * dy_dot_centred / n)).reshape(1, -1, 1)
+    dx += dy3 * k.reshape(1, -1, 1)
+    dx -= (k * dbias / n).reshape(1, -1, 1)
+    return (dx.reshape(x.shape), (dy_dot_centred * inv).astype(x.dtype, copy=False),
+            dbias.astype(x.dtype, copy=False))
+
+
+def layer_norm(x, scale, bias, axis: int, eps: float):
+    """Normalize over the axes from ``axis`` on, then scale and shift."""
+    lead = int(np.prod(x.shape[:axis]))
+    x2 = x.reshape(lead, -1)
+    dt = x.dtype.type
+    mean = x2.mean(axis=1, keepdims=True, dtype=x.dtype)
+    y = x2 - mean
+    var = np.einsum("ij,ij->i", y, y)[:, None] / dt(x2.shape[1])
+    y *= 1.0 / np.sqrt(var + dt(eps))
+    y *= scale.reshape(1, -1)
+    y += bias.reshape(1, -1)
+    return y.reshape(x.shape)
+
+
+def dropout_mask(shape, rate: float, seed: int) -> np.ndarray:
+    """The keep-mask for one seed: each element kept with probability 1 - rate.
+
+    The uniform draws are float32 whatever the data dtype, so a seed gives the same mask in
+    float32 and float64 graphs.
+    """
+    if rate <= 0.0:
+        return np.ones(shape, bool)
+    rng = np.random.default_rng(int(seed) & 0xFFFF_FFFF_FFFF_FFFF)
+    return rng.random(shape, dtype=np.float32) >= np.float32(rate)
+
+
+def dropout_train(x, seed, rate: float):
+    """(y, mask, next seed): y = x * mask / (1 - rate)."""
+    mask = dropout_mask(x.shape, rate, int(seed))
+    if rate >= 1.0:
+        y = np.zeros_like(x)
+    else:
+        y = x * mask
+        y *= x.dtype.type(1.0 / (1.0 - rate))
+    return y, mask, np.asarray(seed + 1, dtype=np.int64)

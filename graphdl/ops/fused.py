@@ -1,0 +1,351 @@
+"""Fused kernels built by the fusion passes: an elementwise program run as one node, and
+Conv/Gemm/MatMul followed by an elementwise epilogue (bias, residual add, activation).
+
+A *program* is plain data: a tuple of instructions ``(op, args, attrs)``. ``args``
+index the program's inputs first, then earlier instructions' results; ``attrs`` is a sorted
+tuple of (name, value) pairs; the last instruction's result is the output. The kernel runs the
+instructions with NumPy's ``out=`` arguments into as few buffers as it can: the output buffer
+carries the chain, and a temporary is reused as soon as its value dies, so a chain of ``k``
+ops allocates nothing beyond ``out``.
+
+Each fused op keeps the four parts: inference replays the members' inference; the VJP expands
+the program back into ordinary nodes and differentiates those; the ONNX lowering is the
+members' own lowerings, chained (ONNX sees the unfused graph).
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Sequence
+
+import numpy as np
+
+from graphdl.ir import FLOAT_DTYPES, TensorType
+from graphdl.ops.registry import OnnxLowering, OnnxNode, OpDef, fail, get_op, register
+
+try:  # scipy's expit and erf are ufuncs that take out=
+    from scipy.special import erf as _erf, expit as _expit
+except ImportError:  # pragma: no cover
+    _erf = _expit = None
+
+# Ops a program may contain: each maps inputs elementwise (with broadcasting) to one output.
+FUSIBLE_OPS = frozenset({
+    "Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Neg", "Exp", "Log", "Sqrt", "Abs", "Sign",
+    "Erf", "Relu", "Sigmoid", "Tanh", "Gelu", "Softplus", "Clip", "LeakyRelu", "Where", "Cast",
+    "Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual",
+})
+
+Instruction = tuple  # (op, args, attrs)
+_COMPARISONS = frozenset({"Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual"})
+
+
+def instruction(op: str, args: Sequence[int], attrs: dict | None = None) -> Instruction:
+    """One program step, frozen into hashable plain data."""
+    frozen = tuple(sorted((k, _plain(v)) for k, v in (attrs or {}).items()))
+    return (op, tuple(int(a) for a in args), frozen)
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, list):
+        return tuple(_plain(x) for x in v)
+    return v
+
+
+# ---- inference -----------------------------------------------------------------------------
+
+def program_types(program: Sequence[Instruction], in_types: Sequence[TensorType],
+                  op_name: str = "FusedElementwise") -> list[TensorType]:
+    """Types of the program's inputs followed by each instruction's result."""
+    types = list(in_types)
+    for i, (op, args, attrs) in enumerate(program):
+        if op not in FUSIBLE_OPS:
+            raise fail(op_name, f"instruction {i} runs {op}, which is not fusible")
+        if any(a < 0 or a >= len(types) for a in args):
+            raise fail(op_name, f"instruction {i} reads {args}, beyond the "
+                       f"{len(types)} values defined before it")
+        types.append(get_op(op).infer([types[a] for a in args], dict(attrs))[0])
+    return types
+
+
+def _check_program(op_name: str, attrs: dict) -> tuple:
+    program = attrs.get("program")
+    if not program:
+        raise fail(op_name, "needs a non-empty 'program' attribute")
+    return tuple(program)
+
+
+# ---- the interpreter -----------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=4096)
+def _last_reads(program: tuple, n_in: int) -> tuple[int, ...]:
+    """For each value (inputs, then results), the last instruction that reads it."""
+    last = [-1] * (n_in + len(program))
+    for i, (_, args, _) in enumerate(program):
+        for a in args:
+            last[a] = i
+    return tuple(last)
+
+
+def run_program(program: tuple, inputs: Sequence[np.ndarray], out: np.ndarray | None
+                ) -> np.ndarray:
+    """Evaluate ``program`` over ``inputs``; the result is written into ``out`` when given."""
+    n_in = len(inputs)
+    last = _last_reads(program, n_in)
+    vals: list = list(inputs) + [None] * len(program)
+    owned = [False] * len(vals)  # buffers this call allocated (or ``out``) may be reused
+    out_free_at = 0  # ``out`` may hold intermediates once aliased inputs are read for good
+    if out is not None:
+        for k, a in enumerate(inputs):
+            if isinstance(a, np.ndarray) and np.may_share_memory(a, out):
+                out_free_at = max(out_free_at, last[k])
+    out_busy_until = -1
+    final = len(program) - 1
+    for i, (op, args, attrs) in enumerate(program):
+        argv = [vals[a] for a in args]
+        shape = np.broadcast_shapes(*(np.shape(a) for a in argv))
+        dtype = _result_dtype(op, argv, attrs)
+        dest = None
+        if i == final and out is not None and out.shape == shape and out.dtype == dtype:
+            dest = out
+        elif i < final:
+            for a in args:  # a temporary that dies here takes the result
+                if owned[a] and last[a] == i and vals[a].shape == shape \
+                        and vals[a].dtype == dtype:
+                    dest = vals[a]
+                    break
+            if dest is None and out is not None and i >= out_free_at and i >= out_busy_until \
+                    and out.shape == shape and out.dtype == dtype:
+                dest = out
+        if dest is None:
+            dest = np.empty(shape, dtype)
+        if dest is out:
+            out_busy_until = last[n_in + i]
+        vals[n_in + i] = _EVAL.get(op, _fallback)(op, argv, dict(attrs), dest)
+        owned[n_in + i] = True
+    result = vals[-1]
+    if out is not None and result is not out:
+        np.copyto(out, result)
+        return out
+    return result
+
+
+def _result_dtype(op: str, argv: list, attrs: tuple) -> np.dtype:
+    if op in _COMPARISONS:
+        return np.dtype(bool)
+    if op == "Cast":
+        return np.dtype(dict(attrs)["to"])
+    return np.asarray(argv[1] if op == "Where" else argv[0]).dtype
+
+
+def _ufunc(fn):
+    return lambda op, a, attrs, out: fn(*a, out=out)
+
+
+def _relu(op, a, attrs, out):
+    return np.maximum(a[0], 0, out=out)
+
+
+def _clip(op, a, attrs, out):
+    return np.clip(a[0], attrs.get("min"), attrs.get("max"), out=out)
+
+
+def _leaky(op, a, attrs, out):
+    x = a[0]
+    negative = x < 0
+    if out is not x:
+        np.copyto(out, x)
+    np.multiply(out, out.dtype.type(attrs.get("alpha", 0.01)), out=out, where=negative)
+    return out
+
+
+def _where(op, a, attrs, out):
+    c, x, y = a
+    if np.may_share_memory(out, x) and out.shape == np.shape(x):
+        np.copyto(out, y, where=np.logical_not(c))  # out already holds x
+    else:
+        np.copyto(out, y)
+        np.copyto(out, x, where=c)
+    return out
+
+
+def _cast(op, a, attrs, out):
+    np.copyto(out, a[0], casting="unsafe")
+    return out
+
+
+def _sigmoid(op, a, attrs, out):
+    if _expit is None:
+        return _fallback(op, a, attrs, out)
+    return _expit(a[0], out=out)
+
+
+def _erf_eval(op, a, attrs, out):
+    if _erf is None:
+        return _fallback(op, a, attrs, out)
+    return _erf(a[0], out=out)
+
+
+def _fallback(op, a, attrs, out):
+    np.copyto(out, get_op(op).kernel(list(a), attrs, None), casting="unsafe")
+    return out
+
+
+_EVAL = {
+    "Add": _ufunc(np.add), "Sub": _ufunc(np.subtract), "Mul": _ufunc(np.multiply),
+    "Div": _ufunc(np.divide), "Pow": _ufunc(np.power), "Max": _ufunc(np.maximum),
+    "Min": _ufunc(np.minimum), "Neg": _ufunc(np.negative), "Exp": _ufunc(np.exp),
+    "Log": _ufunc(np.log), "Sqrt": _ufunc(np.sqrt), "Abs": _ufunc(np.abs),
+    "Sign": _ufunc(np.sign), "Tanh": _ufunc(np.tanh), "Equal": _ufunc(np.equal),
+    "Less": _ufunc(np.less), "Greater": _ufunc(np.greater),
+    "LessOrEqual": _ufunc(np.less_equal), "GreaterOrEqual": _ufunc(np.greater_equal),
+    "Relu": _relu, "Clip": _clip, "LeakyRelu": _leaky, "Where": _where, "Cast": _cast,
+    "Sigmoid": _sigmoid, "Erf": _erf_eval,
+}
+
+
+# ---- expansion back into ordinary nodes (VJP) ----------------------------------------------
+
+def expand_program(program: Sequence[Instruction], inputs: Sequence) -> Any:
+    """Build the unfused nodes of ``program`` over ``inputs`` (values); returns the result."""
+    from graphdl.ops.registry import apply
+
+    vals = list(inputs)
+    for op, args, attrs in program:
+        vals.append(apply(op, *[vals[a] for a in args], **dict(attrs)))
+    return vals[-1]
+
+
+def _vjp_through(expanded, inputs, grads) -> list:
+    from graphdl.autodiff import grad
+
+    if grads[0] is None:
+        return [None] * len(inputs)
+    wrt = [i for i, v in enumerate(inputs) if v.dtype in FLOAT_DTYPES]
+    gs = grad(expanded, [inputs[i] for i in wrt], grad_y=grads[0]) if wrt else []
+    result: list = [None] * len(inputs)
+    for i, g in zip(wrt, gs):
+        result[i] = g
+    return result
+
+
+# ---- ONNX: the members' lowerings, chained --------------------------------------------------
+
+def program_lowering(program: Sequence[Instruction], in_types: Sequence[TensorType],
+                     in_names: Sequence[str], out_name: str, opset: int, prefix: str = "p"
+                     ) -> tuple[list[OnnxNode], dict[str, np.ndarray]]:
+    """ONNX nodes computing ``program``; its inputs are named ``in_names``."""
+    types = program_types(program, in_types)
+    names = list(in_names) + [f"{prefix}{i}" for i in range(len(program))]
+    names[-1] = out_name
+    nodes: list[OnnxNode] = []
+    consts: dict[str, np.ndarray] = {}
+    for i, (op, args, attrs) in enumerate(program):
+        low = get_op(op).onnx(dict(attrs), [types[a] for a in args], [types[len(in_names) + i]],
+                              opset)
+        rename = {f"in{j}": names[a] for j, a in enumerate(args)}
+        rename["out0"] = names[len(in_names) + i]
+        _append(nodes, consts, low, rename, f"{prefix}{i}_")
+    return nodes, consts
+
+
+def _append(nodes, consts, low: OnnxLowering, rename: dict, local: str) -> None:
+    def name(n: str) -> str:
+        if n == "" or n in rename:
+            return rename.get(n, n)
+        return local + n
+    for key, value in low.consts.items():
+        consts[local + key] = value
+    for n in low.nodes:
+        nodes.append(OnnxNode(n.op_type, tuple(name(x) for x in n.inputs),
+                              tuple(name(x) for x in n.outputs), n.attrs, n.domain))
+
+
+# ---- FusedElementwise ----------------------------------------------------------------------
+
+def _elementwise_infer(types, attrs):
+    program = _check_program("FusedElementwise", attrs)
+    return [program_types(program, types)[-1]]
+
+
+def _elementwise_kernel(xs, attrs, out):
+    return run_program(tuple(attrs["program"]), xs, out)
+
+
+def _elementwise_vjp(F, node, grads):
+    return _vjp_through(expand_program(node.attrs["program"], node.inputs), node.inputs, grads)
+
+
+def _elementwise_onnx(attrs, tin, tout, opset):
+    nodes, consts = program_lowering(attrs["program"], tin,
+                                     [f"in{i}" for i in range(len(tin))], "out0", opset)
+    return OnnxLowering(tuple(nodes), consts)
+
+
+register(OpDef(
+    name="FusedElementwise", infer=_elementwise_infer, kernel=_elementwise_kernel,
+    vjp=_elementwise_vjp, onnx=_elementwise_onnx, elementwise=True,
+    doc="A chain of elementwise ops run as one kernel over one output buffer (attr program).",
+))
+
+
+# ---- producer + epilogue: FusedConv, FusedGemm, FusedMatMul ---------------------------------
+
+def _register_epilogue_op(name: str, main_op: str) -> None:
+    def split(xs, attrs):
+        n = int(attrs["n_main"])
+        return xs[:n], xs[n:]
+
+    def infer(types, attrs):
+        program = _check_program(name, attrs)
+        main_types, extras = split(types, attrs)
+        produced = get_op(main_op).infer(list(main_types), dict(attrs["main"]))[0]
+        return [program_types(program, [produced, *extras], name)[-1]]
+
+    def kernel(xs, attrs, out):
+        main_in, extras = split(xs, attrs)
+        # the producer writes straight into out when it can; the epilogue then runs there
+        y = get_op(main_op).kernel(list(main_in), dict(attrs["main"]), out)
+        if out is None:
+            # a fresh result no input shares can carry the epilogue in place
+            fresh = isinstance(y, np.ndarray) and y.flags.writeable and not any(
+                isinstance(x, np.ndarray) and np.may_share_memory(y, x) for x in xs)
+            out = y if fresh and y.shape == _shape_of(attrs, y, extras) else None
+        return run_program(tuple(attrs["program"]), [y, *extras], out)
+
+    def vjp(F, node, grads):
+        from graphdl.ops.registry import apply
+
+        main_in, extras = split(node.inputs, node.attrs)
+        y = apply(main_op, *main_in, **dict(node.attrs["main"]))
+        return _vjp_through(expand_program(node.attrs["program"], [y, *extras]),
+                            node.inputs, grads)
+
+    def onnx(attrs, tin, tout, opset):
+        n = int(attrs["n_main"])
+        main_types = list(tin[:n])
+        produced = get_op(main_op).infer(main_types, dict(attrs["main"]))[0]
+        low = get_op(main_op).onnx(dict(attrs["main"]), main_types, [produced], opset)
+        nodes: list[OnnxNode] = []
+        consts: dict[str, np.ndarray] = {}
+        rename = {f"in{j}": f"in{j}" for j in range(n)}
+        rename["out0"] = "main_out"
+        _append(nodes, consts, low, rename, "main_")
+        more, more_consts = program_lowering(
+            attrs["program"], [produced, *tin[n:]],
+            ["main_out"] + [f"in{n + k}" for k in range(len(tin) - n)], "out0", opset)
+        consts.update(more_consts)
+        return OnnxLowering(tuple(nodes + more), consts)
+
+    register(OpDef(name=name, infer=infer, kernel=kernel, vjp=vjp, onnx=onnx,
+                   doc=f"{main_op} followed by an elementwise epilogue program (bias, residual "
+                       "add, activation) applied in place on its output."))
+
+
+def _shape_of(attrs, y, extras) -> tuple:
+    """The epilogue's output shape: the producer's, broadcast with the extra inputs'."""
+    return np.broadcast_shapes(np.shape(y), *(np.shape(e) for e in extras)) \
+        if extras else np.shape(y)
+
+
+_register_epilogue_op("FusedConv", "Conv")
+_register_epilogue_op("FusedGemm", "Gemm")
+_register_epilogue_op("FusedMatMul", "MatMul")
