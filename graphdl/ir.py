@@ -130,14 +130,15 @@ class Node:
 
     def __init__(self, op: str, inputs: Sequence["Value"], attrs: dict[str, Any],
                  types: Sequence[TensorType], name: str | None = None, site: str | None = None):
-        self.op = op
-        self.inputs = tuple(inputs)
-        self.attrs = dict(attrs)
-        self.types = tuple(types)
-        self.name = name
-        self.site = site
-        self.outputs = tuple(Value(self, i) for i in range(len(self.types)))
-        self._key = None
+        put = object.__setattr__  # fields are set once, here (passes build many nodes)
+        put(self, "op", op)
+        put(self, "inputs", tuple(inputs))
+        put(self, "attrs", dict(attrs))
+        put(self, "types", tuple(types))
+        put(self, "name", name)
+        put(self, "site", site)
+        put(self, "outputs", tuple(Value(self, i) for i in range(len(self.types))))
+        put(self, "_key", None)
 
     def __setattr__(self, key, value):
         if key != "_key" and hasattr(self, "_key"):

@@ -1,15 +1,16 @@
 """Scheduling for memory: reorder independent branches so fewer bytes are alive at once.
 
 Any topological order computes the same values; the order decides which values are alive
-together. Two candidate orders are built and the one with the lowest peak (the liveness lower
+together. Candidate orders are built and the one with the lowest peak (the liveness lower
 bound, so the arena planner can meet it) wins over the current order only when it is lower:
 
 - a memory-aware depth-first order (Sethi-Ullman, generalized to DAGs): at each node, the
   input branch that needs the most memory beyond what it leaves behind runs first, so its
-  working set is gone before the other branches' results pile up (Inception blocks);
+  working set is gone before the other branches' results pile up (Inception blocks); once
+  with the outputs in order, once reversed (a training step's updates then run from the last
+  layer back, each as soon as its gradient exists);
 - a greedy list schedule: among ready nodes, run the one that frees the most bytes for the
-  fewest new ones (ties keep the original order), so a gradient is used by its optimizer
-  update as soon as it exists instead of piling up until the end of the backward pass.
+  fewest new ones (ties keep the original order).
 
 Both are O(E log V).
 """
@@ -29,8 +30,11 @@ def _bytes_of(node: Node, bindings: Mapping[str, int]) -> int:
     return sum(t.nbytes(bindings) for t in node.types)
 
 
-def memory_dfs_order(graph: Graph, bindings: Mapping[str, int]) -> list[Node]:
-    """Depth-first post-order that visits the most demanding input branch first."""
+def memory_dfs_order(graph: Graph, bindings: Mapping[str, int], reverse_roots: bool = False
+                     ) -> list[Node]:
+    """Depth-first post-order that visits the most demanding input branch first; roots (the
+    outputs, then the updates) in their order, or reversed (a training step's updates then
+    run from the last layer back, each right after its gradient)."""
     size = {id(n): _bytes_of(n, bindings) for n in graph.nodes}
     need: dict[int, int] = {}
     for node in graph.nodes:  # inputs come first in any topological order
@@ -44,7 +48,7 @@ def memory_dfs_order(graph: Graph, bindings: Mapping[str, int]) -> list[Node]:
     order: list[Node] = []
     done: set[int] = set()
     roots = [v.node for v in graph.all_outputs]
-    for root in roots:
+    for root in (roots[::-1] if reverse_roots else roots):
         stack = [(root, None)]
         while stack:
             node, kids = stack.pop()
@@ -122,8 +126,11 @@ def schedule_for_memory(graph: Graph, bindings: Mapping[str, int] | None = None)
     bindings = dict(bindings or {})
     outputs = graph.all_outputs
     best, best_peak = None, schedule_peak(graph.nodes, outputs, bindings)
-    for make in (memory_dfs_order, greedy_order):
-        order = make(graph, bindings)
+    candidates = (lambda: memory_dfs_order(graph, bindings),
+                  lambda: memory_dfs_order(graph, bindings, reverse_roots=True),
+                  lambda: greedy_order(graph, bindings))
+    for make in candidates:
+        order = make()
         if len(order) != len(graph.nodes):
             continue
         peak = schedule_peak(order, outputs, bindings)

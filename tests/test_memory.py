@@ -77,8 +77,8 @@ def test_views_keep_their_storage_alive():
     b = gd.tanh(x) * 2.0  # computed while v is still needed
     g = Graph([x], [gd.sum(v, 1) + gd.sum(gd.reshape(b, (6, 4)), 1)])
     plan = plan_memory(g, alignment=1)
-    by_node = {g.nodes[p.node].op: p for p in plan.values}
-    view, src = by_node["Reshape"], by_node["Exp"]
+    by_node = {id(g.nodes[p.node]): p for p in plan.values}
+    view, src = by_node[id(v.node)], by_node[id(a.node)]
     assert view.storage == src.storage
     assert plan.storage_intervals[src.storage][1] >= view.last
 
@@ -174,7 +174,7 @@ def test_greedy_schedule_frees_gradients_early_in_a_training_step():
     loss = gd.mean(gd.square(h))
     grads = gd.grad(loss, params)
     g = Graph([x], [loss], [(gd.variable_of(p), p - 0.1 * gw) for p, gw in zip(params, grads)])
-    b = {"N": 8}
+    b = {"N": 512}  # activations outweigh the parameters (and their new values)
     scheduled = schedule_for_memory(g, b)
     assert schedule_peak(scheduled.nodes, g.all_outputs, b) < schedule_peak(
         g.nodes, g.all_outputs, b)
