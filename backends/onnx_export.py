@@ -197,6 +197,7 @@ class _Builder:
         for out_name, v in aliases:
             self.emit(helper.make_node("Identity", [self.names[v]], [out_name],
                                        name=self.unique_node(out_name)), node=None)
+        self.prune_dead_nodes()
         produced = {o for n in self.nodes for o in n.output}
         value_info = [self.value_info(self.names[v], v.type) for node in graph.nodes
                       if not get_op(node.op).source for v in node.outputs
@@ -215,6 +216,18 @@ class _Builder:
             _convert_float_attrs(model, ONNX_ELEM_TYPES[self.dtype])
         annotate_temporaries(model)
         return model
+
+    def prune_dead_nodes(self) -> None:
+        """Drop lowering nodes whose outputs nothing reads (an inference Dropout's mask),
+        then the initializers only they read."""
+        needed = {v.name for v in self.outputs}
+        kept = []
+        for node in reversed(self.nodes):
+            if any(o in needed for o in node.output):
+                kept.append(node)
+                needed.update(i for i in node.input if i)
+        self.nodes = kept[::-1]
+        self.initializers = [t for t in self.initializers if t.name in needed]
 
     def const_label(self, node: Node, readable: dict[Value, str]) -> str:
         """A constant's name: its own, else after its first named consumer and the input
@@ -288,9 +301,14 @@ class _Builder:
             local[key] = self.const_name(f"{base}/{key}", value)
         produced: set[str] = set()
         multi = len(lowering.nodes) > 1
+        def resolve(local_name: str) -> str:  # a temporary gets a graph-unique name once
+            if local_name not in local:
+                local[local_name] = self.unique(f"{base}/{local_name}")
+            return local[local_name]
+
         for i, on in enumerate(lowering.nodes):
-            ins = [local.setdefault(n, self.unique(f"{base}/{n}")) for n in on.inputs]
-            outs = [local.setdefault(n, self.unique(f"{base}/{n}")) for n in on.outputs]
+            ins = [resolve(n) for n in on.inputs]
+            outs = [resolve(n) for n in on.outputs]
             produced.update(on.outputs)
             label = f"{base}/{on.op_type}_{i}" if multi else (node.name or base)
             try:

@@ -54,6 +54,7 @@ class Importer:
         self.initializers = {t.name: numpy_helper.to_array(t) for t in g.initializer}
         self.env: dict[str, Any] = dict(self.initializers)  # Value | np.ndarray
         self.params: dict[str, Value] = {}
+        self.aliases: dict[str, str] = {}  # Identity outputs of initializers -> the initializer
         self.node_names: dict[int, str] = {}
         self.node: onnx.NodeProto | None = None
 
@@ -89,6 +90,7 @@ class Importer:
     def value(self, name: str) -> Value:
         """The input as a graph value: a float initializer becomes a Param, other constants
         a Const."""
+        name = self.aliases.get(name, name)
         value = self.env.get(name)
         if isinstance(value, Value):
             return value
@@ -136,13 +138,18 @@ class Importer:
             v = F.input(vi.name, _shape_of(vi), _dtype_of(vi))
             self.env[vi.name] = v
             inputs.append(v)
-        for node in g.node:
+        for node in _live_nodes(g):
             self.node = node
             if node.domain not in ("", "ai.onnx"):
                 raise OnnxImportError(f"{self.where()}: op {node.domain}.{node.op_type} is "
                                       "not supported by graphdl (only the ONNX domain is)")
             attrs = self.attrs(node)
             ins = [n for n in node.input]
+            if node.op_type == "Identity" and ins[0] in self.initializers:
+                # torch emits Identity copies of shared initializers: one Param for both
+                self.aliases[node.output[0]] = self.aliases.get(ins[0], ins[0])
+                self.env[node.output[0]] = self.env[ins[0]]
+                continue
             if node.op_type != "Constant" and ins and all(
                     not n or self.is_const(n) for n in ins):
                 outs = self.fold(node, attrs)
@@ -210,6 +217,17 @@ class Importer:
                                   f"{err}") from None
         it = iter(results)
         return [np.asarray(next(it)) if o else None for o in node.output]
+
+
+def _live_nodes(g: onnx.GraphProto) -> list[onnx.NodeProto]:
+    """The nodes the graph outputs depend on, in file order (dead ones are never imported)."""
+    needed = {v.name for v in g.output}
+    live = []
+    for node in reversed(g.node):
+        if any(o in needed for o in node.output):
+            live.append(node)
+            needed.update(i for i in node.input if i)
+    return live[::-1]
 
 
 def _rules() -> dict[str, Callable]:

@@ -6,9 +6,7 @@ attributes, and returns one graphdl value (or known constant) per ONNX output.
 """
 from __future__ import annotations
 
-import inspect
-import math
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 import onnx
@@ -331,71 +329,26 @@ def _conv(imp, node, a):
                                     dilation=dilations, groups=a.get("group", 1))]
 
 
-def _ceil_pads(x: Value, kernel, strides, dilations, pads) -> list[int]:
-    """Extra bottom/right padding that makes floor-mode pooling equal ceil mode (torch's
-    rule: the last window must start inside the input or the leading padding)."""
-    pads = list(pads)
-    for i in range(2):
-        size = x.shape[2 + i]
-        if not isinstance(size, int):
-            continue
-        span = (kernel[i] - 1) * dilations[i] + 1
-        total = size + pads[i] + pads[i + 2]
-        out = -(-(total - span) // strides[i]) + 1
-        if (out - 1) * strides[i] >= size + pads[i]:
-            out -= 1
-        pads[i + 2] += max(0, (out - 1) * strides[i] + span - total)
-    return pads
-
-
-def _takes(fn, param: str) -> bool:
-    try:
-        return param in inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
-
-
 def _max_pool(imp, node, a):
     x = imp.value(node.input[0])
     if len(node.output) > 1 and node.output[1]:
         raise OnnxImportError(f"{imp.where()}: MaxPool with an Indices output is not supported")
     kernel = tuple(a["kernel_shape"])
     strides, dilations, pads = _spatial(imp, node, a, x, kernel)
-    if dilations != (1, 1):
-        raise OnnxImportError(f"{imp.where()}: dilated MaxPool is not supported")
-    fn = _builder(imp, "max_pool2d")
-    if a.get("ceil_mode", 0):
-        if pads[:2] == pads[2:] and _takes(fn, "ceil_mode"):
-            return [fn(x, kernel, stride=strides, padding=(pads[0], pads[1]), ceil_mode=True)]
-        pads = _ceil_pads(x, kernel, strides, dilations, pads)
-    if pads[:2] != pads[2:]:  # asymmetric: pad with -inf, which never wins a max
-        x = F.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])), -math.inf)
-        pads = [0, 0, 0, 0]
-    return [fn(x, kernel, stride=strides, padding=(pads[0], pads[1]))]
+    return [_builder(imp, "max_pool2d")(x, kernel, stride=strides, padding=tuple(pads),
+                                        dilation=dilations,
+                                        ceil_mode=bool(a.get("ceil_mode", 0)))]
 
 
 def _avg_pool(imp, node, a):
     x = imp.value(node.input[0])
     kernel = tuple(a["kernel_shape"])
-    strides, dilations, pads = _spatial(imp, node, a, x, kernel)
-    fn = _builder(imp, "avg_pool2d")
-    kwargs: dict[str, Any] = {"stride": strides, "padding": (pads[0], pads[1])}
-    if a.get("ceil_mode", 0) and _ceil_pads(x, kernel, strides, dilations, pads) != pads:
-        if not _takes(fn, "ceil_mode"):
-            raise OnnxImportError(f"{imp.where()}: AveragePool with ceil_mode=1 that changes "
-                                  "the output size is not supported")
-        kwargs["ceil_mode"] = True
-    if pads[:2] != pads[2:]:
-        raise OnnxImportError(f"{imp.where()}: AveragePool with asymmetric pads {pads} is "
-                              "not supported")
-    include = bool(a.get("count_include_pad", 0))
-    if any(pads):
-        if _takes(fn, "count_include_pad"):
-            kwargs["count_include_pad"] = include
-        elif not include:
-            raise OnnxImportError(f"{imp.where()}: AveragePool with count_include_pad=0 and "
-                                  "padding is not supported by gd.avg_pool2d")
-    return [fn(x, kernel, **kwargs)]
+    strides, _, pads = _spatial(imp, node, a, x, kernel)
+    # ONNX counts padding in the mean only when asked (torch's default is the opposite)
+    return [_builder(imp, "avg_pool2d")(
+        x, kernel, stride=strides, padding=tuple(pads),
+        count_include_pad=bool(a.get("count_include_pad", 0)),
+        ceil_mode=bool(a.get("ceil_mode", 0)))]
 
 
 def _global_avg_pool(imp, node, a):

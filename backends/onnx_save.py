@@ -71,7 +71,7 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike,
     target = Path(os.path.abspath(os.fspath(path)))
     folder = target.parent
     _check_writable(folder, target)
-    payload = _payload_bytes(model)
+    payload = payload_bytes(model)
     if external_data is None:
         external_data = payload + _HEADROOM >= PROTOBUF_LIMIT
     elif external_data is False and payload + _HEADROOM >= PROTOBUF_LIMIT:
@@ -152,7 +152,8 @@ def _temp(folder: Path, base: str, temps: list[str]) -> str:
     return name
 
 
-def _payload_bytes(model: onnx.ModelProto) -> int:
+def payload_bytes(model: onnx.ModelProto) -> int:
+    """Bytes of tensor data held inside the model (external data not counted)."""
     total = 0
     for t in model.graph.initializer:
         if t.data_location != TensorProto.EXTERNAL:

@@ -139,13 +139,14 @@ class OrtRunner:
                  dtype: str | None = None, device_id: int = 0,
                  optimized_model_path: str | None = None, sync_state: bool = True):
         self.graph: Graph | None = None
+        self._files = None  # a temporary folder holding a model over 2 GB
         if isinstance(model, (onnx.ModelProto, str, os.PathLike)):
             source = model.SerializeToString() if isinstance(model, onnx.ModelProto) \
                 else os.fspath(model)
         else:
             self.graph = as_graph(model)
             proto = to_onnx(self.graph, opset=opset, dtype=dtype)
-            source = _session_source(proto)
+            source, self._files = _session_source(proto)
         self.providers_requested = resolve_providers(providers, device_id)
         self.options = session_options(threads, optimization_level, optimized_model_path)
         self.session = ort.InferenceSession(source, self.options,
@@ -157,7 +158,7 @@ class OrtRunner:
         self.sync_state = sync_state
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
-        self._input_dtypes = {i.name: _np_dtype(i.type) for i in self.session.get_inputs()}
+        self.input_dtypes = {i.name: _np_dtype(i.type) for i in self.session.get_inputs()}
         self._setup_state()
 
     # ---- state (training-step graphs) ----------------------------------------------------
@@ -174,7 +175,7 @@ class OrtRunner:
 
     def _state_feed(self) -> list:
         if self._state_values is None or self.sync_state:
-            return [self._device_value(var.value.astype(self._input_dtypes[name], copy=False))
+            return [self._device_value(var.value.astype(self.input_dtypes[name], copy=False))
                     for var, name, _ in self.state]
         return self._state_values
 
@@ -197,7 +198,7 @@ class OrtRunner:
                 raise FeedError(f"this model takes inputs {names}")
             arrays = list(args) + [kwargs[n] for n in names[len(args):]]
             arrays = [np.asarray(a) for a in arrays]
-        return [a.astype(self._input_dtypes[n], copy=False)
+        return [a.astype(self.input_dtypes[n], copy=False)
                 for n, a in zip(self.input_names, arrays)]
 
     def __call__(self, *args, **kwargs):
@@ -256,13 +257,18 @@ class OrtRunner:
                 f"inputs={self.input_names} outputs={self.output_names[:self.n_outputs]}>")
 
 
-def _session_source(proto: onnx.ModelProto) -> bytes:
-    from graphdl.backends.onnx_save import PROTOBUF_LIMIT
+def _session_source(proto: onnx.ModelProto):
+    """Bytes for ORT, or for a model over 2 GB a file with external data in a temporary
+    folder (returned too, so it lives as long as the runner)."""
+    import tempfile
 
-    if proto.ByteSize() >= PROTOBUF_LIMIT:
-        raise GraphError("the model is over 2 GB; export it with gd.export_onnx(..., "
-                         "external_data=True) and compile the file instead")
-    return proto.SerializeToString()
+    from graphdl.backends.onnx_save import PROTOBUF_LIMIT, payload_bytes, save_model
+
+    if payload_bytes(proto) < PROTOBUF_LIMIT // 2:
+        return proto.SerializeToString(), None
+    folder = tempfile.TemporaryDirectory(prefix="graphdl-ort-")
+    path = save_model(proto, os.path.join(folder.name, "model.onnx"), external_data=True)
+    return str(path), folder
 
 
 _ORT_TYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64,

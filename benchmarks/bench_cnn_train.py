@@ -90,8 +90,28 @@ def main(argv=None) -> dict:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="limit BLAS and torch to this many threads (default: library "
+                        "defaults); useful on a shared machine")
+    parser.add_argument("--profile", action="store_true",
+                        help="also time each graphdl kernel by op (adds a per-op table)")
     args = parser.parse_args(argv)
 
+    import contextlib
+
+    import torch
+
+    limits = contextlib.nullcontext()
+    if args.threads:
+        from threadpoolctl import threadpool_limits
+
+        limits = threadpool_limits(args.threads)
+        torch.set_num_threads(args.threads)
+    with limits:
+        return _run(args)
+
+
+def _run(args) -> dict:
     import torch
 
     lr, momentum = 0.01, 0.9
@@ -126,6 +146,7 @@ def main(argv=None) -> dict:
     def stats(ms):
         return {"median": statistics.median(ms), "min": min(ms), "mean": statistics.fmean(ms)}
 
+    per_op = profile_ops(step, x, y, args.repeats) if args.profile else None
     g, t = stats(times["graphdl"]), stats(times["torch"])
     ratio = g["median"] / t["median"]
     results = {
@@ -136,9 +157,11 @@ def main(argv=None) -> dict:
         "graphdl_ms": g, "torch_eager_ms": t, "ratio": ratio, "target_ratio": TARGET_RATIO,
         "meets_target": ratio <= TARGET_RATIO,
         "first_step_loss": {"graphdl": first[0], "torch": first[1]},
+        "graphdl_ms_by_op": per_op,
         "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                     "platform": platform.platform(), "numpy": np.__version__,
                     "torch": torch.__version__,
+                    "threads_limit": args.threads, "load_average": _load(),
                     "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE")},
     }
     folder = os.path.dirname(os.path.abspath(args.out))
@@ -151,6 +174,44 @@ def main(argv=None) -> dict:
           f"torch eager {t['median']:.1f} ms, ratio {ratio:.2f} (target <= {TARGET_RATIO}); "
           f"first-step loss {first[0]:.6f} vs {first[1]:.6f}; wrote {args.out}")
     return results
+
+
+def profile_ops(step, x, y, repeats: int) -> dict[str, dict]:
+    """ms per step spent in each op's kernel (wrapping the registry's kernels for the run)."""
+    from collections import Counter
+
+    spent, calls = Counter(), Counter()
+
+    def timed(name, kernel):
+        def run(xs, attrs, out):
+            start = time.perf_counter()
+            result = kernel(xs, attrs, out)
+            spent[name] += time.perf_counter() - start
+            calls[name] += 1
+            return result
+        return run
+
+    steps = getattr(step.executor, "steps", None)
+    if steps is None:
+        return {}
+    # the executor holds kernel references in its schedule; swap them there, then restore
+    saved = list(steps)
+    try:
+        step.executor.steps = [(timed(node.op, kernel),) + tuple(rest) + (node,)
+                               for kernel, *rest, node in saved]
+        for _ in range(repeats):
+            step(x, y)
+    finally:
+        step.executor.steps = saved
+    return {name: {"ms": spent[name] / repeats * 1e3, "calls": calls[name] // repeats}
+            for name, _ in spent.most_common()}
+
+
+def _load() -> float | None:
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return None
 
 
 if __name__ == "__main__":

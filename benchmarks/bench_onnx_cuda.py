@@ -14,6 +14,16 @@ Targets: graphdl / torch-exported <= 1.00, and graphdl faster than torch eager a
 measurement (a timeout keeps what was measured) to ``--out``, by default ``$OUT/`` when the
 device tool sets it, else ``bench_out/``. ``--cpu`` runs everything on the CPU with a small
 input and batch as a dry run.
+
+On the GPU machine (recipe: ../shared/gpu/README.md; after the three calls that carry
+``.ortgpu/p0..p2``), one call carrying ``.ortgpu/p3`` and ``.ortgpu/sha256`` runs::
+
+    cp .ortgpu/p3 /tmp/ortparts/ && mkdir -p /tmp/ort && cat /tmp/ortparts/p0 \
+      /tmp/ortparts/p1 /tmp/ortparts/p2 /tmp/ortparts/p3 | xz -d -T8 | tar xf - -C /tmp/ort \
+      && export PYTHONPATH=/tmp/ort && python3 -m pip install -q --no-deps --no-index \
+      --no-build-isolation . && python3 benchmarks/bench_onnx_cuda.py --budget-s 360
+
+with ``timeout_s`` about 540; the JSON lands in ``$OUT/bench_onnx_cuda.json``.
 """
 from __future__ import annotations
 
@@ -41,7 +51,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--models", default="resnet50,resnet152")
     p.add_argument("--batches", default=None, help="comma list (default 1,64; --cpu: 1,2)")
     p.add_argument("--dtypes", default="fp32,fp16")
-    p.add_argument("--size", type=int, default=None, help="input size (224; --cpu: 64)")
+    p.add_argument("--size", type=int, default=None, help="input size (224; --cpu: 32)")
     p.add_argument("--repeats", type=int, default=None, help="timed calls (default by batch)")
     p.add_argument("--budget-s", type=float, default=420.0,
                    help="stop starting new measurements after this many seconds")
@@ -116,7 +126,7 @@ def ort_timers(runner, x: np.ndarray, device: str) -> dict:
     """Two timed calls for one runner: input copied per call, and device-resident input."""
     import onnxruntime as ort
 
-    x = x.astype(runner._input_dtypes[runner.input_names[0]], copy=False)
+    x = x.astype(runner.input_dtypes[runner.input_names[0]], copy=False)
     session = runner.session
     binding = session.io_binding()
     resident_input = ort.OrtValue.ortvalue_from_numpy(x, device, 0)
@@ -172,7 +182,7 @@ def main(argv=None) -> dict:
     from graphdl.backends.ort import OrtRunner, cuda_available
 
     batches = [int(b) for b in (args.batches or ("1,2" if args.cpu else "1,64")).split(",")]
-    size = args.size or (64 if args.cpu else 224)
+    size = args.size or (32 if args.cpu else 224)
     dtypes = args.dtypes.split(",")
     header = {
         "benchmark": "bench_onnx_cuda", "mode": "cpu-dry-run" if args.cpu else "cuda",

@@ -34,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="output folder (default ./graphdl_demo_out)")
     demo.add_argument("--seed", type=int, default=0,
                       help="seed for the initial weights and the shuffling (default 0)")
+    demo.add_argument("--threads", type=int, default=1,
+                      help="BLAS threads while training (default 1: the digits model's "
+                      "matrices are too small to gain from more; 0 leaves BLAS alone)")
     demo.add_argument("--quick", action="store_true",
                       help="2 epochs: a fast end-to-end smoke run")
     demo.add_argument("--quiet", action="store_true", help="no per-epoch progress")
@@ -92,7 +95,7 @@ def _dispatch(args: argparse.Namespace, extra: list[str]) -> int:
 
         results = run_demo(epochs=2 if args.quick else args.epochs, out_dir=args.out,
                            seed=args.seed, batch_size=args.batch_size,
-                           verbose=0 if args.quiet else 1)
+                           verbose=0 if args.quiet else 1, threads=args.threads)
         failed = [part for part in ("onnx", "optimize")
                   if results.get(part, {}).get("status") in ("error", "mismatch")]
         if failed:

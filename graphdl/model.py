@@ -9,7 +9,7 @@ table in :mod:`graphdl.summary`.
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -105,6 +105,7 @@ class Model(TrainingMixin):
     def graph(self, training: bool = False) -> Graph:
         """The model as a Graph: inference form (no updates) by default; ``training=True``
         gives the training form, whose updates carry BatchNorm/Dropout state."""
+        self._ensure_built()
         g = set_training(self._graph, training)
         if not training:
             return g
@@ -305,9 +306,6 @@ class Sequential(Model):
                              "or call fit/predict with data first")
         self.build(sample_shape)
 
-    def _set_graph(self, inputs, outputs):
-        Model._set_graph(self, inputs, outputs)
-
     @property
     def inputs(self) -> list[Value]:
         """The model's input (builds nothing; errors if not built)."""
@@ -336,7 +334,11 @@ def write_npz_atomic(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> 
     """Write ``arrays`` to ``path`` as .npz through a temp file and ``os.replace``."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}."
+                               f"{secrets.token_hex(4)}.tmp")
+    # os.open with mode 0o666 lets the umask decide the permissions, as for any new file
+    # (tempfile.mkstemp would leave the weights readable by their owner only)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)

@@ -119,8 +119,8 @@ class CosineLR(Schedule):
 
     def at(self, step: int) -> float:
         """The learning rate at ``step``."""
-        t = min(step, self.t_max)
-        return self.eta_min + (self.lr - self.eta_min) * (1 + math.cos(math.pi * t / self.t_max)) / 2
+        cosine = math.cos(math.pi * min(step, self.t_max) / self.t_max)
+        return self.eta_min + (self.lr - self.eta_min) * (1 + cosine) / 2
 
     def __repr__(self) -> str:
         return f"CosineLR({self.lr}, t_max={self.t_max}, eta_min={self.eta_min})"

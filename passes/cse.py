@@ -25,10 +25,15 @@ def _key(node: Node):
         flat = arr.reshape(-1)
         sample = flat[:: max(1, flat.size // 16)][:16].tobytes()
         return ("Const*", arr.dtype.str, arr.shape, sample)  # confirmed by array_equal
-    key = node.structural_key()
-    if node.op in COMMUTATIVE and len(node.inputs) == 2:
-        key = (key[0], tuple(sorted(key[1]))) + key[2:]
-    return key
+    ins = tuple((id(v.node), v.index) for v in node.inputs)
+    if node.op in COMMUTATIVE and len(ins) == 2 and ins[1] < ins[0]:
+        ins = (ins[1], ins[0])
+    attrs = tuple(sorted(node.attrs.items()))
+    try:
+        hash(attrs)  # plain attributes (ints, tuples, strings) key as they are
+    except TypeError:
+        return node.structural_key()[:1] + (ins,) + node.structural_key()[2:]
+    return (node.op, ins, attrs, node.types)
 
 
 def eliminate_common_subexpressions(graph: Graph) -> Graph:

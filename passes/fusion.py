@@ -138,6 +138,17 @@ def _matmul_transposed(m: Match):
                     transA=int(ta), transB=int(tb))  # A^T @ B -> gemm(A, B, transA=1)
 
 
+def _transposed_product(m: Match):
+    g = m["g"].node
+    a, b = g.inputs[0], g.inputs[1]
+    if len(g.inputs) != 2 or a.ndim != 2 or b.ndim != 2 or g.attrs.get("alpha", 1.0) != 1.0:
+        return None
+    ta = int(g.attrs.get("transA", 0)) if g.op == "Gemm" else 0
+    tb = int(g.attrs.get("transB", 0)) if g.op == "Gemm" else 0
+    # (op(a) @ op(b))^T = op(b)^T @ op(a)^T: swap the operands and flip both flags
+    return m.try_op("Gemm", b, a, transA=1 - tb, transB=1 - ta, name=g.name)
+
+
 def _conv_bias(m: Match):
     conv, c = m["conv"].node, m["c"]
     channels = conv.types[0].shape[1]
@@ -158,6 +169,9 @@ GEMM_RULES = [
     # ^ gemm(a, b) + c -> gemm(a, b, c)
     Rule("matmul_transposed", op("MatMul"), _matmul_transposed),
     # ^ a @ b.T -> gemm(a, b, transB=1)
+    Rule("transposed_product", op("Transpose", op(("Gemm", "MatMul"), capture="g"),
+                                  where=lambda v: tuple(v.node.attrs["perm"]) == (1, 0)),
+         _transposed_product),  # (a @ b)^T -> gemm(b, a, transA=1, transB=1)
     Rule("conv_bias", op("Add", op("Conv", capture="conv"), any_value("c")), _conv_bias),
     # ^ conv(x, W, b) + c -> conv(x, W, b + c) for a per-channel c
 ]

@@ -88,14 +88,17 @@ def lower_bound(intervals: Sequence[tuple[int, int, int]]) -> int:
     return int(np.cumsum(delta).max())
 
 
-def greedy_by_size(intervals: Sequence[tuple[int, int, int]]) -> tuple[list[int], int]:
-    """Offsets for each (first, last, bytes) interval and the arena size: largest first,
-    each into the smallest gap that fits among time-overlapping buffers (TFLite)."""
+def greedy_by_size(intervals: Sequence[tuple[int, int, int]], order: Sequence[int] | None = None,
+                   best_fit: bool = True) -> tuple[list[int], int]:
+    """Offsets for each (first, last, bytes) interval and the arena size: largest first
+    (or in ``order``), each into the smallest gap that fits among time-overlapping buffers
+    (TFLite's greedy by size); ``best_fit=False`` takes the lowest gap that fits."""
     n = len(intervals)
     if n == 0:
         return [], 0
     arr = np.asarray(intervals, dtype=np.int64).reshape(-1, 3)
-    order = sorted(range(n), key=lambda i: (-arr[i, 2], arr[i, 0], i))
+    if order is None:
+        order = sorted(range(n), key=lambda i: (-arr[i, 2], arr[i, 0], i))
     firsts, lasts = np.empty(n, np.int64), np.empty(n, np.int64)
     starts, ends = np.empty(n, np.int64), np.empty(n, np.int64)
     offsets = [0] * n
@@ -114,7 +117,8 @@ def greedy_by_size(intervals: Sequence[tuple[int, int, int]]) -> tuple[list[int]
                 gaps = s - prev
                 fits = np.nonzero(gaps >= size)[0]
                 if fits.size:
-                    j = fits[np.argmin(gaps[fits])]  # the smallest gap that fits, lowest first
+                    # the smallest gap that fits (lowest offset on ties), or the lowest gap
+                    j = fits[np.argmin(gaps[fits])] if best_fit else fits[0]
                     best = int(prev[j])
                 else:
                     best = int(reach[-1])
@@ -126,110 +130,155 @@ def greedy_by_size(intervals: Sequence[tuple[int, int, int]]) -> tuple[list[int]
     return offsets, arena
 
 
+def plan_offsets(intervals: Sequence[tuple[int, int, int]], effort: str = "best"
+                 ) -> tuple[list[int], int]:
+    """Arena offsets: TFLite's greedy by size, then (``effort="best"``, when that misses the
+    lower bound) the same greedy over other orders (equal sizes by latest end, by lifetime;
+    size x lifetime), best- and first-fit; the smallest arena wins."""
+    offsets, arena = greedy_by_size(intervals)
+    if effort != "best" or not intervals:
+        return offsets, arena
+    bound = lower_bound(intervals)
+    if arena <= bound:
+        return offsets, arena
+    arr = np.asarray(intervals, dtype=np.int64).reshape(-1, 3)
+    life = arr[:, 1] - arr[:, 0] + 1
+    idx = range(len(arr))
+    orders = [sorted(idx, key=lambda i: (-arr[i, 2], -arr[i, 1], i)),
+              sorted(idx, key=lambda i: (-arr[i, 2], -life[i], i)),
+              sorted(idx, key=lambda i: (-arr[i, 2] * life[i], i)),
+              None]
+    for order in orders:
+        for fit in (True, False):
+            if order is None and fit:
+                continue  # TFLite's own try, above
+            cand, size = greedy_by_size(intervals, order, fit)
+            if size < arena:
+                offsets, arena = cand, size
+                if arena <= bound:
+                    return offsets, arena
+    return offsets, arena
+
+
 def _aligned(nbytes: int, alignment: int) -> int:
     return -(-nbytes // alignment) * alignment if alignment > 1 else nbytes
 
 
 def plan_memory(graph: Graph, bindings: Mapping[str, int] | None = None,
-                alignment: int = DEFAULT_ALIGNMENT, inplace: bool = True) -> MemoryPlan:
+                alignment: int = DEFAULT_ALIGNMENT, inplace: bool = True,
+                effort: str = "best") -> MemoryPlan:
     """Plan every computed value of ``graph`` into one arena for these symbolic sizes
-    (unbound symbolic dims count as 1)."""
+    (unbound symbolic dims count as 1). ``effort="fast"`` runs the greedy planner once."""
     bindings = dict(bindings or {})
     plans, storages, no_reuse, end = liveness(graph.nodes, graph.all_outputs, bindings,
                                               alignment, inplace)
     intervals = [tuple(st) for st in storages]
-    offsets, arena = greedy_by_size(intervals)
-    values = []
-    for p in plans.values():
-        if p.get("storage", -1) >= 0:
-            p["offset"] = offsets[p["storage"]]
-        values.append(ValuePlan(**p))
+    offsets, arena = plan_offsets(intervals, effort)
+    values = tuple(ValuePlan(pos, i, kind, nbytes, offsets[sid] if sid >= 0 else -1, sid,
+                             first, last, inp)
+                   for pos, i, kind, nbytes, sid, first, last, inp in plans.values())
     return MemoryPlan(tuple(sorted(bindings.items())), arena, lower_bound(intervals), no_reuse,
-                      end, tuple(values), tuple(intervals), alignment)
+                      end, values, tuple(intervals), alignment)
+
+
+def node_facts(nodes: Sequence, bindings: Mapping[str, int],
+               alignment: int = DEFAULT_ALIGNMENT) -> dict[int, tuple]:
+    """Per node id: (0 source / 1 view / 2 computed, may write in place, per output
+    (bytes, (dtype, concrete shape)))."""
+    facts = {}
+    for n in nodes:
+        opdef = get_op(n.op)
+        kind = 0 if opdef.source else 1 if n.op in VIEW_OPS and len(n.types) == 1 else 2
+        inplace = (opdef.elementwise or n.op in INPLACE_OPS) and len(n.types) == 1
+        outs = tuple((_aligned(t.nbytes(bindings), alignment), (t.dtype, _dims(t, bindings)))
+                     for t in n.types)
+        facts[id(n)] = (kind, inplace, outs)
+    return facts
 
 
 def liveness(nodes: Sequence, outputs: Sequence, bindings: Mapping[str, int],
-             alignment: int = DEFAULT_ALIGNMENT, inplace: bool = True):
-    """Storage of every value under the schedule ``nodes``: returns (per-value plans keyed by
-    (id(node), index), storages as [first, last, bytes], no-reuse bytes, number of steps)."""
-    node_pos = {id(n): i for i, n in enumerate(nodes)}
-    steps = [n for n in nodes if not get_op(n.op).source]
-    step_of = {id(n): s for s, n in enumerate(steps)}
-    end = len(steps)
+             alignment: int = DEFAULT_ALIGNMENT, inplace: bool = True,
+             facts: dict[int, tuple] | None = None):
+    """Storage of every value under the schedule ``nodes``. Returns per-value records keyed
+    by (id(node), index) as (node position, index, kind, bytes, storage, first step, last
+    step, in place), storages as [first, last, bytes], the no-reuse bytes, and the number of
+    steps. Intervals are inclusive; outputs live to the end (they are copied out then)."""
+    facts = facts if facts is not None else node_facts(nodes, bindings, alignment)
     last_use: dict[tuple[int, int], int] = {}
-    for s, node in enumerate(steps):
+    step_of: dict[int, int] = {}
+    step = 0
+    for node in nodes:
+        if facts[id(node)][0] == 0:
+            continue
+        step_of[id(node)] = step
         for v in node.inputs:
-            last_use[(id(v.node), v.index)] = s  # steps run in order: the final write wins
+            last_use[(id(v.node), v.index)] = step  # steps run in order: the final write wins
+        step += 1
+    end = step
     for v in outputs:
-        last_use[(id(v.node), v.index)] = end  # outputs stay until they are copied out
+        last_use[(id(v.node), v.index)] = end
 
-    plans: dict[tuple[int, int], dict] = {}
+    plans: dict[tuple[int, int], tuple] = {}
     storage_of: dict[tuple[int, int], int] = {}
     storages: list[list[int]] = []  # [first, last, bytes]
     no_reuse = 0
-    for node in nodes:
-        pos = node_pos[id(node)]
-        opdef = get_op(node.op)
-        if opdef.source:
-            for v in node.outputs:
-                plans[(id(node), v.index)] = {"node": pos, "index": v.index, "kind": EXTERNAL}
+    for pos, node in enumerate(nodes):
+        nid = id(node)
+        kind, can_inplace, outs = facts[nid]
+        if kind == 0:
+            for i in range(len(outs)):
+                plans[(nid, i)] = (pos, i, EXTERNAL, 0, -1, -1, -1, False)
             continue
-        s = step_of[id(node)]
-        if node.op in VIEW_OPS and len(node.outputs) == 1:
+        s = step_of[nid]
+        if kind == 1:
             src = node.inputs[0]
-            key = (id(node), 0)
-            src_storage = storage_of.get((id(src.node), src.index))
+            key = (nid, 0)
+            sid = storage_of.get((id(src.node), src.index))
             last = last_use.get(key, s)
-            if src_storage is None:  # a view of an input, parameter or constant
-                plans[key] = {"node": pos, "index": 0, "kind": EXTERNAL}
+            if sid is None:  # a view of an input, parameter or constant
+                plans[key] = (pos, 0, EXTERNAL, 0, -1, -1, -1, False)
             else:
-                st = storages[src_storage]
-                st[1] = max(st[1], last)
-                storage_of[key] = src_storage
-                plans[key] = {"node": pos, "index": 0, "kind": VIEW, "storage": src_storage,
-                              "first": s, "last": last}
+                st = storages[sid]
+                if last > st[1]:
+                    st[1] = last
+                storage_of[key] = sid
+                plans[key] = (pos, 0, VIEW, 0, sid, s, last, False)
             continue
-        elementwise = opdef.elementwise or node.op in INPLACE_OPS
-        for v in node.outputs:
-            key = (id(node), v.index)
-            nbytes = _aligned(v.type.nbytes(bindings), alignment)
+        for i, (nbytes, type_key) in enumerate(outs):
+            key = (nid, i)
             no_reuse += nbytes
             last = last_use.get(key, s)
-            target = None
-            if inplace and elementwise and len(node.outputs) == 1:
-                target = _dying_input(node, s, plans, storages, bindings, v.type)
-            if target is not None:
-                st = storages[target]
-                st[1] = max(st[1], last)
-                storage_of[key] = target
-                plans[key] = {"node": pos, "index": v.index, "kind": ARENA, "nbytes": nbytes,
-                              "storage": target, "first": s, "last": last, "inplace": True}
+            sid = _dying_input(node, s, plans, storages, facts, type_key) \
+                if inplace and can_inplace else None
+            if sid is not None:  # write over an input that dies here
+                st = storages[sid]
+                if last > st[1]:
+                    st[1] = last
+                storage_of[key] = sid
+                plans[key] = (pos, i, ARENA, nbytes, sid, s, last, True)
                 continue
             storage_of[key] = len(storages)
             storages.append([s, last, nbytes])
-            plans[key] = {"node": pos, "index": v.index, "kind": ARENA, "nbytes": nbytes,
-                          "storage": len(storages) - 1, "first": s, "last": last}
+            plans[key] = (pos, i, ARENA, nbytes, len(storages) - 1, s, last, False)
     return plans, storages, no_reuse, end
 
 
 def schedule_peak(nodes: Sequence, outputs: Sequence, bindings: Mapping[str, int],
-                  alignment: int = DEFAULT_ALIGNMENT) -> int:
+                  alignment: int = DEFAULT_ALIGNMENT, facts: dict | None = None) -> int:
     """The lower bound of peak memory for the schedule ``nodes`` (cheap: no offsets)."""
-    _, storages, _, _ = liveness(nodes, outputs, bindings, alignment)
+    _, storages, _, _ = liveness(nodes, outputs, bindings, alignment, facts=facts)
     return lower_bound(storages)
 
 
-def _dying_input(node, step, plans, storages, bindings, out_type):
+def _dying_input(node, step, plans, storages, facts, type_key):
     """The storage of an input that dies at ``step`` and has the output's exact type (views
     are skipped: a transposed view read while its bytes are overwritten would need a copy)."""
     for v in node.inputs:
         p = plans.get((id(v.node), v.index))
-        if p is None or p["kind"] != ARENA or v.type.dtype != out_type.dtype:
+        if p is None or p[2] != ARENA or storages[p[4]][1] != step:
             continue
-        if _dims(v.type, bindings) != _dims(out_type, bindings):
-            continue
-        if storages[p["storage"]][1] == step:
-            return p["storage"]
+        if facts[id(v.node)][2][v.index][1] == type_key:
+            return p[4]
     return None
 
 

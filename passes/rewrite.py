@@ -92,23 +92,62 @@ class Rule:
     replace: Callable[["Match"], Any]
 
 
+def _key(v: Value) -> tuple[int, int]:
+    return (id(v.node), v.index)
+
+
 class RewriteContext:
-    """What rules may ask about the graph being rewritten: use counts and consumers (taken
-    on the input graph, and kept conservative as rewrites add uses)."""
+    """What rules may ask about the graph being rewritten: use counts and consumers.
+
+    They are taken on the input graph when a rule first asks, then kept conservative: every
+    rewrite so far is replayed (a value taking over another's uses, new nodes' inputs), so a
+    count may be stale high (a dead consumer) but never stale low.
+    """
 
     def __init__(self, graph: Graph):
         self.graph = graph
-        self.uses: dict[Value, int] = {}
-        self.consumers: dict[Value, list[Node]] = {}
-        self.outputs = set(graph.all_outputs)
-        for node in graph.nodes:
-            for v in node.inputs:
-                self.uses[v] = self.uses.get(v, 0) + 1
-                self.consumers.setdefault(v, []).append(node)
-        for v in graph.all_outputs:
-            self.uses[v] = self.uses.get(v, 0) + 1
-        self.original: frozenset[int] = frozenset(id(n) for n in graph.nodes)
+        self.original: set[int] = {id(n) for n in graph.nodes}
+        self.processed: set[int] = set(self.original)  # nodes the sweep itself visits
         self.known: set[int] = set(self.original)
+        self._uses: dict[tuple[int, int], int] | None = None
+        self._consumers: dict[tuple[int, int], list[Node]] | None = None
+        self._outputs: set[tuple[int, int]] | None = None
+        self._events: list[tuple] = []
+        self._alive: list[Node] = []  # known ids must not be recycled by new objects
+
+    @property
+    def uses(self) -> dict[tuple[int, int], int]:
+        """Use counts keyed by (id(node), output index); graph outputs count as a use."""
+        if self._uses is None:
+            uses: dict[tuple[int, int], int] = {}
+            for node in self.graph.nodes:
+                for v in node.inputs:
+                    k = (id(v.node), v.index)
+                    uses[k] = uses.get(k, 0) + 1
+            for v in self.graph.all_outputs:
+                k = (id(v.node), v.index)
+                uses[k] = uses.get(k, 0) + 1
+            for event in self._events:
+                _replay(uses, event)
+            self._uses = uses
+        return self._uses
+
+    @property
+    def consumers(self) -> dict[tuple[int, int], list[Node]]:
+        """Consumers in the input graph, keyed by (id(node), output index)."""
+        if self._consumers is None:
+            self._consumers = {}
+            for node in self.graph.nodes:
+                for v in node.inputs:
+                    self._consumers.setdefault((id(v.node), v.index), []).append(node)
+        return self._consumers
+
+    @property
+    def outputs(self) -> set[tuple[int, int]]:
+        """Keys of the graph's outputs and update values."""
+        if self._outputs is None:
+            self._outputs = {_key(v) for v in self.graph.all_outputs}
+        return self._outputs
 
     def note_new(self, values: Iterable[Value | None]) -> None:
         """Count the uses that freshly built nodes add, so use counts never go stale low."""
@@ -118,14 +157,36 @@ class RewriteContext:
             if id(node) in self.known:
                 continue
             self.known.add(id(node))
+            self._alive.append(node)
             for v in node.inputs:
-                self.uses[v] = self.uses.get(v, 0) + 1
+                self._record(("inc", _key(v)))
                 if id(v.node) not in self.known:
                     stack.append(v.node)
 
     def note_replaced(self, old: Value, new: Value) -> None:
         """``new`` takes over every use of ``old``."""
-        self.uses[new] = self.uses.get(new, 0) + self.uses.get(old, 0)
+        self._record(("move", _key(old), _key(new)))
+
+    def note_rebuilt(self, old: Node, new: Node) -> None:
+        """``new`` is ``old`` over rewritten inputs: its outputs inherit the uses."""
+        self.known.add(id(new))
+        self.processed.add(id(new))
+        self._alive.append(new)
+        for a, b in zip(old.outputs, new.outputs):
+            self.note_replaced(a, b)
+
+    def _record(self, event: tuple) -> None:
+        if self._uses is None:
+            self._events.append(event)
+        else:
+            _replay(self._uses, event)
+
+
+def _replay(uses: dict, event: tuple) -> None:
+    if event[0] == "inc":
+        uses[event[1]] = uses.get(event[1], 0) + 1
+    else:
+        uses[event[2]] = uses.get(event[2], 0) + uses.get(event[1], 0)
 
 
 class Match:
@@ -160,15 +221,15 @@ class Match:
         """How many times ``v`` is consumed (graph outputs count as a use); large if unknown."""
         if self.ctx is None:
             return 1 << 30
-        return self.ctx.uses.get(v, 1 << 30)
+        return self.ctx.uses.get(_key(v), 1 << 30)
 
     def only_used_here(self, v: Value) -> bool:
         """True when ``v`` has exactly one use and is not a graph output."""
-        return self.uses(v) == 1 and (self.ctx is None or v not in self.ctx.outputs)
+        return self.uses(v) == 1 and (self.ctx is None or _key(v) not in self.ctx.outputs)
 
     def consumers(self, v: Value) -> list[Node]:
         """Nodes of the input graph that consume ``v``."""
-        return [] if self.ctx is None else self.ctx.consumers.get(v, [])
+        return [] if self.ctx is None else self.ctx.consumers.get(_key(v), [])
 
     def op(self, op_name: str, *inputs: Value, name: str | None = None, **attrs: Any):
         """Build a node (the root's call site); returns its value or values."""
@@ -254,21 +315,26 @@ def match_node(pattern: Pattern, node: Node, ctx: RewriteContext | None = None
 
 # ---- graph rewriting -----------------------------------------------------------------------
 
-def rewrite_graph(graph: Graph, fn: Callable[[Node], Sequence[Value | None] | None]) -> Graph:
+def rewrite_graph(graph: Graph, fn: Callable[[Node], Sequence[Value | None] | None],
+                  on_rebuild: Callable[[Node, Node], None] | None = None) -> Graph:
     """One sweep over the schedule: ``fn(node)`` sees each node rebuilt over its rewritten
     inputs and returns new values for its outputs (None entries keep an output) or None to
-    keep the node. Returns ``graph`` itself when nothing changed."""
-    mapping: dict[Value, Value] = {}
+    keep the node. ``on_rebuild(old, new)`` hears of every node rebuilt that way. Returns
+    ``graph`` itself when nothing changed."""
+    mapping: dict[int, Value] = {}  # id(old value) -> new value (old values outlive the pass)
     for node in graph.nodes:
         cur = node
         if mapping and node.inputs:
-            new_inputs = tuple(mapping.get(v, v) for v in node.inputs)
+            new_inputs = tuple(mapping.get(id(v), v) for v in node.inputs)
             if any(a is not b for a, b in zip(new_inputs, node.inputs)):
                 cur = Node(node.op, new_inputs, node.attrs, node.types, node.name, node.site)
+                if on_rebuild is not None:
+                    on_rebuild(node, cur)
         outs = fn(cur)
         if outs is None:
             if cur is not node:
-                mapping.update(zip(node.outputs, cur.outputs))
+                for old, new in zip(node.outputs, cur.outputs):
+                    mapping[id(old)] = new
             continue
         for old, here, new in zip(node.outputs, cur.outputs, outs):
             new = here if new is None else new
@@ -277,11 +343,11 @@ def rewrite_graph(graph: Graph, fn: Callable[[Node], Sequence[Value | None] | No
             if new.type != old.type:
                 raise GraphError(f"internal: rewriting {node.op} (made at {node.site}) changed "
                                  f"its type from {old.type} to {new.type}")
-            mapping[old] = new
+            mapping[id(old)] = new
     if not mapping:
         return graph
-    return Graph(graph.inputs, [mapping.get(v, v) for v in graph.outputs],
-                 [(var, mapping.get(v, v)) for var, v in graph.updates], graph.name)
+    return Graph(graph.inputs, [mapping.get(id(v), v) for v in graph.outputs],
+                 [(var, mapping.get(id(v), v)) for var, v in graph.updates], graph.name)
 
 
 def index_rules(rules: Iterable[Rule]) -> dict[str | None, list[Rule]]:
@@ -307,7 +373,7 @@ def apply_rules(graph: Graph, rules: Sequence[Rule], fired: dict[str, int] | Non
         v = outs[0]
         for _ in range(_MAX_LOCAL_REWRITES):  # a fresh root may simplify further right away
             fresh = v.node
-            if id(fresh) in ctx.original or not fresh.inputs:
+            if id(fresh) in ctx.processed or not fresh.inputs:
                 break
             more = _first_firing(index.get(fresh.op, ()), anywhere, fresh, ctx, fired)
             if more is None or more[0] is None:
@@ -315,7 +381,7 @@ def apply_rules(graph: Graph, rules: Sequence[Rule], fired: dict[str, int] | Non
             v = more[0]
         return [v]
 
-    return rewrite_graph(graph, rewrite)
+    return rewrite_graph(graph, rewrite, ctx.note_rebuilt)
 
 
 def _first_firing(rules, anywhere, node: Node, ctx: RewriteContext, fired):
@@ -349,10 +415,10 @@ def replace_nodes(graph: Graph, builders: dict[int, Callable[[Callable[[Value], 
     only consumed replaced values are rebuilt; nothing else changes."""
     if not builders:
         return graph
-    mapping: dict[Value, Value] = {}
+    mapping: dict[int, Value] = {}
 
     def remap(v: Value) -> Value:
-        return mapping.get(v, v)
+        return mapping.get(id(v), v)
 
     for node in graph.nodes:
         builder = builders.get(id(node))
@@ -362,13 +428,14 @@ def replace_nodes(graph: Graph, builders: dict[int, Callable[[Callable[[Value], 
                     if new.type != old.type:
                         raise GraphError(f"internal: fusing {node.op} (made at {node.site}) "
                                          f"changed its type from {old.type} to {new.type}")
-                    mapping[old] = new
+                    mapping[id(old)] = new
             continue
         if mapping and node.inputs:
             new_inputs = tuple(remap(v) for v in node.inputs)
             if any(a is not b for a, b in zip(new_inputs, node.inputs)):
                 cur = Node(node.op, new_inputs, node.attrs, node.types, node.name, node.site)
-                mapping.update(zip(node.outputs, cur.outputs))
+                for old, new in zip(node.outputs, cur.outputs):
+                    mapping[id(old)] = new
     if not mapping:
         return graph
     return Graph(graph.inputs, [remap(v) for v in graph.outputs],

@@ -19,27 +19,38 @@ from __future__ import annotations
 import heapq
 from typing import Mapping
 
-from graphdl.ir import Graph, Node
+from graphdl.ir import Graph, Node, toposort
 from graphdl.ops.registry import get_op
-from graphdl.passes.memory import VIEW_OPS, schedule_peak
+from graphdl.passes.memory import VIEW_OPS, node_facts, schedule_peak
 
 
-def _bytes_of(node: Node, bindings: Mapping[str, int]) -> int:
-    if get_op(node.op).source or node.op in VIEW_OPS:
-        return 0
-    return sum(t.nbytes(bindings) for t in node.types)
+class _Dag:
+    """The graph's structure, computed once: the canonical order (a depth-first walk from
+    the outputs, independent of any schedule), distinct producers and bytes per node."""
+
+    def __init__(self, graph: Graph, bindings: Mapping[str, int]):
+        self.graph = graph
+        self.order = toposort(graph.all_outputs)
+        self.pos = {id(n): i for i, n in enumerate(self.order)}
+        self.producers: dict[int, list[Node]] = {}
+        self.size: dict[int, int] = {}
+        for node in self.order:
+            seen: dict[int, Node] = {}
+            for v in node.inputs:
+                seen.setdefault(id(v.node), v.node)
+            self.producers[id(node)] = list(seen.values())
+            source = get_op(node.op).source or node.op in VIEW_OPS
+            self.size[id(node)] = 0 if source else sum(t.nbytes(bindings) for t in node.types)
 
 
-def memory_dfs_order(graph: Graph, bindings: Mapping[str, int], reverse_roots: bool = False
-                     ) -> list[Node]:
+def memory_dfs_order(dag: _Dag, reverse_roots: bool = False) -> list[Node]:
     """Depth-first post-order that visits the most demanding input branch first; roots (the
     outputs, then the updates) in their order, or reversed (a training step's updates then
     run from the last layer back, each right after its gradient)."""
-    size = {id(n): _bytes_of(n, bindings) for n in graph.nodes}
+    size, producers = dag.size, dag.producers
     need: dict[int, int] = {}
-    for node in graph.nodes:  # inputs come first in any topological order
-        kids = _distinct_producers(node)
-        kids.sort(key=lambda k: size[id(k)] - need[id(k)])
+    for node in dag.order:  # inputs come first in a topological order
+        kids = sorted(producers[id(node)], key=lambda k: size[id(k)] - need[id(k)])
         held, peak = 0, 0
         for k in kids:
             peak = max(peak, held + need[id(k)])
@@ -47,7 +58,7 @@ def memory_dfs_order(graph: Graph, bindings: Mapping[str, int], reverse_roots: b
         need[id(node)] = max(peak, held + size[id(node)])
     order: list[Node] = []
     done: set[int] = set()
-    roots = [v.node for v in graph.all_outputs]
+    roots = [v.node for v in dag.graph.all_outputs]
     for root in (roots[::-1] if reverse_roots else roots):
         stack = [(root, None)]
         while stack:
@@ -55,7 +66,7 @@ def memory_dfs_order(graph: Graph, bindings: Mapping[str, int], reverse_roots: b
             if id(node) in done:
                 continue
             if kids is None:
-                kids = [k for k in _distinct_producers(node) if id(k) not in done]
+                kids = [k for k in producers[id(node)] if id(k) not in done]
                 kids.sort(key=lambda k: size[id(k)] - need[id(k)])
                 stack.append((node, kids))
                 for k in reversed(kids):
@@ -66,24 +77,22 @@ def memory_dfs_order(graph: Graph, bindings: Mapping[str, int], reverse_roots: b
     return order
 
 
-def greedy_order(graph: Graph, bindings: Mapping[str, int]) -> list[Node]:
-    """List scheduling: repeatedly run the ready node with the best (new - freed) bytes."""
-    nodes = graph.nodes
-    pos = {id(n): i for i, n in enumerate(nodes)}
-    size = {id(n): _bytes_of(n, bindings) for n in nodes}
-    keep = {id(v.node) for v in graph.all_outputs}
+def greedy_order(dag: _Dag) -> list[Node]:
+    """List scheduling: repeatedly run the ready node with the best (new - freed) bytes;
+    ties go to the canonical order."""
+    nodes, pos, size, producers = dag.order, dag.pos, dag.size, dag.producers
+    keep = {id(v.node) for v in dag.graph.all_outputs}
     consumers: dict[int, list[Node]] = {}
     waiting: dict[int, int] = {}
     for node in nodes:
-        producers = _distinct_producers(node)
-        waiting[id(node)] = len(producers)
-        for p in producers:
+        waiting[id(node)] = len(producers[id(node)])
+        for p in producers[id(node)]:
             consumers.setdefault(id(p), []).append(node)
     remaining = {k: len(v) for k, v in consumers.items()}
     scheduled: set[int] = set()
 
     def score(node: Node) -> int:
-        freed = sum(size[id(p)] for p in _distinct_producers(node)
+        freed = sum(size[id(p)] for p in producers[id(node)]
                     if remaining.get(id(p)) == 1 and id(p) not in keep)
         return size[id(node)] - freed
 
@@ -100,7 +109,7 @@ def greedy_order(graph: Graph, bindings: Mapping[str, int]) -> list[Node]:
             continue
         scheduled.add(id(node))
         order.append(node)
-        for prod in _distinct_producers(node):
+        for prod in producers[id(node)]:
             remaining[id(prod)] -= 1
             if remaining[id(prod)] == 1:  # its last consumer now frees it: rescore that one
                 for c in consumers[id(prod)]:
@@ -113,29 +122,25 @@ def greedy_order(graph: Graph, bindings: Mapping[str, int]) -> list[Node]:
     return order
 
 
-def _distinct_producers(node: Node) -> list[Node]:
-    seen: dict[int, Node] = {}
-    for v in node.inputs:
-        seen.setdefault(id(v.node), v.node)
-    return list(seen.values())
-
-
 def schedule_for_memory(graph: Graph, bindings: Mapping[str, int] | None = None) -> Graph:
-    """The graph with the schedule of lowest peak memory among the current one and the
-    candidates (unbound symbolic dims count as 1)."""
+    """The graph with the schedule of lowest peak memory among the candidates (unbound
+    symbolic dims count as 1). Candidates depend only on the graph's structure, so running
+    the pass again changes nothing; a current order better than all of them is kept."""
     bindings = dict(bindings or {})
     outputs = graph.all_outputs
-    best, best_peak = None, schedule_peak(graph.nodes, outputs, bindings)
-    candidates = (lambda: memory_dfs_order(graph, bindings),
-                  lambda: memory_dfs_order(graph, bindings, reverse_roots=True),
-                  lambda: greedy_order(graph, bindings))
-    for make in candidates:
+    facts = node_facts(graph.nodes, bindings)
+    dag = _Dag(graph, bindings)
+    best, best_peak = None, None
+    for make in (lambda: list(dag.order), lambda: memory_dfs_order(dag),
+                 lambda: memory_dfs_order(dag, reverse_roots=True), lambda: greedy_order(dag)):
         order = make()
         if len(order) != len(graph.nodes):
             continue
-        peak = schedule_peak(order, outputs, bindings)
-        if peak < best_peak:
+        peak = schedule_peak(order, outputs, bindings, facts=facts)
+        if best_peak is None or peak < best_peak:
             best, best_peak = order, peak
     if best is None or all(a is b for a, b in zip(best, graph.nodes)):
+        return graph
+    if schedule_peak(graph.nodes, outputs, bindings, facts=facts) < best_peak:
         return graph
     return Graph(graph.inputs, graph.outputs, graph.updates, graph.name, order=best)

@@ -165,3 +165,19 @@ def test_runner_from_an_onnx_model_and_file(tmp_path):
 def test_resolve_providers_lists():
     assert ort_backend.resolve_providers("cpu") == ["CPUExecutionProvider"]
     assert ort_backend.resolve_providers(["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
+
+
+def test_compile_a_zoo_model_matches_numpy_backend():
+    model = gd.models.cnn(num_classes=3, input_shape=(1, 8, 8), channels=(4,), hidden=8)
+    x = np.random.default_rng(0).standard_normal((4, 1, 8, 8)).astype(np.float32)
+    np.testing.assert_allclose(gd.compile(model, providers="cpu")(x),
+                               gd.compile(model, backend="numpy")(x), rtol=1e-5, atol=1e-6)
+
+
+def test_models_over_the_protobuf_limit_run_from_external_data(monkeypatch):
+    from graphdl.backends import onnx_save
+    monkeypatch.setattr(onnx_save, "PROTOBUF_LIMIT", 16)  # every model counts as "large"
+    graph = _graph()
+    run = gd.compile(graph, providers="cpu")
+    assert run._files is not None
+    np.testing.assert_allclose(run(_x()), gd.compile(graph, backend="numpy")(_x()), rtol=1e-5)

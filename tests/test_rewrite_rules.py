@@ -228,6 +228,11 @@ def _matmul_transposed():
     return [x], [x @ gd.transpose(gd.param("w", _w(5, 3)))]
 
 
+def _transposed_product():
+    x = _x((None, 3))
+    return [x], [gd.transpose(gd.gemm(x, gd.param("w", _w(5, 3)), trans_b=True)) * 2.0]
+
+
 def _conv_bias():
     x = _x((None, 3, 5, 5))
     y = gd.conv2d(x, gd.param("w", _w(4, 3, 3, 3)))
@@ -258,6 +263,8 @@ OTHER_RULES = {
     "gemm_add": (_gemm_add, _rules_pass(fusion.GEMM_RULES), ["Add"], ["Gemm"]),
     "matmul_transposed": (_matmul_transposed, _rules_pass(fusion.GEMM_RULES),
                           ["MatMul", "Transpose"], ["Gemm"]),
+    "transposed_product": (_transposed_product, _rules_pass(fusion.GEMM_RULES), ["Transpose"],
+                           ["Gemm"]),
     "conv_bias": (_conv_bias, _rules_pass(fusion.GEMM_RULES), ["Add"], ["Conv"]),
     "cross_entropy": (_nll(False), _rules_pass(fusion.SOFTMAX_CE_RULES), ["LogSoftmax"],
                       ["SoftmaxCrossEntropy"]),

@@ -47,14 +47,11 @@ def test_digits_cnn_reaches_98_percent_on_the_seeded_holdout():
 
     x_train, y_train, x_test, y_test = demo.load_digits_split()
     assert (len(y_train), len(y_test)) == (1437, 360)
-    model = demo.build_model(seed=0)
-    steps = -(-len(y_train) // demo.DEFAULT_BATCH_SIZE)
-    model.compile(demo.make_optimizer(demo.DEFAULT_EPOCHS, steps), "cross_entropy",
-                  metrics=["accuracy"])
-    history = model.fit(x_train, y_train, epochs=demo.DEFAULT_EPOCHS,
-                        batch_size=demo.DEFAULT_BATCH_SIZE, seed=0, verbose=0)
+    model, history, _, (x_hold, y_hold) = demo.train_digits(seed=0)
+    np.testing.assert_array_equal(y_hold, y_test)
     _, accuracy = model.evaluate(x_test, y_test)
     assert accuracy >= 0.98, f"test accuracy {accuracy:.4f}"
+    assert history.history["val_accuracy"][-1] == pytest.approx(accuracy)
     assert history.history["loss"][-1] < history.history["loss"][0]
 
 
@@ -103,6 +100,21 @@ def test_progress_output(capsys):
     out = capsys.readouterr().out
     assert "Epoch 1/2" in out and "Epoch 2/2" in out
     assert "loss" in out and "accuracy" in out and "samples/s" in out
+
+
+def test_progress_bar_on_a_terminal_shows_loss_and_throughput():
+    import io
+
+    from rich.console import Console
+
+    buffer = io.StringIO()
+    console = Console(file=buffer, force_terminal=True, width=150)
+    x, y = _blobs(40)
+    m = _mlp()
+    m.compile("adam", "cross_entropy", metrics=["accuracy"])
+    m.fit(x, y, epochs=2, batch_size=8, verbose=1, console=console)
+    out = buffer.getvalue()
+    assert "Epoch 2/2" in out and "samples/s" in out and "loss" in out
 
 
 def test_float64_x_is_converted_to_the_model_dtype():

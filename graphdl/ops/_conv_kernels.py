@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from graphdl.ops._windows import Window2d, batch_chunk, window2d
+from graphdl.ops._windows import Window2d, batch_chunk, target, window2d
 
 
 def geometry(in_hw, kernel, attrs) -> Window2d:
@@ -30,33 +30,33 @@ def _is_depthwise(channels: int, group: int, per_group: int) -> bool:
     return group > 1 and group == channels and per_group == 1
 
 
-def conv2d_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, attrs) -> np.ndarray:
+def conv2d_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, attrs,
+                   out: np.ndarray | None = None) -> np.ndarray:
     """y[n, o] = sum_{c, i, j} w[o, c, i, j] * xpad[n, c, y*s + i*d, x*s + j*d] (+ b[o])."""
     n, c, h, wd = x.shape
     o, cg, kh, kw = w.shape
     g = int(attrs.get("group", 1))
     geo = geometry((h, wd), (kh, kw), attrs)
-    ho, wo = geo.out_hw
+    y = target(out, (n, o) + geo.out_hw, x.dtype)
     if _is_pointwise(geo):
-        y = np.matmul(w.reshape(g, o // g, cg), x.reshape(n, g, cg, h * wd))
-        y = y.reshape(n, o, h, wd)
+        np.matmul(w.reshape(g, o // g, cg), x.reshape(n, g, cg, h * wd),
+                  out=y.reshape(n, g, o // g, h * wd))
     elif _is_depthwise(c, g, cg):
-        y = _depthwise_forward(x, w, geo)
+        _depthwise_forward(x, w, geo, y)
     else:
-        y = _unfolded_forward(x, w, g, geo)
+        _unfolded_forward(x, w, g, geo, y)
     if b is not None:
         y += b.reshape(o, 1, 1)
     return y
 
 
-def _unfolded_forward(x, w, g, geo: Window2d):
+def _unfolded_forward(x, w, g, geo: Window2d, y):
     n, c = x.shape[:2]
     o, cg, kh, kw = w.shape
     ho, wo = geo.out_hw
     wq = geo.wide
     k, span = cg * kh * kw, ho * wq
     w2 = w.reshape(g, o // g, k)
-    y = np.empty((n, o, ho, wo), x.dtype)
     nb = batch_chunk(n, c * kh * kw * span * x.itemsize)
     xpad = geo.empty_padded(nb, c, x.dtype)
     cols = np.empty((nb, c, kh, kw, ho, wq), x.dtype)
@@ -70,7 +70,7 @@ def _unfolded_forward(x, w, g, geo: Window2d):
     return y
 
 
-def _depthwise_forward(x, w, geo: Window2d):
+def _depthwise_forward(x, w, geo: Window2d, y):
     n, c = x.shape[:2]
     o = w.shape[0]
     mult = o // c
@@ -80,7 +80,6 @@ def _depthwise_forward(x, w, geo: Window2d):
     xpad = geo.empty_padded(nb, c, x.dtype)
     acc = np.empty((nb, c, mult, ho, wq), x.dtype)
     tmp = np.empty_like(acc)
-    y = np.empty((n, o, ho, wo), x.dtype)
     taps = w.reshape(c, mult, -1)
     for n0 in range(0, n, nb):
         m = min(nb, n - n0)
@@ -97,7 +96,8 @@ def _depthwise_forward(x, w, geo: Window2d):
     return y
 
 
-def conv2d_grad_input(dy: np.ndarray, w: np.ndarray, in_hw, attrs) -> np.ndarray:
+def conv2d_grad_input(dy: np.ndarray, w: np.ndarray, in_hw, attrs,
+                      out: np.ndarray | None = None) -> np.ndarray:
     """dx = the adjoint of the convolution in x (a transposed convolution of dy by w)."""
     n, o, ho, wo = dy.shape
     _, cg, kh, kw = w.shape
@@ -105,15 +105,24 @@ def conv2d_grad_input(dy: np.ndarray, w: np.ndarray, in_hw, attrs) -> np.ndarray
     c = cg * g
     geo = geometry(in_hw, (kh, kw), attrs)
     h, wd = geo.in_hw
+    dx = target(out, (n, c, h, wd), dy.dtype)
     if _is_pointwise(geo):
         w2t = w.reshape(g, o // g, cg).transpose(0, 2, 1)
-        return np.matmul(w2t, dy.reshape(n, g, o // g, h * wd)).reshape(n, c, h, wd)
+        np.matmul(w2t, dy.reshape(n, g, o // g, h * wd), out=dx.reshape(n, g, cg, h * wd))
+        return dx
     if _is_depthwise(c, g, cg):
-        return _depthwise_grad_input(dy, w, c, geo)
+        return _depthwise_grad_input(dy, w, c, geo, dx)
+    full = _full_correlation(geo)
+    if full is not None:
+        # stride 1: dx is the convolution of dy, padded to full size, with the flipped,
+        # in/out-transposed kernel (an unfold + one matmul, no scatter-adds)
+        flipped = w.reshape(g, o // g, cg, kh, kw)[:, :, :, ::-1, ::-1].transpose(0, 2, 1, 3, 4)
+        flipped = np.ascontiguousarray(flipped).reshape(c, o // g, kh, kw)
+        _unfolded_forward(dy, flipped, g, full, dx)
+        return dx
     wq = geo.wide
     k, span = cg * kh * kw, ho * wq
     w2t = w.reshape(g, o // g, k).transpose(0, 2, 1)
-    dx = np.empty((n, c, h, wd), dy.dtype)
     nb = batch_chunk(n, c * kh * kw * span * dy.itemsize)
     # garbage columns of dy stay zero, so their unfolded gradient is zero and folding it
     # back (into whatever it overlaps) adds nothing
@@ -133,7 +142,21 @@ def conv2d_grad_input(dy: np.ndarray, w: np.ndarray, in_hw, attrs) -> np.ndarray
     return dx
 
 
-def _depthwise_grad_input(dy, w, c, geo: Window2d):
+def _full_correlation(geo: Window2d) -> Window2d | None:
+    """For a stride-1 convolution, the geometry under which convolving dy with the flipped
+    kernel gives dx (padding d (k - 1) - p on each side); None when strided or overpadded."""
+    if geo.strides != (1, 1):
+        return None
+    (kh, kw), (dh, dw) = geo.kernel, geo.dilations
+    ext = (dh * (kh - 1), dw * (kw - 1))
+    pads = (ext[0] - geo.pads[0], ext[1] - geo.pads[1], ext[0] - geo.pads[2],
+            ext[1] - geo.pads[3])
+    if min(pads) < 0:
+        return None
+    return window2d(geo.out_hw, geo.kernel, (1, 1), pads, geo.dilations)
+
+
+def _depthwise_grad_input(dy, w, c, geo: Window2d, dx):
     n, o, ho, wo = dy.shape
     mult = o // c
     wq = geo.wide
@@ -142,7 +165,6 @@ def _depthwise_grad_input(dy, w, c, geo: Window2d):
     dyw = np.zeros((nb, c, mult, ho, wq), dy.dtype)  # garbage columns stay zero
     tmp = np.empty((nb, c, ho, wq), dy.dtype)
     dxpad = geo.empty_padded(nb, c, dy.dtype)
-    dx = np.empty((n, c, h, wd), dy.dtype)
     taps = w.reshape(c, mult, -1)
     for n0 in range(0, n, nb):
         m = min(nb, n - n0)
@@ -159,7 +181,8 @@ def _depthwise_grad_input(dy, w, c, geo: Window2d):
     return dx
 
 
-def conv2d_grad_weight(x: np.ndarray, dy: np.ndarray, kernel, attrs) -> np.ndarray:
+def conv2d_grad_weight(x: np.ndarray, dy: np.ndarray, kernel, attrs,
+                       out: np.ndarray | None = None) -> np.ndarray:
     """dw[o, c, i, j] = sum_{n, y, x} dy[n, o, y, x] * xpad[n, c, y*s + i*d, x*s + j*d]."""
     n, c, h, wd = x.shape
     o, ho, wo = dy.shape[1:]
@@ -172,28 +195,37 @@ def conv2d_grad_weight(x: np.ndarray, dy: np.ndarray, kernel, attrs) -> np.ndarr
         dyg = dy.reshape(n, g, o // g, h * wd)
         xg = x.reshape(n, g, cg, h * wd)
         dw = np.einsum("ngop,ngcp->goc", dyg, xg, optimize=True)
-        return dw.reshape(o, cg, 1, 1).astype(x.dtype, copy=False)
+        return _into(out, dw.reshape(o, cg, 1, 1))
     if _is_depthwise(c, g, cg):
-        return _depthwise_grad_weight(x, dy, geo)
+        return _into(out, _depthwise_grad_weight(x, dy, geo))
     wq = geo.wide
     k, span = cg * kh * kw, ho * wq
+    og = o // g
     nb = batch_chunk(n, c * kh * kw * span * x.itemsize)
     xpad = geo.empty_padded(nb, c, x.dtype)
-    cols_flat = np.empty(c * kh * kw * nb * span, x.dtype)
-    dy_flat = np.zeros(o * nb * span, x.dtype)  # garbage columns stay zero
-    dw = np.zeros((g, o // g, k), x.dtype)
-    part = np.empty_like(dw)
+    cols = np.empty((nb, c, kh, kw, ho, wq), x.dtype)
+    dyw = np.zeros((nb, o, ho, wq), x.dtype)  # garbage columns stay zero
+    part = np.empty((nb, g, k, og), x.dtype)
+    dwt = np.zeros((g, k, og), x.dtype)
     for n0 in range(0, n, nb):
         m = min(nb, n - n0)
         geo.padded(x[n0:n0 + m], buf=xpad[:m])
-        cols = cols_flat[:c * kh * kw * m * span].reshape(c, kh, kw, m, ho, wq)
-        np.copyto(cols, geo.unfold(xpad[:m]).transpose(1, 2, 3, 0, 4, 5))
-        dyt = dy_flat[:o * m * span].reshape(o, m, ho, wq)
-        dyt[..., :wo] = dy[n0:n0 + m].transpose(1, 0, 2, 3)
-        np.matmul(dyt.reshape(g, o // g, m * span),
-                  cols.reshape(g, k, m * span).transpose(0, 2, 1), out=part)
-        dw += part
-    return dw.reshape(o, cg, kh, kw)
+        np.copyto(cols[:m], geo.unfold(xpad[:m]))
+        dyw[:m, :, :, :wo] = dy[n0:n0 + m]
+        # per image, dw^T = cols @ dy^T: (k, pixels) @ (pixels, o) keeps BLAS's M dim large
+        np.matmul(cols[:m].reshape(m, g, k, span),
+                  dyw[:m].reshape(m, g, og, span).transpose(0, 1, 3, 2), out=part[:m])
+        dwt += part[:m].sum(axis=0)
+    dw = dwt.transpose(0, 2, 1)
+    return _into(out, dw.reshape(o, cg, kh, kw))
+
+
+def _into(out: np.ndarray | None, result: np.ndarray) -> np.ndarray:
+    """Copy a small result into ``out`` when one is given (the executor's arena)."""
+    if out is None or out.shape != result.shape or out.dtype != result.dtype:
+        return result
+    np.copyto(out, result)
+    return out
 
 
 def _depthwise_grad_weight(x, dy, geo: Window2d):

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from graphdl.ops._windows import target
+
 
 def _rows(x: np.ndarray) -> np.ndarray:
     """x as (N, C, L)."""
@@ -24,26 +26,28 @@ def channel_count(x: np.ndarray) -> int:
     return x.size // x.shape[1] if x.shape[1] else 0
 
 
-def batch_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(mean, biased variance, centred x as (N, C, L)) over every axis but the channels."""
+def batch_stats(x: np.ndarray, out: np.ndarray | None = None):
+    """(mean, biased variance, centred x as (N, C, L)) over every axis but the channels; the
+    centred values go into ``out`` when it is given."""
     x3 = _rows(x)
-    n = channel_count(x)
-    mean = x3.sum(axis=2).sum(axis=0) / x.dtype.type(n)
-    centred = x3 - mean.reshape(1, -1, 1)
-    var = np.einsum("ncl,ncl->c", centred, centred) / x.dtype.type(n)
+    count = x.dtype.type(channel_count(x))
+    mean = x3.sum(axis=2).sum(axis=0) / count
+    centred = np.subtract(x3, mean.reshape(1, -1, 1), out=None if out is None else _rows(out))
+    var = np.einsum("ncl,ncl->c", centred, centred) / count
     return mean.astype(x.dtype, copy=False), var.astype(x.dtype, copy=False), centred
 
 
-def batch_norm_train(x, scale, bias, running_mean, running_var, eps: float, momentum: float):
-    """(y, new running mean, new running var) with batch statistics (torch's training mode)."""
+def batch_norm_train(x, scale, bias, running_mean, running_var, eps: float, momentum: float,
+                     out=None):
+    """(y, new running mean, new running var) with batch statistics (torch's training mode);
+    y goes into ``out`` when given."""
     n = channel_count(x)
     if n <= 1:
         raise ValueError(f"BatchNorm: expected more than 1 value per channel when training, "
                          f"got input shape {x.shape}")
     dt = x.dtype.type
-    mean, var, y = batch_stats(x)
-    inv = 1.0 / np.sqrt(var + dt(eps))
-    y *= (scale * inv).reshape(1, -1, 1)
+    mean, var, y = batch_stats(x, target(out, x.shape, x.dtype) if out is not None else None)
+    y *= (scale / np.sqrt(var + dt(eps))).reshape(1, -1, 1)
     y += bias.reshape(1, -1, 1)
     m = dt(momentum)
     new_mean = (dt(1) - m) * running_mean + m * mean
@@ -51,47 +55,51 @@ def batch_norm_train(x, scale, bias, running_mean, running_var, eps: float, mome
     return y.reshape(x.shape), new_mean.astype(x.dtype), new_var.astype(x.dtype)
 
 
-def batch_norm_infer(x, scale, bias, running_mean, running_var, eps: float):
+def batch_norm_infer(x, scale, bias, running_mean, running_var, eps: float, out=None):
     """y with the running statistics; the statistics pass through unchanged."""
     dt = x.dtype.type
     k = scale / np.sqrt(running_var + dt(eps))
-    y = _rows(x) * k.reshape(1, -1, 1)
+    y = np.multiply(_rows(x), k.reshape(1, -1, 1),
+                    out=None if out is None else _rows(target(out, x.shape, x.dtype)))
     y += (bias - running_mean * k).reshape(1, -1, 1)  # (x - mean) k + b = x k + (b - mean k)
     return y.reshape(x.shape), running_mean, running_var
 
 
-def batch_norm_grad(x, scale, dy, eps: float):
+def batch_norm_grad(x, scale, dy, eps: float, out=None):
     """(dx, dscale, dbias) of training-mode batch norm, through the batch statistics:
-    dx = k (dy - mean(dy) - xhat mean(dy xhat)), k = scale / sqrt(var + eps)."""
+    dx = k (dy - mean(dy) - xhat mean(dy xhat)), k = scale / sqrt(var + eps); dx goes into
+    ``out`` when given."""
     dt = x.dtype.type
     n = dt(channel_count(x))
     _, var, centred = batch_stats(x)
     inv = 1.0 / np.sqrt(var + dt(eps))
+    k = scale * inv
     dy3 = _rows(dy)
     dbias = dy3.sum(axis=2).sum(axis=0)
-    dy_dot_centred = np.einsum("ncl,ncl->c", dy3, centred)
-    k = scale * inv
-    # dx = k dy - k mean(dy) - centred * k inv^2 mean(dy centred)
-    dx = centred
-    dx *= (-(k * inv * inv * dy_dot_centred / n)).reshape(1, -1, 1)
-    dx += dy3 * k.reshape(1, -1, 1)
-    dx -= (k * dbias / n).reshape(1, -1, 1)
-    return (dx.reshape(x.shape), (dy_dot_centred * inv).astype(x.dtype, copy=False),
+    dot = np.einsum("ncl,ncl->c", dy3, centred)  # sum dy (x - mean)
+    # dx = (dy - mean(dy)) k - (x - mean) k inv^2 mean(dy (x - mean))
+    dx = np.subtract(dy3, (dbias / n).reshape(1, -1, 1),
+                     out=None if out is None else _rows(target(out, x.shape, x.dtype)))
+    dx *= k.reshape(1, -1, 1)
+    centred *= (k * inv * inv * dot / n).reshape(1, -1, 1)
+    dx -= centred
+    return (dx.reshape(x.shape), (dot * inv).astype(x.dtype, copy=False),
             dbias.astype(x.dtype, copy=False))
 
 
-def layer_norm(x, scale, bias, axis: int, eps: float):
+def layer_norm(x, scale, bias, axis: int, eps: float, out=None):
     """Normalize over the axes from ``axis`` on, then scale and shift."""
     lead = int(np.prod(x.shape[:axis]))
     x2 = x.reshape(lead, -1)
     dt = x.dtype.type
     mean = x2.mean(axis=1, keepdims=True, dtype=x.dtype)
-    y = x2 - mean
+    result = target(out, x.shape, x.dtype)
+    y = np.subtract(x2, mean, out=result.reshape(x2.shape))
     var = np.einsum("ij,ij->i", y, y)[:, None] / dt(x2.shape[1])
     y *= 1.0 / np.sqrt(var + dt(eps))
     y *= scale.reshape(1, -1)
     y += bias.reshape(1, -1)
-    return y.reshape(x.shape)
+    return result
 
 
 def dropout_mask(shape, rate: float, seed: int) -> np.ndarray:

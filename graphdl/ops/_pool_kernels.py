@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from graphdl.ops._windows import Window2d
+from graphdl.ops._windows import Window2d, target
 
 
 def _source(x: np.ndarray, geo: Window2d, fill: float) -> np.ndarray:
@@ -20,58 +20,86 @@ def _source(x: np.ndarray, geo: Window2d, fill: float) -> np.ndarray:
     return np.ascontiguousarray(x)
 
 
-def _zeros_source(shape, dtype, geo: Window2d) -> np.ndarray:
+def _scatter_buffer(shape, dtype, geo: Window2d, out) -> np.ndarray:
+    """A zeroed buffer to add window gradients into: the result itself when unpadded."""
     if geo.needs_padding():
         return geo.empty_padded(shape[0], shape[1], dtype)
-    return np.zeros(shape, dtype)
+    buf = target(out, shape, dtype)
+    buf.fill(0)
+    return buf
 
 
-def _interior(buf: np.ndarray, geo: Window2d) -> np.ndarray:
-    return np.ascontiguousarray(geo.interior(buf)) if geo.needs_padding() else buf
+def _finish(buf: np.ndarray, shape, geo: Window2d, out) -> np.ndarray:
+    """The unpadded gradient from a scatter buffer, in ``out`` when given."""
+    if not geo.needs_padding():
+        return buf
+    dx = target(out, shape, buf.dtype)
+    np.copyto(dx, geo.interior(buf))
+    return dx
 
 
-def max_pool(x: np.ndarray, geo: Window2d) -> np.ndarray:
+def max_pool(x: np.ndarray, geo: Window2d, out=None) -> np.ndarray:
     """y = max over each window (padding counts as -inf)."""
     src = _source(x, geo, -np.inf)
     taps = geo.taps
-    y = geo.tap(src, *taps[0], crop=True).copy()
+    y = target(out, x.shape[:2] + geo.out_hw, x.dtype)
+    np.copyto(y, geo.tap(src, *taps[0], crop=True))
     for i, j in taps[1:]:
         np.maximum(y, geo.tap(src, i, j, crop=True), out=y)
     return y
 
 
-def argmax_taps(src: np.ndarray, geo: Window2d) -> np.ndarray:
-    """For each output pixel, the index of the first tap holding the window's maximum."""
+def first_max_masks(src: np.ndarray, geo: Window2d) -> list[np.ndarray]:
+    """For each tap, a bool mask (n, c, Ho, Wo) of the output pixels whose window maximum it
+    holds, the first such tap in row-major order when several tie (torch's choice)."""
     taps = geo.taps
     best = geo.tap(src, *taps[0], crop=True).copy()
-    index = np.zeros(best.shape, np.min_scalar_type(len(taps)))
-    for t, (i, j) in enumerate(taps[1:], start=1):
-        value = geo.tap(src, i, j, crop=True)
-        wins = value > best  # strict: an equal later value does not take over (first wins)
-        np.copyto(best, value, where=wins)
-        np.copyto(index, t, where=wins, casting="unsafe")
-    return index
+    for i, j in taps[1:]:
+        np.maximum(best, geo.tap(src, i, j, crop=True), out=best)
+    masks = []
+    taken = np.zeros(best.shape, bool)
+    for i, j in taps[:-1]:
+        hit = geo.tap(src, i, j, crop=True) == best
+        hit &= ~taken  # (masked ufuncs with where= are far slower than plain bool algebra)
+        taken |= hit
+        masks.append(hit)
+    masks.append(~taken)
+    return masks
 
 
-def max_pool_grad(x: np.ndarray, dy: np.ndarray, geo: Window2d) -> np.ndarray:
+def _is_partition(geo: Window2d) -> bool:
+    """True when the windows tile the input without overlap (e.g. 2x2 pooling, stride 2)."""
+    return all(geo.strides[a] == geo.kernel[a] and geo.dilations[a] == 1 for a in (0, 1))
+
+
+def max_pool_grad(x: np.ndarray, dy: np.ndarray, geo: Window2d, out=None) -> np.ndarray:
     """dx: each output gradient added to the input pixel its window's maximum came from."""
-    index = argmax_taps(_source(x, geo, -np.inf), geo)
-    dxpad = _zeros_source(x.shape, dy.dtype, geo)
-    for t, (i, j) in enumerate(geo.taps):
-        view = geo.tap(dxpad, i, j, crop=True)
-        np.add(view, dy, out=view, where=index == t)
-    return _interior(dxpad, geo)
+    masks = first_max_masks(_source(x, geo, -np.inf), geo)
+    if _is_partition(geo) and not geo.needs_padding():
+        dx = target(out, x.shape, dy.dtype)
+        (ho, wo), (sh, sw) = geo.out_hw, geo.strides
+        if ho * sh < x.shape[2] or wo * sw < x.shape[3]:
+            dx.fill(0)  # rows or columns no window reaches
+        for (i, j), mask in zip(geo.taps, masks):  # every other pixel is written once
+            np.multiply(dy, mask, out=geo.tap(dx, i, j, crop=True))
+        return dx
+    buf = _scatter_buffer(x.shape, dy.dtype, geo, out)
+    for (i, j), mask in zip(geo.taps, masks):
+        view = geo.tap(buf, i, j, crop=True)
+        view += dy * mask
+    return _finish(buf, x.shape, geo, out)
 
 
-def max_pool_gather(x: np.ndarray, g: np.ndarray, geo: Window2d) -> np.ndarray:
+def max_pool_gather(x: np.ndarray, g: np.ndarray, geo: Window2d, out=None) -> np.ndarray:
     """out[n, c, y, x] = g at the input pixel where window (y, x) of ``x`` has its maximum
     (the adjoint of :func:`max_pool_grad` in dy)."""
-    index = argmax_taps(_source(x, geo, -np.inf), geo)
+    masks = first_max_masks(_source(x, geo, -np.inf), geo)
     gsrc = _source(g, geo, 0.0)
-    out = np.zeros(index.shape, g.dtype)
-    for t, (i, j) in enumerate(geo.taps):
-        np.copyto(out, geo.tap(gsrc, i, j, crop=True), where=index == t)
-    return out
+    y = target(out, masks[0].shape, g.dtype)
+    np.multiply(geo.tap(gsrc, *geo.taps[0], crop=True), masks[0], out=y)
+    for (i, j), mask in zip(geo.taps[1:], masks[1:]):
+        y += geo.tap(gsrc, i, j, crop=True) * mask
+    return y
 
 
 def avg_divisor(geo: Window2d, count_include_pad: bool, dtype) -> np.ndarray | float:
@@ -92,11 +120,12 @@ def avg_divisor(geo: Window2d, count_include_pad: bool, dtype) -> np.ndarray | f
     return divisor.astype(dtype)
 
 
-def avg_pool(x: np.ndarray, geo: Window2d, count_include_pad: bool) -> np.ndarray:
+def avg_pool(x: np.ndarray, geo: Window2d, count_include_pad: bool, out=None) -> np.ndarray:
     """y = sum over each window / its divisor."""
     src = _source(x, geo, 0.0)
     taps = geo.taps
-    y = geo.tap(src, *taps[0], crop=True).copy()
+    y = target(out, x.shape[:2] + geo.out_hw, x.dtype)
+    np.copyto(y, geo.tap(src, *taps[0], crop=True))
     for i, j in taps[1:]:
         np.add(y, geo.tap(src, i, j, crop=True), out=y)
     divisor = avg_divisor(geo, count_include_pad, x.dtype)
@@ -107,12 +136,13 @@ def avg_pool(x: np.ndarray, geo: Window2d, count_include_pad: bool) -> np.ndarra
     return y
 
 
-def avg_pool_grad(dy: np.ndarray, shape, geo: Window2d, count_include_pad: bool) -> np.ndarray:
+def avg_pool_grad(dy: np.ndarray, shape, geo: Window2d, count_include_pad: bool,
+                  out=None) -> np.ndarray:
     """dx: each output gradient / its divisor, spread over its window."""
     divisor = avg_divisor(geo, count_include_pad, dy.dtype)
     scaled = dy * dy.dtype.type(1.0 / divisor) if isinstance(divisor, float) else dy / divisor
-    dxpad = _zeros_source(shape, dy.dtype, geo)
+    buf = _scatter_buffer(shape, dy.dtype, geo, out)
     for i, j in geo.taps:
-        view = geo.tap(dxpad, i, j, crop=True)
-        np.add(view, scaled, out=view)
-    return _interior(dxpad, geo)
+        view = geo.tap(buf, i, j, crop=True)
+        view += scaled
+    return _finish(buf, shape, geo, out)

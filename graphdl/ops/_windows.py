@@ -22,7 +22,7 @@ from numpy.lib.stride_tricks import as_strided
 
 # Batch chunks are sized so the unfolded (im2col) block stays in the last-level cache; a
 # fixed constant, not configuration.
-CHUNK_BYTES = 4 << 20
+CHUNK_BYTES = 1 << 20
 
 
 def pair(value, name: str) -> tuple[int, int]:
@@ -175,3 +175,12 @@ def window2d(in_hw, kernel, strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1),
 def batch_chunk(n: int, bytes_per_image: int) -> int:
     """How many images to process at once so one chunk's unfolded block fits the cache."""
     return max(1, min(n, CHUNK_BYTES // max(bytes_per_image, 1)))
+
+
+def target(out: np.ndarray | None, shape, dtype) -> np.ndarray:
+    """``out`` (the executor's preallocated buffer) when the result can be written straight
+    into it, else a new array."""
+    if out is not None and out.shape == tuple(shape) and out.dtype == dtype and \
+            out.flags.c_contiguous and out.flags.writeable:
+        return out
+    return np.empty(shape, dtype)

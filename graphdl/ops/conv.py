@@ -97,7 +97,7 @@ def _conv_infer(types, attrs):
 
 
 def _conv_kernel(xs, attrs, out):
-    return conv2d_forward(xs[0], xs[1], xs[2] if len(xs) == 3 else None, attrs)
+    return conv2d_forward(xs[0], xs[1], xs[2] if len(xs) == 3 else None, attrs, out)
 
 
 def _conv_vjp(F, node, grads):
@@ -150,7 +150,7 @@ def _grad_input_infer(types, attrs):
 
 
 def _grad_input_kernel(xs, attrs, out):
-    return conv2d_grad_input(xs[0], xs[1], tuple(attrs["input_hw"]), attrs)
+    return conv2d_grad_input(xs[0], xs[1], tuple(attrs["input_hw"]), attrs, out)
 
 
 def _grad_input_vjp(F, node, grads):
@@ -222,7 +222,7 @@ def _grad_weight_infer(types, attrs):
 
 
 def _grad_weight_kernel(xs, attrs, out):
-    return conv2d_grad_weight(xs[0], xs[1], tuple(attrs["kernel_shape"]), attrs)
+    return conv2d_grad_weight(xs[0], xs[1], tuple(attrs["kernel_shape"]), attrs, out)
 
 
 def _grad_weight_vjp(F, node, grads):

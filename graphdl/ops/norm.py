@@ -49,11 +49,16 @@ def _bn_infer(types, attrs):
     return [x, stat, stat]
 
 
+def _first_out(out):
+    """The buffer for output 0 when the executor passes one per output."""
+    return out[0] if isinstance(out, (tuple, list)) else None
+
+
 def _bn_kernel(xs, attrs, out):
     eps = float(attrs.get("eps", 1e-5))
     if attrs.get("training", True):
-        return K.batch_norm_train(*xs, eps, float(attrs.get("momentum", 0.1)))
-    return K.batch_norm_infer(*xs, eps)
+        return K.batch_norm_train(*xs, eps, float(attrs.get("momentum", 0.1)), _first_out(out))
+    return K.batch_norm_infer(*xs, eps, _first_out(out))
 
 
 def _bn_vjp(F, node, grads):
@@ -177,7 +182,8 @@ def _bn_grad_infer(types, attrs):
 
 
 def _bn_grad_kernel(xs, attrs, out):
-    return K.batch_norm_grad(xs[0], xs[1], xs[2], float(attrs.get("eps", 1e-5)))
+    return K.batch_norm_grad(xs[0], xs[1], xs[2], float(attrs.get("eps", 1e-5)),
+                             _first_out(out))
 
 
 def bn_grad_composed(F, x, scale, dy, eps: float):
@@ -269,7 +275,7 @@ def _ln_infer(types, attrs):
 def _ln_kernel(xs, attrs, out):
     x = xs[0]
     axis = int(attrs.get("axis", -1)) % x.ndim
-    return K.layer_norm(x, xs[1], xs[2], axis, float(attrs.get("eps", 1e-5)))
+    return K.layer_norm(x, xs[1], xs[2], axis, float(attrs.get("eps", 1e-5)), out)
 
 
 def _ln_vjp(F, node, grads):

@@ -129,7 +129,7 @@ def _onnx_attrs(attrs, in_hw, max_pool: bool) -> dict:
 # ---- max pooling ------------------------------------------------------------------------------
 
 def _max_pool_kernel(xs, attrs, out):
-    return K.max_pool(xs[0], _geometry(attrs, xs[0].shape[2:]))
+    return K.max_pool(xs[0], _geometry(attrs, xs[0].shape[2:]), out)
 
 
 def _max_pool_vjp(F, node, grads):
@@ -152,7 +152,7 @@ def _argmax_nodes(attrs, tin) -> tuple[list, dict]:
 
 
 def _max_grad_kernel(xs, attrs, out):
-    return K.max_pool_grad(xs[0], xs[1], _geometry(attrs, xs[0].shape[2:]))
+    return K.max_pool_grad(xs[0], xs[1], _geometry(attrs, xs[0].shape[2:]), out)
 
 
 def _max_grad_vjp(F, node, grads):
@@ -180,7 +180,7 @@ register(OpDef(name="MaxPoolGrad", infer=_grad_infer("MaxPoolGrad", 2), kernel=_
 
 
 def _gather_kernel(xs, attrs, out):
-    return K.max_pool_gather(xs[0], xs[1], _geometry(attrs, xs[0].shape[2:]))
+    return K.max_pool_gather(xs[0], xs[1], _geometry(attrs, xs[0].shape[2:]), out)
 
 
 def _gather_vjp(F, node, grads):
@@ -204,7 +204,7 @@ register(OpDef(name="MaxPoolGather", infer=_gather_infer, kernel=_gather_kernel,
 
 def _avg_kernel(xs, attrs, out):
     return K.avg_pool(xs[0], _geometry(attrs, xs[0].shape[2:]),
-                      bool(attrs.get("count_include_pad", True)))
+                      bool(attrs.get("count_include_pad", True)), out)
 
 
 def _avg_vjp(F, node, grads):
@@ -240,7 +240,7 @@ def _avg_grad_kernel(xs, attrs, out):
     dy = xs[0]
     shape = dy.shape[:2] + tuple(attrs["input_hw"])
     return K.avg_pool_grad(dy, shape, _geometry(attrs, attrs["input_hw"]),
-                           bool(attrs.get("count_include_pad", True)))
+                           bool(attrs.get("count_include_pad", True)), out)
 
 
 def _avg_grad_vjp(F, node, grads):
@@ -293,7 +293,10 @@ def _global_infer(types, attrs):
 
 def _global_kernel(xs, attrs, out):
     x = xs[0]
-    return x.mean(axis=tuple(range(2, x.ndim)), keepdims=True, dtype=x.dtype)
+    axes = tuple(range(2, x.ndim))
+    if out is not None and out.shape == x.shape[:2] + (1,) * len(axes) and out.dtype == x.dtype:
+        return np.mean(x, axis=axes, keepdims=True, out=out)
+    return x.mean(axis=axes, keepdims=True, dtype=x.dtype)
 
 
 def _global_vjp(F, node, grads):
