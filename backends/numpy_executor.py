@@ -105,7 +105,9 @@ class NumpyExecutor:
         from graphdl.passes.memory import ARENA, VIEW
 
         plan = self.memory_plan(bindings)
-        arena = np.empty(max(plan.arena_bytes, 1), np.uint8)
+        raw = np.empty(max(plan.arena_bytes, 1) + plan.alignment, np.uint8)
+        shift = (-raw.ctypes.data) % plan.alignment  # offsets are aligned, so is the base
+        arena = raw[shift:shift + max(plan.arena_bytes, 1)]
         nodes = self.graph.nodes
         views: list = [None] * self.num_slots
         kinds: dict[int, str] = {}
@@ -179,11 +181,15 @@ class NumpyExecutor:
                     copied += 1
                 vals[outs[0]] = out
             elif mode == _MULTI:
-                results = _call(kernel, vals, ins, attrs, None, node)
+                # multi-output kernels get one buffer (or None) per output, as a tuple
+                results = _call(kernel, vals, ins, attrs, tuple(views[s] for s in outs), node)
                 for s, r in zip(outs, results):
                     view = views[s]
                     if view is None:
                         vals[s] = r
+                    elif r is view:
+                        vals[s] = view
+                        written += 1
                     else:
                         np.copyto(view, r)
                         vals[s] = view
@@ -204,7 +210,8 @@ class NumpyExecutor:
         if self._arena_key is None:
             return {}
         plan = self._plans[self._arena_key]
-        return dict(plan.as_dict(), arena_bytes_allocated=int(self._arena.nbytes), **self.stats)
+        return dict(plan.as_dict(), arena_bytes_allocated=int(self._arena.base.nbytes),
+                    **self.stats)
 
 
 def _view_ops():

@@ -104,6 +104,13 @@ def bench_graph(graph, training: bool, memory_batch: int, exec_batch: int, repea
     mem = out["memory"]
     mem["planned_over_bound"] = plan.arena_bytes / max(plan.lower_bound, 1)
     mem["planned_over_no_reuse"] = plan.arena_bytes / max(plan.no_reuse_bytes, 1)
+    if training:  # MXNet's "internal memory": new parameters/moments written back in place
+        internal = plan_memory(opt, bindings, internal=True)
+        mem["internal"] = {"no_reuse_bytes": internal.no_reuse_bytes,
+                           "planned_bytes": internal.arena_bytes,
+                           "lower_bound_bytes": internal.lower_bound,
+                           "planned_over_no_reuse": internal.arena_bytes
+                           / max(internal.no_reuse_bytes, 1)}
     if run_executor:
         feeds = _feeds(graph, exec_batch)
         t_before, t_after = time_executors([graph, opt], feeds, repeats)
@@ -179,7 +186,8 @@ def synthetic_graph(num_nodes: int, seed: int = 0):
     x = gd.input("x", (None, 8))
     lanes = [gd.tanh(x * float(i + 1)) for i in range(width)]
     w = gd.param("w", (rng.standard_normal((8, 8)) * 0.3).astype(np.float32))
-    ops = [lambda a, b: gd.tanh(a @ w) + b, lambda a, b: gd.softmax(a) * gd.sum(b, 1, True),lambda a, b: a + b, lambda a, b: a * b, lambda a, b: a - gd.tanh(b),
+    ops = [lambda a, b: gd.tanh(a @ w) + b, lambda a, b: gd.softmax(a) * gd.sum(b, 1, True),
+           lambda a, b: a + b, lambda a, b: a * b, lambda a, b: a - gd.tanh(b),
            lambda a, b: gd.relu(a) * 1.0 + 0.0, lambda a, b: -(-a) + gd.exp(gd.tanh(b)),
            lambda a, b: a * (gd.const(np.float32(2.0)) * 0.5), lambda a, b: gd.maximum(a, b),
            lambda a, b: gd.sigmoid(a) + gd.sigmoid(a)]
@@ -214,15 +222,20 @@ def scaling(sizes: Sequence[int] = SCALING_SIZES) -> dict:
     points = []
     for n in sizes:
         graph = synthetic_graph(n)
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         opt, report = optimize_graph(graph, training=True, memory=False)
-        seconds = time.perf_counter() - start
         points.append({"target_nodes": n, "nodes": len(graph.nodes), "nodes_after":
-                       len(opt.nodes), "seconds": seconds, "pass_seconds": report.pass_seconds})
-    xs = np.log([p["nodes"] for p in points])
-    ys = np.log([p["seconds"] for p in points])
-    exponent = float(np.polyfit(xs, ys, 1)[0]) if len(points) > 1 else float("nan")
-    return {"points": points, "exponent": exponent}
+                       len(opt.nodes), "seconds": time.perf_counter() - start,
+                       "cpu_seconds": time.process_time() - cpu,
+                       "pass_seconds": report.pass_seconds})
+
+    def fit(key: str) -> float:
+        if len(points) < 2:
+            return float("nan")
+        return float(np.polyfit(np.log([p["nodes"] for p in points]),
+                                np.log([max(p[key], 1e-9) for p in points]), 1)[0])
+    # CPU time is the fitted measure: wall time on a shared machine swings with its load
+    return {"points": points, "exponent": fit("cpu_seconds"), "wall_exponent": fit("seconds")}
 
 
 # ---- the driver ------------------------------------------------------------------------------
@@ -251,9 +264,11 @@ def check_targets(results: dict) -> dict:
             ratio = r[form]["memory"]["planned_over_bound"]
             checks[f"{name}/{form}: planned <= 1.05x bound"] = {
                 "value": round(ratio, 4), "ok": ratio <= TARGETS["planned_over_bound"]}
-        ratio = r["training"]["memory"]["planned_over_no_reuse"]
+        mem = r["training"]["memory"]
+        ratio = mem["planned_over_no_reuse"]
         checks[f"{name}/training: planned <= 0.5x no-reuse"] = {
-            "value": round(ratio, 4), "ok": ratio <= TARGETS["training_planned_over_no_reuse"]}
+            "value": f"{ratio:.3f} (internal {mem['internal']['planned_over_no_reuse']:.3f})",
+            "ok": ratio <= TARGETS["training_planned_over_no_reuse"]}
         counts = r.get("onnx", {})
         if isinstance(counts.get("ort_basic"), int):
             checks[f"{name}: ONNX nodes graphdl <= ORT basic"] = {
@@ -282,7 +297,7 @@ def parse_args(argv: Sequence[str] | None):
     p.add_argument("--out", default=os.path.join("bench_out", "bench_passes.json"),
                    help="JSON path; the .md and .png files go next to it")
     p.add_argument("--batch", type=int, default=2, help="batch for executor timings")
-    p.add_argument("--memory-batch", type=int, default=32, help="batch for memory plans")
+    p.add_argument("--memory-batch", type=int, default=64, help="batch for memory plans")
     p.add_argument("--repeats", type=int, default=3, help="executor runs per graph (min)")
     p.add_argument("--scaling", default=",".join(map(str, SCALING_SIZES)),
                    help="synthetic graph sizes ('' to skip)")

@@ -67,6 +67,13 @@ def markdown(results: dict) -> str:
             if c:
                 lines.append(f"| {name} | {c['exported']} | {c['graphdl']} | {c['ort_basic']} "
                              f"| {c['onnxsim']} |")
+    rows = [(n, r["training"]["memory"].get("internal")) for n, r in results["models"].items()]
+    if any(i for _, i in rows):
+        lines += ["", "## Training graphs, internal memory (state written back excluded, "
+                  "MXNet's measure)", "", "| model | no-reuse MiB | planned MiB | ratio |",
+                  "|---|---|---|---|"]
+        lines += [f"| {n} | {_mib(i['no_reuse_bytes'])} | {_mib(i['planned_bytes'])} | "
+                  f"{i['planned_over_no_reuse']:.3f} |" for n, i in rows if i]
     lines += ["", "## Time per pass (training graphs, seconds, all sweeps)", ""]
     names = sorted({p for r in results["models"].values() for p in r["training"]["per_pass"]})
     lines.append("| model | " + " | ".join(names) + " |")
@@ -77,10 +84,11 @@ def markdown(results: dict) -> str:
             f"{pp[n]['seconds']:.3f}" if n in pp else "" for n in names) + " |")
     if "scaling" in results:
         sc = results["scaling"]
-        lines += ["", f"## Scaling (fitted exponent {sc['exponent']:.2f})", "",
-                  "| nodes | nodes after | seconds |", "|---|---|---|"]
-        lines += [f"| {p['nodes']} | {p['nodes_after']} | {p['seconds']:.3f} |"
-                  for p in sc["points"]]
+        lines += ["", f"## Scaling (fitted exponent {sc['exponent']:.2f} on CPU time, "
+                  f"{sc['wall_exponent']:.2f} on wall time)", "",
+                  "| nodes | nodes after | wall s | CPU s |", "|---|---|---|---|"]
+        lines += [f"| {p['nodes']} | {p['nodes_after']} | {p['seconds']:.3f} | "
+                  f"{p['cpu_seconds']:.3f} |" for p in sc["points"]]
     lines += ["", "## Targets", "", "| target | value | met |", "|---|---|---|"]
     lines += [f"| {k} | {v['value']} | {'yes' if v['ok'] else 'NO'} |"
               for k, v in results["targets"].items()]
@@ -155,7 +163,10 @@ def write_charts(results: dict, stem: str) -> list[str]:
     if "scaling" in results:
         pts = results["scaling"]["points"]
         fig, ax = plt.subplots(figsize=(5, 4))
-        ax.loglog([p["nodes"] for p in pts], [p["seconds"] for p in pts], "o-")
+        ax.loglog([p["nodes"] for p in pts], [p["seconds"] for p in pts], "o-", label="wall")
+        ax.loglog([p["nodes"] for p in pts], [p["cpu_seconds"] for p in pts], "s--",
+                  label="CPU")
+        ax.legend()
         ax.set_xlabel("nodes")
         ax.set_ylabel("pipeline seconds")
         ax.set_title(f"Scaling (exponent {results['scaling']['exponent']:.2f})")

@@ -96,6 +96,13 @@ class TrainingMixin:
         ``validation_split``, the last fraction of the data, taken before shuffling) is
         evaluated after each epoch in inference mode. Returns a :class:`History`; progress is
         shown with a rich bar (``verbose=0`` silences it, ``2`` prints one line per epoch).
+
+        ``x`` must be batch-first with the model input's shape. Floating-point ``x`` of another
+        precision (float64 from NumPy or scikit-learn) is converted to the model's dtype, as
+        Keras does; integer or bool ``x`` is refused (scale it yourself). All data checks run
+        before the first step. A step whose loss (or any updated value) is NaN/Inf raises
+        :class:`NonFiniteLossError` naming the epoch and batch, with every variable left as it
+        was before that step.
         """
         self._require_compiled("fit")
         epochs, batch_size = _positive_int("epochs", epochs, 0), _positive_int(

@@ -166,12 +166,16 @@ def _aligned(nbytes: int, alignment: int) -> int:
 
 def plan_memory(graph: Graph, bindings: Mapping[str, int] | None = None,
                 alignment: int = DEFAULT_ALIGNMENT, inplace: bool = True,
-                effort: str = "best") -> MemoryPlan:
+                effort: str = "best", internal: bool = False) -> MemoryPlan:
     """Plan every computed value of ``graph`` into one arena for these symbolic sizes
-    (unbound symbolic dims count as 1). ``effort="fast"`` runs the greedy planner once."""
+    (unbound symbolic dims count as 1). ``effort="fast"`` runs the greedy planner once.
+    ``internal=True`` leaves the new values of state (the updates: parameters, optimizer
+    moments) out of the arena, as frameworks that update weights in place do: MXNet's
+    "internal memory" measure."""
     bindings = dict(bindings or {})
+    exclude = {(id(v.node), v.index) for _, v in graph.updates} if internal else None
     plans, storages, no_reuse, end = liveness(graph.nodes, graph.all_outputs, bindings,
-                                              alignment, inplace)
+                                              alignment, inplace, exclude=exclude)
     intervals = [tuple(st) for st in storages]
     offsets, arena = plan_offsets(intervals, effort)
     values = tuple(ValuePlan(pos, i, kind, nbytes, offsets[sid] if sid >= 0 else -1, sid,
@@ -198,11 +202,12 @@ def node_facts(nodes: Sequence, bindings: Mapping[str, int],
 
 def liveness(nodes: Sequence, outputs: Sequence, bindings: Mapping[str, int],
              alignment: int = DEFAULT_ALIGNMENT, inplace: bool = True,
-             facts: dict[int, tuple] | None = None):
+             facts: dict[int, tuple] | None = None, exclude: set | None = None):
     """Storage of every value under the schedule ``nodes``. Returns per-value records keyed
     by (id(node), index) as (node position, index, kind, bytes, storage, first step, last
     step, in place), storages as [first, last, bytes], the no-reuse bytes, and the number of
-    steps. Intervals are inclusive; outputs live to the end (they are copied out then)."""
+    steps. Intervals are inclusive; outputs live to the end (they are copied out then).
+    Values keyed in ``exclude`` are left out (treated as external)."""
     facts = facts if facts is not None else node_facts(nodes, bindings, alignment)
     last_use: dict[tuple[int, int], int] = {}
     step_of: dict[int, int] = {}
@@ -246,6 +251,9 @@ def liveness(nodes: Sequence, outputs: Sequence, bindings: Mapping[str, int],
             continue
         for i, (nbytes, type_key) in enumerate(outs):
             key = (nid, i)
+            if exclude and key in exclude:
+                plans[key] = (pos, i, EXTERNAL, 0, -1, -1, -1, False)
+                continue
             no_reuse += nbytes
             last = last_use.get(key, s)
             sid = _dying_input(node, s, plans, storages, facts, type_key) \

@@ -99,9 +99,7 @@ def _gemm_cases():
         return torch.clamp(a @ b.T + c, 0.0, 0.5)
 
     def sgd_ref(a, b, lr, w):
-        import torch
-
-        return w - (a.T @ b) * lr
+        return w - (a.T @ b) * lr  # torch tensors: operators only
     main_ta = (("alpha", 1.0), ("beta", 1.0), ("transA", 1), ("transB", 0))
     return [
         OpCase([a * 0.3, b, c], {"main": main, "n_main": 3, "program": clip}, torch=clip_ref,

@@ -95,7 +95,7 @@ def test_executor_runs_inside_the_plan_and_matches_unplanned():
     planned.run([feeds[0] * 2])
     np.testing.assert_allclose(first, want[0], rtol=1e-6)  # an earlier output is untouched
     info = planned.arena_report()
-    assert info["planned_bytes"] == info["arena_bytes_allocated"]
+    assert info["planned_bytes"] <= info["arena_bytes_allocated"] <= info["planned_bytes"] + 64
     assert info["kernels_wrote_in_arena"] > 0
 
 

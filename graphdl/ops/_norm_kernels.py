@@ -114,12 +114,13 @@ def dropout_mask(shape, rate: float, seed: int) -> np.ndarray:
     return rng.random(shape, dtype=np.float32) >= np.float32(rate)
 
 
-def dropout_train(x, seed, rate: float):
-    """(y, mask, next seed): y = x * mask / (1 - rate)."""
+def dropout_train(x, seed, rate: float, out=None):
+    """(y, mask, next seed): y = x * mask / (1 - rate); y goes into ``out`` when given."""
     mask = dropout_mask(x.shape, rate, int(seed))
+    y = target(out, x.shape, x.dtype) if out is not None else np.empty(x.shape, x.dtype)
     if rate >= 1.0:
-        y = np.zeros_like(x)
+        y.fill(0)
     else:
-        y = x * mask
+        np.multiply(x, mask, out=y)
         y *= x.dtype.type(1.0 / (1.0 - rate))
     return y, mask, np.asarray(seed + 1, dtype=np.int64)

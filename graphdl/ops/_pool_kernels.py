@@ -74,20 +74,26 @@ def _is_partition(geo: Window2d) -> bool:
 
 def max_pool_grad(x: np.ndarray, dy: np.ndarray, geo: Window2d, out=None) -> np.ndarray:
     """dx: each output gradient added to the input pixel its window's maximum came from."""
-    masks = first_max_masks(_source(x, geo, -np.inf), geo)
     if _is_partition(geo) and not geo.needs_padding():
-        dx = target(out, x.shape, dy.dtype)
-        (ho, wo), (sh, sw) = geo.out_hw, geo.strides
-        if ho * sh < x.shape[2] or wo * sw < x.shape[3]:
-            dx.fill(0)  # rows or columns no window reaches
-        for (i, j), mask in zip(geo.taps, masks):  # every other pixel is written once
-            np.multiply(dy, mask, out=geo.tap(dx, i, j, crop=True))
-        return dx
+        return _tiled_max_pool_grad(x, dy, geo, out)
+    masks = first_max_masks(_source(x, geo, -np.inf), geo)
     buf = _scatter_buffer(x.shape, dy.dtype, geo, out)
     for (i, j), mask in zip(geo.taps, masks):
         view = geo.tap(buf, i, j, crop=True)
         view += dy * mask
     return _finish(buf, x.shape, geo, out)
+
+
+def _tiled_max_pool_grad(x, dy, geo: Window2d, out):
+    """Non-overlapping windows: every input pixel is written once, with dy or zero."""
+    masks = first_max_masks(np.ascontiguousarray(x), geo)
+    dx = target(out, x.shape, dy.dtype)
+    (ho, wo), (sh, sw) = geo.out_hw, geo.strides
+    if ho * sh < x.shape[2] or wo * sw < x.shape[3]:
+        dx.fill(0)  # rows or columns no window reaches
+    for (i, j), mask in zip(geo.taps, masks):
+        np.multiply(dy, mask, out=geo.tap(dx, i, j, crop=True))
+    return dx
 
 
 def max_pool_gather(x: np.ndarray, g: np.ndarray, geo: Window2d, out=None) -> np.ndarray:

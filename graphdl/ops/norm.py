@@ -320,7 +320,7 @@ def _dropout_infer(types, attrs):
 def _dropout_kernel(xs, attrs, out):
     x, seed = xs
     if attrs.get("training", True):
-        return K.dropout_train(x, seed, float(attrs.get("rate", 0.5)))
+        return K.dropout_train(x, seed, float(attrs.get("rate", 0.5)), _first_out(out))
     return x, np.ones(x.shape, bool), np.asarray(seed, np.int64)
 
 

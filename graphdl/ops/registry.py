@@ -3,7 +3,8 @@
 An :class:`OpDef` holds
 - ``infer(in_types, attrs) -> list[TensorType]``: shape/dtype inference; raises ``ShapeError``;
 - ``kernel(inputs, attrs, out) -> array | tuple``: the NumPy kernel; ``out`` is a preallocated
-  output buffer (or ``None``) that the kernel may write into and return;
+  output buffer (or ``None``) that the kernel may write into and return (a multi-output op
+  may get a tuple with one buffer or ``None`` per output);
 - ``vjp(F, node, grads) -> list[Value | None]``: builds gradient nodes with the functional API
   ``F`` (:mod:`graphdl.tensor`), one entry per input; ``grads`` has one entry per output
   (``None`` where no gradient flows); never closes over arrays;
