@@ -169,16 +169,16 @@ class NumpyExecutor:
     def _run_planned(self, vals: list) -> list[np.ndarray]:
         check = self.check_finite
         views = self._views
-        written = copied = 0
+        written = copied = 0  # bytes kernels wrote into their arena view / had copied in
         for (kernel, attrs, ins, outs, frees, node), mode in zip(self.steps, self._modes):
             if mode == _ARENA:
                 out = views[outs[0]]
                 result = _call(kernel, vals, ins, attrs, out, node)
                 if result is out:
-                    written += 1
+                    written += out.nbytes
                 else:
                     np.copyto(out, result)  # a kernel that allocated: keep the plan's bytes
-                    copied += 1
+                    copied += out.nbytes
                 vals[outs[0]] = out
             elif mode == _MULTI:
                 # multi-output kernels get one buffer (or None) per output, as a tuple
@@ -189,24 +189,29 @@ class NumpyExecutor:
                         vals[s] = r
                     elif r is view:
                         vals[s] = view
-                        written += 1
+                        written += view.nbytes
                     else:
                         np.copyto(view, r)
                         vals[s] = view
-                        copied += 1
+                        copied += view.nbytes
             else:  # views of an input's storage, or a value with no arena bytes
                 vals[outs[0]] = _call(kernel, vals, ins, attrs, None, node)
             if check:
                 _check_finite(node, [vals[s] for s in outs])
             for s in frees:
                 vals[s] = None
-        self.stats = {"kernels_wrote_in_arena": written, "results_copied_in": copied}
+        self.stats = {"bytes_written_in_arena": written, "bytes_copied_into_arena": copied}
         return [vals[s].copy() if copy else vals[s]
                 for s, copy in zip(self.output_slots, self._copy_out)]
 
+    def release(self) -> None:
+        """Free the arena (the next run allocates it again; cached plans stay)."""
+        self._arena_key = self._arena = self._views = self._modes = None
+
     def arena_report(self) -> dict:
-        """How the last run used the arena: planned bytes, and how many kernels wrote into
-        their view directly versus had their result copied in."""
+        """How the last run used the arena: the plan's numbers, and how many bytes kernels
+        wrote into their arena views directly versus allocated and had copied in (kernels
+        that ignore ``out``: their results still live in the arena, at the cost of a copy)."""
         if self._arena_key is None:
             return {}
         plan = self._plans[self._arena_key]

@@ -131,6 +131,8 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="bench_out/bench_conv_kernels.json")
     parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="BLAS/OpenMP threads for both sides (default: the libraries' own)")
     parser.add_argument("--worker", choices=["ours", "torch"], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -138,9 +140,13 @@ def main(argv=None) -> None:
         print(json.dumps(result))
         return
     sides = {}
+    env = dict(os.environ)
+    if args.threads:
+        for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            env[var] = str(args.threads)
     for side in ("ours", "torch"):
         proc = subprocess.run([sys.executable, __file__, "--worker", side, "--repeats",
-                               str(args.repeats)], capture_output=True, text=True)
+                               str(args.repeats)], capture_output=True, text=True, env=env)
         if proc.returncode != 0:
             if side == "torch" and "No module named 'torch'" in proc.stderr:
                 sides[side] = None
@@ -148,6 +154,7 @@ def main(argv=None) -> None:
             raise RuntimeError(f"{side} worker failed:\n{proc.stderr}")
         sides[side] = json.loads(proc.stdout.strip().splitlines()[-1])
     report = {"dtype": "float32", "repeats": args.repeats, "unit": "ms (min)",
+              "threads": args.threads or "default", "cpus": os.cpu_count(),
               "ours": sides["ours"], "torch": sides["torch"], "ratio": {}}
     for name, parts in sides["ours"].items():
         ref = (sides["torch"] or {}).get(name)

@@ -37,6 +37,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--size", type=int, default=224, help="input height and width")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--repeats", type=int, default=40)
+    p.add_argument("--rounds", type=int, default=8, help="alternating timing blocks")
     p.add_argument("--threads", type=int, default=None, help="ORT intra-op threads")
     return p.parse_args(argv)
 
@@ -67,12 +68,14 @@ def main(argv=None) -> dict:
         counts = {"graphdl_unoptimized": raw,
                   "graphdl": common.node_counts(onnx.load(gd_path)),
                   "torch": common.node_counts(onnx.load(torch_path))}
-        runners, after_ort = {}, {}
+        runners, after_ort, shapes = {}, {}, {}
         for key, path in (("graphdl", gd_path), ("torch", torch_path)):
             opt_path = os.path.join(tmp, f"{key}.ort_optimized.onnx")
             runners[key] = OrtRunner(path, providers="cpu", threads=args.threads,
                                      optimization_level="all", optimized_model_path=opt_path)
-            after_ort[key] = common.node_counts(onnx.load(opt_path))
+            optimized = onnx.load(opt_path)
+            after_ort[key] = common.node_counts(optimized)
+            shapes[key] = common.structure(optimized)
         outputs = {k: r(x) for k, r in runners.items()}
         with torch.inference_mode():
             eager = net(torch.from_numpy(x)).numpy()
@@ -80,7 +83,7 @@ def main(argv=None) -> dict:
                 "graphdl_ort": lambda: runners["graphdl"](x),
                 "torch_ort": lambda: runners["torch"](x),
                 "torch_eager": lambda: net(torch.from_numpy(x)),
-            }, repeats=args.repeats)
+            }, repeats=args.repeats, rounds=args.rounds)
     ratio = times["graphdl_ort"]["median_ms"] / times["torch_ort"]["median_ms"]
     result = {
         "benchmark": "bench_onnx_cpu", "model": args.model, "input_shape": list(shape),
@@ -94,6 +97,7 @@ def main(argv=None) -> dict:
         "node_counts_before_ort_without_identity":
             {k: v["nodes_without_identity"] for k, v in counts.items()},
         "node_counts_after_ort_all": {k: v["nodes"] for k, v in after_ort.items()},
+        "same_graph_after_ort_all": shapes["graphdl"] == shapes["torch"],
         "op_histograms": {**counts, **{f"{k}_after_ort": v for k, v in after_ort.items()}},
         "export_seconds": {"graphdl": gd_export_s, "torch": torch_export_s},
         "max_abs_diff": {
@@ -111,7 +115,8 @@ def main(argv=None) -> dict:
     os.replace(tmp_out, args.out)
     print(json.dumps({k: result[k] for k in ("ratio_graphdl_to_torch_ort",
                                              "node_counts_before_ort",
-                                             "node_counts_after_ort_all")}, indent=2))
+                                             "node_counts_after_ort_all",
+                                             "same_graph_after_ort_all")}, indent=2))
     print("times (median ms):", {k: round(v["median_ms"], 2) for k, v in times.items()})
     return result
 

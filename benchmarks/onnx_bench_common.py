@@ -134,6 +134,15 @@ def node_counts(model) -> dict:
             "ops": dict(sorted(ops.items(), key=lambda kv: -kv[1]))}
 
 
+def structure(model) -> list:
+    """The model's computation without names: op types, attributes and the shapes of the
+    initializers each node reads (two exports that ORT runs identically compare equal)."""
+    shapes = {t.name: tuple(t.dims) for t in model.graph.initializer}
+    return [(n.op_type, n.domain, sorted((a.name, str(a).replace(a.name, "", 1))
+                                         for a in n.attribute),
+             [shapes.get(i) for i in n.input]) for n in model.graph.node]
+
+
 def time_interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 3,
                      rounds: int = 4) -> dict[str, dict]:
     """Milliseconds per call for each function, measured in ``rounds`` alternating blocks so

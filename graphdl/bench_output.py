@@ -124,7 +124,7 @@ def write_charts(results: dict, stem: str) -> list[str]:
         ax.set_yscale("log")
         ax.set_ylabel("nodes after pass (first sweep)")
         ax.set_title(f"Nodes per pass ({form} graphs)")
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
         fig.tight_layout()
         paths.append(_save(fig, plt, f"{stem}_nodes_{form}.png"))
     fig, ax = plt.subplots(figsize=(11, 4.5))

@@ -93,8 +93,9 @@ def optimize(model_or_graph: Any, training: bool = False, passes: Sequence[Any] 
 
 def cli_optimize(in_path: str | os.PathLike, out_path: str | os.PathLike,
                  report_path: str | os.PathLike | None = None, opset: int = 17,
-                 verify: bool | str = False) -> OptimizeResult:
-    """Import an ONNX model, run the inference pipeline, export it, and write the report.
+                 verify: bool | str = False, quiet: bool = True) -> OptimizeResult:
+    """Import an ONNX model, run the inference pipeline, export it, and write the report
+    (``quiet=False`` also prints the report table).
 
     An op graphdl cannot import stops with an error naming it (``OnnxImportError``).
     """
@@ -106,4 +107,8 @@ def cli_optimize(in_path: str | os.PathLike, out_path: str | os.PathLike,
     export_onnx(result.graph, os.fspath(out_path), opset=opset, optimize=False)
     if report_path is not None:
         result.save(report_path)
+    if not quiet:
+        from rich.console import Console
+
+        Console().print(result.report.table())
     return result

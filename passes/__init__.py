@@ -19,11 +19,13 @@ __all__ = ["DEFAULT_PIPELINE", "PASSES", "Pass", "PassContext", "Stage", "optimi
            "cli_optimize"]
 
 
-def cli_optimize(in_path: str, out_path: str, report_path: str | None = None):
-    """``graphdl optimize IN.onnx -o OUT.onnx [--report R.json]``: import, optimize, export.
+def cli_optimize(in_path: str, out_path: str, report_path: str | None = None,
+                 quiet: bool = False):
+    """``graphdl optimize IN.onnx -o OUT.onnx [--report R.json]``: import, optimize, export,
+    print the report table (unless ``quiet``); returns the ``OptimizeResult``.
 
     Lives in :mod:`graphdl.optimize` (it needs the ONNX backends, which passes never import).
     """
     from graphdl.optimize import cli_optimize as run
 
-    return run(in_path, out_path, report_path)
+    return run(in_path, out_path, report_path, quiet=quiet)

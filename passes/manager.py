@@ -197,10 +197,10 @@ def _optimize(graph, training, passes, verify, check, bindings, freeze_params, m
                 ctx = PassContext(sizes, training, {})
                 start = time.perf_counter()
                 after = p.run(current, ctx)
-                report.pass_seconds += time.perf_counter() - start
-                row = _row(stage.name, sweep, p.name, current, after, ctx.stats,
-                           time.perf_counter() - start)
+                seconds = time.perf_counter() - start
+                report.pass_seconds += seconds
                 start = time.perf_counter()
+                row = _row(stage.name, sweep, p.name, current, after, ctx.stats, seconds)
                 if peaks is not None:
                     row.peak_bytes = peaks(after)
                 report.rows.append(row)

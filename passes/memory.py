@@ -130,15 +130,15 @@ def greedy_by_size(intervals: Sequence[tuple[int, int, int]], order: Sequence[in
     return offsets, arena
 
 
-def plan_offsets(intervals: Sequence[tuple[int, int, int]], effort: str = "best"
-                 ) -> tuple[list[int], int]:
+def plan_offsets(intervals: Sequence[tuple[int, int, int]], effort: str = "best",
+                 slack: float = 0.01) -> tuple[list[int], int]:
     """Arena offsets: TFLite's greedy by size, then (``effort="best"``, when that misses the
-    lower bound) the same greedy over other orders (equal sizes by latest end, by lifetime;
-    size x lifetime), best- and first-fit; the smallest arena wins."""
+    lower bound by more than ``slack``) the same greedy over other orders (equal sizes by
+    latest end, by lifetime; size x lifetime), best- and first-fit; the smallest arena wins."""
     offsets, arena = greedy_by_size(intervals)
     if effort != "best" or not intervals:
         return offsets, arena
-    bound = lower_bound(intervals)
+    bound = lower_bound(intervals) * (1 + slack)
     if arena <= bound:
         return offsets, arena
     arr = np.asarray(intervals, dtype=np.int64).reshape(-1, 3)

@@ -281,3 +281,30 @@ def test_small_cnn_trains_like_torch_through_the_optimizer_pipeline():
     for a, b in zip(got, want):
         np.testing.assert_allclose(a, b.detach().numpy(), rtol=1e-8, atol=1e-12)
     np.testing.assert_allclose(gd.variable_of(var).value, bn.running_var.numpy(), rtol=1e-10)
+
+
+def test_pool_and_batch_norm_gradients_across_chunks(monkeypatch):
+    """Tiny chunk sizes split max-pool gradients by image and batch-norm gradients by
+    channel; results must not change."""
+    torch = pytest.importorskip("torch")
+    from graphdl.ops import _norm_kernels, _pool_kernels
+
+    monkeypatch.setattr(_pool_kernels, "GRAD_CHUNK_BYTES", 600)
+    monkeypatch.setattr(_norm_kernels, "GROUP_BYTES", 500)
+    g = _rng(6)
+    xv = g.standard_normal((5, 4, 6, 7))
+    x = gd.input("x", (None, 4, 6, 7), "float64")
+    scale = gd.param("s", g.uniform(0.5, 1.5, 4))
+    stats = [gd.const(np.zeros(4)), gd.const(np.zeros(4)), gd.const(np.ones(4))]
+    h = gd.batch_norm(x, scale, *stats)
+    y = gd.max_pool2d(h, 2) + gd.max_pool2d(h, 3, stride=2, padding=1)[:, :, :3, :3]
+    loss = gd.sum(y * y)
+    got = gd.function([x], gd.grad(loss, [x, scale]), optimize=False)(xv)
+    tx = torch.tensor(xv, requires_grad=True)
+    ts = torch.tensor(gd.variable_of(scale).value, requires_grad=True)
+    th = torch.nn.functional.batch_norm(tx, None, None, ts, torch.zeros(4, dtype=tx.dtype), True)
+    ty = torch.nn.functional.max_pool2d(th, 2) + \
+        torch.nn.functional.max_pool2d(th, 3, 2, 1)[:, :, :3, :3]
+    want = torch.autograd.grad((ty * ty).sum(), [tx, ts])
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b.numpy(), rtol=1e-9, atol=1e-10)

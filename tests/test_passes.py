@@ -275,7 +275,7 @@ def test_cli_optimize_roundtrip(tmp_path):
     model = _tiny_convnet(dropout=False)
     src, dst, rep = tmp_path / "in.onnx", tmp_path / "out.onnx", tmp_path / "r.json"
     gd.export_onnx(model, str(src), optimize=False)
-    result = cli_optimize(str(src), str(dst), str(rep))
+    result = cli_optimize(str(src), str(dst), str(rep), quiet=True)
     assert dst.exists() and json.loads(rep.read_text())["nodes_after"] == \
         result.report.nodes_after
     from graphdl.backends.onnx_import import from_onnx

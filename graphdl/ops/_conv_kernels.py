@@ -1,13 +1,16 @@
 """NumPy kernels for 2-D convolution (NCHW activations, OIHW weights) and its two gradients.
 
-Each kernel runs over cache-sized chunks of the batch:
-- forward: unfold the padded chunk (im2col, one strided copy) and multiply by the weights in
-  one BLAS call per chunk;
-- grad-input: one BLAS call gives the unfolded gradient, which col2im folds back with kh*kw
-  strided adds;
-- grad-weight: unfold, then one BLAS call with the batch and pixels as the reduction axis.
+Each kernel runs over cache-sized chunks of the batch (see ``_windows.CHUNK_BYTES``):
+- forward: unfold the padded chunk (im2col: one strided copy whose inner runs are whole
+  padded rows) and multiply by the weights, one BLAS call per chunk;
+- grad-input: for stride 1, the forward kernel applied to dy with the flipped, transposed
+  weights (a full correlation); for larger strides, one BLAS call gives the unfolded gradient,
+  which col2im folds back with kh*kw strided adds;
+- grad-weight: unfold, then one batched BLAS call per chunk (unfolded x times dy^T), summed
+  over the chunk.
 1x1 convolutions skip the unfold (plain matmul); depthwise convolutions (one input channel
-per group) use kh*kw broadcast multiply-adds instead of tiny matmuls.
+per group) use kh*kw broadcast multiply-adds instead of tiny matmuls. Every kernel writes its
+result into the executor's preallocated ``out`` buffer when one is given.
 """
 from __future__ import annotations
 

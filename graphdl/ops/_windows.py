@@ -64,11 +64,9 @@ def output_size(size: int, k: int, s: int, p0: int, p1: int, d: int,
     """Output length along one axis (torch rule for ceil mode: the last window must start
     inside the input or its leading padding)."""
     span = size + p0 + p1 - (d * (k - 1) + 1)
-    if span < 0:
-        return 0
     if not ceil_mode:
-        return span // s + 1
-    out = -(-span // s) + 1
+        return span // s + 1 if span >= 0 else 0
+    out = -(-span // s) + 1  # may keep one window that overhangs the end (as torch does)
     if (out - 1) * s >= size + p0:
         out -= 1
     return out

@@ -22,8 +22,6 @@ from graphdl.ops.registry import OnnxLowering, OnnxNode, OpDef, apply, fail, reg
 
 __all__ = ["conv2d"]
 
-_CONV_ATTRS = ("strides", "pads", "dilations", "group")
-
 
 def _conv_attrs(attrs) -> dict:
     """The shared convolution attributes of a node, with defaults filled in."""

@@ -76,37 +76,78 @@ def _check_program(op_name: str, attrs: dict) -> tuple:
 # ---- the interpreter -----------------------------------------------------------------------
 
 @functools.lru_cache(maxsize=4096)
-def _last_reads(program: tuple, n_in: int) -> tuple[int, ...]:
-    """For each value (inputs, then results), the last instruction that reads it."""
+def _compile(program: tuple, n_in: int) -> tuple:
+    """The program as ready-to-run steps (evaluator, args, attrs dict, dtype rule), and for
+    each value (inputs, then results) the last instruction that reads it."""
     last = [-1] * (n_in + len(program))
-    for i, (_, args, _) in enumerate(program):
+    steps = []
+    for i, (op, args, attrs) in enumerate(program):
         for a in args:
             last[a] = i
-    return tuple(last)
+        attrs_dict = dict(attrs)
+        if op in _COMPARISONS:
+            dtype_rule = np.dtype(bool)
+        elif op == "Cast":
+            dtype_rule = np.dtype(attrs_dict["to"])
+        else:
+            dtype_rule = 1 if op == "Where" else 0  # the dtype of that argument
+        steps.append((_EVAL.get(op, _fallback), op, args, attrs_dict, dtype_rule))
+    return tuple(steps), tuple(last)
+
+
+def _broadcast(shapes: list) -> tuple:
+    """NumPy broadcasting of ``shapes``, fast when they agree (scalars aside)."""
+    first = ()
+    for sh in shapes:
+        if sh and sh != first:
+            if first:
+                return np.broadcast_shapes(*shapes)
+            first = sh
+    return first
+
+
+_COMPILED: dict[int, tuple] = {}  # id(program) -> (program, compiled); a memo, see below
+
+
+def _compiled(program: tuple, n_in: int) -> tuple:
+    # Looked up by identity (a node's program is one tuple object for its lifetime), which
+    # skips hashing the whole program on every run; the stored program guards id reuse.
+    hit = _COMPILED.get(id(program))
+    if hit is not None and hit[0] is program and hit[1] == n_in:
+        return hit[2]
+    if len(_COMPILED) > 4096:
+        _COMPILED.clear()
+    compiled = _compile(program, n_in)
+    _COMPILED[id(program)] = (program, n_in, compiled)
+    return compiled
 
 
 def run_program(program: tuple, inputs: Sequence[np.ndarray], out: np.ndarray | None
                 ) -> np.ndarray:
     """Evaluate ``program`` over ``inputs``; the result is written into ``out`` when given."""
     n_in = len(inputs)
-    last = _last_reads(program, n_in)
-    vals: list = list(inputs) + [None] * len(program)
+    steps, last = _compiled(program, n_in)
+    vals: list = list(inputs)
+    vals.extend([None] * len(steps))
     owned = [False] * len(vals)  # buffers this call allocated (or ``out``) may be reused
     out_free_at = 0  # ``out`` may hold intermediates once aliased inputs are read for good
     if out is not None:
+        shape, dtype = out.shape, out.dtype
         for k, a in enumerate(inputs):
-            if isinstance(a, np.ndarray) and np.may_share_memory(a, out):
+            # only a same-sized input can alias out (the planner's in-place reuse)
+            if getattr(a, "shape", None) == shape and np.may_share_memory(a, out):
                 out_free_at = max(out_free_at, last[k])
     out_busy_until = -1
-    final = len(program) - 1
-    for i, (op, args, attrs) in enumerate(program):
+    final = len(steps) - 1
+    for i, (fn, op, args, attrs, dtype_rule) in enumerate(steps):
         argv = [vals[a] for a in args]
-        shape = np.broadcast_shapes(*(np.shape(a) for a in argv))
-        dtype = _result_dtype(op, argv, attrs)
+        shape = _broadcast([a.shape for a in argv])
+        dtype = dtype_rule if isinstance(dtype_rule, np.dtype) else argv[dtype_rule].dtype
         dest = None
-        if i == final and out is not None and out.shape == shape and out.dtype == dtype:
-            dest = out
-        elif i < final:
+        if i == final:
+            if out is not None and out.shape == shape and out.dtype == dtype:
+                dest = out
+        else:
             for a in args:  # a temporary that dies here takes the result
                 if owned[a] and last[a] == i and vals[a].shape == shape \
                         and vals[a].dtype == dtype:
@@ -117,23 +158,15 @@ def run_program(program: tuple, inputs: Sequence[np.ndarray], out: np.ndarray | 
                 dest = out
         if dest is None:
             dest = np.empty(shape, dtype)
-        if dest is out:
+        elif dest is out:
             out_busy_until = last[n_in + i]
-        vals[n_in + i] = _EVAL.get(op, _fallback)(op, argv, dict(attrs), dest)
+        vals[n_in + i] = fn(op, argv, attrs, dest)
         owned[n_in + i] = True
     result = vals[-1]
     if out is not None and result is not out:
         np.copyto(out, result)
         return out
     return result
-
-
-def _result_dtype(op: str, argv: list, attrs: tuple) -> np.dtype:
-    if op in _COMPARISONS:
-        return np.dtype(bool)
-    if op == "Cast":
-        return np.dtype(dict(attrs)["to"])
-    return np.asarray(argv[1] if op == "Where" else argv[0]).dtype
 
 
 def _ufunc(fn):
@@ -159,12 +192,20 @@ def _leaky(op, a, attrs, out):
 
 def _where(op, a, attrs, out):
     c, x, y = a
-    if np.may_share_memory(out, x) and out.shape == np.shape(x):
-        np.copyto(out, y, where=np.logical_not(c))  # out already holds x
-    else:
-        np.copyto(out, y)
-        np.copyto(out, x, where=c)
+    if out.dtype.kind == "f":
+        # where(c, x, 0) = x * c and where(c, 0, y) = y * !c exactly when x (y) is finite:
+        # one fast pass, where np.where and masked copies take ten times longer (relu and
+        # clip gradients are all of this form)
+        if np.ndim(y) == 0 and y == 0 and _finite(x):
+            return np.multiply(x, c, out=out)
+        if np.ndim(x) == 0 and x == 0 and _finite(y):
+            return np.multiply(y, np.logical_not(c), out=out)
+    np.copyto(out, np.where(c, x, y))  # computed aside first: out may alias x or y
     return out
+
+
+def _finite(x) -> bool:
+    return bool(np.isfinite(x).all())
 
 
 def _cast(op, a, attrs, out):
@@ -302,8 +343,10 @@ def _register_epilogue_op(name: str, main_op: str) -> None:
 
     def kernel(xs, attrs, out):
         main_in, extras = split(xs, attrs)
-        # the producer writes straight into out when it can; the epilogue then runs there
-        y = get_op(main_op).kernel(list(main_in), dict(attrs["main"]), out)
+        # the producer writes straight into out (the fusion pass only fuses epilogues that
+        # keep the producer's type); the epilogue then runs there, in place
+        into = out if out is not None and out.dtype == np.asarray(main_in[0]).dtype else None
+        y = get_op(main_op).kernel(list(main_in), dict(attrs["main"]), into)
         if out is None:
             # a fresh result no input shares can carry the epilogue in place
             fresh = isinstance(y, np.ndarray) and y.flags.writeable and not any(

@@ -136,9 +136,12 @@ def _max_pool_vjp(F, node, grads):
     return [apply("MaxPoolGrad", node.inputs[0], grads[0], **node.attrs)]
 
 
+def _max_pool_onnx(attrs, tin, tout, opset):
+    return lower("MaxPool", **_onnx_attrs(attrs, tin[0].shape[2:], True))
+
+
 register(OpDef(name="MaxPool", infer=_pool_infer("MaxPool"), kernel=_max_pool_kernel,
-               vjp=_max_pool_vjp,
-               onnx=lambda a, ti, to, o: lower("MaxPool", **_onnx_attrs(a, ti[0].shape[2:], True)),
+               vjp=_max_pool_vjp, onnx=_max_pool_onnx,
                doc="Max over 2-D windows of an NCHW input (padding is -inf)."))
 
 
