@@ -6,7 +6,10 @@ default) every computed value lives in one arena laid out by :mod:`graphdl.passe
 kernels get their arena view as ``out`` and write into it (a kernel that returns a fresh array
 instead has it copied into the view; the stats say how often), elementwise ops write over a
 dying input where the plan says so, and reshape-like ops are views of their input's storage.
-Outputs are copied out of the arena, so callers never see memory the next run overwrites.
+Outputs never alias the arena, so callers never see memory the next run overwrites: a
+kernel computing an output writes it into a fresh array (the output lives to the end anyway,
+so no other value would have reused its arena bytes), and other outputs (views, multi-output
+kernels) are copied out.
 Plans are computed per binding of the symbolic dims (the batch) and cached.
 """
 from __future__ import annotations
@@ -18,7 +21,7 @@ import numpy as np
 from graphdl.ir import FLOAT_DTYPES, Graph, GraphError, Value
 from graphdl.ops.registry import get_op
 
-_ARENA, _VIEW, _MULTI, _FREE = 0, 1, 2, 3  # how a step stores its result
+_ARENA, _VIEW, _MULTI, _FREE, _OUTPUT = 0, 1, 2, 3, 4  # how a step stores its result
 
 
 class ExecutionError(GraphError, RuntimeError):
@@ -122,16 +125,21 @@ class NumpyExecutor:
                 views[s] = np.frombuffer(arena, dt, count, vp.offset).reshape(shape) \
                     if count else np.empty(shape, dt)
         modes = []
+        returned = set(self.output_slots)
         for _, _, _, outs, _, node in self.steps:
             if len(outs) > 1:
                 modes.append(_MULTI)
             elif kinds.get(outs[0]) == VIEW or node.op in _view_ops():
                 modes.append(_VIEW)
             elif views[outs[0]] is not None:
-                modes.append(_ARENA)
+                # an output lives to the end anyway, so nothing else ever reuses its bytes:
+                # the kernel writes it into a fresh array handed to the caller, which saves
+                # copying it out of the arena (its arena bytes stay untouched)
+                modes.append(_OUTPUT if outs[0] in returned else _ARENA)
             else:
                 modes.append(_FREE)
-        # outputs in (or viewing) the arena are copied out: the next run reuses those bytes
+        # outputs still in (or viewing) the arena are copied out: the next run reuses those
+        # bytes (the run checks: fresh outputs are handed over as they are)
         self._copy_out = [kinds.get(s) in (ARENA, VIEW) for s in self.output_slots]
         self._arena_key, self._arena, self._views, self._modes = key, arena, views, modes
 
@@ -168,8 +176,8 @@ class NumpyExecutor:
 
     def _run_planned(self, vals: list) -> list[np.ndarray]:
         check = self.check_finite
-        views = self._views
-        written = copied = 0  # bytes kernels wrote into their arena view / had copied in
+        views, arena = self._views, self._arena
+        written = copied = fresh = 0  # bytes written into arena views / copied in / outputs
         for (kernel, attrs, ins, outs, frees, node), mode in zip(self.steps, self._modes):
             if mode == _ARENA:
                 out = views[outs[0]]
@@ -179,6 +187,17 @@ class NumpyExecutor:
                 else:
                     np.copyto(out, result)  # a kernel that allocated: keep the plan's bytes
                     copied += out.nbytes
+                vals[outs[0]] = out
+            elif mode == _OUTPUT:
+                out = np.empty_like(views[outs[0]])
+                result = _call(kernel, vals, ins, attrs, out, node)
+                if result is not out:
+                    if isinstance(result, np.ndarray) and result.shape == out.shape and \
+                            result.dtype == out.dtype and not np.may_share_memory(result, arena):
+                        out = result  # already a fresh array of the right type
+                    else:
+                        np.copyto(out, result)
+                fresh += out.nbytes
                 vals[outs[0]] = out
             elif mode == _MULTI:
                 # multi-output kernels get one buffer (or None) per output, as a tuple
@@ -200,8 +219,9 @@ class NumpyExecutor:
                 _check_finite(node, [vals[s] for s in outs])
             for s in frees:
                 vals[s] = None
-        self.stats = {"bytes_written_in_arena": written, "bytes_copied_into_arena": copied}
-        return [vals[s].copy() if copy else vals[s]
+        self.stats = {"bytes_written_in_arena": written, "bytes_copied_into_arena": copied,
+                      "output_bytes_written_fresh": fresh}
+        return [vals[s].copy() if copy and np.may_share_memory(vals[s], arena) else vals[s]
                 for s, copy in zip(self.output_slots, self._copy_out)]
 
     def release(self) -> None:

@@ -135,12 +135,12 @@ def node_counts(model) -> dict:
 
 
 def structure(model) -> list:
-    """The model's computation without names: op types, attributes and the shapes of the
-    initializers each node reads (two exports that ORT runs identically compare equal)."""
+    """The model's nodes without names or order: op types, attributes and the shapes of the
+    initializers each reads (two exports that ORT runs alike compare equal)."""
     shapes = {t.name: tuple(t.dims) for t in model.graph.initializer}
-    return [(n.op_type, n.domain, sorted((a.name, str(a).replace(a.name, "", 1))
-                                         for a in n.attribute),
-             [shapes.get(i) for i in n.input]) for n in model.graph.node]
+    return sorted(repr((n.op_type, n.domain, sorted((a.name, str(a).replace(a.name, "", 1))
+                                                    for a in n.attribute),
+                        [shapes.get(i) for i in n.input])) for n in model.graph.node)
 
 
 def time_interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 3,

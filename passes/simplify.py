@@ -38,10 +38,6 @@ def _neg_x(m: Match):
     return m.op("Neg", m["x"]) if m["x"].type == m.type else None
 
 
-def _attr_is(key, test):
-    return lambda v: test(v.node.attrs.get(key))
-
-
 def _dropout_identity(m: Match):
     node = m.root
     if node.attrs.get("training", True) and node.attrs.get("rate", 0.0) != 0.0:
@@ -49,11 +45,6 @@ def _dropout_identity(m: Match):
     if node.attrs.get("training", True):
         return (node.inputs[0], None, None)  # rate 0: y = x, but the seed still advances
     return (node.inputs[0], None, node.inputs[1])  # inference: y = x, the seed stays
-
-
-def _same_shape(m: Match):
-    x = m["x"]
-    return x if x.type == m.type else None
 
 
 def _reduce_noop(m: Match):
@@ -91,10 +82,10 @@ IDENTITY_RULES = [
     Rule("pow_one", op("Pow", _X, const(value=1)), _keep_x),  # x**1 -> x
     Rule("identity", op("Identity", _X), _keep_x),  # identity(x) -> x
     Rule("cast_same", op("Cast", _X), _keep_x),  # cast(x, x.dtype) -> x
-    Rule("shape_noop", op(_RESHAPES + _EXPANDS, _X), _same_shape),
+    Rule("shape_noop", op(_RESHAPES + _EXPANDS, _X), _keep_x),
     # ^ reshape(x, x.shape) -> x, expand(x, x.shape) -> x
     Rule("transpose_noop", op("Transpose", _X), _identity_perm),  # transpose(x, id) -> x
-    Rule("shape_noop_like", op(("ReshapeLike", "ExpandAs"), _X, any_value()), _same_shape),
+    Rule("shape_noop_like", op(("ReshapeLike", "ExpandAs"), _X, any_value()), _keep_x),
     # ^ reshape_like(x, y) -> x and expand_as(x, y) -> x when x already has y's shape
     Rule("reduce_noop", op(("ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin"), _X),
          _reduce_noop),  # sum over size-1 axes -> x (or a reshape)

@@ -55,6 +55,11 @@ CONV_SETUPS = [
     ((2, 4, 5, 6), 6, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 2, True, "pointwise-g2"),
     ((2, 4, 7, 6), 3, (1, 1), (2, 2), (0, 0, 0, 0), (1, 1), 1, False, "pointwise-stride2"),
     ((2, 3, 11, 13), 5, (5, 3), (3, 2), (2, 1, 0, 2), (1, 1), 1, True, "5x3-stride32"),
+    # >= 16 channels per group and no more outputs: the implicit-GEMM kernel (and the
+    # full-correlation grad-input of the 12->16 case below takes it too)
+    ((2, 16, 5, 6), 12, (3, 3), (1, 1), (1, 0, 2, 1), (1, 2), 1, True, "implicit-gemm"),
+    ((2, 32, 4, 5), 16, (3, 2), (1, 1), (1, 1, 1, 0), (1, 1), 2, False, "implicit-gemm-g2"),
+    ((2, 12, 5, 4), 16, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1, False, "grad-input-implicit"),
 ]
 
 

@@ -46,6 +46,8 @@ def conv2d_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, attrs,
                   out=y.reshape(n, g, o // g, h * wd))
     elif _is_depthwise(c, g, cg):
         _depthwise_forward(x, w, geo, y)
+    elif _prefers_implicit(geo, cg, o // g):
+        _implicit_forward(x, w, g, geo, y)
     else:
         _unfolded_forward(x, w, g, geo, y)
     if b is not None:
@@ -71,6 +73,45 @@ def _unfolded_forward(x, w, g, geo: Window2d, y):
         np.matmul(w2, cols[:m].reshape(m, g, k, span), out=ywide[:m])
         y[n0:n0 + m] = ywide[:m].reshape(m, o, ho, wq)[..., :wo]
     return y
+
+
+def _prefers_implicit(geo: Window2d, per_group_in: int, per_group_out: int) -> bool:
+    """Implicit GEMM (no unfold) pays off for stride 1 with many input channels and no more
+    outputs than inputs: the saved unfold copy outweighs kh*kw accumulations of the output
+    (measured on 16-256 channel layers; fewer channels make the small matmuls inefficient)."""
+    return geo.strides == (1, 1) and per_group_in >= 16 and per_group_out <= per_group_in
+
+
+def _implicit_forward(x, w, g, geo: Window2d, y):
+    """y as a sum over taps of w[:, :, i, j] @ (the padded input shifted by the tap).
+
+    With unit strides, a tap of the padded buffer, flattened to (channels, Ho*Wq), is a
+    matrix whose rows are contiguous runs one plane apart, which BLAS reads in place.
+    """
+    n, c = x.shape[:2]
+    o, cg, kh, kw = w.shape
+    ho, wo = geo.out_hw
+    wq, pitch, plane = geo.wide, geo.pitch, geo.rows * geo.pitch
+    span, og = ho * wq, o // g
+    per_tap = np.ascontiguousarray(w.reshape(g, og, cg, kh, kw).transpose(3, 4, 0, 1, 2))
+    nb = batch_chunk(n, 2 * o * span * x.itemsize)
+    xpad = geo.empty_padded(nb, c, x.dtype)
+    acc = np.empty((nb, g, og, span), x.dtype)
+    tmp = np.empty_like(acc)
+    dh, dw = geo.dilations
+    for n0 in range(0, n, nb):
+        m = min(nb, n - n0)
+        geo.padded(x[n0:n0 + m], buf=xpad[:m])
+        flat = xpad[:m].reshape(m, g, cg, plane)
+        for t, (i, j) in enumerate(geo.taps):
+            start = i * dh * pitch + j * dw
+            tap = flat[:, :, :, start:start + span]
+            if t == 0:
+                np.matmul(per_tap[i, j], tap, out=acc[:m])
+            else:
+                np.matmul(per_tap[i, j], tap, out=tmp[:m])
+                acc[:m] += tmp[:m]
+        y[n0:n0 + m] = acc[:m].reshape(m, o, ho, wq)[..., :wo]
 
 
 def _depthwise_forward(x, w, geo: Window2d, y):
@@ -121,7 +162,10 @@ def conv2d_grad_input(dy: np.ndarray, w: np.ndarray, in_hw, attrs,
         # in/out-transposed kernel (an unfold + one matmul, no scatter-adds)
         flipped = w.reshape(g, o // g, cg, kh, kw)[:, :, :, ::-1, ::-1].transpose(0, 2, 1, 3, 4)
         flipped = np.ascontiguousarray(flipped).reshape(c, o // g, kh, kw)
-        _unfolded_forward(dy, flipped, g, full, dx)
+        if _prefers_implicit(full, o // g, cg):
+            _implicit_forward(dy, flipped, g, full, dx)
+        else:
+            _unfolded_forward(dy, flipped, g, full, dx)
         return dx
     wq = geo.wide
     k, span = cg * kh * kw, ho * wq
