@@ -5,6 +5,8 @@ import json
 import os
 from typing import Any
 
+from graphdl.atomic import atomic_path
+
 MIB = 1024 * 1024
 
 
@@ -176,10 +178,9 @@ def write_charts(results: dict, stem: str) -> list[str]:
 
 
 def _save(fig, plt, path: str) -> str:
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=110)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
-    os.replace(tmp, path)
     return path
 
 

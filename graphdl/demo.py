@@ -9,13 +9,15 @@ plan. Everything goes under ``out_dir``; ``results.json`` collects the numbers.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
 from typing import Any
 
 import numpy as np
+
+from graphdl import atomic
+from graphdl.atomic import atomic_path
 
 SPLIT_SEED = 0  # the hold-out split is fixed, whatever --seed says, so runs compare
 TEST_FRACTION = 0.2
@@ -170,10 +172,9 @@ def write_training_curve(history, path: str) -> str | None:
         ax.legend()
     fig.suptitle("graphdl cnn on 8x8 digits")
     fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=100)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
-    os.replace(tmp, path)
     return path
 
 
@@ -260,10 +261,7 @@ def _memory_numbers(result, report) -> dict[str, int]:
 
 def write_json(path: str, data: dict) -> None:
     """Write ``data`` as JSON through a temp file and ``os.replace``."""
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2, default=_jsonable)
-    os.replace(tmp, path)
+    atomic.write_json(path, data, default=_jsonable)
 
 
 def _jsonable(obj):

@@ -9,12 +9,12 @@ table in :mod:`graphdl.summary`.
 from __future__ import annotations
 
 import os
-import secrets
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from graphdl import autodiff, losses as _losses, optim as _optim
+from graphdl.atomic import atomic_path
 from graphdl.ir import Graph, GraphError, Value, Variable
 from graphdl.modes import set_training, state_updates
 from graphdl.training import TrainingMixin
@@ -332,23 +332,8 @@ class Sequential(Model):
 
 def write_npz_atomic(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> None:
     """Write ``arrays`` to ``path`` as .npz through a temp file and ``os.replace``."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}."
-                               f"{secrets.token_hex(4)}.tmp")
-    # os.open with mode 0o666 lets the umask decide the permissions, as for any new file
-    # (tempfile.mkstemp would leave the weights readable by their owner only)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
 
 
 def _as_list(values, what: str) -> list[Value]:
