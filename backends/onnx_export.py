@@ -141,6 +141,7 @@ class _Builder:
 
     # ---- naming and dtypes -----------------------------------------------------------------
     def unique(self, base: str) -> str:
+        """``base``, or ``base_k`` when taken: every value name in the model is unique."""
         name, k = base, 0
         while name in self.used or not name:
             k += 1
@@ -149,16 +150,20 @@ class _Builder:
         return name
 
     def convert_dtype(self, dtype: str) -> str:
+        """The exported dtype of ``dtype`` (float types follow ``dtype=`` of the export)."""
         return self.dtype if self.dtype and dtype in FLOAT_DTYPES else dtype
 
     def convert_type(self, t: TensorType) -> TensorType:
+        """``t`` with its exported dtype."""
         return TensorType(t.shape, self.convert_dtype(t.dtype))
 
     def value_info(self, name: str, t: TensorType) -> onnx.ValueInfoProto:
+        """A typed ValueInfo (symbolic dims become dim_param)."""
         t = self.convert_type(t)
         return helper.make_tensor_value_info(name, ONNX_ELEM_TYPES[t.dtype], list(t.shape))
 
     def initializer(self, name: str, array: np.ndarray) -> None:
+        """Add an initializer holding ``array`` (in the export dtype)."""
         array = np.asarray(array)
         if self.dtype and array.dtype.name in FLOAT_DTYPES:
             array = array.astype(self.dtype)
@@ -166,6 +171,7 @@ class _Builder:
 
     # ---- the walk ----------------------------------------------------------------------------
     def build(self, ir_version: int, name: str) -> onnx.ModelProto:
+        """Name sources and outputs, lower every node, assemble the ModelProto."""
         graph = self.graph
         readable = graph.value_names()
         var_names: dict[int, str] = {}
@@ -269,6 +275,7 @@ class _Builder:
         return aliases
 
     def unique_node(self, base: str) -> str:
+        """A unique ONNX node name."""
         name, k = base, 0
         while name in self.node_names:
             k += 1
@@ -277,6 +284,7 @@ class _Builder:
         return name
 
     def lower_node(self, node: Node, readable: dict[Value, str]) -> None:
+        """Emit the ONNX nodes of ``node``'s registry lowering, with names made unique."""
         for v in node.outputs:
             if v not in self.names:
                 self.names[v] = self.unique(readable[v])
@@ -326,6 +334,7 @@ class _Builder:
                                 f"produce {', '.join(missing)}, which the graph uses")
 
     def consumed(self, v: Value) -> bool:
+        """Whether some node or graph output reads ``v``."""
         return self.names.get(v) in self.output_names or any(
             v in n.inputs for n in self._consumers.get(id(v.node), ()))
 
@@ -354,6 +363,7 @@ class _Builder:
         return unique
 
     def emit(self, proto: onnx.NodeProto, node: Node | None) -> None:
+        """Check ``proto`` against its schema at the opset (naming the graphdl op), add it."""
         domain = proto.domain or ""
         if domain and domain not in self.domains:
             self.domains[domain] = 1

@@ -60,13 +60,16 @@ class Importer:
 
     # ---- reading inputs ------------------------------------------------------------------
     def where(self) -> str:
+        """The ONNX node being imported, for error messages."""
         n = self.node
         return f"ONNX node {n.name or '(unnamed)'!r} ({n.op_type})" if n is not None else "model"
 
     def has(self, name: str) -> bool:
+        """Whether ``name`` is a defined value or constant."""
         return bool(name) and name in self.env
 
     def is_const(self, name: str) -> bool:
+        """Whether ``name`` is known at import time."""
         return isinstance(self.env.get(name), np.ndarray)
 
     def const(self, name: str) -> np.ndarray:
@@ -81,6 +84,7 @@ class Importer:
         return value
 
     def ints(self, name: str) -> tuple:
+        """A constant input as a tuple of ints (axes, pads, sizes)."""
         arr = self.const(name)
         if arr.dtype == object:
             raise OnnxImportError(f"{self.where()}: input {name!r} depends on a symbolic "
@@ -116,6 +120,7 @@ class Importer:
         return const
 
     def attrs(self, node: onnx.NodeProto) -> dict[str, Any]:
+        """The node's attributes as Python values (strings decoded, tensors as arrays)."""
         out = {}
         for a in node.attribute:
             v = helper.get_attribute_value(a)
@@ -128,6 +133,7 @@ class Importer:
 
     # ---- the walk ------------------------------------------------------------------------
     def run(self, name: str | None = None) -> Graph:
+        """Import every live node; returns the Graph."""
         from graphdl.backends.onnx_import_rules import IMPORT_RULES
 
         g = self.model.graph
@@ -182,6 +188,7 @@ class Importer:
         return _rename(graph, self.node_names)
 
     def unsupported(self, node: onnx.NodeProto) -> str:
+        """The error message for an op without an import rule."""
         from graphdl.backends.onnx_import_rules import IMPORT_RULES
 
         missing = sorted({n.op_type for n in self.model.graph.node

@@ -36,8 +36,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--model", default="resnet50", choices=sorted(common.RESNET_LAYERS))
     p.add_argument("--size", type=int, default=224, help="input height and width")
     p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--repeats", type=int, default=40)
-    p.add_argument("--rounds", type=int, default=8, help="alternating timing blocks")
+    p.add_argument("--repeats", type=int, default=96)
+    p.add_argument("--rounds", type=int, default=24, help="alternating timing blocks")
     p.add_argument("--threads", type=int, default=None, help="ORT intra-op threads")
     return p.parse_args(argv)
 

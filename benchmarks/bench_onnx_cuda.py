@@ -67,10 +67,12 @@ class Report:
         os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
 
     def add(self, key: str, row: dict) -> None:
+        """Append a row under ``key`` and rewrite the file."""
         self.data[key].append(row)
         self.write()
 
     def write(self) -> None:
+        """Write the JSON (temp file, then rename)."""
         tmp = self.path + ".tmp"
         with open(tmp, "w") as f:
             json.dump(self.data, f, indent=2)
