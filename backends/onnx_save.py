@@ -8,7 +8,6 @@ pointing out) is refused before anything is written.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
+from graphdl.atomic import temp_path_for
 from graphdl.backends.onnx_export import DEFAULT_OPSET, ExportError, as_graph, to_onnx
 
 PROTOBUF_LIMIT = 2 ** 31  # protobuf cannot serialize a message of 2 GB or more
@@ -146,8 +146,7 @@ def _safe_location(folder: Path, target: Path, external_data: bool | str) -> str
 
 
 def _temp(folder: Path, base: str, temps: list[str]) -> str:
-    fd, name = tempfile.mkstemp(dir=folder, prefix=f".{base}.", suffix=".tmp")
-    os.close(fd)
+    name = temp_path_for(folder / base)  # umask-respecting, unlike tempfile.mkstemp
     temps.append(name)
     return name
 

@@ -50,11 +50,15 @@ def _fold_bn_into_conv(m: Match):
     s, t = _bn_scale_shift(m, bn)
     w = conv.inputs[1]
     channels = w.shape[0]
-    w2 = m.op("Mul", w, m.op("Reshape", s, shape=(channels, 1, 1, 1)))  # W' = W * s
+    # the folded weights keep readable names (layer1.0.conv1.weight) through folding and export
+    w2 = m.op("Mul", w, m.op("Reshape", s, shape=(channels, 1, 1, 1)),
+              name=w.name)  # W' = W * s
+    bias_name = conv.inputs[2].name if len(conv.inputs) == 3 else (
+        f"{conv.name}.bias" if conv.name else None)
     if len(conv.inputs) == 3:
-        b2 = m.op("Add", m.op("Mul", conv.inputs[2], s), t)  # b' = b*s + t
+        b2 = m.op("Add", m.op("Mul", conv.inputs[2], s), t, name=bias_name)  # b' = b*s + t
     else:
-        b2 = t
+        b2 = m.op("Identity", t, name=bias_name)
     y = m.op("Conv", conv.inputs[0], w2, b2, name=conv.name, **conv.attrs)
     return (y, bn.inputs[3], bn.inputs[4])  # inference BN passes its running stats through
 

@@ -1,10 +1,13 @@
 """The shape of one op test case, shared by every op family's case table."""
 from __future__ import annotations
 
+import importlib
+import pathlib
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
+import pytest
 
 
 @dataclass
@@ -35,3 +38,19 @@ class OpCase:
 def rng(seed: int = 0) -> np.random.Generator:
     """A seeded generator for case inputs."""
     return np.random.default_rng(seed)
+
+
+def load_cases() -> dict[str, list[OpCase]]:
+    """CASES from every tests/op_cases*.py table (core, nn, loss, fused, ...), merged."""
+    cases: dict[str, list[OpCase]] = {}
+    for path in sorted(pathlib.Path(__file__).parent.glob("op_cases*.py")):
+        module = importlib.import_module(f"tests.{path.stem}")
+        for op, op_cases in getattr(module, "CASES", {}).items():
+            cases.setdefault(op, []).extend(op_cases)
+    return cases
+
+
+def case_params(cases: dict[str, list[OpCase]]) -> list:
+    """One pytest param per (op, case), with readable ids."""
+    return [pytest.param(op, case, id=f"{op}-{case.id or i}")
+            for op in sorted(cases) for i, case in enumerate(cases[op])]

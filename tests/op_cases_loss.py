@@ -1,5 +1,5 @@
 """Op cases for the loss family (graphdl/ops/loss.py) and the schedule math ops
-(graphdl/ops/trig.py: Floor, Cos, Sin), with torch references. tests/test_ops.py runs them."""
+(Floor, Cos and Sin in graphdl/ops/elementwise.py), with torch references. tests/test_ops.py runs them."""
 from __future__ import annotations
 
 import numpy as np

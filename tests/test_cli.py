@@ -28,8 +28,11 @@ def test_demo_runs_end_to_end(tmp_path):
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     results = json.loads((out / "results.json").read_text())
     assert results["epochs"] == 2 and 0.0 <= results["test_accuracy"] <= 1.0
-    assert results["onnx"]["status"] in ("ok", "unavailable")
-    assert results["optimize"]["status"] in ("ok", "unavailable")
+    assert results["onnx"]["status"] == "ok"
+    assert results["onnx"]["max_abs_diff"] <= 1e-5
+    assert results["optimize"]["status"] == "ok"
+    memory = results["optimize"]["memory"]
+    assert memory["lower_bound"] <= memory["planned"] <= memory["no_reuse"]
 
 
 def test_demo_without_sklearn_says_how_to_install(monkeypatch, capsys):

@@ -6,8 +6,6 @@ Cases marked ``onnx=False`` (random dropout masks) are still exported and checke
 """
 from __future__ import annotations
 
-import importlib
-import pathlib
 
 import numpy as np
 import onnx
@@ -20,23 +18,14 @@ import graphdl.passes  # noqa: F401  (fused ops register themselves with the pas
 from graphdl.backends.numpy_executor import NumpyExecutor
 from graphdl.backends.onnx_export import to_onnx
 from graphdl.ops.registry import REGISTRY, apply
+from tests.op_case import case_params, load_cases
 
 TOL = 1e-5
 
 
-def _load_cases() -> dict:
-    cases: dict = {}
-    for path in sorted(pathlib.Path(__file__).parent.glob("op_cases*.py")):
-        module = importlib.import_module(f"tests.{path.stem}")
-        for op, op_cases in getattr(module, "CASES", {}).items():
-            cases.setdefault(op, []).extend(op_cases)
-    return cases
-
-
-CASES = _load_cases()
+CASES = load_cases()
 OPS = sorted(name for name, op in REGISTRY.items() if not op.source)
-CASE_PARAMS = [pytest.param(op, case, id=f"{op}-{case.id or i}")
-               for op in sorted(CASES) for i, case in enumerate(CASES[op])]
+CASE_PARAMS = case_params(CASES)
 
 
 def _float32(case) -> list[np.ndarray]:

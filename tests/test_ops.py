@@ -6,8 +6,6 @@ and VJP match torch autograd when a case names a torch reference.
 """
 from __future__ import annotations
 
-import importlib
-import pathlib
 
 import numpy as np
 import pytest
@@ -16,25 +14,15 @@ import graphdl as gd
 import graphdl.passes  # noqa: F401  (fused ops register themselves with the passes)
 from graphdl.ir import FLOAT_DTYPES
 from graphdl.ops.registry import REGISTRY, OnnxLowering, apply, get_op
+from tests.op_case import case_params, load_cases
 
 FD_EPS = 1e-6
 FD_MAX_ELEMENTS = 96  # larger inputs get a seeded sample of elements checked
 
 
-def _load_cases() -> dict:
-    """CASES from every tests/op_cases*.py table (core, nn, loss, fused, ...)."""
-    cases: dict = {}
-    for path in sorted(pathlib.Path(__file__).parent.glob("op_cases*.py")):
-        module = importlib.import_module(f"tests.{path.stem}")
-        for op, op_cases in getattr(module, "CASES", {}).items():
-            cases.setdefault(op, []).extend(op_cases)
-    return cases
-
-
-CASES = _load_cases()
+CASES = load_cases()
 OPS = sorted(name for name, op in REGISTRY.items() if not op.source)
-CASE_PARAMS = [pytest.param(op, case, id=f"{op}-{case.id or i}")
-               for op in sorted(CASES) for i, case in enumerate(CASES[op])]
+CASE_PARAMS = case_params(CASES)
 
 
 def _arrays(case, float_dtype: str) -> list[np.ndarray]:

@@ -142,7 +142,14 @@ UNARY_RULES = {
     "Softplus": (_softplus_kernel, lambda F, n, g: [g[0] * F.sigmoid(n.inputs[0])],
                  _softplus_onnx, True),  # d softplus = sigmoid
     "Identity": (lambda xs, a, out: xs[0], lambda F, n, g: [g[0]], "Identity", False),
+    # Floor and Cos let learning-rate schedules (step decay, cosine) live inside the graph
+    "Floor": (_ufunc(np.floor), lambda F, n, g: [None], "Floor", True),  # derivative 0 a.e.
+    "Cos": (_ufunc(np.cos), lambda F, n, g: [-(g[0] * F.sin(n.inputs[0]))], "Cos",
+            True),  # d cos = -sin
+    "Sin": (_ufunc(np.sin), lambda F, n, g: [g[0] * F.cos(n.inputs[0])], "Sin",
+            True),  # d sin = cos
 }
+NON_DIFFERENTIABLE_UNARY = ("Sign", "Floor")  # derivative zero almost everywhere
 
 for _name, (_kernel, _vjp, _onnx, _float) in UNARY_RULES.items():
     register(OpDef(
@@ -150,7 +157,7 @@ for _name, (_kernel, _vjp, _onnx, _float) in UNARY_RULES.items():
         infer=(_float_same_type if _float else _same_type)(_name),
         kernel=_kernel, vjp=_vjp,
         onnx=_onnx if callable(_onnx) else (lambda a, ti, to, o, _t=_onnx: lower(_t)),
-        differentiable=_name != "Sign", elementwise=_name != "Identity",
+        differentiable=_name not in NON_DIFFERENTIABLE_UNARY, elementwise=_name != "Identity",
     ))
 
 
@@ -379,6 +386,9 @@ tanh = _unary("Tanh", "Hyperbolic tangent.")
 gelu = _unary("Gelu", "GELU, erf form: 0.5 x (1 + erf(x / sqrt 2)).")
 softplus = _unary("Softplus", "log(1 + exp(x)), computed stably.")
 identity = _unary("Identity", "The input, unchanged.")
+floor = _unary("Floor", "Elementwise largest integer <= x (same float dtype).")
+cos = _unary("Cos", "Elementwise cosine.")
+sin = _unary("Sin", "Elementwise sine.")
 zeros_like = _unary("ZerosLike", "Zeros with the shape and dtype of x.")
 
 
