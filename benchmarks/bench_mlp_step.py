@@ -83,13 +83,13 @@ def numpy_step(weights: list[np.ndarray]):
     return step
 
 
-def torch_step(weights: list[np.ndarray]):
+def torch_step(weights: list[np.ndarray], threads: int | None = None):
     """The same step in torch eager, or None without torch."""
     try:
         import torch
     except ImportError:
         return None
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(threads or os.cpu_count() or 1)
     w = [torch.tensor(a, requires_grad=True) for a in weights]
 
     def step(x, labels):
@@ -128,7 +128,21 @@ def main(argv=None) -> dict:
     ap.add_argument("--out", default="bench_out/mlp_step.json")
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--inner", type=int, default=20)
+    ap.add_argument("--threads", type=int, default=0,
+                    help="limit BLAS and torch to this many threads (0: library defaults); "
+                         "in one process OpenBLAS's spinning threads and torch's pool slow "
+                         "each other down, so 1 gives the cleanest comparison")
     args = ap.parse_args(argv)
+    if args.threads:
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(limits=args.threads, user_api="blas"):
+            return _run(args)
+    return _run(args)
+
+
+def _run(args) -> dict:
+    """Measure every contender in one process and write the JSON."""
 
     rng = np.random.default_rng(1)
     x = rng.standard_normal((BATCH, SIZES[0])).astype(np.float32)
@@ -143,7 +157,7 @@ def main(argv=None) -> dict:
     assert np.allclose(l_gd, l_np, rtol=1e-4), (l_gd, l_np)
 
     contenders = {"graphdl_numpy": f, "handwritten_numpy": numpy_step(weights)}
-    t_step = torch_step(weights)
+    t_step = torch_step(weights, args.threads or None)
     if t_step is not None:
         contenders["torch_eager"] = t_step
     # interleave the contenders round by round so machine noise hits them alike
@@ -155,7 +169,8 @@ def main(argv=None) -> dict:
     result = {
         "benchmark": "mlp_sgd_step",
         "config": {"sizes": SIZES, "batch": BATCH, "dtype": "float32", "lr": LR,
-                   "repeats": args.repeats, "inner": args.inner},
+                   "repeats": args.repeats, "inner": args.inner,
+                   "threads": args.threads or "library default"},
         "graph_nodes": len(f.graph.nodes),
         "ms": ms,
         "ratio_vs_handwritten_numpy": ms["graphdl_numpy"] / ms["handwritten_numpy"],
