@@ -226,13 +226,7 @@ class _Builder:
     def prune_dead_nodes(self) -> None:
         """Drop lowering nodes whose outputs nothing reads (an inference Dropout's mask),
         then the initializers only they read."""
-        needed = {v.name for v in self.outputs}
-        kept = []
-        for node in reversed(self.nodes):
-            if any(o in needed for o in node.output):
-                kept.append(node)
-                needed.update(i for i in node.input if i)
-        self.nodes = kept[::-1]
+        self.nodes, needed = live_nodes(self.nodes, [v.name for v in self.outputs])
         self.initializers = [t for t in self.initializers if t.name in needed]
 
     def const_label(self, node: Node, readable: dict[Value, str]) -> str:
@@ -480,3 +474,15 @@ def _version() -> str:
         return __version__
     except ImportError:  # pragma: no cover
         return "0"
+
+
+def live_nodes(nodes, output_names) -> tuple[list, set[str]]:
+    """The ONNX nodes the named outputs depend on, in their original order, and every value
+    name they read (dead nodes are neither exported nor imported)."""
+    needed = set(output_names)
+    kept = []
+    for node in reversed(list(nodes)):
+        if any(o in needed for o in node.output):
+            kept.append(node)
+            needed.update(i for i in node.input if i)
+    return kept[::-1], needed

@@ -18,6 +18,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from graphdl import tensor as F
+from graphdl.backends.onnx_export import live_nodes
 from graphdl.ir import DTYPES, FLOAT_DTYPES, Graph, GraphError, Node, Value, rebuild
 
 
@@ -144,7 +145,7 @@ class Importer:
             v = F.input(vi.name, _shape_of(vi), _dtype_of(vi))
             self.env[vi.name] = v
             inputs.append(v)
-        for node in _live_nodes(g):
+        for node in live_nodes(g.node, [v.name for v in g.output])[0]:
             self.node = node
             if node.domain not in ("", "ai.onnx"):
                 raise OnnxImportError(f"{self.where()}: op {node.domain}.{node.op_type} is "
@@ -224,17 +225,6 @@ class Importer:
                                   f"{err}") from None
         it = iter(results)
         return [np.asarray(next(it)) if o else None for o in node.output]
-
-
-def _live_nodes(g: onnx.GraphProto) -> list[onnx.NodeProto]:
-    """The nodes the graph outputs depend on, in file order (dead ones are never imported)."""
-    needed = {v.name for v in g.output}
-    live = []
-    for node in reversed(g.node):
-        if any(o in needed for o in node.output):
-            live.append(node)
-            needed.update(i for i in node.input if i)
-    return live[::-1]
 
 
 def _rules() -> dict[str, Callable]:
