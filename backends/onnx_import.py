@@ -46,9 +46,12 @@ SHAPE_ARITHMETIC = {"Shape", "Gather", "Unsqueeze", "Squeeze", "Concat", "Slice"
 class Importer:
     """State of one import: ONNX names -> graphdl values or known constants."""
 
-    def __init__(self, model: onnx.ModelProto, as_params: bool = True):
+    def __init__(self, model: onnx.ModelProto, as_params: bool = True, budget=None):
+        from graphdl.backends.import_budget import FoldMeter, ImportBudget
+
         self.model = model
         self.as_params = as_params
+        self.meter = FoldMeter(budget or ImportBudget())  # import-time evaluation limits
         self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),
                           1)
         g = model.graph
@@ -170,6 +173,11 @@ class Importer:
                     raise
                 except GraphError as err:
                     raise OnnxImportError(f"{self.where()}: {err}") from None
+                except (KeyError, IndexError, TypeError, ValueError, AttributeError,
+                        OverflowError, ZeroDivisionError, UnicodeError) as err:
+                    # a malformed node (missing attribute, wrong attribute type, missing input)
+                    raise OnnxImportError(f"{self.where()}: malformed node "
+                                          f"({type(err).__name__}: {err})") from None
             for out_name, out in zip(node.output, outs):
                 if not out_name:
                     continue
@@ -208,16 +216,18 @@ class Importer:
                 raise OnnxImportError(f"{self.where()}: {node.op_type} over a symbolic shape "
                                       "is not supported")
             return fold_symbolic(self, node, attrs, arrays)
-        from onnx.reference import ReferenceEvaluator
-
         feeds = {n: a for n, a in zip(node.input, arrays) if n}
         inputs = [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(a.dtype),
                                                 list(a.shape)) for n, a in feeds.items()]
         outputs = [helper.make_empty_tensor_value_info(o) for o in node.output if o]
         graph = helper.make_graph([node], "fold", inputs, outputs)
         model = helper.make_model(graph, opset_imports=list(self.model.opset_import))
+        from graphdl.backends.import_budget import BudgetExceeded, over_budget
+
         try:
-            results = ReferenceEvaluator(model).run(None, feeds)
+            results = self.meter.evaluate(model, feeds)
+        except BudgetExceeded as err:  # too big or too long to fold: a runtime node, or refuse
+            return over_budget(self, node, attrs, err)
         except Exception as err:  # noqa: BLE001  (the reference evaluator raises anything)
             if node.op_type not in _rules():
                 raise OnnxImportError(self.unsupported(node)) from None
@@ -262,20 +272,18 @@ def _rename(graph: Graph, names: dict[int, str]) -> Graph:
 
 
 def from_onnx(model_or_path: onnx.ModelProto | str | os.PathLike,
-              name: str | None = None, as_params: bool = True) -> Graph:
+              name: str | None = None, as_params: bool = True, budget=None) -> Graph:
     """Import an ONNX model (or file, external data included) as an inference Graph.
 
     ``as_params=True`` turns float weight initializers into Params (trainable Variables
-    named after the initializers); False makes every initializer a constant.
+    named after the initializers); False makes every initializer a constant. ``budget``
+    (an :class:`~graphdl.backends.import_budget.ImportBudget`) limits what evaluating
+    constant nodes at import may cost.
     """
+    from graphdl.backends.onnx_file import check_model_proto, read_model
+
     if isinstance(model_or_path, onnx.ModelProto):
-        model = model_or_path
+        model = check_model_proto(model_or_path)
     else:
-        try:
-            model = onnx.load(os.fspath(model_or_path))
-        except (OSError, onnx.onnx_cpp2py_export.checker.ValidationError) as err:
-            raise OnnxImportError(f"cannot read ONNX model {model_or_path}: {err}") from None
-        except Exception as err:  # noqa: BLE001  (protobuf's DecodeError and friends)
-            raise OnnxImportError(f"{model_or_path} is not a readable ONNX model: "
-                                  f"{err}") from None
-    return Importer(model, as_params).run(name)
+        model = read_model(model_or_path)  # header rules, external data under the path policy
+    return Importer(model, as_params, budget).run(name)

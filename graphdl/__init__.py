@@ -16,3 +16,4 @@ from graphdl.compile import compile, export_onnx  # noqa: E402
 from graphdl.model import Model, Sequential  # noqa: E402
 from graphdl.modes import set_training, state_updates  # noqa: E402
 from graphdl.optimize import optimize  # noqa: E402
+from graphdl.backends.import_budget import ImportBudget  # noqa: E402

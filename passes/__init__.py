@@ -20,7 +20,7 @@ __all__ = ["DEFAULT_PIPELINE", "PASSES", "Pass", "PassContext", "Stage", "optimi
 
 
 def cli_optimize(in_path: str, out_path: str, report_path: str | None = None,
-                 quiet: bool = False):
+                 quiet: bool = False, budget=None):
     """``graphdl optimize IN.onnx -o OUT.onnx [--report R.json]``: import, optimize, export,
     print the report table (unless ``quiet``); returns the ``OptimizeResult``.
 
@@ -28,4 +28,4 @@ def cli_optimize(in_path: str, out_path: str, report_path: str | None = None,
     """
     from graphdl.optimize import cli_optimize as run
 
-    return run(in_path, out_path, report_path, quiet=quiet)
+    return run(in_path, out_path, report_path, quiet=quiet, budget=budget)
