@@ -27,7 +27,7 @@ EXIT_CODES = {"ok": 0, "check_failed": 1, "usage": 2, "refused_input": 3, "write
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every subcommand."""
-    from graphdl import __version__
+    from graphdl.version import __version__  # lazy: keeps --help off the op library
     from graphdl.demo import DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS
 
     parser = argparse.ArgumentParser(
@@ -147,7 +147,7 @@ def _dispatch(args: argparse.Namespace, extra: list[str]) -> int:
         print_info(args.file)
         return 0
     if args.command == "optimize":
-        from graphdl.passes import cli_optimize
+        from graphdl.optimize import cli_optimize
 
         _require_file(args.input)
         options = {}
@@ -155,7 +155,7 @@ def _dispatch(args: argparse.Namespace, extra: list[str]) -> int:
             from graphdl.backends.import_budget import ImportBudget
 
             options["budget"] = ImportBudget.parse(args.import_budget)
-        result = cli_optimize(args.input, args.output, args.report, **options)
+        result = cli_optimize(args.input, args.output, args.report, quiet=False, **options)
         return result if isinstance(result, int) else 0
     if args.command == "bench":
         from graphdl import bench
