@@ -111,6 +111,9 @@ def check_header(model: onnx.ModelProto, shown: str) -> None:
             raise OnnxFileError(f"{shown}: opset {version} for domain "
                                 f"{domain or 'ai.onnx'!r} is not valid (graphdl reads "
                                 f"{low} to {high})")
+    for t in _every_tensor(model):
+        if any(d < 0 for d in t.dims):
+            raise OnnxFileError(f"{shown}: tensor {t.name!r} has negative dims {list(t.dims)}")
     known = set(TensorProto.DataType.values()) - {TensorProto.UNDEFINED}
     for where, elem in _element_types(model.graph, "graph"):
         if elem not in known:

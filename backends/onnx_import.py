@@ -107,7 +107,8 @@ class Importer:
                                   "output graphdl does not produce)")
         if value.dtype == object:
             raise OnnxImportError(f"{self.where()}: {name!r} holds a shape with symbolic "
-                                  f"dimensions {list(value)}, used as a tensor; graphdl "
+                                  f"dimensions {list(value.reshape(-1))}, used as a "
+                                  "tensor; graphdl "
                                   "supports shape arithmetic only into Reshape/Expand")
         if value.dtype.name not in DTYPES:
             raise OnnxImportError(f"{self.where()}: {name!r} has dtype {value.dtype}, which "
@@ -215,7 +216,13 @@ class Importer:
             if node.op_type not in SHAPE_ARITHMETIC:
                 raise OnnxImportError(f"{self.where()}: {node.op_type} over a symbolic shape "
                                       "is not supported")
-            return fold_symbolic(self, node, attrs, arrays)
+            try:
+                return fold_symbolic(self, node, attrs, arrays)
+            except OnnxImportError:
+                raise
+            except Exception as err:  # noqa: BLE001  (malformed shape arithmetic)
+                raise OnnxImportError(f"{self.where()}: cannot evaluate it on a symbolic "
+                                      f"shape ({type(err).__name__}: {err})") from None
         feeds = {n: a for n, a in zip(node.input, arrays) if n}
         inputs = [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(a.dtype),
                                                 list(a.shape)) for n, a in feeds.items()]
@@ -254,7 +261,11 @@ def _shape_of(vi: onnx.ValueInfoProto) -> tuple:
 
 
 def _dtype_of(vi: onnx.ValueInfoProto) -> str:
-    dtype = np.dtype(helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type)).name
+    elem = vi.type.tensor_type.elem_type
+    if not vi.type.HasField("tensor_type") or elem not in helper.get_all_tensor_dtypes():
+        raise OnnxImportError(f"graph input {vi.name!r} is not a tensor of a known element "
+                              f"type (type {vi.type.WhichOneof('value')}, element type {elem})")
+    dtype = np.dtype(helper.tensor_dtype_to_np_dtype(elem)).name
     if dtype not in DTYPES:
         raise OnnxImportError(f"graph input {vi.name!r} has dtype {dtype}, which graphdl does "
                               f"not support ({', '.join(DTYPES)})")
@@ -283,7 +294,17 @@ def from_onnx(model_or_path: onnx.ModelProto | str | os.PathLike,
     from graphdl.backends.onnx_file import check_model_proto, read_model
 
     if isinstance(model_or_path, onnx.ModelProto):
-        model = check_model_proto(model_or_path)
+        model, shown = check_model_proto(model_or_path), "ONNX model"
     else:
         model = read_model(model_or_path)  # header rules, external data under the path policy
-    return Importer(model, as_params, budget).run(name)
+        shown = os.fspath(model_or_path)
+    try:
+        return Importer(model, as_params, budget).run(name)
+    except GraphError as err:  # OnnxImportError included: one line, naming the file
+        text = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+        raise OnnxImportError(f"{shown}: {text}") from None
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError, OverflowError,
+            ZeroDivisionError, UnicodeError, RecursionError) as err:
+        # outside any one node's rule: a malformed graph (dangling names, odd types)
+        raise OnnxImportError(f"{shown}: malformed model ({type(err).__name__}: "
+                              f"{err})") from None
