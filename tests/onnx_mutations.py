@@ -279,9 +279,8 @@ def m_header(rng, model):
     elif choice == 3:
         model.opset_import.append(helper.make_opsetid(rng.choice(["", "ai.onnx", "x"]),
                                                       rng.choice([1, 17, 0])))
-    else:
-        model.opset_import[0].domain = rng.choice(["ai.onnx", "custom", ""]) \
-            if model.opset_import else ""
+    elif model.opset_import:
+        model.opset_import[0].domain = rng.choice(["ai.onnx", "custom", ""])
 
 
 def m_data(rng, model):
