@@ -8,6 +8,8 @@ from typing import Any
 import numpy as np
 import onnx
 from onnx import TensorProto, helper
+from rich.console import Console
+from rich.table import Table
 
 from graphdl.backends.onnx_external import tensor_nbytes
 
@@ -97,9 +99,6 @@ def _printable(value: Any) -> Any:
 
 def print_info(path: str | os.PathLike, console=None) -> dict[str, Any]:
     """Print :func:`describe` as rich tables; returns the summary."""
-    from rich.console import Console
-    from rich.table import Table
-
     raw = describe(path)
     info = _printable(raw)
     console = console or Console()

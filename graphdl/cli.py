@@ -1,7 +1,7 @@
 """The ``graphdl`` command line: ``demo``, ``info``, ``optimize`` and ``bench``.
 
-Each subcommand imports what it needs when it runs, so ``graphdl --help`` stays fast and a
-missing optional part only affects its own command.
+Subcommands that need ONNX or ONNX Runtime import them when they run, so ``graphdl --help``
+stays fast and a missing optional part only affects its own command.
 
 A refusal is one line on stderr (``graphdl CMD: error: ...``), never a traceback. Exit
 statuses (see :data:`EXIT_CODES`):
@@ -20,6 +20,10 @@ import argparse
 import sys
 from typing import Sequence
 
+from graphdl.demo import DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS, run_demo
+from graphdl.ir import GraphError
+from graphdl.optimize import cli_optimize
+from graphdl.version import __version__
 
 EXIT_CODES = {"ok": 0, "check_failed": 1, "usage": 2, "refused_input": 3, "write_failed": 4,
               "interrupted": 130}
@@ -27,9 +31,6 @@ EXIT_CODES = {"ok": 0, "check_failed": 1, "usage": 2, "refused_input": 3, "write
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every subcommand."""
-    from graphdl.version import __version__  # lazy: keeps --help off the op library
-    from graphdl.demo import DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS
-
     parser = argparse.ArgumentParser(
         prog="graphdl", description="graphdl: a deep learning framework built as a graph "
         "compiler (typed IR, symbolic gradients, optimization passes, NumPy and ONNX Runtime "
@@ -106,8 +107,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _exit_code(err: Exception) -> int | None:
     """The exit status for an expected failure, None for a bug."""
-    from graphdl.ir import GraphError
-
     name = type(err).__name__
     if any(c.__name__ in ("OnnxImportError", "ModelFileError", "WeightsMismatchError")
            for c in type(err).__mro__):
@@ -122,14 +121,11 @@ def _exit_code(err: Exception) -> int | None:
 
 def _one_line(err: Exception) -> str:
     text = str(err) or type(err).__name__
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return "; ".join(lines)
+    return "; ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
 def _dispatch(args: argparse.Namespace, extra: list[str]) -> int:
     if args.command == "demo":
-        from graphdl.demo import run_demo
-
         results = run_demo(epochs=2 if args.quick else args.epochs, out_dir=args.out,
                            seed=args.seed, batch_size=args.batch_size,
                            verbose=0 if args.quiet else 1, threads=args.threads)
@@ -141,14 +137,12 @@ def _dispatch(args: argparse.Namespace, extra: list[str]) -> int:
             return 1
         return 0
     if args.command == "info":
-        from graphdl.backends.onnx_info import print_info
+        from graphdl.backends.onnx_info import print_info  # lazy: onnx loads in ~0.7 s
 
         _require_file(args.file)
         print_info(args.file)
         return 0
     if args.command == "optimize":
-        from graphdl.optimize import cli_optimize
-
         _require_file(args.input)
         options = {}
         if args.import_budget is not None:
@@ -158,7 +152,7 @@ def _dispatch(args: argparse.Namespace, extra: list[str]) -> int:
         result = cli_optimize(args.input, args.output, args.report, quiet=False, **options)
         return result if isinstance(result, int) else 0
     if args.command == "bench":
-        from graphdl import bench
+        from graphdl import bench  # lazy: bench loads onnx and onnxruntime (~1.5 s)
 
         result = bench.run(extra)
         return result if isinstance(result, int) else 0
