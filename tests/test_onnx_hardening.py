@@ -352,3 +352,34 @@ def test_in_memory_models_with_external_references_are_refused():
     with pytest.raises(OnnxFileError, match="refers to external data"):
         from_onnx(model)
     assert onnx.IR_VERSION >= 3
+
+
+def test_info_prints_names_as_plain_text(tmp_path, capsys):
+    """Rich markup and terminal escapes in a model's names are shown, not interpreted."""
+    from graphdl.cli import main
+
+    model = _model([helper.make_node("Relu", ["[/]"], ["y"], name="r")],
+                   [_vi("[/]", [2])], [_vi("y", [2])])
+    model.graph.name = "evil\x1b[2J[bold]name"
+    path = _write(tmp_path, model)
+    assert main(["info", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b[2J" not in out and "[bold]" in out and "[/]" in out
+
+
+def test_cli_exit_statuses(tmp_path, capsys):
+    from graphdl.cli import main
+
+    bad = tmp_path / "x.onnx"
+    bad.write_bytes(b"hello")
+    assert main(["info", str(bad)]) == 3
+    assert main(["optimize", str(bad), "-o", str(tmp_path / "o.onnx")]) == 3
+    assert main(["info", str(tmp_path / "missing.onnx")]) == 2
+    good = _write(tmp_path, _relu_model())
+    assert main(["optimize", str(good), "-o", str(tmp_path / "nodir" / "o.onnx")]) == 4
+    assert main(["optimize", str(good), "-o", str(tmp_path / "o.onnx"),
+                 "--import-budget", "bogus=1"]) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line]
+    assert len(lines) == 5 and all(line.startswith("graphdl ") for line in lines)
+    assert "Traceback" not in err
