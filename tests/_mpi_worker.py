@@ -104,6 +104,30 @@ class Fault(Callback):
             raise ValueError("rank 1 hit a bad batch on purpose")
 
 
+def nan(out: str) -> None:
+    """One sample of rank 1's 6th batch overflows; every rank must stop at that step."""
+    import re
+
+    from graphdl.training import NonFiniteLossError
+
+    dp = DataParallel("mpi", timeout=20.0)
+    model = mlp()
+    model.set_weights([10 * w for w in model.get_weights()])  # so that 1e308 overflows
+    model.compile("sgd", "cross_entropy", distributed=dp)
+    X, y = data()
+    order = np.random.default_rng(3).permutation(len(y))
+    X[order[5 * 2 * B + B + 1]] = 1e308  # global step 6, rank 1's block
+    rec = StepLosses()
+    try:
+        model.fit(X, y, epochs=1, batch_size=B, seed=3, verbose=0, callbacks=[rec])
+        step = -1
+    except NonFiniteLossError as err:
+        step = int(re.search(r"batch (\d+)/", str(err)).group(1))
+        print(f"rank {dp.rank}: {err}", flush=True)
+    weights = np.concatenate([np.ravel(w) for w in model.get_weights()])
+    np.save(os.path.join(out, f"nan_{dp.rank}.npy"), np.r_[step, len(rec.losses), weights])
+
+
 def fault(how: str) -> None:
     dp = DataParallel("mpi", timeout=5.0)
     fit(mlp(), "sgd", B, dp, callbacks=[Fault(how, dp.rank)])
@@ -112,4 +136,4 @@ def fault(how: str) -> None:
 
 if __name__ == "__main__":
     mode, target = sys.argv[1], sys.argv[2]
-    train(target) if mode == "train" else fault(mode)
+    {"train": train, "nan": nan}.get(mode, lambda out: fault(mode))(target)

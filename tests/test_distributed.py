@@ -63,6 +63,16 @@ def test_synchronized_batchnorm_equals_one_process_on_the_full_batch(trained):
     np.testing.assert_allclose(trained("syncbn", 1), want, rtol=0, atol=1e-12)
 
 
+def test_a_nan_on_one_rank_stops_every_rank_at_the_same_step(tmp_path):
+    proc, _ = _mpiexec(["nan", str(tmp_path)], timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    r0, r1 = (np.load(tmp_path / f"nan_{rank}.npy") for rank in (0, 1))
+    assert r0[0] == r1[0] == 6  # both stopped at batch 6 of the epoch
+    assert r0[1] == r1[1] == 5  # after 5 committed steps
+    np.testing.assert_array_equal(r0[2:], r1[2:])  # the weights from before step 6, kept
+    assert np.isfinite(r0[2:]).all()
+
+
 @pytest.mark.parametrize("how", ["raise", "kill", "hang"])
 def test_a_failing_rank_ends_the_job_with_a_clear_message(tmp_path, how):
     proc, seconds = _mpiexec([how, str(tmp_path)], timeout=60)
