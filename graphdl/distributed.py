@@ -123,17 +123,17 @@ class DataParallel:
 
 def pipeline(bucket_bytes: int | None):
     """The default pass pipeline, plus gradient bucketing before the schedule stage."""
-    from graphdl.passes import DEFAULT_PIPELINE, Pass, Stage
+    from graphdl.passes import PIPELINES, Pass, Stage
     from graphdl.passes.bucket import bucket_gradients
 
     if bucket_bytes is None:
-        return DEFAULT_PIPELINE
+        return PIPELINES["training"]
     bucket = Pass("bucket_gradients",
                   lambda g, ctx: bucket_gradients(g, bucket_bytes, ctx.stats),
                   doc="pack gradient all-reduces into flat buckets")
-    stages = [s for s in DEFAULT_PIPELINE if s.name != "schedule"]
+    stages = [s for s in PIPELINES["training"] if s.name != "schedule"]
     stages.append(Stage("distributed", (bucket,), fixed_point=False))
-    stages += [s for s in DEFAULT_PIPELINE if s.name == "schedule"]
+    stages += [s for s in PIPELINES["training"] if s.name == "schedule"]
     return tuple(stages)
 
 
