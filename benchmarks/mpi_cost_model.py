@@ -8,9 +8,8 @@ Ring all-reduce of ``n`` bytes over ``p`` ranks: ``2 (p - 1)`` steps, each payin
 
 With gradients in buckets ``n_1..n_k`` the step pays ``sum_i T(n_i, p)``. A data-parallel step
 is ``compute + exposed communication``; with overlap, the all-reduce of a bucket runs while
-the rest of the backward pass computes, so only what does not fit in the overlap window
-(a fraction of the backward time) is exposed. Weak-scaling efficiency is
-``compute / step``.
+the rest of the backward pass computes, so only what runs past the backward pass is exposed
+(see :func:`step_seconds`). Weak-scaling efficiency is ``compute / step``.
 """
 from __future__ import annotations
 
@@ -74,14 +73,29 @@ def bucket_sizes(total_bytes: float, bucket_bytes: float | None,
 
 
 def step_seconds(compute: float, buckets: list[float], ranks: int, link: AlphaBeta,
-                 overlap_fraction: float = 0.0) -> float:
-    """Compute plus the exposed all-reduce time; ``overlap_fraction`` of ``compute`` (the
-    backward pass after the first bucket is ready) can hide communication."""
-    comm = link.buckets_seconds(buckets, ranks)
-    return compute + max(0.0, comm - overlap_fraction * compute)
+                 overlap: bool = False, backward_fraction: float = 2.0 / 3.0) -> float:
+    """Compute plus the exposed all-reduce time.
+
+    Without overlap every all-reduce runs after the backward pass. With overlap, bucket i is
+    ready when the backward pass has produced its share of the gradient bytes (buckets in
+    backward order over the last ``backward_fraction`` of the compute) and the link reduces
+    one bucket at a time, so only what runs past the end of the backward pass is exposed
+    (at least the last bucket's all-reduce).
+    """
+    if not overlap:
+        return compute + link.buckets_seconds(buckets, ranks)
+    total = sum(buckets) or 1.0
+    forward = compute * (1.0 - backward_fraction)
+    backward = compute * backward_fraction
+    link_free, done = 0.0, 0.0
+    for b in buckets:
+        done += b
+        ready = forward + backward * done / total
+        link_free = max(ready, link_free) + link.allreduce_seconds(b, ranks)
+    return max(compute, link_free)
 
 
 def efficiency(compute: float, buckets: list[float], ranks: int, link: AlphaBeta,
-               overlap_fraction: float = 0.0) -> float:
+               overlap: bool = False) -> float:
     """Weak-scaling efficiency: one rank's step over the ``ranks``-rank step."""
-    return compute / step_seconds(compute, buckets, ranks, link, overlap_fraction)
+    return compute / step_seconds(compute, buckets, ranks, link, overlap)

@@ -43,14 +43,17 @@ DEFAULT_BUCKET_BYTES = 25 * 2 ** 20
 @dataclass
 class DataParallel:
     """How a model trains data-parallel: the communicator, the gradient bucket size in bytes
-    (``None``: no bucketing), synchronized BatchNorm, the collective timeout (seconds), and
-    whether the last uneven samples are dropped (else padded from the epoch's start)."""
+    (``None``: no bucketing), synchronized BatchNorm, the collective timeout (seconds),
+    whether the last uneven samples are dropped (else padded from the epoch's start), and
+    ``host_reduce``: run the step as a gradient graph and an apply graph with the all-reduce
+    between them on host buffers (:mod:`graphdl.split_step`; what ONNX Runtime needs)."""
 
     comm: Any = "mpi"
     bucket_bytes: int | None = DEFAULT_BUCKET_BYTES
     sync_batchnorm: bool = False
     timeout: float = DEFAULT_TIMEOUT_S
     drop_last: bool = False
+    host_reduce: bool = False
     report: Any = field(default=None, repr=False)
 
     def __post_init__(self):
@@ -82,12 +85,20 @@ class DataParallel:
         return model.train_step_graph(loss, optimizer, forward_hook=forward,
                                       grad_hook=average_gradients)
 
-    def compile_train_step(self, model, loss, optimizer):
+    def compile_train_step(self, model, loss, optimizer, compile_fn=None):
         """Optimize the data-parallel train step (bucketing included), bind the communicator
-        and return the compiled :class:`graphdl.function.Function`."""
+        and return the compiled :class:`graphdl.function.Function`; with ``host_reduce`` (or
+        a ``compile_fn(graph)`` for each half, e.g. an ONNX Runtime session) a
+        :class:`graphdl.split_step.SplitStep`."""
         from graphdl.function import Function
 
         graph, self.report = self.optimize(self.train_step_graph(model, loss, optimizer))
+        if self.host_reduce or compile_fn is not None:
+            from graphdl.split_step import SplitStep
+
+            step = SplitStep(graph, self.comm, compile_fn)
+            step.report = self.report
+            return step
         return Function(bind_communicator(graph, self.comm), report=self.report)
 
     def optimize(self, graph: Graph):

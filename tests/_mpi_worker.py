@@ -77,6 +77,7 @@ def train(out: str) -> None:
             ("sgd", mlp, "sgd", {"bucket_bytes": None}),
             ("adam", mlp, "adam", {"bucket_bytes": None}),
             ("adam_bucketed", mlp, "adam", {"bucket_bytes": 700}),
+            ("adam_host", mlp, "adam", {"bucket_bytes": 700, "host_reduce": True}),
             ("syncbn", bn_mlp, "adam", {"sync_batchnorm": True})):
         dp = DataParallel("mpi", timeout=60.0, **options)
         model = build()

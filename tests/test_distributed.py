@@ -57,6 +57,12 @@ def test_bucketing_changes_no_result_and_cuts_the_collectives(trained):
     assert unbucketed_calls == 1 + W.STEPS * (4 + 1)
 
 
+def test_gradient_and_apply_graphs_with_a_host_all_reduce_give_the_same_training(trained):
+    # the split ONNX Runtime needs, run here on the NumPy executor
+    np.testing.assert_allclose(trained("adam_host"), trained("adam"), rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(trained("adam_host", 0), trained("adam_host", 1))
+
+
 def test_synchronized_batchnorm_equals_one_process_on_the_full_batch(trained):
     want = W.fit(W.bn_mlp(), "adam", 2 * W.B)  # weights include the running statistics
     np.testing.assert_allclose(trained("syncbn", 0), want, rtol=0, atol=1e-12)
@@ -86,3 +92,16 @@ def test_a_failing_rank_ends_the_job_with_a_clear_message(tmp_path, how):
         assert "BAD TERMINATION" in text and "signal 9" in text, text
     else:  # rank 0's watchdog gives up on the collective after the 5 s timeout
         assert "rank 0/2: AllReduce" in text and "did not complete within 5 s" in text, text
+
+
+def test_demo_on_two_ranks(tmp_path):
+    import json
+
+    proc = subprocess.run([sys.executable, "-m", "graphdl.cli", "demo", "--ranks", "2",
+                           "--quick", "--quiet", "--out", str(tmp_path)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "data-parallel on 2 MPI ranks" in proc.stdout
+    assert proc.stdout.count("test accuracy") == 1  # rank 0 reports, once
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["ranks"] == 2 and results["test_accuracy"] >= 0.95  # 2 epochs (--quick)

@@ -74,3 +74,16 @@ def test_checkpoints_are_written_by_rank_zero(tmp_path):
     model.fit(X[:16], y[:16], epochs=2, batch_size=8, verbose=0, callbacks=[cb])
     assert [p.rsplit("/", 1)[-1] for p in cb.saved] == ["ckpt_1.npz", "ckpt_2.npz"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt_1.npz", "ckpt_2.npz"]
+
+
+def test_the_split_step_trains_like_the_whole_step_and_refuses_synchronized_batchnorm():
+    from graphdl.ir import GraphError
+    from graphdl.split_step import split_train_step
+
+    want = W.fit(W.mlp(), "sgd", W.B)
+    got = W.fit(W.mlp(), "sgd", W.B, DataParallel("local", host_reduce=True))
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
+    dp = DataParallel("local", sync_batchnorm=True)
+    graph = dp.train_step_graph(W.bn_mlp(), "cross_entropy", "sgd")
+    with pytest.raises(GraphError, match="all-reduces inside its forward pass"):
+        split_train_step(graph)
