@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from graphdl.ir import Graph, GraphError, Node, Value, rebuild
+from graphdl.ir import Graph, GraphError, Node, Value, toposort
 from graphdl.ops.registry import get_op
 
 
@@ -63,13 +63,12 @@ def split_train_step(graph: Graph) -> SplitGraphs:
     grad_side = [(var, v) for var, v in graph.updates if not _reaches(v.node, cut_ids)]
     gradient = Graph(graph.inputs, list(graph.outputs) + [n.inputs[0] for n in cut],
                      grad_side, name=f"{graph.name}_gradients")
-    replaced = rebuild(Graph(graph.inputs, [], apply_side, name=graph.name),
-                       lambda node, inputs: [reduced[id(node)]] if id(node) in reduced
-                       else None)
-    needed = _inputs_reached(replaced)
+    new_values = _substitute([v for _, v in apply_side], reduced)
+    needed = {id(n) for n in toposort(new_values) if n.op == "Input"}
     apply_inputs = [reduced[id(n)] for n in cut] + [v for v in graph.inputs
                                                     if id(v.node) in needed]
-    apply = Graph(apply_inputs, [], replaced.updates, name=f"{graph.name}_apply")
+    apply = Graph(apply_inputs, [], [(var, v) for (var, _), v in zip(apply_side, new_values)],
+                  name=f"{graph.name}_apply")
     return SplitGraphs(gradient, apply, [n.attrs.get("reduction", "sum") for n in cut],
                        len(graph.outputs))
 
@@ -88,8 +87,19 @@ def _reaches(start: Node, targets: set[int]) -> bool:
     return False
 
 
-def _inputs_reached(graph: Graph) -> set[int]:
-    return {id(n) for n in graph.nodes if n.op == "Input"}
+def _substitute(values: list[Value], replace: dict[int, Value]) -> list[Value]:
+    """``values`` rebuilt with the nodes in ``replace`` (by id) swapped for the given values."""
+    mapping: dict[Value, Value] = {}
+    for node in toposort(values):
+        if id(node) in replace:
+            mapping[node.outputs[0]] = replace[id(node)]
+            continue
+        inputs = [mapping.get(v, v) for v in node.inputs]
+        if all(a is b or a == b for a, b in zip(inputs, node.inputs)):
+            continue
+        new = Node(node.op, inputs, node.attrs, node.types, node.name, node.site)
+        mapping.update(zip(node.outputs, new.outputs))
+    return [mapping.get(v, v) for v in values]
 
 
 class SplitStep:
