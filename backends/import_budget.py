@@ -1,23 +1,28 @@
-"""Budgets on import-time evaluation: what folding a constant node may cost.
+"""Budgets on import-time evaluation: what folding constants may cost.
 
-The importer evaluates a node whose inputs are all constants through ``onnx.reference``
-(shape arithmetic, folded weights, control flow over constants). A model file is untrusted,
-so each evaluation runs under an :class:`ImportBudget`:
+The importer evaluates a node whose inputs are all constants (shape arithmetic through
+:mod:`graphdl.backends.onnx_import_shapes`, everything else through graphdl's own rules and
+kernels). A model file is untrusted, so each evaluation runs under an :class:`ImportBudget`:
 
-- every result's size is estimated from its declared inputs (``ConstantOfShape``'s shape,
-  ``Expand``, ``Tile``, ``Range``, ``OneHot``, ``Pad``, ``Resize``, broadcasting, ``MatMul``;
-  onnx shape inference for the rest) and checked **before** anything is allocated;
-- ``Loop`` trip counts and ``Scan`` lengths are checked before the first iteration, and
-  every op run inside a subgraph counts toward a step limit and a wall-clock limit;
-- a result over ``max_fold_bytes`` is not folded: an op graphdl can run is imported as a
-  runtime node instead, and one it cannot (Loop, Range, ...) is refused with an error naming
-  the node and the budget.
+- sizes are checked **before** anything is allocated: ``ConstantOfShape``, ``Range``,
+  ``Expand``, ``Tile``, ``OneHot``, ``Pad``, ``Resize``, ``Gather`` and broadcasting ops are
+  estimated from their declared inputs, and every node a rule builds is typed (static
+  shapes) before the NumPy executor runs it;
+- a result over ``max_fold_bytes`` is not folded: an op graphdl can run becomes a runtime
+  node (computed when the model runs, never at import), and one it cannot is refused with an
+  error naming the node and the budget;
+- ``Loop`` trip counts and ``Scan`` lengths are checked against ``max_loop_iterations``
+  before a first iteration (graphdl has no Loop/Scan rule today, so they are refused as
+  unsupported ops before any evaluation); every fold counts toward ``max_steps``, all folded
+  results toward ``max_total_bytes``, and folding time toward ``max_seconds`` (checked
+  between folds: one fold is bounded by the size cap).
 
-Raise the budgets explicitly: ``gd.import_onnx(path, budget=ImportBudget(max_fold_bytes=...))``
-or ``graphdl optimize --import-budget fold_mb=64,steps=1e6,seconds=60``.
+Raise the budgets explicitly: ``from_onnx(path, budget=gd.ImportBudget(max_fold_bytes=...))``
+or ``graphdl optimize IN -o OUT --import-budget fold_mb=64,steps=1e6,seconds=60``.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import time
@@ -83,22 +88,14 @@ class FoldMeter:
         self.budget = budget
         self.steps = 0
         self.bytes = 0
-        self.seconds = 0.0  # spent in finished folds
-        self._started: float | None = None  # the fold under way
-        self._shapes: dict[Any, Any] = {}
+        self.seconds = 0.0  # spent in folds so far
 
     def tick(self, node: onnx.NodeProto | None) -> None:
-        """Count one op (or one subgraph run) and check the step and time limits."""
+        """Count one evaluation against the step limit."""
         self.steps += 1
-        b = self.budget
-        if self.steps > b.max_steps:
-            raise BudgetExceeded(f"more than {b.max_steps:,} ops run while folding constants "
-                                 "(ImportBudget.max_steps)", node)
-        if self._started is not None and (self.steps % 32 == 0 or b.max_seconds < 1):
-            elapsed = self.seconds + time.monotonic() - self._started
-            if elapsed > b.max_seconds:
-                raise BudgetExceeded(f"folding constants took over {b.max_seconds:g} s "
-                                     "(ImportBudget.max_seconds)", node)
+        if self.steps > self.budget.max_steps:
+            raise BudgetExceeded(f"more than {self.budget.max_steps:,} evaluations while "
+                                 "folding constants (ImportBudget.max_steps)", node)
 
     def check_result_bytes(self, nbytes: int, node: onnx.NodeProto | None,
                            what: str = "its result") -> None:
@@ -117,21 +114,28 @@ class FoldMeter:
             raise BudgetExceeded(f"folded constants total {_fmt_bytes(self.bytes)}, over "
                                  f"{_fmt_bytes(cap)} (ImportBudget.max_total_bytes)", node)
 
-    def evaluate(self, model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list:
-        """Run a one-node model under the budget (raises :class:`BudgetExceeded`); every
-        result is checked against the caps."""
-        evaluator = _evaluator_class(self)
-        node = model.graph.node[0]
-        self._started = time.monotonic()
+    def foldable(self, graph: Any) -> bool:
+        """Whether every node of ``graph`` (built from constants, so statically shaped)
+        stays under the per-result cap; checked before the executor allocates anything."""
+        cap = self.budget.max_fold_bytes
+        for node in graph.nodes:
+            for t in node.types:
+                if any(not isinstance(d, int) for d in t.shape) or t.nbytes() > cap:
+                    return False
+        return True
+
+    @contextlib.contextmanager
+    def timed(self, node: "onnx.NodeProto"):
+        """Count one fold's time toward ``max_seconds`` (checked when it ends)."""
+        started = time.monotonic()
         try:
-            results = evaluator(model).run(None, feeds)
+            yield
         finally:
-            self.seconds += time.monotonic() - self._started
-            self._started = None
-        for r in results:  # ops without a size estimate are checked after the fact
-            self.check_result_bytes(int(getattr(r, "nbytes", 0)), node)
-        self.add_folded(results, node)
-        return results
+            self.seconds += time.monotonic() - started
+        if self.seconds > self.budget.max_seconds:
+            raise BudgetExceeded(f"folding constants took {self.seconds:.1f} s, over "
+                                 f"{self.budget.max_seconds:g} s (ImportBudget.max_seconds)",
+                                 node)
 
     def precheck(self, node: onnx.NodeProto, inputs: list) -> None:
         """Size and trip-count checks from the node's inputs, before it runs."""
@@ -141,7 +145,7 @@ class FoldMeter:
         if op == "Loop":
             trip = _scalar(inputs, 0)
             if trip is None:
-                return  # bounded by the condition: every body run ticks the step limit
+                return  # no trip count: bounded by the condition and max_steps
             if trip > b.max_loop_iterations:
                 raise BudgetExceeded(f"its trip count {trip:,} exceeds the "
                                      f"{b.max_loop_iterations:,} iterations allowed at import "
@@ -154,33 +158,9 @@ class FoldMeter:
                                      f"{b.max_loop_iterations:,} iterations allowed at import "
                                      "(ImportBudget.max_loop_iterations)", node)
             return
-        count, itemsize = estimate_output(node, inputs, self._shapes)
+        count, itemsize = estimate_output(node, inputs)
         if count is not None:
             self.check_result_bytes(count * itemsize, node)
-
-
-def _evaluator_class(meter: FoldMeter):
-    """A reference evaluator whose every op (subgraphs included) is metered by ``meter``."""
-    from onnx.reference import ReferenceEvaluator
-
-    class BudgetedEvaluator(ReferenceEvaluator):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            for rt in self.rt_nodes_:
-                rt.run = _guard(meter, rt.onnx_node, rt.run)
-
-        def run(self, *args, **kwargs):
-            meter.tick(None)  # one subgraph run is a step, even when it holds no op
-            return super().run(*args, **kwargs)
-
-    return BudgetedEvaluator
-
-
-def _guard(meter: FoldMeter, node: onnx.NodeProto, run):
-    def guarded(*inputs, **kwargs):
-        meter.precheck(node, list(inputs))
-        return run(*inputs, **kwargs)
-    return guarded
 
 
 # ---- size estimates, from declared inputs -------------------------------------------------
@@ -188,10 +168,13 @@ def _guard(meter: FoldMeter, node: onnx.NodeProto, run):
 _BROADCASTING = {"Add", "Sub", "Mul", "Div", "Pow", "Mod", "And", "Or", "Xor", "Equal",
                  "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "Where", "Max", "Min",
                  "Sum", "Mean", "BitShift", "PRelu", "BitwiseAnd", "BitwiseOr", "BitwiseXor"}
+# ops whose result size comes from their input *values* (not just their shapes)
+_FROM_VALUES = {"ConstantOfShape", "Expand", "Tile", "Range", "OneHot", "Pad", "Resize",
+                "Upsample"}
 _LIMIT = 1 << 62  # any estimate past this is refused anyway; keeps products bounded
 
 
-def estimate_output(node: onnx.NodeProto, inputs: list, cache: dict) -> tuple[int | None, int]:
+def estimate_output(node: onnx.NodeProto, inputs: list) -> tuple[int | None, int]:
     """(element count, bytes per element) of the node's largest output, or (None, 0) when
     it cannot be told before running."""
     from onnx import helper
@@ -199,6 +182,8 @@ def estimate_output(node: onnx.NodeProto, inputs: list, cache: dict) -> tuple[in
     op = node.op_type
     arrays = [a if isinstance(a, np.ndarray) else None for a in inputs]
     first = arrays[0] if arrays else None
+    if op in _FROM_VALUES and any(a is not None and a.dtype == object for a in arrays):
+        return None, 0  # symbolic sizes: known when the model runs, never allocated here
     size = first.dtype.itemsize if first is not None and first.dtype != object else 8
     try:
         if op == "ConstantOfShape":
@@ -254,45 +239,13 @@ def estimate_output(node: onnx.NodeProto, inputs: list, cache: dict) -> tuple[in
                 return _prod((*batch, rows, cols)), size
     except (TypeError, ValueError, IndexError, AttributeError, OverflowError):
         return _LIMIT, size  # inputs that do not even describe a shape: refuse to run it
-    return _inferred(node, arrays, cache), size
-
-
-def _inferred(node: onnx.NodeProto, arrays: list, cache: dict) -> int | None:
-    """Output elements from onnx shape inference on the node alone (cached per shape)."""
-    import onnx
-    from onnx import helper
-
-    if any(n.type == onnx.AttributeProto.GRAPH or n.graphs for n in node.attribute):
-        return None
-    key = (node.SerializeToString(), tuple((a.shape, a.dtype.str) if a is not None else None
-                                            for a in arrays))
-    if key in cache:
-        return cache[key]
-    feeds = [(n, a) for n, a in zip(node.input, arrays) if n and a is not None
-             and a.dtype != object]
-    try:
-        inputs = [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(a.dtype),
-                                                list(a.shape)) for n, a in feeds]
-        # small integer inputs (shapes, axes) as initializers let inference see their values
-        inits = [onnx.numpy_helper.from_array(a, n) for n, a in feeds
-                 if a.dtype.kind == "i" and a.size <= 64]
-        graph = helper.make_graph([node], "estimate", inputs,
-                                  [helper.make_empty_tensor_value_info(o) for o in node.output
-                                   if o], initializer=inits)
-        model = helper.make_model(graph)
-        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
-        largest = None
-        for vi in inferred.graph.output:
-            dims = vi.type.tensor_type.shape.dim
-            if not vi.type.tensor_type.HasField("shape") or \
-                    any(not d.HasField("dim_value") for d in dims):
-                continue
-            n = _prod(d.dim_value for d in dims)
-            largest = n if largest is None else max(largest, n)
-    except Exception:  # noqa: BLE001  (inference refuses what it cannot type: no estimate)
-        largest = None
-    cache[key] = largest
-    return largest
+    if op == "Gather" and len(arrays) > 1 and arrays[1] is not None:
+        axis = _attr(node, "axis") or 0
+        rows = first.shape[axis] if first.ndim else 1
+        return (first.size // max(rows, 1)) * arrays[1].size, size
+    if op == "Concat":
+        return sum(a.size for a in arrays if a is not None), size
+    return None, 0
 
 
 def _attr(node: onnx.NodeProto, name: str):
@@ -347,28 +300,28 @@ def _fmt_bytes(n: int) -> str:
     return f"{n} bytes"
 
 
-def over_budget(imp: Any, node: onnx.NodeProto, attrs: dict, err: BudgetExceeded) -> list:
+def over_budget(imp: Any, node: "onnx.NodeProto", attrs: dict, err: BudgetExceeded,
+                rules: dict) -> list:
     """A node too costly to fold: imported as a runtime node when graphdl has a rule for it
     (its inputs stay constants, its result is computed when the model runs), else refused
     with an error naming the node and the budget."""
     from graphdl import tensor as F
     from graphdl.backends.onnx_import import OnnxImportError
-    from graphdl.backends.onnx_import_rules import IMPORT_RULES
 
     where = imp.where()
     if err.node is not None and err.node is not node:
         where += f" (in its subgraph, {err.node.op_type} node {err.node.name or '(unnamed)'!r})"
     refusal = OnnxImportError(f"{where}: not evaluated at import: {err.reason}; raise the "
-                              "budget with gd.import_onnx(path, budget=ImportBudget(...)) or "
-                              "graphdl --import-budget if you trust this file")
+                              "budget with from_onnx(path, budget=gd.ImportBudget(...)) or "
+                              "graphdl optimize --import-budget if you trust this file")
     if "max_fold_bytes" not in err.reason or node.op_type in ("Loop", "Scan", "If"):
         raise refusal
     if node.op_type == "ConstantOfShape":
         shape = imp.ints(node.input[0])
-        value = attrs.get("value", np.zeros(1, np.float32))
-        scalar = np.asarray(value).reshape(-1)[:1].reshape(())
+        value = np.asarray(attrs.get("value", np.zeros(1, np.float32)))
+        scalar = value.reshape(-1)[:1].reshape(())
         return [F.broadcast_to(F.const(scalar, dtype=scalar.dtype.name), shape)]
-    rule = IMPORT_RULES.get(node.op_type)
+    rule = rules.get(node.op_type)
     if rule is None:
         raise refusal
     return list(rule(imp, node, attrs))

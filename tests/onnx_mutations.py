@@ -92,22 +92,18 @@ def _build_seeds() -> dict[str, onnx.ModelProto]:
                   [_vi("x", ["N", 5])], [_vi("y", ["N", 5])],
                   [_init("g", f32(5)), _init("b", f32(5)), _init("bias", f32(5)),
                    _init("mask", np.array([True, False, True, True, False]))], "norm")
-    body = helper.make_graph(
-        [helper.make_node("Identity", ["cond_in"], ["cond_out"]),
-         helper.make_node("Add", ["v_in", "one"], ["v_out"])],
-        "body", [_vi("i", [], TensorProto.INT64), _vi("cond_in", [], TensorProto.BOOL),
-                 _vi("v_in", [2])], [_vi("cond_out", [], TensorProto.BOOL), _vi("v_out", [2])],
-        [_init("one", np.ones(2, np.float32))])
-    control = _model([helper.make_node("Loop", ["M", "cond", "v0"], ["v"], name="loop",
-                                       body=body),
+    control = _model([helper.make_node("Range", ["start", "limit", "delta"], ["r"],
+                                       name="range"),
+                      helper.make_node("Cast", ["r"], ["v"], name="cast", to=TensorProto.FLOAT),
                       helper.make_node("ConstantOfShape", ["shape"], ["c"], name="cos",
                                        value=helper.make_tensor("v", TensorProto.FLOAT, [1],
                                                                 [0.5])),
-                      helper.make_node("Add", ["v", "c"], ["vc"], name="addc"),
+                      helper.make_node("Expand", ["c", "shape"], ["e"], name="expand"),
+                      helper.make_node("Add", ["v", "e"], ["vc"], name="addc"),
                       helper.make_node("Mul", ["x", "vc"], ["y"], name="mul")],
                      [_vi("x", ["N", 2])], [_vi("y", ["N", 2])],
-                     [_init("M", np.array(3, np.int64)), _init("cond", np.array(True)),
-                      _init("v0", np.zeros(2, np.float32)), _init("shape", np.array([2]))],
+                     [_init("start", np.array(0, np.int64)), _init("limit", np.array(2)),
+                      _init("delta", np.array(1, np.int64)), _init("shape", np.array([2]))],
                      "control")
     return {"mlp": mlp, "cnn": cnn, "shape": shape, "norm": norm, "control": control}
 
@@ -325,14 +321,17 @@ def m_external(rng, model):
 
 def m_bomb(rng, model):
     """The sizes and trip counts an attacker would pick."""
-    for node in _all_nodes(model.graph):
-        if node.op_type in ("Loop",) and rng.random() < 0.7:
-            for t in model.graph.initializer:
-                if t.name == node.input[0]:
-                    t.CopyFrom(_init(t.name, np.array(rng.choice([2 ** 62, 10 ** 6, -1, 0]),
-                                                      np.int64)))
-            return
     g = model.graph
+    if rng.random() < 0.2:  # the Loop bomb: trip count 2^62 over a trivial body
+        body = helper.make_graph(
+            [helper.make_node("Identity", ["c_in"], ["c_out"])], "body",
+            [_vi("i", [], TensorProto.INT64), _vi("c_in", [], TensorProto.BOOL)],
+            [_vi("c_out", [], TensorProto.BOOL)])
+        g.initializer.extend([_init("bomb_m", np.array(2 ** 62, np.int64)),
+                              _init("bomb_c", np.array(True))])
+        g.node.insert(0, helper.make_node("Loop", ["bomb_m", "bomb_c"], [], name="bomb",
+                                          body=body))
+        return
     big = rng.choice([[2 ** 20, 2 ** 20], [2 ** 31], [2 ** 14, 2 ** 14, 4], [-1, 5], [0]])
     g.initializer.append(_init("bomb_shape", np.array(big, np.int64)))
     op = rng.choice(["ConstantOfShape", "Expand", "Tile", "Range"])
