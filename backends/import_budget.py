@@ -17,7 +17,7 @@ kernels). A model file is untrusted, so each evaluation runs under an :class:`Im
   results toward ``max_total_bytes``, and folding time toward ``max_seconds`` (checked
   between folds: one fold is bounded by the size cap).
 
-Raise the budgets explicitly: ``from_onnx(path, budget=gd.ImportBudget(max_fold_bytes=...))``
+Raise the budgets explicitly: ``gd.import_onnx(path, budget=gd.ImportBudget(...))``
 or ``graphdl optimize IN -o OUT --import-budget fold_mb=64,steps=1e6,seconds=60``.
 """
 from __future__ import annotations
@@ -312,7 +312,7 @@ def over_budget(imp: Any, node: "onnx.NodeProto", attrs: dict, err: BudgetExceed
     if err.node is not None and err.node is not node:
         where += f" (in its subgraph, {err.node.op_type} node {err.node.name or '(unnamed)'!r})"
     refusal = OnnxImportError(f"{where}: not evaluated at import: {err.reason}; raise the "
-                              "budget with from_onnx(path, budget=gd.ImportBudget(...)) or "
+                              "budget with gd.import_onnx(path, budget=gd.ImportBudget(...)) or "
                               "graphdl optimize --import-budget if you trust this file")
     if "max_fold_bytes" not in err.reason or node.op_type in ("Loop", "Scan", "If"):
         raise refusal

@@ -334,12 +334,13 @@ def _check_unique_updates(updates) -> None:
         seen[id(var)] = var.name
 
 
-def import_onnx(model_or_path: Any, name: str | None = None) -> Model:
+def import_onnx(model_or_path: Any, name: str | None = None, budget: Any = None) -> Model:
     """An ONNX model (a path or a ``ModelProto``) as a :class:`Model` ready to fine-tune:
     float initializers are trainable Variables, BatchNorm running statistics are state,
     Dropout draws masks in training mode, and ``model.compile(...); model.fit(...)`` trains
-    it with graphdl's symbolic gradients. Refusals raise ``OnnxImportError``."""
+    it with graphdl's symbolic gradients. Refusals raise ``OnnxImportError``. ``budget`` (a
+    :class:`graphdl.ImportBudget`) raises the limits on evaluating constants at import."""
     from graphdl.backends.onnx_import import from_onnx
 
-    graph = from_onnx(model_or_path, name=name)
+    graph = from_onnx(model_or_path, name=name, budget=budget)
     return Model(list(graph.inputs), list(graph.outputs), name=graph.name)
