@@ -346,10 +346,14 @@ def kill_test(runs: int, scratch: Path, rng: random.Random) -> dict:
             stats["new" if got == value else "old"] += 1
             committed = got
         stats[f"killed_at_{step}"] += 1
-    leftovers = [n for n in os.listdir(folder) if n != "m.onnx"]
+    before = len(os.listdir(folder)) - 2  # besides the model and the data it references
+    subprocess.run([sys.executable, "-c", _KILL_WRITER, str(target), "0", "none"], env=env,
+                   check=True, capture_output=True)  # the next clean save tidies up
+    after = len(os.listdir(folder)) - 2
     return {"runs": runs, "inconsistent_pairs": stats.pop("inconsistent", 0),
             "kept_old": stats.pop("old", 0), "committed_new": stats.pop("new", 0),
-            "kill_points": dict(stats), "files_left_beside_the_model": len(leftovers)}
+            "kill_points": dict(stats), "leftover_files_after_the_last_kill": before,
+            "leftover_files_after_the_next_clean_save": after}
 
 
 # ---- main ------------------------------------------------------------------------------------
