@@ -20,6 +20,7 @@ import numpy as np
 
 from graphdl.ir import FLOAT_DTYPES, Graph, GraphError, Value
 from graphdl.ops.registry import get_op
+from graphdl.passes.memory import ARENA, DEFAULT_ALIGNMENT, VIEW, VIEW_OPS, plan_memory
 
 _ARENA, _VIEW, _MULTI, _FREE, _OUTPUT = 0, 1, 2, 3, 4  # how a step stores its result
 
@@ -91,8 +92,6 @@ class NumpyExecutor:
 
     def memory_plan(self, bindings: dict[str, int]):
         """The (cached) memory plan for these symbolic sizes."""
-        from graphdl.passes.memory import DEFAULT_ALIGNMENT, plan_memory
-
         key = tuple(sorted(bindings.items()))
         plan = self._plans.get(key)
         if plan is None:
@@ -105,8 +104,6 @@ class NumpyExecutor:
         key = tuple(sorted(bindings.items()))
         if key == self._arena_key:
             return
-        from graphdl.passes.memory import ARENA, VIEW
-
         plan = self.memory_plan(bindings)
         raw = np.empty(max(plan.arena_bytes, 1) + plan.alignment, np.uint8)
         shift = (-raw.ctypes.data) % plan.alignment  # offsets are aligned, so is the base
@@ -240,7 +237,6 @@ class NumpyExecutor:
 
 
 def _view_ops():
-    from graphdl.passes.memory import VIEW_OPS
     return VIEW_OPS
 
 

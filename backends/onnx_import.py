@@ -135,6 +135,7 @@ class Importer:
     # ---- the walk ------------------------------------------------------------------------
     def run(self, name: str | None = None) -> Graph:
         """Import every live node; returns the Graph."""
+        # lazy: onnx_import_rules imports this module's op tables (an import cycle)
         from graphdl.backends.onnx_import_rules import IMPORT_RULES
 
         g = self.model.graph
@@ -190,6 +191,7 @@ class Importer:
 
     def unsupported(self, node: onnx.NodeProto) -> str:
         """The error message for an op without an import rule."""
+        # lazy: onnx_import_rules imports this module's op tables (an import cycle)
         from graphdl.backends.onnx_import_rules import IMPORT_RULES
 
         missing = sorted({n.op_type for n in self.model.graph.node
@@ -200,6 +202,7 @@ class Importer:
 
     def fold(self, node: onnx.NodeProto, attrs: dict[str, Any]) -> list:
         """Evaluate a node whose inputs are all constants (shape arithmetic, folded weights)."""
+        # lazy: onnx_import_rules imports this module's op tables (an import cycle)
         from graphdl.backends.onnx_import_rules import fold_symbolic
 
         arrays = [self.env[n] if n else None for n in node.input]
@@ -208,7 +211,7 @@ class Importer:
                 raise OnnxImportError(f"{self.where()}: {node.op_type} over a symbolic shape "
                                       "is not supported")
             return fold_symbolic(self, node, attrs, arrays)
-        from onnx.reference import ReferenceEvaluator
+        from onnx.reference import ReferenceEvaluator  # lazy: ~0.5 s; only folding uses it
 
         feeds = {n: a for n, a in zip(node.input, arrays) if n}
         inputs = [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(a.dtype),
@@ -228,6 +231,7 @@ class Importer:
 
 
 def _rules() -> dict[str, Callable]:
+    # lazy: onnx_import_rules imports this module's op tables (an import cycle)
     from graphdl.backends.onnx_import_rules import IMPORT_RULES
     return IMPORT_RULES
 
