@@ -19,7 +19,8 @@ SOURCE_PACKAGES = {"graphdl": "graphdl", "passes": "graphdl.passes",
 
 # Bottom to top. A module belongs to the layer of its longest matching prefix.
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("ir", ("graphdl.ir", "graphdl.atomic", "graphdl.version", "graphdl.feeds")),
+    ("ir", ("graphdl.ir", "graphdl.atomic", "graphdl.version", "graphdl.feeds",
+            "graphdl.comm")),
     ("ops", ("graphdl.ops",)),
     ("tensor", ("graphdl.tensor",)),
     ("passes", ("graphdl.passes",)),
@@ -28,9 +29,9 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
                    "graphdl.modes", "graphdl.callbacks", "graphdl.progress",
                    "graphdl.summary")),
     ("model", ("graphdl.model", "graphdl.training", "graphdl.function", "graphdl.compiler",
-               "graphdl.optimize")),
+               "graphdl.optimize", "graphdl.distributed", "graphdl.split_step")),
     ("top", ("graphdl", "graphdl.cli", "graphdl.models", "graphdl.demo", "graphdl.bench",
-             "graphdl.bench_output")),
+             "graphdl.bench_output", "graphdl.launch")),
 )
 
 
@@ -123,6 +124,16 @@ def test_the_check_catches_an_upward_and_an_unexplained_lazy_import(tmp_path):
         "ir.py:2: graphdl.ir (ir) imports graphdl.ops (ops), which is higher up the stack"]
     bad.write_text("def f():\n    # lazy: a reason\n    from graphdl import atomic\n")
     assert violations("graphdl.ir", bad, tmp_path) == []
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_every_module_is_placed_in_a_layer(module):
+    """A new module is placed in the map deliberately (only the package itself is "top" by
+    the bare ``graphdl`` prefix)."""
+    prefixes = [p for _, ps in LAYERS for p in ps
+                if p != "graphdl" and (module == p or module.startswith(p + "."))]
+    assert prefixes or module == "graphdl", \
+        f"{module} is in no layer: add it to LAYERS here and to the README's layer map"
 
 
 def test_every_layer_prefix_names_a_module():
