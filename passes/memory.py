@@ -22,6 +22,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from graphdl.dims import evaluate
 from graphdl.ir import Graph
 from graphdl.ops.registry import get_op
 
@@ -291,7 +292,7 @@ def _dying_input(node, step, plans, storages, facts, type_key):
 
 
 def _dims(t, bindings) -> tuple[int, ...]:
-    return tuple(d if isinstance(d, int) else bindings.get(d, 1) for d in t.shape)
+    return tuple(d if isinstance(d, int) else evaluate(d, bindings, default=1) for d in t.shape)
 
 
 def peak_summary(graph: Graph, bindings: Mapping[str, int] | None = None) -> dict:

@@ -19,8 +19,8 @@ SOURCE_PACKAGES = {"graphdl": "graphdl", "passes": "graphdl.passes",
 
 # Bottom to top. A module belongs to the layer of its longest matching prefix.
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("ir", ("graphdl.ir", "graphdl.atomic", "graphdl.version", "graphdl.feeds",
-            "graphdl.comm")),
+    ("ir", ("graphdl.ir", "graphdl.dims", "graphdl.atomic", "graphdl.version",
+            "graphdl.feeds", "graphdl.comm")),
     ("ops", ("graphdl.ops",)),
     ("tensor", ("graphdl.tensor",)),
     ("passes", ("graphdl.passes",)),
