@@ -68,7 +68,7 @@ class Function:
     """A compiled graph: call it with arrays (by position or by input name)."""
 
     def __init__(self, graph: Graph, backend: str = "numpy", check_finite: bool = False,
-                 single_output: bool = False, report=None):
+                 single_output: bool = False, report=None, threads: int | None = None):
         if backend != "numpy":
             raise ValueError(f"gd.function backend must be 'numpy' (use gd.compile for "
                              f"'onnxruntime'), got {backend!r}")
@@ -77,7 +77,9 @@ class Function:
         self.graph = graph
         self.report = report
         self.single_output = single_output
-        self.executor = NumpyExecutor(graph, check_finite=check_finite)
+        # the pass report's memory plan is the executor's too (planned once, not twice)
+        self.executor = NumpyExecutor(graph, check_finite=check_finite, threads=threads,
+                                      memory_plan=getattr(report, "plan", None))
         self._n_out = len(graph.outputs)
 
     def __call__(self, *args, **kwargs):
@@ -109,11 +111,14 @@ class Function:
 def function(inputs: Sequence[Value], outputs: Sequence[Value] | Value,
              updates: Sequence[tuple[Any, Value]] = (), backend: str = "numpy",
              optimize: bool = True, training: bool = True, check_finite: bool = False,
-             passes: Sequence[str] | None = None) -> Function:
+             passes: Sequence[str] | None = None, threads: int | None = None) -> Function:
     """Compile ``outputs`` as a function of ``inputs``; passes run once, here.
 
     ``updates`` pairs state (``gd.param`` values or Variables) with their new values, written
     back after every call. ``check_finite=True`` raises on the first NaN/Inf, naming the op.
+    ``threads`` is how many threads the executor splits large non-BLAS kernels (pooling,
+    batch norm, elementwise chains) over: None picks the CPUs available (at most 4), 1 runs
+    every kernel on the calling thread; BLAS keeps its own threads.
     """
     single = isinstance(outputs, Value)
     outs = [outputs] if single else list(outputs)
@@ -129,7 +134,7 @@ def function(inputs: Sequence[Value], outputs: Sequence[Value] | Value,
 
         graph, report = optimize_graph(graph, training=training, passes=passes)
     return Function(graph, backend=backend, check_finite=check_finite, single_output=single,
-                    report=report)
+                    report=report, threads=threads)
 
 
 def _as_variable(state: Any) -> Variable:

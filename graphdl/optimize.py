@@ -24,6 +24,9 @@ class OptimizeResult:
         """The arena plan of the optimized graph for these symbolic sizes."""
         from graphdl.passes import plan_memory
 
+        plan = self.report.plan
+        if plan is not None and (not bindings or dict(bindings) == dict(plan.bindings)):
+            return plan  # the one the report summarizes
         return plan_memory(self.graph, bindings or self.report.bindings)
 
     def to_json(self, indent: int | None = 2) -> str:
