@@ -14,15 +14,16 @@ Plans are computed per binding of the symbolic dims (the batch) and cached; a pl
 (``memory_plan=``, e.g. the one the pass report made) seeds that cache, and the points where
 values are dropped come from the plan too.
 
-With ``threads`` > 1, a kernel call over a large enough output is split into that many parts
-run on a small thread pool (NumPy releases the GIL inside its loops): only ops that declare
-how their work divides (``OpDef.split``, e.g. pooling and batch norm) and elementwise ops
-(split by rows of the broadcast output). Each part is the same kernel on slices of the inputs
-writing into its slice of the output, so the results do not depend on the thread count.
+With ``threads`` > 1, a kernel call over large enough tensors is split into that many parts
+run on a small thread pool owned by the executor (NumPy and BLAS release the GIL): ops that
+declare how their work divides (``OpDef.split``: pooling, convolutions and their gradients by
+image, batch norm by channel) and elementwise ops (by rows of the broadcast output). Each part
+is the same kernel on slices of the inputs writing into its slice of the output, so results
+do not depend on the thread count; a reduction over the split axis (a convolution's weight
+gradient) adds its parts' results, which changes only the rounding.
 """
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 
@@ -30,20 +31,13 @@ import numpy as np
 
 from graphdl.ir import FLOAT_DTYPES, Graph, GraphError, Value
 from graphdl.ops.registry import get_op, split_rows
+from graphdl.passes.memory import (ARENA, DEFAULT_ALIGNMENT, VIEW, VIEW_OPS, free_points,
+                                   plan_memory)
 
 _ARENA, _VIEW, _MULTI, _FREE, _OUTPUT = 0, 1, 2, 3, 4  # how a step stores its result
 # A kernel call is split only when each part still writes at least this many bytes: below
 # that, handing parts to the pool costs more than it saves (a fixed constant, measured).
 SPLIT_MIN_BYTES = 256 << 10
-
-
-def default_threads() -> int:
-    """Kernel threads when none are asked for: the CPUs this process may run on, at most 4."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover (not Linux)
-        cpus = os.cpu_count() or 1
-    return max(1, min(cpus, 4))
 
 
 class ExecutionError(GraphError, RuntimeError):
@@ -56,19 +50,20 @@ class NumpyExecutor:
     ``plan=False`` runs without an arena (every kernel allocates, values are freed after
     their last use): the reference behaviour the planned run is checked against.
     ``memory_plan`` is a plan of this very graph already made (it is reused for its bindings).
-    ``threads`` splits large kernel calls over that many threads (None: :func:`default_threads`,
-    1: never).
+    ``threads`` splits large kernel calls over that many threads (1: never). Pair it with
+    BLAS limited to one thread (``threadpoolctl.threadpool_limits(1, "blas")``): kernels that
+    call BLAS (convolutions) are split too, and OpenBLAS's own threads, spinning between
+    calls, otherwise take the cores from the kernel threads (measured on the cnn train step:
+    ``benchmarks/bench_cnn_train.py``).
     """
 
     def __init__(self, graph: Graph, check_finite: bool = False, plan: bool = True,
-                 alignment: int | None = None, memory_plan=None, threads: int | None = None):
-        from graphdl.passes.memory import free_points
-
+                 alignment: int | None = None, memory_plan=None, threads: int = 1):
         self.graph = graph
         self.check_finite = check_finite
         self.use_plan = plan
         self.alignment = alignment
-        self.threads = default_threads() if threads is None else int(threads)
+        self.threads = int(threads)
         if self.threads < 1:
             raise ValueError(f"threads must be at least 1, got {threads}")
         self._pool: ThreadPoolExecutor | None = None  # created on the first split call
@@ -126,8 +121,6 @@ class NumpyExecutor:
 
     def memory_plan(self, bindings: dict[str, int]):
         """The (cached) memory plan for these symbolic sizes."""
-        from graphdl.passes.memory import DEFAULT_ALIGNMENT, plan_memory
-
         key = tuple(sorted(bindings.items()))
         plan = self._plans.get(key)
         if plan is None:
@@ -140,8 +133,6 @@ class NumpyExecutor:
         key = tuple(sorted(bindings.items()))
         if key == self._arena_key:
             return
-        from graphdl.passes.memory import ARENA, VIEW
-
         plan = self.memory_plan(bindings)
         raw = np.empty(max(plan.arena_bytes, 1) + plan.alignment, np.uint8)
         shift = (-raw.ctypes.data) % plan.alignment  # offsets are aligned, so is the base
@@ -164,7 +155,7 @@ class NumpyExecutor:
         for _, _, _, outs, _, node in self.steps:
             if len(outs) > 1:
                 modes.append(_MULTI)
-            elif kinds.get(outs[0]) == VIEW or node.op in _view_ops():
+            elif kinds.get(outs[0]) == VIEW or node.op in VIEW_OPS:
                 modes.append(_VIEW)
             elif views[outs[0]] is not None:
                 # an output lives to the end anyway, so nothing else ever reuses its bytes:
@@ -183,7 +174,8 @@ class NumpyExecutor:
 
     def _split_parts(self, i: int, bindings: dict[str, int]) -> list | None:
         """How step ``i``'s kernel call divides over the threads for these sizes: per part,
-        (per input an index or None for whole, per output an index); None: one call."""
+        (per input an index or None for whole, per output an index or None when the parts'
+        results are summed); None: one call."""
         node = self.steps[i][5]
         rule = self._splits[i] or (split_rows if get_op(node.op).elementwise else None)
         if rule is None or self.threads < 2:
@@ -197,8 +189,12 @@ class NumpyExecutor:
         if axes is None:
             return None
         in_axes, out_axes = axes
-        length = out_shapes[0][out_axes[0]]
-        nbytes = sum(v.type.nbytes(bindings) for v in node.outputs)
+        if out_axes[0] is not None:
+            length = out_shapes[0][out_axes[0]]
+        else:  # a reduction over the split axis: its length is the inputs'
+            length = next(dims(v)[a] for v, a in zip(node.inputs, in_axes) if a is not None)
+        nbytes = sum(v.type.nbytes(bindings) for v, a in zip(node.inputs, in_axes)
+                     if a is not None) + sum(v.type.nbytes(bindings) for v in node.outputs)
         count = min(self.threads, length, nbytes // SPLIT_MIN_BYTES)
         if count < 2:
             return None
@@ -212,25 +208,31 @@ class NumpyExecutor:
 
     def _run_split(self, kernel, vals, ins, attrs, outs: tuple, parts, node, multi: bool):
         """One kernel call as independent calls on slices, all but one on the pool; each
-        part writes its slice of ``outs``."""
+        part writes its slice of ``outs`` (or, for a summed output, the first part writes it
+        and the others' results are added to it, in part order)."""
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.threads - 1, thread_name_prefix="graphdl")
         args = [vals[i] for i in ins]
 
-        def part(index):
+        def part(index, first: bool):
             in_index, out_index = index
             xs = [a if k is None else a[k] for a, k in zip(args, in_index)]
-            bufs = tuple(o[k] for o, k in zip(outs, out_index))
+            bufs = tuple(o if k is None and first else None if k is None else o[k]
+                         for o, k in zip(outs, out_index))
             got = kernel(xs, attrs, bufs if multi else bufs[0])
-            for buf, r in zip(bufs, got if multi else (got,)):
-                if r is not buf:
+            got = got if multi else (got,)
+            for buf, r in zip(bufs, got):
+                if buf is not None and r is not buf:
                     np.copyto(buf, r)
+            return [r for r, buf in zip(got, bufs) if buf is None]  # partial sums
 
         try:
-            futures = [self._pool.submit(part, p) for p in parts[1:]]
-            part(parts[0])  # the calling thread takes a part too
+            futures = [self._pool.submit(part, p, False) for p in parts[1:]]
+            part(parts[0], True)  # the calling thread takes a part too
+            summed = [o for o, k in zip(outs, parts[0][1]) if k is None]
             for f in futures:
-                f.result()
+                for total, r in zip(summed, f.result()):
+                    np.add(total, r, out=total)
         except Exception as err:
             raise ExecutionError(_describe_failure(node, args, err)) from err
         return outs if multi else outs[0]
@@ -344,11 +346,6 @@ class NumpyExecutor:
         plan = self._plans[self._arena_key]
         return dict(plan.as_dict(), arena_bytes_allocated=int(self._arena.base.nbytes),
                     **self.stats)
-
-
-def _view_ops():
-    from graphdl.passes.memory import VIEW_OPS
-    return VIEW_OPS
 
 
 def _call(kernel, vals, ins, attrs, out, node):

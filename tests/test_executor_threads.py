@@ -69,25 +69,33 @@ def _cnn_step(threads: int):
 
 
 def test_threaded_kernels_match_one_thread_bit_for_bit(monkeypatch):
-    """Every split kind (batch norm and its gradient by channel, pooling and its gradient by
-    image, elementwise chains by rows) on a cnn train step: the same bits as one thread."""
+    """Every split kind on a cnn train step (batch norm and its gradient by channel; pooling,
+    convolution and their gradients by image; elementwise chains by rows): the same bits as
+    one thread. The weight gradient of a convolution sums its parts' results, so it and what
+    follows from it (the conv weights and their momenta) agree to rounding."""
     monkeypatch.setattr(numpy_executor, "SPLIT_MIN_BYTES", 1)  # split even small tensors
     rng = np.random.default_rng(0)
     x = rng.normal(size=(7, 3, 16, 16)).astype(np.float32)  # 7: parts of unequal size
     y = rng.integers(0, 10, 7)
     one, three = _cnn_step(1), _cnn_step(3)
-    for _ in range(2):  # the second step runs on updated state
-        want, got = one.executor.run([x, y]), three.executor.run([x, y])
-        for a, b in zip(want, got):
-            np.testing.assert_array_equal(a, b)
-        for f, outs in ((one, want), (three, got)):
-            for (var, _), new in zip(f.graph.updates, outs[len(f.graph.outputs):]):
-                var.value = new
+    want, got = one.executor.run([x, y]), three.executor.run([x, y])
+    names = [f"output {i}" for i in range(len(one.graph.outputs))] + [
+        var.name for var, _ in one.graph.updates]
+    for name, a, b in zip(names, want, got):
+        if name.startswith("conv") and ".weight" in name:
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7, err_msg=name)
+        else:
+            np.testing.assert_array_equal(a, b, err_msg=name)
     split = {step[5].op for step, parts in zip(three.executor.steps, three.executor._parts)
              if parts}
-    assert {"BatchNorm", "BatchNormGrad", "MaxPool", "MaxPoolGrad", "Relu",
-            "FusedElementwise"} <= split
+    assert {"BatchNorm", "BatchNormGrad", "MaxPool", "MaxPoolGrad", "Relu", "Conv",
+            "ConvGradInput", "ConvGradWeight", "FusedElementwise"} <= split
     assert not any(one.executor._parts)
+    for f, outs in ((one, want), (three, got)):  # a second step, from the new state
+        for (var, _), new in zip(f.graph.updates, outs[len(f.graph.outputs):]):
+            var.value = new
+    for a, b in zip(one.executor.run([x, y]), three.executor.run([x, y])):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
 def test_average_pooling_and_broadcasting_split_by_rows(monkeypatch):
