@@ -82,9 +82,11 @@ class NumpyExecutor:
         self.const_slots = [(slot[n.outputs[0]], n.attrs["value"])
                             for n in graph.nodes if n.op == "Const"]
         compute = [n for n in graph.nodes if not get_op(n.op).source]
-        if memory_plan is not None and memory_plan.num_steps != len(compute):
-            raise ValueError(f"memory_plan has {memory_plan.num_steps} steps, the graph "
-                             f"{len(compute)}: it was made for another graph")
+        if memory_plan is not None and (memory_plan.num_steps, len(memory_plan.values)) != (
+                len(compute), sum(len(n.outputs) for n in graph.nodes)):
+            raise ValueError(f"memory_plan has {memory_plan.num_steps} steps and "
+                             f"{len(memory_plan.values)} values, the graph {len(compute)} "
+                             f"steps: it was made for another graph")
         # where each value is read for the last time comes from the planner's liveness
         points = memory_plan.free_after if memory_plan is not None \
             else free_points(graph.nodes, graph.all_outputs)

@@ -195,6 +195,9 @@ def _run(args) -> dict:
         for r in range(args.rounds):
             order = list(contenders)[r % len(contenders):] + list(contenders)[:r % len(contenders)]
             for name in order:
+                # let the previous worker's pool threads stop spinning (OpenBLAS spins for
+                # about 0.1 s after a call) before timing the next one
+                time.sleep(0.25)
                 workers[name].stdin.write(f"{args.steps}\n")
                 workers[name].stdin.flush()
                 times[name] += json.loads(workers[name].stdout.readline())

@@ -17,16 +17,18 @@ class Function:
     """A compiled graph: call it with arrays (by position or by input name)."""
 
     def __init__(self, graph: Graph, backend: str = "numpy", check_finite: bool = False,
-                 single_output: bool = False, report=None, threads: int = 1):
+                 single_output: bool = False, report=None, threads: int = 1,
+                 memory_plan=None):
         if backend != "numpy":
             raise ValueError(f"gd.function backend must be 'numpy' (use gd.compile for "
                              f"'onnxruntime'), got {backend!r}")
         self.graph = graph
         self.report = report
         self.single_output = single_output
-        # the pass report's memory plan is the executor's too (planned once, not twice)
+        # ``memory_plan``: one already made for this very graph (the pass report's), which
+        # the executor reuses instead of planning again
         self.executor = NumpyExecutor(graph, check_finite=check_finite, threads=threads,
-                                      memory_plan=getattr(report, "plan", None))
+                                      memory_plan=memory_plan)
         self._n_out = len(graph.outputs)
 
     def __call__(self, *args, **kwargs):
@@ -79,7 +81,7 @@ def function(inputs: Sequence[Value], outputs: Sequence[Value] | Value,
     if optimize:
         graph, report = _passes.optimize_graph(graph, training=training, passes=passes)
     return Function(graph, backend=backend, check_finite=check_finite, single_output=single,
-                    report=report, threads=threads)
+                    report=report, threads=threads, memory_plan=report and report.plan)
 
 
 def _as_variable(state: Any) -> Variable:

@@ -141,3 +141,10 @@ def test_threads_must_be_positive():
     x, w, loss, gw = _mlp()
     with pytest.raises(ValueError, match="threads"):
         NumpyExecutor(Graph([x], [loss]), threads=0)
+
+
+def test_compile_numpy_passes_threads_to_the_executor():
+    x = gd.input("x", (None, 4))
+    run = gd.compile(Graph([x], [gd.relu(x)]), backend="numpy", threads=3)
+    assert run.executor.threads == 3
+    np.testing.assert_array_equal(run(np.full((2, 4), -1.0, np.float32)), np.zeros((2, 4)))
