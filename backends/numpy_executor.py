@@ -186,7 +186,8 @@ class NumpyExecutor:
             return None
 
         def dims(v):
-            return tuple(d if isinstance(d, int) else bindings.get(d, 1) for d in v.shape)
+            return tuple(d if isinstance(d, int) else evaluate(d, bindings, default=1)
+                         for d in v.shape)
 
         out_shapes = [dims(v) for v in node.outputs]
         axes = rule(node.attrs, [dims(v) for v in node.inputs], out_shapes)
