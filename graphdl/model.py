@@ -340,7 +340,7 @@ def import_onnx(model_or_path: Any, name: str | None = None, budget: Any = None)
     Dropout draws masks in training mode, and ``model.compile(...); model.fit(...)`` trains
     it with graphdl's symbolic gradients. Refusals raise ``OnnxImportError``. ``budget`` (a
     :class:`graphdl.ImportBudget`) raises the limits on evaluating constants at import."""
-    from graphdl.backends.onnx_import import from_onnx
+    from graphdl.backends.onnx_import import from_onnx  # lazy: onnx loads in ~0.7 s
 
     graph = from_onnx(model_or_path, name=name, budget=budget)
     return Model(list(graph.inputs), list(graph.outputs), name=graph.name)
