@@ -30,6 +30,8 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
+from graphdl import tensor as F
+
 # onnx is imported where it is used, so ``gd.ImportBudget`` costs nothing to import
 if TYPE_CHECKING:
     import onnx
@@ -177,7 +179,7 @@ _LIMIT = 1 << 62  # any estimate past this is refused anyway; keeps products bou
 def estimate_output(node: onnx.NodeProto, inputs: list) -> tuple[int | None, int]:
     """(element count, bytes per element) of the node's largest output, or (None, 0) when
     it cannot be told before running."""
-    from onnx import helper
+    from onnx import helper  # lazy: gd.ImportBudget must not load onnx at import graphdl
 
     op = node.op_type
     arrays = [a if isinstance(a, np.ndarray) else None for a in inputs]
@@ -249,7 +251,7 @@ def estimate_output(node: onnx.NodeProto, inputs: list) -> tuple[int | None, int
 
 
 def _attr(node: onnx.NodeProto, name: str):
-    from onnx import helper
+    from onnx import helper  # lazy: gd.ImportBudget must not load onnx at import graphdl
 
     for a in node.attribute:
         if a.name == name:
@@ -305,7 +307,7 @@ def over_budget(imp: Any, node: "onnx.NodeProto", attrs: dict, err: BudgetExceed
     """A node too costly to fold: imported as a runtime node when graphdl has a rule for it
     (its inputs stay constants, its result is computed when the model runs), else refused
     with an error naming the node and the budget."""
-    from graphdl import tensor as F
+    # lazy: onnx_import imports this module
     from graphdl.backends.onnx_import import OnnxImportError
 
     where = imp.where()

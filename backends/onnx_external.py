@@ -177,26 +177,29 @@ def read_tensor(t: TensorProto, folder: str | os.PathLike) -> bytes:
 def external_tensors(model: onnx.ModelProto) -> Iterator[TensorProto]:
     """Every tensor of the model (initializers, sparse parts, attribute tensors in every
     subgraph) that refers to external data."""
-    for t in _all_tensors(model.graph):
+    for t in graph_tensors(model.graph):
         if t.data_location == TensorProto.EXTERNAL or len(t.external_data):
             yield t
     for f in model.functions:
         for node in f.node:
-            for t in _node_tensors(node):
+            for t in node_tensors(node):
                 if t.data_location == TensorProto.EXTERNAL or len(t.external_data):
                     yield t
 
 
-def _all_tensors(graph: onnx.GraphProto) -> Iterator[TensorProto]:
+def graph_tensors(graph: onnx.GraphProto) -> Iterator[TensorProto]:
+    """Every tensor a graph holds: initializers, sparse parts, attribute tensors and those
+    of every subgraph."""
     yield from graph.initializer
     for sp in graph.sparse_initializer:
         yield sp.values
         yield sp.indices
     for node in graph.node:
-        yield from _node_tensors(node)
+        yield from node_tensors(node)
 
 
-def _node_tensors(node: onnx.NodeProto) -> Iterator[TensorProto]:
+def node_tensors(node: onnx.NodeProto) -> Iterator[TensorProto]:
+    """Every tensor in a node's attributes, subgraphs included."""
     for a in node.attribute:
         if a.HasField("t"):
             yield a.t
@@ -205,9 +208,9 @@ def _node_tensors(node: onnx.NodeProto) -> Iterator[TensorProto]:
             yield a.sparse_tensor.values
             yield a.sparse_tensor.indices
         if a.HasField("g"):
-            yield from _all_tensors(a.g)
+            yield from graph_tensors(a.g)
         for g in a.graphs:
-            yield from _all_tensors(g)
+            yield from graph_tensors(g)
 
 
 def load_external(model: onnx.ModelProto, folder: str | os.PathLike) -> int:

@@ -23,8 +23,8 @@ import onnx
 from google.protobuf.message import DecodeError, Message
 from onnx import TensorProto
 
-from graphdl.backends.onnx_external import UnsafeExternalData, check_tensor, \
-    external_tensors, load_external, tensor_nbytes
+from graphdl.backends.onnx_external import UnsafeExternalData, graph_tensors, node_tensors, \
+    check_tensor, external_tensors, load_external, tensor_nbytes
 from graphdl.backends.onnx_import import OnnxImportError
 
 PROTOBUF_LIMIT = 2 ** 31
@@ -178,12 +178,10 @@ def check_tensor_data(model: onnx.ModelProto) -> None:
 
 
 def _every_tensor(model: onnx.ModelProto) -> Iterator[TensorProto]:
-    from graphdl.backends.onnx_external import _all_tensors, _node_tensors
-
-    yield from _all_tensors(model.graph)
+    yield from graph_tensors(model.graph)
     for f in model.functions:
         for node in f.node:
-            yield from _node_tensors(node)
+            yield from node_tensors(node)
 
 
 def check_model_proto(model: onnx.ModelProto) -> onnx.ModelProto:

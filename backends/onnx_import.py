@@ -29,6 +29,7 @@ from onnx import helper, numpy_helper
 
 from graphdl import tensor as F
 from graphdl.backends.numpy_executor import NumpyExecutor
+from graphdl.backends.import_budget import BudgetExceeded, FoldMeter, ImportBudget, over_budget
 from graphdl.backends.onnx_export import live_nodes
 from graphdl.ir import DTYPES, FLOAT_DTYPES, Graph, GraphError, Node, Value, rebuild
 
@@ -56,8 +57,6 @@ class Importer:
     """State of one import: ONNX names -> graphdl values or known constants."""
 
     def __init__(self, model: onnx.ModelProto, as_params: bool = True, budget=None):
-        from graphdl.backends.import_budget import FoldMeter, ImportBudget
-
         self.model = model
         self.as_params = as_params
         self.meter = FoldMeter(budget or ImportBudget())  # import-time evaluation limits
@@ -213,8 +212,6 @@ class Importer:
         foldable = node.op_type != "Constant" and ins and all(
             not n or (self.is_const(n) and not self.is_weight(n)) for n in ins)
         arrays = [self.env[n] if n else None for n in ins]
-        from graphdl.backends.import_budget import BudgetExceeded, over_budget
-
         if foldable and shapes.applies(node.op_type, arrays):
             try:
                 self.meter.precheck(node, arrays)  # Range and broadcasts can explode
@@ -339,6 +336,7 @@ def from_onnx(model_or_path: onnx.ModelProto | str | os.PathLike,
     Files are read under :mod:`graphdl.backends.onnx_file`'s rules (header checks, the
     external-data path policy); every refusal is one line naming the file.
     """
+    # lazy: onnx_file imports OnnxImportError from this module
     from graphdl.backends.onnx_file import check_model_proto, read_model
 
     if isinstance(model_or_path, onnx.ModelProto):

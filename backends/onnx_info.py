@@ -9,9 +9,11 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from graphdl.backends.onnx_external import tensor_nbytes
+from graphdl.backends.onnx_file import read_model
 
 
 def _dims(type_proto: onnx.TypeProto) -> list[int | str | None]:
@@ -40,8 +42,6 @@ def describe(path: str | os.PathLike | onnx.ModelProto) -> dict[str, Any]:
     if isinstance(path, onnx.ModelProto):
         model, size = path, None
     else:
-        from graphdl.backends.onnx_file import read_model
-
         # header rules and the external-data path policy apply; no tensor data is read
         model = read_model(path, load_external_data=False)
         size = os.path.getsize(path)
@@ -86,8 +86,6 @@ def _fmt_count(n: int) -> str:
 def _printable(value: Any) -> Any:
     """Names from the file as plain text: rich markup escaped, control characters shown as
     escapes (a model file must not restyle or rewrite the terminal)."""
-    from rich.markup import escape
-
     if isinstance(value, str):
         return escape("".join(c if c.isprintable() else repr(c)[1:-1] for c in value))
     if isinstance(value, dict):

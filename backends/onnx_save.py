@@ -21,6 +21,7 @@ from onnx import TensorProto, numpy_helper
 
 from graphdl.atomic import fsync_file, pid_alive, remove_stale_temps, temp_path_for
 from graphdl.backends.onnx_external import UnsafeExternalData, resolve_location
+from graphdl.backends.onnx_file import decode, read_bytes
 from graphdl.backends.onnx_export import DEFAULT_OPSET, ExportError, to_onnx
 from graphdl.ir import as_graph
 from graphdl.passes import optimize_graph
@@ -168,8 +169,6 @@ def _owned_data_files(folder: Path, target: Path) -> dict[str, set[str]]:
     referenced: set[str] = set()
     if target.is_file():
         try:
-            from graphdl.backends.onnx_file import decode, read_bytes
-
             old = decode(read_bytes(target), str(target))
         except Exception:  # noqa: BLE001  (an unreadable old file references nothing)
             old = None

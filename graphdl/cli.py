@@ -17,9 +17,11 @@ statuses (see :data:`EXIT_CODES`):
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Sequence
 
+from graphdl.backends.import_budget import ImportBudget
 from graphdl.demo import DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS, run_demo
 from graphdl.ir import GraphError
 from graphdl.launch import run_ranks
@@ -161,8 +163,6 @@ def _dispatch(args: argparse.Namespace, extra: list[str]) -> int:
         _require_file(args.input)
         options = {}
         if args.import_budget is not None:
-            from graphdl.backends.import_budget import ImportBudget
-
             options["budget"] = ImportBudget.parse(args.import_budget)
         result = cli_optimize(args.input, args.output, args.report, quiet=False, **options)
         return result if isinstance(result, int) else 0
@@ -175,8 +175,6 @@ def _dispatch(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def _require_file(path: str) -> None:
-    import os
-
     if not os.path.lexists(path):
         raise FileNotFoundError(f"{path}: no such file")
 
