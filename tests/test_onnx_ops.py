@@ -63,7 +63,7 @@ def test_op_matches_ort_and_reference(op, case):
     """NumPy executor == ORT CPU == onnx.reference on every case (float32)."""
     arrays = _float32(case)
     graph = _graph(op, case, arrays)
-    model = to_onnx(graph)
+    model = to_onnx(graph, opset=case.opset)
     onnx.checker.check_model(model, full_check=True)
     if not case.onnx:
         return
