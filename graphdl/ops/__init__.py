@@ -1,7 +1,7 @@
 """The op library: importing this package registers every op family in ``REGISTRY``."""
 from graphdl.ops import elementwise, linalg, reduce, shape, source  # noqa: F401  (registration)
 from graphdl.ops import conv, indexing, loss, norm, pool  # noqa: F401  (registration)
-from graphdl.ops import logical, math_extra  # noqa: F401  (registration: issue 9 families)
+from graphdl.ops import indexing_extra, logical, math_extra, scan_ops  # noqa: F401  (registration)
 from graphdl.ops import fused  # noqa: F401  (registration: kernels the fusion passes build)
 from graphdl.ops.registry import (REGISTRY, LoweringError, OnnxLowering, OnnxNode, OpDef,
                                   UnsupportedOpError, apply, constant, get_op, register)
