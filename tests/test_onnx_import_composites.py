@@ -1,0 +1,77 @@
+"""ONNX ops that graphdl imports as compositions of its own ops (no registry entry of their
+own): each is checked on cases of ONNX's backend node suite, imported and run by the NumPy
+executor against the suite's expected outputs. The full suite, with its exclusion list,
+runs elsewhere; these keep the composite import rules honest on their own.
+
+Inputs named in ``FROZEN`` (axes, repeats, depth, k: shape-giving inputs the node suite feeds
+at run time) are turned into initializers with the case's values, as exporters write them."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+from onnx.backend.test.loader import load_model_tests
+
+from graphdl.backends.numpy_executor import NumpyExecutor
+from graphdl.backends.onnx_import import from_onnx
+
+COMPOSITE_CASES = [
+    # elementwise compositions
+    "test_mean_example", "test_castlike_FLOAT_to_DOUBLE", "test_size_example",
+    "test_gelu_tanh_1",
+    # reductions
+    "test_reduce_l1_do_not_keepdims_example", "test_reduce_l2_keep_dims_random",
+    "test_reduce_sum_square_default_axes_keepdims_random",
+    "test_reduce_log_sum_exp_negative_axes_keepdims_random", "test_reduce_log_sum_asc_axes",
+    # layout, one-hot, top-k
+    "test_tile", "test_onehot_with_axis", "test_onehot_negative_indices", "test_top_k_smallest", "test_depthtospace_example", "test_depthtospace_crd_mode_example",
+    "test_spacetodepth_example", "test_hardmax_axis_1", "test_eyelike_with_dtype",
+    # losses
+    "test_nllloss_NCd1d2_with_weight_reduction_mean", "test_nllloss_NCd1_ii",
+    "test_sce_mean_weight_ii_3d_log_prob", "test_sce_NCd1d2d3_none_no_weight_negative_ii",
+    "test_sce_mean",
+    # attention and RMS norm
+    "test_attention_4d", "test_attention_3d_gqa_causal", "test_attention_4d_attn_mask_bool",
+    "test_attention_4d_with_past_and_present_qk_matmul_bias_4d_mask_causal",
+    "test_attention_4d_softcap", "test_attention_local_window_with_past",
+    "test_rms_normalization_4d_axis_negative_2", "test_rms_normalization_3d_axis0_epsilon",
+]
+FROZEN = {"axes", "y", "depth", "k"}
+_CASES = {t.name: t for t in load_model_tests(kind="node") if t.name in COMPOSITE_CASES}
+
+
+def _array(x) -> np.ndarray:
+    """A data-set entry as an array (the loader gives some as TensorProtos)."""
+    return numpy_helper.to_array(x) if isinstance(x, onnx.TensorProto) else np.asarray(x)
+
+
+def _freeze(model: onnx.ModelProto, inputs: list) -> tuple[onnx.ModelProto, list]:
+    """The model with its FROZEN inputs made initializers (values from the first data set)."""
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    keep, feeds = [], []
+    for vi, value in zip(list(model.graph.input), inputs):
+        if vi.name in FROZEN:
+            model.graph.initializer.append(numpy_helper.from_array(np.asarray(value), vi.name))
+        else:
+            keep.append(vi)
+            feeds.append(value)
+    del model.graph.input[:]
+    model.graph.input.extend(keep)
+    return model, feeds
+
+
+@pytest.mark.parametrize("name", COMPOSITE_CASES)
+def test_composite_import_matches_node_suite(name):
+    case = _CASES.get(name)
+    assert case is not None, f"{name} is not in this onnx version's node suite"
+    for inputs, expected in case.data_sets:
+        inputs, expected = [_array(x) for x in inputs], [_array(x) for x in expected]
+        model, feeds = _freeze(case.model, list(inputs))
+        got = NumpyExecutor(from_onnx(model, as_params=False)).run(feeds)
+        assert len(got) == len(expected)
+        for g, e in zip(got, expected):
+            g, e = np.asarray(g), np.asarray(e)
+            assert g.shape == e.shape and g.dtype == e.dtype, (g.shape, g.dtype, e.shape, e.dtype)
+            np.testing.assert_allclose(g, e, rtol=case.rtol, atol=case.atol,
+                                       err_msg=name)
