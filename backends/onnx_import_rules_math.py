@@ -41,6 +41,10 @@ def _is_inf(imp, node, a):
                     bool(a.get("detect_positive", 1)))]
 
 
+def _bit_shift(imp, node, a):
+    return [F.bit_shift(imp.value(node.input[0]), imp.value(node.input[1]), a["direction"])]
+
+
 def _mod(imp, node, a):
     return [F.mod(imp.value(node.input[0]), imp.value(node.input[1]),
                   bool(a.get("fmod", 0)))]
@@ -84,6 +88,6 @@ RULES = {
     "And": _binary("And"), "Or": _binary("Or"), "Xor": _binary("Xor"), "Not": _simple("Not"),
     "BitwiseAnd": _binary("BitwiseAnd"), "BitwiseOr": _binary("BitwiseOr"),
     "BitwiseXor": _binary("BitwiseXor"), "BitwiseNot": _simple("BitwiseNot"),
-    "Mean": _mean, "CastLike": _cast_like, "Size": _size,
+    "BitShift": _bit_shift, "Mean": _mean, "CastLike": _cast_like, "Size": _size,
     "Gelu": _gelu,
 }

@@ -152,7 +152,9 @@ _add("Mod",
      OpCase([rng(1131).integers(-9, 10, (3, 4)), rng(1132).choice([-4, -3, 2, 5], (3, 4))],
             torch=_tfn("remainder"), id="int-python"),
      OpCase([rng(1133).integers(-9, 10, (2, 3, 4)), np.array([3, -2, 5, 7])], {"fmod": 1},
-            torch=_tfn("fmod"), id="int-fmod-broadcast"))
+            torch=_tfn("fmod"), id="int-fmod-broadcast"),
+     OpCase(list(_mod_operands((3, 4), (4,), 1134)), torch=_tfn("remainder"),
+            id="float-python"))
 
 
 # ---- logical and bitwise --------------------------------------------------------------------
@@ -180,3 +182,10 @@ for _i, (_op, _ref) in enumerate((("BitwiseAnd", "bitwise_and"), ("BitwiseOr", "
                 id="int32-broadcast", opset=18))
 _add("BitwiseNot", OpCase([rng(1290).integers(-50, 50, (3, 4))], torch=_tfn("bitwise_not"),
                           id="int64", opset=18))
+_add("BitShift",
+     OpCase([rng(1291).integers(0, 1000, (3, 4)).astype(np.uint32),
+             rng(1292).integers(0, 5, (3, 4)).astype(np.uint32)], {"direction": "LEFT"},
+            id="left-uint32"),  # torch has no unsigned shifts beyond uint8
+     OpCase([rng(1293).integers(0, 200, (3, 4)).astype(np.uint8),
+             rng(1294).integers(0, 5, (4,)).astype(np.uint8)], {"direction": "RIGHT"},
+            torch=lambda a, b: _torch().bitwise_right_shift(a, b), id="right-uint8-broadcast"))

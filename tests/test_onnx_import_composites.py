@@ -31,6 +31,10 @@ COMPOSITE_CASES = [
     "test_nllloss_NCd1d2_with_weight_reduction_mean", "test_nllloss_NCd1_ii",
     "test_sce_mean_weight_ii_3d_log_prob", "test_sce_NCd1d2d3_none_no_weight_negative_ii",
     "test_sce_mean",
+    # ConvTranspose (as ConvGradInput) and 1-D conv/pool (as 2-D)
+    "test_convtranspose", "test_convtranspose_1d", "test_convtranspose_output_shape",
+    "test_convtranspose_autopad_same", "test_convtranspose_group_2_image_3",
+    "test_maxpool_1d_default", "test_averagepool_1d_default",
     # attention and RMS norm
     "test_attention_4d", "test_attention_3d_gqa_causal", "test_attention_4d_attn_mask_bool",
     "test_attention_4d_with_past_and_present_qk_matmul_bias_4d_mask_causal",

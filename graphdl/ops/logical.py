@@ -1,5 +1,5 @@
 """Logical ops on bool tensors (And, Or, Xor, Not) and bitwise ops on integers (BitwiseAnd,
-BitwiseOr, BitwiseXor, BitwiseNot). None is differentiable."""
+BitwiseOr, BitwiseXor, BitwiseNot, and BitShift on unsigned integers, as ONNX defines it). None is differentiable."""
 from __future__ import annotations
 
 import numpy as np
@@ -9,7 +9,7 @@ from graphdl.ops.infer import broadcast_shapes, check_arity, same_dtype
 from graphdl.ops.registry import OpDef, apply, fail, lower, register
 
 __all__ = ["logical_and", "logical_or", "logical_xor", "logical_not", "bitwise_and",
-           "bitwise_or", "bitwise_xor", "bitwise_not"]
+           "bitwise_or", "bitwise_xor", "bitwise_not", "bit_shift"]
 
 
 def _into(out, result):
@@ -32,6 +32,12 @@ def _binary_infer(op, logical):
         check_arity(op, types, 2)
         dt = same_dtype(op, types)
         _kind_check(op, types, logical)
+        if op == "BitShift":
+            if not dt.startswith("uint"):
+                raise fail(op, f"needs unsigned integers, got {dt}", list(types))
+            if attrs.get("direction") not in ("LEFT", "RIGHT"):
+                raise fail(op, f"direction must be 'LEFT' or 'RIGHT', got "
+                           f"{attrs.get('direction')!r}", list(types))
         return [TensorType(broadcast_shapes(op, types), dt)]
     return infer
 
@@ -52,6 +58,8 @@ BINARY_LOGICAL_RULES = {
     "BitwiseAnd": (lambda a, b, at: np.bitwise_and(a, b), False),
     "BitwiseOr": (lambda a, b, at: np.bitwise_or(a, b), False),
     "BitwiseXor": (lambda a, b, at: np.bitwise_xor(a, b), False),
+    "BitShift": (lambda a, b, at: (np.left_shift if at["direction"] == "LEFT"
+                                   else np.right_shift)(a, b), False),
 }
 
 for _name, (_fn, _logical) in BINARY_LOGICAL_RULES.items():
@@ -59,7 +67,8 @@ for _name, (_fn, _logical) in BINARY_LOGICAL_RULES.items():
         name=_name, infer=_binary_infer(_name, _logical),
         kernel=lambda xs, a, out, _f=_fn: _into(out, _f(xs[0], xs[1], a)),
         vjp=None, differentiable=False, elementwise=True,
-        onnx=lambda a, ti, to, o, _t=_name: lower(_t, 2)))
+        onnx=lambda a, ti, to, o, _t=_name: lower(_t, 2, **(
+            {"direction": a["direction"]} if _t == "BitShift" else {}))))
 
 for _name, _logical in (("Not", True), ("BitwiseNot", False)):
     register(OpDef(
@@ -92,3 +101,8 @@ def logical_not(x):
 def bitwise_not(x):
     """Elementwise ~x (integers)."""
     return apply("BitwiseNot", x)
+
+
+def bit_shift(a, b, direction: str = "LEFT"):
+    """a << b (``direction='LEFT'``) or a >> b ('RIGHT'), elementwise on unsigned integers."""
+    return apply("BitShift", a, b, direction=direction)

@@ -288,9 +288,6 @@ def _mod_infer(types, attrs):
     dt = same_dtype("Mod", types)
     if dt == "bool":
         raise fail("Mod", "needs numbers, got bool", list(types))
-    if dt in FLOAT_DTYPES and not attrs.get("fmod", 0):
-        raise fail("Mod", "float inputs need fmod=1 (C fmod; the sign follows the dividend)",
-                   list(types))
     return [TensorType(broadcast_shapes("Mod", types), dt)]
 
 
@@ -304,14 +301,25 @@ def _mod_kernel(xs, attrs, out):
 
 def _mod_vjp(F, n, g):
     a, b = n.inputs
-    # fmod(a, b) = a - b trunc(a / b): d/da = 1, d/db = -trunc(a / b)
+    # fmod(a, b) = a - b trunc(a / b), mod(a, b) = a - b floor(a / b): d/da = 1, and
+    # d/db = -trunc(a / b) or -floor(a / b)
     q = a / b
-    trunc = F.where(q < 0.0, -F.floor(-q), F.floor(q))
-    return [F.sum_to(g[0], a.shape), F.sum_to(-(g[0] * trunc), b.shape)]
+    whole = F.where(q < 0.0, -F.floor(-q), F.floor(q)) if n.attrs.get("fmod", 0) else F.floor(q)
+    return [F.sum_to(g[0], a.shape), F.sum_to(-(g[0] * whole), b.shape)]
+
+
+def _mod_onnx(attrs, tin, tout, opset):
+    if attrs.get("fmod", 0) or tin[0].dtype not in FLOAT_DTYPES:
+        return lower("Mod", 2, fmod=int(attrs.get("fmod", 0)))
+    # ONNX Runtime refuses float Mod with fmod=0: mod(a, b) = a - b floor(a / b)
+    return OnnxLowering((OnnxNode("Div", ("in0", "in1"), ("q",)),
+                         OnnxNode("Floor", ("q",), ("f",)),
+                         OnnxNode("Mul", ("in1", "f"), ("m",)),
+                         OnnxNode("Sub", ("in0", "m"), ("out0",))))
 
 
 register(OpDef(name="Mod", infer=_mod_infer, kernel=_mod_kernel, vjp=_mod_vjp,
-               onnx=lambda a, ti, to, o: lower("Mod", 2, fmod=int(a.get("fmod", 0))),
+               onnx=_mod_onnx,
                elementwise=True))
 
 
