@@ -191,7 +191,12 @@ def _compress(imp, node, a):
     return [F.gather(x, F.const(idx), a["axis"])]
 
 
+def _einsum(imp, node, a):
+    return [F.einsum(a["equation"], *(imp.value(n) for n in node.input))]
+
+
 RULES = {
+    "Einsum": _einsum,
     "GatherElements": _gather_elements, "ScatterElements": _scatter_elements,
     "Scatter": _scatter_elements, "GatherND": _gather_nd, "ScatterND": _scatter_nd,
     "CumSum": _cumsum, "ArgMax": _arg(F.argmax), "ArgMin": _arg(F.argmin), "TopK": _topk,

@@ -1,4 +1,4 @@
-"""Import rules for ConvTranspose (graphdl's ``ConvGradInput``: a transposed convolution is
+"""Import rules for Resize/Upsample (graphdl/ops/resize.py), ConvTranspose (graphdl's ``ConvGradInput``: a transposed convolution is
 the gradient of a convolution with respect to its input) and for 1-D Conv, ConvTranspose,
 MaxPool and AveragePool, which import as their 2-D forms over a unit height axis."""
 from __future__ import annotations
@@ -11,6 +11,7 @@ from graphdl import tensor as F
 from graphdl.backends.onnx_import import OnnxImportError
 from graphdl.backends.onnx_import_rules import IMPORT_RULES
 from graphdl.ops.conv import conv_grad_input
+from graphdl.ops.registry import apply
 
 
 def _input(node, i: int) -> str:
@@ -91,3 +92,74 @@ _RULES_2D = {"Conv": IMPORT_RULES["Conv"], "ConvTranspose": _conv_transpose,
 
 RULES = {"Conv": _lift_1d("Conv", 2), "ConvTranspose": _lift_1d("ConvTranspose", 2),
          "MaxPool": _lift_1d("MaxPool", 1), "AveragePool": _lift_1d("AveragePool", 1)}
+
+
+# ---- Resize and Upsample -------------------------------------------------------------------
+
+_RESIZE_ATTRS = ("mode", "coordinate_transformation_mode", "nearest_mode", "cubic_coeff_a",
+                 "exclude_outside", "extrapolation_value", "antialias")
+
+
+def _known(imp, node, i: int):
+    """An optional constant input as a float array, or None when absent or empty."""
+    name = _input(node, i)
+    if not name:
+        return None
+    arr = np.asarray(imp.const(name))
+    return arr.astype(np.float64).reshape(-1) if arr.size else None
+
+
+def _resize(imp, node, a):
+    x = imp.value(node.input[0])
+    rank = x.ndim
+    attrs = {k: a[k] for k in _RESIZE_ATTRS if k in a}
+    if node.op_type == "Upsample" or imp.opset < 11:
+        # Upsample and Resize-10: (X, scales), asymmetric coordinates, nearest rounds down
+        scales = np.asarray(a["scales"], np.float64) if "scales" in a else \
+            _known(imp, node, 1)
+        roi, sizes = None, None
+        attrs.setdefault("mode", "nearest")
+        attrs["coordinate_transformation_mode"] = "asymmetric"
+        attrs["nearest_mode"] = "floor"
+        if attrs["mode"] == "bilinear":
+            attrs["mode"] = "linear"
+    else:
+        roi, scales = _known(imp, node, 1), _known(imp, node, 2)
+        sizes = _known(imp, node, 3) if len(node.input) > 3 else None
+    axes = [ax % rank for ax in a.get("axes", range(rank))]
+    shape = list(x.shape)
+    for ax in axes:
+        if not isinstance(shape[ax], int):
+            raise OnnxImportError(f"{imp.where()}: Resize over the symbolic axis {ax} of "
+                                  f"{x.shape} is not supported")
+    full_scales = [1.0] * rank
+    full_sizes = list(shape)
+    if sizes is not None:
+        for i, ax in enumerate(axes):
+            full_sizes[ax] = int(sizes[i])
+            full_scales[ax] = full_sizes[ax] / shape[ax]
+        policy = a.get("keep_aspect_ratio_policy", "stretch")
+        if policy != "stretch":
+            pick = min if policy == "not_larger" else max
+            s = pick(full_scales[ax] for ax in axes)
+            for ax in axes:
+                full_scales[ax] = s
+                full_sizes[ax] = int(s * shape[ax] + 0.5)  # round half up
+    elif scales is not None:
+        for i, ax in enumerate(axes):
+            full_scales[ax] = float(scales[i])
+            full_sizes[ax] = int(full_scales[ax] * shape[ax])
+    else:
+        raise OnnxImportError(f"{imp.where()}: Resize needs scales or sizes")
+    full_roi = None
+    if roi is not None and attrs.get("coordinate_transformation_mode") == "tf_crop_and_resize":
+        full_roi = [0.0] * rank + [1.0] * rank
+        for i, ax in enumerate(axes):
+            full_roi[ax], full_roi[rank + ax] = float(roi[i]), float(roi[len(axes) + i])
+    if full_roi is not None:
+        attrs["roi"] = tuple(full_roi)
+    return [apply("Resize", x, sizes=tuple(full_sizes), scales=tuple(full_scales),
+                  use_scales=sizes is None, **attrs)]
+
+
+RULES.update({"Resize": _resize, "Upsample": _resize})

@@ -35,13 +35,18 @@ COMPOSITE_CASES = [
     "test_convtranspose", "test_convtranspose_1d", "test_convtranspose_output_shape",
     "test_convtranspose_autopad_same", "test_convtranspose_group_2_image_3",
     "test_maxpool_1d_default", "test_averagepool_1d_default",
+    # Resize and Upsample
+    "test_resize_upsample_scales_cubic_A_n0p5_exclude_outside",
+    "test_resize_downsample_sizes_linear_antialias", "test_resize_tf_crop_and_resize_axes_3_2",
+    "test_resize_upsample_sizes_nearest_not_smaller",
+    "test_resize_downsample_scales_linear_half_pixel_symmetric", "test_upsample_nearest",
     # attention and RMS norm
     "test_attention_4d", "test_attention_3d_gqa_causal", "test_attention_4d_attn_mask_bool",
     "test_attention_4d_with_past_and_present_qk_matmul_bias_4d_mask_causal",
     "test_attention_4d_softcap", "test_attention_local_window_with_past",
     "test_rms_normalization_4d_axis_negative_2", "test_rms_normalization_3d_axis0_epsilon",
 ]
-FROZEN = {"axes", "y", "depth", "k"}
+FROZEN = {"axes", "y", "depth", "k", "scales", "sizes", "roi"}
 _CASES = {t.name: t for t in load_model_tests(kind="node") if t.name in COMPOSITE_CASES}
 
 
