@@ -1,6 +1,6 @@
 """Import rules for the extra elementwise math and logical ops (graphdl/ops/math_extra.py,
 graphdl/ops/logical.py), plus the ONNX ops that are compositions of existing ones (Mean,
-CastLike, Size, Gelu's tanh form)."""
+CastLike, Gelu's tanh form)."""
 from __future__ import annotations
 
 import numpy as np
@@ -68,13 +68,6 @@ def _cast_like(imp, node, a):
     return [F.cast(imp.value(node.input[0]), dtype)]
 
 
-def _size(imp, node, a):
-    x = imp.env.get(node.input[0])
-    if isinstance(x, np.ndarray) or all(isinstance(d, int) for d in x.shape):
-        return [np.array(int(np.prod(x.shape, dtype=np.int64)), np.int64)]
-    return [F.cast(F.numel(x, tuple(range(x.ndim))), "int64")]
-
-
 def _gelu(imp, node, a):
     x = imp.value(node.input[0])
     if a.get("approximate", "none") == "tanh":
@@ -88,6 +81,6 @@ RULES = {
     "And": _binary("And"), "Or": _binary("Or"), "Xor": _binary("Xor"), "Not": _simple("Not"),
     "BitwiseAnd": _binary("BitwiseAnd"), "BitwiseOr": _binary("BitwiseOr"),
     "BitwiseXor": _binary("BitwiseXor"), "BitwiseNot": _simple("BitwiseNot"),
-    "BitShift": _bit_shift, "Mean": _mean, "CastLike": _cast_like, "Size": _size,
+    "BitShift": _bit_shift, "Mean": _mean, "CastLike": _cast_like,
     "Gelu": _gelu,
 }
