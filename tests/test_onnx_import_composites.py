@@ -40,6 +40,16 @@ COMPOSITE_CASES = [
     "test_resize_downsample_sizes_linear_antialias", "test_resize_tf_crop_and_resize_axes_3_2",
     "test_resize_upsample_sizes_nearest_not_smaller",
     "test_resize_downsample_scales_linear_half_pixel_symmetric", "test_upsample_nearest",
+    # normalizations, Lp pools, 1-D MatMul
+    "test_instancenorm_example", "test_group_normalization_epsilon",
+    "test_mvn", "test_lpnormalization_default", "test_lrn",
+    "test_lppool_2d_same_upper", "test_lppool_1d_default",
+    "test_matmul_1d_1d", "test_matmul_1d_3d",
+    # quantization
+    "test_quantizelinear_axis", "test_quantizelinear_blocked_asymmetric",
+    "test_quantizelinear_e4m3fn", "test_dequantizelinear_int4", "test_dynamicquantizelinear",
+    "test_matmulinteger", "test_qlinearmatmul_3D_int8_float16", "test_convinteger_with_padding",
+    "test_qlinearconv",
     # attention and RMS norm
     "test_attention_4d", "test_attention_3d_gqa_causal", "test_attention_4d_attn_mask_bool",
     "test_attention_4d_with_past_and_present_qk_matmul_bias_4d_mask_causal",
@@ -84,3 +94,18 @@ def test_composite_import_matches_node_suite(name):
             assert g.shape == e.shape and g.dtype == e.dtype, (g.shape, g.dtype, e.shape, e.dtype)
             np.testing.assert_allclose(g, e, rtol=case.rtol, atol=case.atol,
                                        err_msg=name)
+
+
+def test_global_lp_pool_matches_its_definition():
+    # not in the node suite: (sum over spatial dims of |x|^p)^(1/p), per (n, c)
+    from onnx import TensorProto, helper
+
+    x = np.random.default_rng(0).standard_normal((2, 3, 4, 5)).astype(np.float32)
+    node = helper.make_node("GlobalLpPool", ["x"], ["y"], p=3)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info(
+        "x", TensorProto.FLOAT, x.shape)], [helper.make_tensor_value_info(
+            "y", TensorProto.FLOAT, (2, 3, 1, 1))])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    (got,) = NumpyExecutor(from_onnx(model)).run([x])
+    want = (np.abs(x) ** 3).sum(axis=(2, 3), keepdims=True) ** (1 / 3)
+    np.testing.assert_allclose(got, want, rtol=1e-5)
