@@ -50,6 +50,9 @@ COMPOSITE_CASES = [
     "test_quantizelinear_e4m3fn", "test_dequantizelinear_int4", "test_dynamicquantizelinear",
     "test_matmulinteger", "test_qlinearmatmul_3D_int8_float16", "test_convinteger_with_padding",
     "test_qlinearconv",
+    # recurrent ops, unrolled
+    "test_rnn_seq_length", "test_gru_with_initial_bias", "test_lstm_with_peepholes",
+    "test_simple_rnn_batchwise", "test_gru_batchwise", "test_lstm_batchwise",
     # attention and RMS norm
     "test_attention_4d", "test_attention_3d_gqa_causal", "test_attention_4d_attn_mask_bool",
     "test_attention_4d_with_past_and_present_qk_matmul_bias_4d_mask_causal",
