@@ -53,13 +53,15 @@ COMPOSITE_CASES = [
     # recurrent ops, unrolled
     "test_rnn_seq_length", "test_gru_with_initial_bias", "test_lstm_with_peepholes",
     "test_simple_rnn_batchwise", "test_gru_batchwise", "test_lstm_batchwise",
+    # control flow, inlined and unrolled
+    "test_if", "test_scan_sum", "test_scan9_sum", "test_loop11",
     # attention and RMS norm
     "test_attention_4d", "test_attention_3d_gqa_causal", "test_attention_4d_attn_mask_bool",
     "test_attention_4d_with_past_and_present_qk_matmul_bias_4d_mask_causal",
     "test_attention_4d_softcap", "test_attention_local_window_with_past",
     "test_rms_normalization_4d_axis_negative_2", "test_rms_normalization_3d_axis0_epsilon",
 ]
-FROZEN = {"axes", "y", "depth", "k", "scales", "sizes", "roi"}
+FROZEN = {"axes", "y", "depth", "k", "scales", "sizes", "roi", "trip_count", "cond"}
 _CASES = {t.name: t for t in load_model_tests(kind="node") if t.name in COMPOSITE_CASES}
 
 
