@@ -1,5 +1,5 @@
 """Logical ops on bool tensors (And, Or, Xor, Not) and bitwise ops on integers (BitwiseAnd,
-BitwiseOr, BitwiseXor, BitwiseNot, and BitShift on unsigned integers, as ONNX defines it). None is differentiable."""
+BitwiseOr, BitwiseXor, BitwiseNot, and BitShift, as ONNX defines it). None is differentiable."""
 from __future__ import annotations
 
 import numpy as np
@@ -33,8 +33,6 @@ def _binary_infer(op, logical):
         dt = same_dtype(op, types)
         _kind_check(op, types, logical)
         if op == "BitShift":
-            if not dt.startswith("uint"):
-                raise fail(op, f"needs unsigned integers, got {dt}", list(types))
             if attrs.get("direction") not in ("LEFT", "RIGHT"):
                 raise fail(op, f"direction must be 'LEFT' or 'RIGHT', got "
                            f"{attrs.get('direction')!r}", list(types))
@@ -50,6 +48,25 @@ def _unary_infer(op, logical):
     return infer
 
 
+def _shift(a, b, direction: str):
+    """a << b or a >> b; shifts by the bit width or more give 0 (-1 for a negative a shifted
+    right), and signed left shifts wrap as unsigned ones do (ONNX's definition)."""
+    a, b = np.broadcast_arrays(a, b)
+    bits = np.iinfo(a.dtype).bits
+    valid = (b >= 0) & (b < bits)
+    safe = np.where(valid, b, 0).astype(a.dtype)
+    if direction == "RIGHT":
+        out = np.right_shift(a, safe)
+        fill = np.where(a < 0, -1, 0).astype(a.dtype) if a.dtype.kind == "i" else 0
+    else:
+        unsigned = np.dtype(f"u{a.dtype.itemsize}")
+        out = np.left_shift(a.view(unsigned) if a.dtype.kind == "i" else a,
+                            safe.astype(unsigned) if a.dtype.kind == "i" else safe)
+        out = out.view(a.dtype) if a.dtype.kind == "i" else out
+        fill = 0
+    return np.where(valid, out, fill).astype(a.dtype)
+
+
 # name: (numpy function of (a, b, attrs), logical?)
 BINARY_LOGICAL_RULES = {
     "And": (lambda a, b, at: np.logical_and(a, b), True),
@@ -58,8 +75,7 @@ BINARY_LOGICAL_RULES = {
     "BitwiseAnd": (lambda a, b, at: np.bitwise_and(a, b), False),
     "BitwiseOr": (lambda a, b, at: np.bitwise_or(a, b), False),
     "BitwiseXor": (lambda a, b, at: np.bitwise_xor(a, b), False),
-    "BitShift": (lambda a, b, at: (np.left_shift if at["direction"] == "LEFT"
-                                   else np.right_shift)(a, b), False),
+    "BitShift": (lambda a, b, at: _shift(a, b, at["direction"]), False),
 }
 
 for _name, (_fn, _logical) in BINARY_LOGICAL_RULES.items():
@@ -104,5 +120,6 @@ def bitwise_not(x):
 
 
 def bit_shift(a, b, direction: str = "LEFT"):
-    """a << b (``direction='LEFT'``) or a >> b ('RIGHT'), elementwise on unsigned integers."""
+    """a << b (``direction='LEFT'``) or a >> b ('RIGHT'), elementwise on integers (ONNX
+    before opset 26 takes unsigned ones only)."""
     return apply("BitShift", a, b, direction=direction)
