@@ -108,6 +108,7 @@ class NumpyExecutor:
         self._views: list | None = None
         self._modes: list[int] | None = None
         self._parts: list = []
+        self._feed_shapes: tuple | None = None  # of the feeds the arena was prepared for
         self._copy_out: list[bool] = []
         self.stats: dict = {}
 
@@ -170,7 +171,9 @@ class NumpyExecutor:
                 modes.append(_FREE)
         # outputs still in (or viewing) the arena are copied out: the next run reuses those
         # bytes (the run checks: fresh outputs are handed over as they are)
-        self._copy_out = [kinds.get(s) in (ARENA, VIEW) for s in self.output_slots]
+        fresh = {step[3][0] for step, mode in zip(self.steps, modes) if mode == _OUTPUT}
+        self._copy_out = [kinds.get(s) in (ARENA, VIEW) and s not in fresh
+                          for s in self.output_slots]
         self._parts = [self._split_parts(i, bindings) if mode in (_ARENA, _OUTPUT, _MULTI)
                        and all(views[s] is not None for s in self.steps[i][3]) else None
                        for i, mode in enumerate(modes)]
@@ -253,7 +256,10 @@ class NumpyExecutor:
             vals[s] = arr
         if not self.use_plan:
             return self._run_unplanned(vals)
-        self._prepare(self.bindings_for(feeds))
+        shapes = tuple(a.shape if isinstance(a, np.ndarray) else np.shape(a) for a in feeds)
+        if shapes != self._feed_shapes:  # the same shapes as last time: the same arena
+            self._prepare(self.bindings_for(feeds))
+            self._feed_shapes = shapes
         return self._run_planned(vals)
 
     def _run_unplanned(self, vals: list) -> list[np.ndarray]:
@@ -344,6 +350,7 @@ class NumpyExecutor:
         """Free the arena and stop the kernel threads (the next run starts them again;
         cached plans stay)."""
         self._arena_key = self._arena = self._views = self._modes = None
+        self._feed_shapes = None
         if self._pool is not None:
             self._pool.shutdown(wait=False)
             self._pool = None
