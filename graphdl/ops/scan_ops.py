@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from graphdl.ir import TensorType
+from graphdl.ops.indexing_extra import scatter_elements
 from graphdl.ops.infer import check_arity, norm_axes, norm_axis
 from graphdl.ops.registry import OnnxLowering, OnnxNode, OpDef, apply, fail, lower, register
 
@@ -157,7 +158,6 @@ def _topk_kernel(xs, attrs, out):
 
 
 def _topk_vjp(F, n, g):
-    from graphdl.ops.indexing_extra import scatter_elements
     x = n.inputs[0]
     if g[0] is None:
         return [None]
