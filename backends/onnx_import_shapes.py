@@ -28,16 +28,13 @@ class _NotExact(Exception):
 
 
 def _dim(d):
-    """A dim as a SymDim-marked DimExpr, or an int."""
+    """A dim as an int, a DimExpr, or a plain symbol marked as a SymDim."""
     if isinstance(d, str):
-        return d if isinstance(d, SymDim) else SymDim(d)
+        return d if isinstance(d, (SymDim, dims.DimExpr)) else SymDim(d)
     return int(d)
 
 
-def _wrap(v):
-    if isinstance(v, str):
-        return SymDim(v) if not isinstance(v, SymDim) else v
-    return int(v)
+_wrap = _dim
 
 
 def _div(a, b):
