@@ -130,7 +130,8 @@ def evaluate(imp, node, attrs: dict, arrays: list) -> list:
     except _NotExact as err:
         raise OnnxImportError(f"{imp.where()}: shape arithmetic cannot be resolved at import "
                               f"({err})") from None
-    return [_finish(out, arrays[0] if arrays and arrays[0] is not None else None)]
+    like = arrays[1] if op == "Where" else arrays[0]  # the dtype the result keeps
+    return [_finish(out, like)]
 
 
 def _binary(op):
