@@ -15,7 +15,7 @@ import numpy as np
 from graphdl.ir import TensorType
 from graphdl.ops import _norm_kernels as K
 from graphdl.ops.infer import check_arity, norm_axis, require_float, same_dtype
-from graphdl.ops.registry import OnnxLowering, OnnxNode, OpDef, apply, fail, register
+from graphdl.ops.registry import OnnxLowering, OnnxNode, OpDef, apply, fail, register, split_along
 
 __all__ = ["batch_norm", "layer_norm", "dropout"]
 
@@ -165,6 +165,8 @@ _ONNX_CODES = {"float32": 1, "float16": 10, "float64": 11}
 
 register(OpDef(name="BatchNorm", infer=_bn_infer, kernel=_bn_kernel, vjp=_bn_vjp,
                onnx=_bn_onnx, n_outputs=3, state_outputs={1: 3, 2: 4},
+               # channels are independent: x and y split along axis 1, the rest along 0
+               split=split_along((1, 0, 0, 0, 0), (1, 0, 0)),
                doc="Batch normalization over axis 1 (torch conventions); outputs y and the "
                    "new running mean and variance."))
 
@@ -250,6 +252,7 @@ def _bn_grad_onnx(attrs, tin, tout, opset):
 
 register(OpDef(name="BatchNormGrad", infer=_bn_grad_infer, kernel=_bn_grad_kernel,
                vjp=_bn_grad_vjp, onnx=_bn_grad_onnx, n_outputs=3,
+               split=split_along((1, 0, 1), (1, 0, 0)),  # channels are independent
                doc="(dx, dscale, dbias) of training-mode BatchNorm, through the batch "
                    "statistics."))
 
