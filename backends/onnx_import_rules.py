@@ -17,7 +17,8 @@ from graphdl import tensor as F
 from graphdl.backends.onnx_import import (BINARY_IMPORTS, UNARY_IMPORTS, VARIADIC_IMPORTS,
                                           Importer, OnnxImportError, SymDim, is_symbolic)
 from graphdl.ir import Value
-from graphdl.ops.dynamic import dyn_expand, dyn_fill, dyn_reshape, nonzero, unknown_dim
+from graphdl.ops.dynamic import (dyn_expand, dyn_fill, dyn_reshape, is_unknown, nonzero,
+                                  unknown_dim)
 
 Rule = Callable[[Importer, onnx.NodeProto, dict], list]
 
@@ -172,9 +173,11 @@ def _reshape(imp, node, a):
             raise OnnxImportError(f"{imp.where()}: Reshape with allowzero=1 and a 0 in the "
                                   "shape is not supported")
         static = _static_shape(x, shape)
+        out = _reshape_dims(x, list(shape.reshape(-1)))
+        if static is None and not any(is_unknown(d) for d in out):
+            static = _static_shape(x, np.array(out, dtype=object))  # the -1 resolved
         if static is not None:
             return [F.reshape(x, static)]
-        out = _reshape_dims(x, list(shape.reshape(-1)))
     else:
         out = _unknown_dims(imp, node, 1)
     return [dyn_reshape(x, imp.shape_value(node.input[1]), out, allowzero)]

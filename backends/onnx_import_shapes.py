@@ -61,6 +61,15 @@ def _cmp(fn):
             return fn(a, b)
         if fn is operator.eq and a == b:
             return True
+        # a dim is never negative: N == -1 is False (torch writes expand(N, -1) that way)
+        for sym, num in ((a, b), (b, a)):
+            if isinstance(num, int) and num < 0 and isinstance(sym, str):
+                if fn is operator.eq:
+                    return False
+                if sym is a and fn in (operator.gt, operator.ge):
+                    return True
+                if sym is a and fn in (operator.lt, operator.le):
+                    return False
         raise _NotExact(f"cannot compare symbolic dims {a} and {b}")
     return run
 

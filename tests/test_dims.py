@@ -77,3 +77,30 @@ def test_run_time_shape_inputs_import_and_allocate_outside_the_arena():
         np.testing.assert_array_equal(got_nz, np.array(np.nonzero(want)))
     kinds = {g.nodes[v.node].op: v.kind for v in plan_memory(g).values}
     assert kinds["Relu"] == ARENA and kinds["NonZero"] == EXTERNAL
+
+
+def test_exporter_shape_subgraph_resolves_to_symbolic_dims():
+    # Shape -> Gather -> Mul -> Unsqueeze -> Concat -> Reshape, as torch writes for
+    # x.reshape(batch * 3, -1); and Equal(dim, -1) from expand(N, -1) is False (dims >= 0)
+    from onnx import TensorProto, helper, numpy_helper
+
+    from graphdl.backends.onnx_import import from_onnx
+
+    c = lambda name, v: numpy_helper.from_array(np.array(v, np.int64), name)  # noqa: E731
+    nodes = [helper.make_node("Shape", ["x"], ["s"]),
+             helper.make_node("Gather", ["s", "zero"], ["n"], axis=0),
+             helper.make_node("Mul", ["n", "three"], ["n3"]),
+             helper.make_node("Unsqueeze", ["n3", "axes0"], ["n3u"]),
+             helper.make_node("Concat", ["n3u", "minus1"], ["target"], axis=0),
+             helper.make_node("Equal", ["n3u", "minus1"], ["is_neg"]),
+             helper.make_node("Where", ["is_neg", "minus1", "target"], ["t2"]),
+             helper.make_node("Reshape", ["x", "t2"], ["y"])]
+    graph = helper.make_graph(nodes, "shapes", [
+        helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 6, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [c("zero", 0), c("three", 3), c("axes0", [0]), c("minus1", [-1])])
+    g = from_onnx(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    assert g.outputs[0].shape == ("3*B", 8)
+    assert g.op_counts().get("Reshape") == 1 and "ShapeOf" not in g.op_counts()
+    (y,) = NumpyExecutor(g).run([np.ones((2, 6, 4), np.float32)])
+    assert y.shape == (6, 8)
