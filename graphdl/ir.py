@@ -5,6 +5,7 @@ Every node carries the types of its outputs and the call site in the user's code
 """
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from dataclasses import dataclass
@@ -12,6 +13,8 @@ from typing import Any, Iterable, Sequence
 
 import ml_dtypes  # noqa: F401  (registers bfloat16 and the float8 types with NumPy)
 import numpy as np
+
+from graphdl import dims as _dims
 
 # differentiable float types: trainable parameters, gradients and losses use these
 FLOAT_DTYPES = ("float32", "float64", "float16")
@@ -87,10 +90,9 @@ class TensorType:
 
     def numel(self, bindings: dict[str, int] | None = None) -> int:
         """Number of elements, with symbolic dims taken from ``bindings`` (default 1)."""
-        from graphdl.dims import evaluate
         n = 1
         for d in self.shape:
-            n *= d if isinstance(d, int) else max(evaluate(d, bindings, default=1), 0)
+            n *= d if isinstance(d, int) else max(_dims.evaluate(d, bindings, default=1), 0)
         return n
 
     def nbytes(self, bindings: dict[str, int] | None = None) -> int:
@@ -99,8 +101,8 @@ class TensorType:
 
     def concrete(self, bindings: dict[str, int]) -> tuple[int, ...]:
         """The shape with symbolic dims replaced by their bound sizes."""
-        from graphdl.dims import evaluate
-        return tuple(d if isinstance(d, int) else evaluate(d, bindings) for d in self.shape)
+        return tuple(d if isinstance(d, int) else _dims.evaluate(d, bindings)
+                     for d in self.shape)
 
     def __str__(self) -> str:
         dims = ",".join(str(d) for d in self.shape)
@@ -123,6 +125,7 @@ _PACKAGE_DIRS = tuple(os.path.normpath(os.path.join(_HERE, d)) + os.sep
                       for d in (".", "../passes", "../backends"))
 
 
+@functools.lru_cache(maxsize=4096)  # one answer per file name: building a node asks per frame
 def _inside_graphdl(filename: str) -> bool:
     return os.path.abspath(filename).startswith(_PACKAGE_DIRS)
 

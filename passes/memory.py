@@ -22,6 +22,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from graphdl.dims import DimExpr, evaluate
 from graphdl.ir import Graph
 from graphdl.ops.registry import get_op
 
@@ -321,7 +322,6 @@ def _dying_input(node, step, plans, storages, facts, type_key):
 def _planned(t, bindings) -> bool:
     """Whether the type's size is known from the bindings: no dim is unknown until run time
     (a ``?`` symbol, graphdl.ops.dynamic) unless a binding gives it."""
-    from graphdl.dims import DimExpr
     for d in t.shape:
         if isinstance(d, str):
             names = d.symbols if isinstance(d, DimExpr) else {d}
@@ -331,8 +331,10 @@ def _planned(t, bindings) -> bool:
 
 
 def _dims(t, bindings) -> tuple[int, ...]:
-    from graphdl.dims import evaluate
-    return tuple(d if isinstance(d, int) else evaluate(d, bindings, default=1) for d in t.shape)
+    shape = t.shape
+    if all(type(d) is int for d in shape):  # noqa: E721  (the common, static case)
+        return shape
+    return tuple(d if isinstance(d, int) else evaluate(d, bindings, default=1) for d in shape)
 
 
 def peak_summary(graph: Graph, bindings: Mapping[str, int] | None = None) -> dict:
