@@ -27,11 +27,13 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from graphdl import tensor as F
-from graphdl.backends.onnx_export import live_nodes
 from graphdl import dims
+from graphdl import tensor as F
+from graphdl.backends.numpy_executor import NumpyExecutor
+from graphdl.backends.onnx_export import live_nodes
 from graphdl.dims import DimExpr, parse as parse_dim
 from graphdl.ir import DTYPES, FLOAT_DTYPES, Graph, GraphError, Node, Value, rebuild
+from graphdl.ops.dynamic import shape_of
 
 
 class OnnxImportError(GraphError, ValueError):
@@ -148,8 +150,6 @@ class Importer:
         """A shape input as a run-time int64 tensor: a run-time value as it is, an
         import-time array with symbolic dims computed from the dims of values that carry
         them (``ShapeOf``, then products and sums), a static array as a constant."""
-        from graphdl.ops.dynamic import shape_of
-
         value = self.env.get(name)
         if isinstance(value, Value):
             return value if value.dtype == "int64" else F.cast(value, "int64")
@@ -190,6 +190,7 @@ class Importer:
     # ---- the walk ------------------------------------------------------------------------
     def run(self, name: str | None = None) -> Graph:
         """Import every live node; returns the Graph."""
+        # lazy: onnx_import_rules imports this module's op tables (an import cycle)
         from graphdl.backends.onnx_import_rules import IMPORT_RULES
 
         g = self.model.graph
@@ -241,6 +242,7 @@ class Importer:
     def import_node(self, node: onnx.NodeProto, attrs: dict[str, Any],
                     rules: dict[str, Callable]) -> list:
         """The graphdl values (or constants) of one node's outputs."""
+        # lazy: onnx_import_shapes imports this module (an import cycle)
         from graphdl.backends import onnx_import_shapes as shapes
 
         ins = list(node.input)
@@ -272,6 +274,7 @@ class Importer:
 
     def unsupported(self, node: onnx.NodeProto) -> str:
         """The error message for an op without an import rule."""
+        # lazy: onnx_import_rules imports this module's op tables (an import cycle)
         from graphdl.backends.onnx_import_rules import IMPORT_RULES
 
         missing = sorted({n.op_type for n in self.model.graph.node
@@ -284,8 +287,6 @@ class Importer:
         """Evaluate a node whose inputs are all constants, with graphdl's own rule and
         kernels (so folding never runs an op graphdl lacks); shape arithmetic over symbolic
         dims goes through :mod:`graphdl.backends.onnx_import_shapes`."""
-        from graphdl.backends.numpy_executor import NumpyExecutor
-
         if any(n and is_symbolic(self.env[n]) for n in node.input):
             return list(rule(self, node, attrs))  # a shape known only as symbols: run time
         outs = list(rule(self, node, attrs))

@@ -14,7 +14,7 @@ from typing import Any, Iterable, Sequence
 import ml_dtypes  # noqa: F401  (registers bfloat16 and the float8 types with NumPy)
 import numpy as np
 
-from graphdl import dims as _dims
+from graphdl.dims import evaluate
 
 # differentiable float types: trainable parameters, gradients and losses use these
 FLOAT_DTYPES = ("float32", "float64", "float16")
@@ -92,7 +92,7 @@ class TensorType:
         """Number of elements, with symbolic dims taken from ``bindings`` (default 1)."""
         n = 1
         for d in self.shape:
-            n *= d if isinstance(d, int) else max(_dims.evaluate(d, bindings, default=1), 0)
+            n *= d if isinstance(d, int) else max(evaluate(d, bindings, default=1), 0)
         return n
 
     def nbytes(self, bindings: dict[str, int] | None = None) -> int:
@@ -101,8 +101,7 @@ class TensorType:
 
     def concrete(self, bindings: dict[str, int]) -> tuple[int, ...]:
         """The shape with symbolic dims replaced by their bound sizes."""
-        return tuple(d if isinstance(d, int) else _dims.evaluate(d, bindings)
-                     for d in self.shape)
+        return tuple(d if isinstance(d, int) else evaluate(d, bindings) for d in self.shape)
 
     def __str__(self) -> str:
         dims = ",".join(str(d) for d in self.shape)

@@ -20,6 +20,7 @@ import numpy as np
 
 from graphdl import losses as _losses, optim as _optim
 from graphdl.callbacks import Callback, History
+from graphdl.distributed import DataParallel, broadcast_variables
 from graphdl.function import function
 from graphdl.ir import Graph, GraphError, Value
 from graphdl.progress import FitProgress
@@ -102,8 +103,6 @@ class TrainingMixin:
         opt, loss_obj = _optim.get(optimizer), _losses.get(loss)
         chosen = [_metric(m, loss_obj) for m in (metrics or [])]
         if distributed is not None:
-            from graphdl.distributed import DataParallel
-
             distributed = DataParallel.of(distributed)
         self.optimizer, self.loss, self.metrics = opt, loss_obj, chosen
         self.distributed = distributed
@@ -174,8 +173,6 @@ class TrainingMixin:
         dp = self.distributed
         n = len(targets)
         if dp is not None:
-            from graphdl.distributed import broadcast_variables
-
             broadcast_variables(self.variables, dp.comm)  # every rank starts from rank 0's
             verbose = verbose if dp.rank == 0 else 0  # one progress bar for the job
             n = len(dp.shard(n, batch_size, np.arange(n)))
@@ -242,8 +239,8 @@ class TrainingMixin:
             outs, new_state = step.run_uncommitted(*xb, yb)
             loss = float(outs[0])
             bad = None if np.isfinite(loss) else f"the loss became {loss}"
-            if bad is None:
-                bad = _non_finite_update(new_state)
+            if bad is None:  # a step may check its own pending state (a split step does)
+                bad = getattr(step, "non_finite", _non_finite_update)(new_state)
             size = len(yb)
             batch_sums = [loss * size] + [float(np.sum(fn(outs[1], yb)))
                                           for _, fn in self.metrics]

@@ -109,13 +109,10 @@ def _dyn_expand_kernel(xs, attrs, out):
 
 
 def _dyn_expand_vjp(F, n, g):
-    from graphdl.ops.reduce import sum as reduce_sum
-    from graphdl.ops.shape import reshape_like
-
     x = n.inputs[0]
     lead = g[0].ndim - x.ndim
     axes = tuple(range(lead)) + tuple(lead + i for i, d in enumerate(x.shape) if d == 1)
-    return [reshape_like(reduce_sum(g[0], axes, keepdims=False), x) if axes else g[0], None]
+    return [F.reshape_like(F.sum(g[0], axes, keepdims=False), x) if axes else g[0], None]
 
 
 register(OpDef(name="DynExpand", infer=_dyn_expand_infer, kernel=_dyn_expand_kernel,

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from graphdl.ir import FLOAT_DTYPES, TensorType
+from graphdl.ops.elementwise import _ONNX_DTYPE_CODES
 from graphdl.ops.infer import check_arity, norm_axes, norm_axis, require_float
 from graphdl.ops.registry import OnnxLowering, OnnxNode, OpDef, apply, fail, lower, register
 
@@ -111,7 +112,6 @@ def _numel_onnx(attrs, tin, tout, opset):
 
 
 def _onnx_code(dtype):
-    from graphdl.ops.elementwise import _ONNX_DTYPE_CODES
     return _ONNX_DTYPE_CODES[dtype]
 
 

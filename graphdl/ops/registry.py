@@ -18,7 +18,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from graphdl.ir import GraphError, ShapeError, TensorType
+from graphdl.ir import GraphError, Node, ShapeError, TensorType, Value, normalize_dtype, \
+    user_call_site
 
 
 class LoweringError(GraphError):
@@ -131,8 +132,6 @@ def apply(op: str, *inputs: Any, name: str | None = None, **attrs: Any):
     Inference runs here, so a bad shape or dtype raises at build time, naming the op, the
     input types and the user's file and line.
     """
-    from graphdl.ir import Node, user_call_site
-
     opdef = get_op(op)
     values = [as_value(x, like=_first_value(inputs)) for x in inputs]
     site = user_call_site()
@@ -146,15 +145,11 @@ def apply(op: str, *inputs: Any, name: str | None = None, **attrs: Any):
 
 
 def _first_value(inputs):
-    from graphdl.ir import Value
-
     return next((x for x in inputs if isinstance(x, Value)), None)
 
 
 def constant(value: Any, dtype: Any = None, name: str | None = None):
     """A ``Const`` node holding a read-only copy of ``value``."""
-    from graphdl.ir import Node, normalize_dtype, user_call_site
-
     arr = np.array(value, dtype=dtype)
     if dtype is None and arr.dtype == np.float64 and not isinstance(value, np.ndarray):
         arr = arr.astype(np.float32)  # Python floats default to float32, as in torch
@@ -167,14 +162,11 @@ def constant(value: Any, dtype: Any = None, name: str | None = None):
 
 def as_value(x: Any, like=None):
     """A value for ``x``: values pass through; scalars take the dtype of ``like``."""
-    from graphdl.ir import Value
-
     if isinstance(x, Value):
         return x
     if like is not None and (np.isscalar(x) or isinstance(x, (int, float, bool))):
         arr = np.asarray(x, dtype=like.dtype)
         if arr.dtype.kind in "biu" and arr != x:  # int_value * 0.5 would multiply by 0
-            from graphdl.ir import ShapeError, user_call_site
             raise ShapeError(f"the scalar {x!r} does not fit {like!r} ({like.dtype}); cast the "
                              f"value first (.astype)\n  at {user_call_site()}")
         return constant(arr)
