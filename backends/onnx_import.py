@@ -123,11 +123,8 @@ class Importer:
         if value is None:
             raise OnnxImportError(f"{self.where()}: input {name!r} is not defined (or is an "
                                   "output graphdl does not produce)")
-        if is_symbolic(value):
-            raise OnnxImportError(f"{self.where()}: {name!r} holds a shape with symbolic "
-                                  f"dimensions {list(value.reshape(-1))}, used as a "
-                                  "tensor; graphdl "
-                                  "supports shape arithmetic only into Reshape/Expand")
+        if is_symbolic(value):  # dims used as data (a count, a mean's divisor): run time
+            return self.shape_value(name)
         if value.dtype.name not in DTYPES:
             raise OnnxImportError(f"{self.where()}: {name!r} has dtype {value.dtype}, which "
                                   f"graphdl does not support ({', '.join(DTYPES)})")
@@ -256,7 +253,7 @@ class Importer:
         foldable = node.op_type != "Constant" and ins and all(
             not n or (self.is_const(n) and not self.is_weight(n)) for n in ins)
         arrays = [self.env[n] if n else None for n in ins]
-        if foldable and shapes.applies(node.op_type, arrays):
+        if foldable and shapes.applies(node.op_type, arrays, attrs):
             try:
                 self.meter.precheck(node, arrays)  # Range and broadcasts can explode
             except BudgetExceeded as err:

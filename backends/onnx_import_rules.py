@@ -445,10 +445,10 @@ def _shape(imp, node, a):
 
 def _size(imp, node, a):
     x = imp.env[node.input[0]]
-    if any(isinstance(d, str) for d in x.shape):
-        raise OnnxImportError(f"{imp.where()}: Size of a value with symbolic dims {x.shape} "
-                              "is not supported yet")
-    return [np.array(int(np.prod(x.shape, dtype=np.int64)), np.int64)]
+    n = D.product(x.shape)  # an int, or an expression of the symbolic dims (N*32*8*8)
+    if isinstance(n, str):
+        return [np.array(SymDim(n) if not isinstance(n, D.DimExpr) else n, dtype=object)]
+    return [np.array(int(n), np.int64)]
 
 
 IMPORT_RULES: dict[str, Rule] = {

@@ -122,13 +122,15 @@ def _finish(out: np.ndarray, like: np.ndarray | None = None) -> np.ndarray:
     return out.astype(dtype)
 
 
-def applies(op: str, arrays: list) -> bool:
+def applies(op: str, arrays: list, attrs: dict | None = None) -> bool:
     """Whether a node of ``op`` over these import-time arrays is shape arithmetic."""
     if op not in SHAPE_RULES:
         return False
     present = [a for a in arrays if a is not None]
     if any(is_symbolic(a) for a in present):
-        return True
+        # a Cast of dims to a float makes data (a mean's divisor): the Cast rule runs it
+        return op != "Cast" or np.dtype(helper.tensor_dtype_to_np_dtype(
+            (attrs or {}).get("to", 7))).kind in "iu"
     return all(a.dtype.kind in "iub" and a.size <= MAX_ELEMENTS for a in present)
 
 
@@ -194,10 +196,9 @@ def _slice(attrs, arrays):
 
 
 def _cast(attrs, arrays):
-    x = arrays[0]
-    if is_symbolic(x):
-        return x
-    return x.astype(helper.tensor_dtype_to_np_dtype(attrs["to"]))
+    if is_symbolic(arrays[0]):  # to an integer type (applies() sends float casts away)
+        return arrays[0]
+    return arrays[0].astype(helper.tensor_dtype_to_np_dtype(attrs["to"]))
 
 
 def _range(attrs, arrays):
