@@ -70,8 +70,8 @@ class Function:
     def __init__(self, graph: Graph, backend: str = "numpy", check_finite: bool = False,
                  single_output: bool = False, report=None):
         if backend != "numpy":
-            raise ValueError(f"gd.function backend must be 'numpy' (use gd.compile for "
-                             f"'onnxruntime'), got {backend!r}")
+            raise ValueError(f"gd.function backend must be 'numpy' or 'onnxruntime', got "
+                             f"{backend!r}")
         from graphdl.backends.numpy_executor import NumpyExecutor
 
         self.graph = graph
@@ -109,11 +109,15 @@ class Function:
 def function(inputs: Sequence[Value], outputs: Sequence[Value] | Value,
              updates: Sequence[tuple[Any, Value]] = (), backend: str = "numpy",
              optimize: bool = True, training: bool = True, check_finite: bool = False,
-             passes: Sequence[str] | None = None) -> Function:
+             passes: Sequence[str] | None = None, providers: Any = "auto",
+             threads: int | None = None) -> Function:
     """Compile ``outputs`` as a function of ``inputs``; passes run once, here.
 
     ``updates`` pairs state (``gd.param`` values or Variables) with their new values, written
     back after every call. ``check_finite=True`` raises on the first NaN/Inf, naming the op.
+    ``backend="onnxruntime"`` runs on ONNX Runtime (``providers``: "auto", "cpu", "cuda";
+    ``threads``: intra-op threads) with the state kept in device buffers and synced lazily
+    (see :mod:`graphdl.backends.ort_train`).
     """
     single = isinstance(outputs, Value)
     outs = [outputs] if single else list(outputs)
@@ -128,6 +132,11 @@ def function(inputs: Sequence[Value], outputs: Sequence[Value] | Value,
         from graphdl.passes import optimize_graph
 
         graph, report = optimize_graph(graph, training=training, passes=passes)
+    if backend == "onnxruntime":
+        from graphdl.backends.ort_train import OrtFunction
+
+        return OrtFunction(graph, providers=providers, threads=threads,
+                           single_output=single, report=report)
     return Function(graph, backend=backend, check_finite=check_finite, single_output=single,
                     report=report)
 
