@@ -263,6 +263,8 @@ class OrtFunction:
             else:
                 binding.bind_cpu_input(name, value)
                 self.bytes_in += value.nbytes
+        for name in self.output_names:  # fresh each run: the batch size may change
+            binding.bind_output(name, "cpu")
         self.session.run_with_iobinding(binding)
         self.runs += 1
         outs = binding.get_outputs()
