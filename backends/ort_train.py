@@ -35,6 +35,7 @@ import onnxruntime as ort
 
 from graphdl.backends.onnx_export import state_variables, to_onnx
 from graphdl.backends.ort import CUDA, _np_dtype, resolve_providers, session_options
+from graphdl.feeds import validate_feeds
 from graphdl.ir import Graph, GraphError, Value, Variable
 
 
@@ -66,7 +67,7 @@ class DeviceState:
             self._upload(var)
 
     def _upload(self, var: Variable) -> None:
-        array = np.ascontiguousarray(var._value)
+        array = np.asarray(var._value, order="C")  # (ascontiguousarray makes 0-d 1-d)
         buf = ort.OrtValue.ortvalue_from_shape_and_type(list(array.shape), array.dtype,
                                                         self.device, self.device_id)
         buf.update_inplace(array)
@@ -142,8 +143,11 @@ def finite_guard(graph: Graph) -> Graph:
     """
     from graphdl import tensor as F
 
-    sums = [F.cast(F.sum(v), "float64") if v.dtype != "float64" else F.sum(v)
-            for _, v in graph.updates if v.dtype.startswith("float")]
+    def total_of(v):  # a scalar as is: ORT's ReduceSum over a rank-0 tensor gives shape [1]
+        s = F.sum(v) if v.shape else v
+        return F.cast(s, "float64") if v.dtype != "float64" else s
+
+    sums = [total_of(v) for _, v in graph.updates if v.dtype.startswith("float")]
     if not sums:
         return graph
     total = sums[0]
@@ -243,10 +247,8 @@ class OrtFunction:
     def stage(self, *args: Any, **kwargs: Any) -> list:
         """The call's inputs, checked and ready to bind: OrtValues on the device on CUDA,
         contiguous arrays in the model's dtypes on CPU (bound without a copy)."""
-        from graphdl.function import validate_feeds
-
         arrays, _ = validate_feeds(self.user_graph.inputs, args, kwargs)
-        arrays = [np.ascontiguousarray(a, dtype=d) for a, d in zip(arrays, self.input_dtypes)]
+        arrays = [np.asarray(a, dtype=d, order="C") for a, d in zip(arrays, self.input_dtypes)]
         if self.device == "cuda":
             return [ort.OrtValue.ortvalue_from_numpy(a, "cuda", self.state.device_id)
                     for a in arrays]

@@ -13,10 +13,12 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from graphdl import autodiff, losses as _losses, optim as _optim
+from graphdl import autodiff, compiler, losses as _losses, optim as _optim
 from graphdl.atomic import atomic_path
 from graphdl.ir import Graph, GraphError, Value, Variable
 from graphdl.modes import set_training, state_updates
+from graphdl.summary import print_summary
+from graphdl.tensor import input as gd_input
 from graphdl.training import TrainingMixin
 
 
@@ -26,6 +28,9 @@ class WeightsMismatchError(GraphError, ValueError):
 
 class Model(TrainingMixin):
     """A model over graph values: ``gd.Model(inputs, outputs, name=None)``.
+
+    It implements :class:`graphdl.training.TrainableModel`, the interface its training loop
+    (:class:`graphdl.training.TrainingMixin`) relies on.
 
     ``inputs`` are ``gd.input`` values and ``outputs`` the values computed from them (one value
     or a list of each). Layers build the training form of the graph; :meth:`graph` gives the
@@ -111,16 +116,31 @@ class Model(TrainingMixin):
             return g
         return Graph(g.inputs, g.outputs, state_updates(list(g.outputs)), name=self.name)
 
-    def train_step_graph(self, loss: Any, optimizer: Any) -> Graph:
+    def train_step_graph(self, loss: Any, optimizer: Any, precision: str = "float32",
+                         ) -> Graph:
         """One graph for a whole train step.
 
         Inputs: the model inputs and the targets ``y``; outputs: the scalar loss and the model
         output; updates: parameters and optimizer state (from ``optimizer``), BatchNorm
         statistics. ``loss`` is a name, a :class:`graphdl.losses.Loss` or a function.
+        ``precision="mixed"``: convolutions and matrix products in float16 over float32
+        master weights, with dynamic loss scaling that skips overflowing steps in the graph
+        (:mod:`graphdl.amp`; its state is ``model.loss_scaler``).
         """
         loss_obj = _losses.get(loss)
         opt = _optim.get(optimizer)
         forward = self.graph(training=True)
+        scaler = None
+        if precision == "mixed":
+            from graphdl.amp import LossScaler
+            from graphdl.passes.mixed_precision import autocast
+
+            forward = autocast(forward)
+            if getattr(self, "loss_scaler", None) is None:
+                self.loss_scaler = LossScaler()
+            scaler = self.loss_scaler
+        elif precision != "float32":
+            raise ValueError(f"precision={precision!r}: use 'float32' or 'mixed'")
         out = _single(list(forward.outputs), "output",
                       "; build multi-output train steps with gd.grad and gd.function")
         targets = self.target_input(loss_obj)
@@ -135,7 +155,12 @@ class Model(TrainingMixin):
             if var.trainable:
                 groups.setdefault(id(var), []).append(node.outputs[0])
         reads = [v for vs in groups.values() for v in vs]
-        grads = autodiff.grad(loss_value, reads) if reads else []
+        seed = loss_value
+        if scaler is not None:
+            seed, scale = scaler.scaled(loss_value)
+        grads = autodiff.grad(seed, reads) if reads else []
+        if scaler is not None:
+            grads = scaler.unscale(grads, scale)
         params, param_grads, i = [], [], 0
         for vs in groups.values():
             total = grads[i]
@@ -145,6 +170,8 @@ class Model(TrainingMixin):
             param_grads.append(total)
             i += len(vs)
         updates = opt.updates(params, param_grads) + list(forward.updates)
+        if scaler is not None and param_grads:
+            updates = scaler.guard(updates, param_grads, scale)
         _check_unique_updates(updates)
         return Graph(list(forward.inputs) + [targets], [loss_value, out], updates,
                      name=f"{self.name}_train_step")
@@ -160,8 +187,6 @@ class Model(TrainingMixin):
 
     def target_input(self, loss: Any):
         """A ``gd.input`` for the targets ``loss`` compares the output with (named ``y``)."""
-        from graphdl.tensor import input as gd_input
-
         t = _losses.get(loss).target_type(self.output)
         taken = {v.name for v in self.inputs}
         name = next(n for n in ("y", "y_true", "targets", "_targets") if n not in taken)
@@ -230,19 +255,11 @@ class Model(TrainingMixin):
 
     def summary(self, print_fn: Callable[[str], Any] | None = None, console=None) -> None:
         """Print a table of layers: name, op, output shape and parameter count."""
-        from graphdl.summary import print_summary
-
         print_summary(self, print_fn=print_fn, console=console)
 
     def export_onnx(self, path: str | os.PathLike, **kwargs):
         """Export the inference graph to ONNX (see ``gd.export_onnx``)."""
-        import importlib
-
-        # the module, not the gd.compile function that shadows its name on the package
-        export = getattr(importlib.import_module("graphdl.compile"), "export_onnx", None)
-        if export is None:
-            raise NotImplementedError("ONNX export is not available in this graphdl build")
-        return export(self, path, **kwargs)
+        return compiler.export_onnx(self, path, **kwargs)
 
     def __repr__(self) -> str:
         ins = ", ".join(f"{v.name}: {v.type}" for v in self.inputs)
@@ -277,8 +294,6 @@ class Sequential(Model):
 
     def build(self, input_shape: Sequence[int]) -> None:
         """Create the input (batch dim symbolic) and apply every layer to it."""
-        from graphdl.tensor import input as gd_input
-
         if not self.layers:
             raise GraphError(f"Sequential {self.name!r} has no layers")
         x = gd_input("x", (None, *tuple(int(d) for d in input_shape)), self._dtype)

@@ -14,21 +14,62 @@ against the loss (integer labels within the model's classes for cross-entropy).
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
 from graphdl import losses as _losses, optim as _optim
 from graphdl.callbacks import Callback, History
-from graphdl.ir import GraphError
+from graphdl.function import function
+from graphdl.ir import Graph, GraphError, Value
+from graphdl.progress import FitProgress
 
 
 class NonFiniteLossError(FloatingPointError):
     """The training loss became NaN or Inf; the weights are those from before that step."""
 
 
+class TrainableModel(Protocol):
+    """What :class:`TrainingMixin` needs from the class it is mixed into (``gd.Model``).
+
+    The host gives the graphs; the mixin compiles and runs them. In the other direction the
+    mixin gives ``compile``/``fit``/``evaluate``/``predict``, the attributes ``optimizer``,
+    ``loss``, ``metrics``, ``history`` and ``stop_training``, and
+    :meth:`TrainingMixin._reset_compiled_functions`, which the host must call whenever its
+    graph changes (the compiled train, eval and predict functions are cached until then).
+    The host calls ``TrainingMixin.__init__`` before building anything.
+    """
+
+    name: str
+
+    @property
+    def inputs(self) -> list[Value]:
+        """The model's ``gd.input`` values (builds a deferred model first)."""
+
+    @property
+    def output(self) -> Value:
+        """The single output value (training form)."""
+
+    def graph(self, training: bool = False) -> Graph:
+        """The inference graph, or with ``training=True`` the forward graph with its state
+        updates."""
+
+    def train_step_graph(self, loss: Any, optimizer: Any, precision: str = "float32",
+                         ) -> Graph:
+        """One graph for a train step: inputs (model inputs, targets), outputs (loss, output),
+        updates (parameters, optimizer and layer state); ``precision`` "float32" or
+        "mixed"."""
+
+    def eval_graph(self, loss: Any) -> Graph:
+        """The inference graph with the targets as an extra input: outputs (loss, output)."""
+
+    def _ensure_built(self, sample_shape: Sequence[int] | None = None) -> None:
+        """Build the graph from one sample's shape if it is deferred (``Sequential``)."""
+
+
 class TrainingMixin:
-    """compile/fit/evaluate/predict for :class:`graphdl.Model` (see the module docstring)."""
+    """compile/fit/evaluate/predict for :class:`graphdl.Model` (see the module docstring);
+    the class it is mixed into implements :class:`TrainableModel`."""
 
     def __init__(self):
         self.stop_training = False
@@ -111,11 +152,7 @@ class TrainingMixin:
 
     def _train_function(self):
         if self._train_fn is None:
-            g = self.train_step_graph(self.loss, self.optimizer)
-            if self.precision == "mixed":
-                from graphdl.passes.mixed_precision import mixed_precision_step
-
-                g = mixed_precision_step(self, g)
+            g = self.train_step_graph(self.loss, self.optimizer, precision=self.precision)
             self._train_fn = self._compile_graph(g, training=True)
         return self._train_fn
 
@@ -179,8 +216,6 @@ class TrainingMixin:
         for cb in cbs:
             cb.set_model(self)
             cb.set_params(params)
-        from graphdl.progress import FitProgress
-
         progress = FitProgress(verbose, epochs, steps, console)
         rng = np.random.default_rng(seed)
         self.stop_training = False
