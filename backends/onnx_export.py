@@ -25,7 +25,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from graphdl.ir import FLOAT_DTYPES, Graph, GraphError, Node, TensorType, Value, as_graph
+from graphdl.ir import DTYPES, FLOAT_DTYPES, Graph, GraphError, Node, TensorType, Value, \
+    as_graph, numpy_dtype
 from graphdl.ops.registry import LoweringError, OnnxLowering, get_op
 from graphdl.version import __version__
 
@@ -34,9 +35,8 @@ DEFAULT_OPSET = 17
 # node by node (onnx.checker.check_node), naming the op that does not
 MIN_OPSET = 7
 
-ONNX_ELEM_TYPES = {"float32": TensorProto.FLOAT, "float64": TensorProto.DOUBLE,
-                   "float16": TensorProto.FLOAT16, "int64": TensorProto.INT64,
-                   "int32": TensorProto.INT32, "bool": TensorProto.BOOL}
+ONNX_ELEM_TYPES = {name: (TensorProto.STRING if name == "string" else
+                          helper.np_dtype_to_tensor_dtype(numpy_dtype(name))) for name in DTYPES}
 _FLOAT_CODES = {TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16}
 # ONNX inputs that must keep their float32 type when a model is converted to float16
 _KEEP_FLOAT32_INPUTS = {("Resize", 2), ("Upsample", 1)}
@@ -50,7 +50,7 @@ class ExportError(GraphError, ValueError):
 def runtime_max_ir_version() -> int | None:
     """The highest ONNX IR version the installed onnxruntime loads (probed once), or None."""
     try:
-        import onnxruntime as ort
+        import onnxruntime as ort  # lazy: optional here (export works without it), ~1 s
     except ImportError:
         return None
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])

@@ -9,6 +9,7 @@ plan. Everything goes under ``out_dir``; ``results.json`` collects the numbers.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -16,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from graphdl import atomic
+import graphdl as gd
+from graphdl import atomic, optim
 from graphdl.atomic import atomic_path
 
 SPLIT_SEED = 0  # the hold-out split is fixed, whatever --seed says, so runs compare
@@ -34,7 +36,7 @@ def load_digits_split(test_fraction: float = TEST_FRACTION, seed: int = SPLIT_SE
     """(x_train, y_train, x_test, y_test): digits as float32 (N, 1, 8, 8) in [0, 1], int64
     labels, split by a seeded permutation with ``ceil(test_fraction * N)`` test images."""
     try:
-        from sklearn.datasets import load_digits
+        from sklearn.datasets import load_digits  # lazy: optional extra, ~4 s to import
     except ImportError as err:
         raise DemoDataError("graphdl demo needs scikit-learn for the digits data; install "
                             "the examples extra: pip install -e '.[examples]'") from err
@@ -49,15 +51,11 @@ def load_digits_split(test_fraction: float = TEST_FRACTION, seed: int = SPLIT_SE
 
 def build_model(seed: int = 0):
     """The demo model: ``gd.models.cnn`` for 10 classes of 1x8x8 images."""
-    import graphdl as gd
-
     return gd.models.cnn(num_classes=10, input_shape=(1, 8, 8), seed=seed)
 
 
 def make_optimizer(epochs: int, steps_per_epoch: int):
     """Adam with cosine decay of the learning rate over the whole run (computed in-graph)."""
-    from graphdl import optim
-
     total = max(epochs * steps_per_epoch, 1)
     return optim.Adam(optim.CosineLR(3e-3, t_max=total, eta_min=1e-4))
 
@@ -70,12 +68,10 @@ def blas_threads(count: int | None):
     train step ten times slower (measured: 129 ms against 11 ms). Uses threadpoolctl, which
     scikit-learn (the demo's data source) depends on; without it, nothing changes.
     """
-    import contextlib
-
     if not count:
         return contextlib.nullcontext()
     try:
-        from threadpoolctl import threadpool_limits
+        from threadpoolctl import threadpool_limits  # lazy: optional (via scikit-learn)
     except ImportError:
         return contextlib.nullcontext()
     return threadpool_limits(limits=count, user_api="blas")
@@ -83,9 +79,11 @@ def blas_threads(count: int | None):
 
 def train_digits(epochs: int = DEFAULT_EPOCHS, batch_size: int = DEFAULT_BATCH_SIZE,
                  seed: int = 0, verbose: int = 0, console=None, threads: int | None = 1,
-                 backend: str = "numpy", providers: str = "auto"):
+                 distributed: Any = None, backend: str = "numpy", providers: str = "auto"):
     """Train the demo model on the digits' training split, validating on the hold-out.
 
+    ``distributed`` (e.g. ``"mpi"`` under ``mpiexec -n K``) trains data-parallel with the same
+    global batch: each rank takes ``batch_size // K`` samples per step.
     ``backend="onnxruntime"`` trains on ONNX Runtime (``providers``: auto, cpu, cuda).
     Returns (model, history, fit_seconds, (x_test, y_test)).
     """
@@ -94,8 +92,10 @@ def train_digits(epochs: int = DEFAULT_EPOCHS, batch_size: int = DEFAULT_BATCH_S
     steps = -(-len(y_train) // batch_size)
     ort_threads = (threads or None) if backend == "onnxruntime" else None
     model.compile(optimizer=make_optimizer(epochs, steps), loss="cross_entropy",
-                  metrics=["accuracy"], backend=backend, providers=providers,
-                  threads=ort_threads)
+                  metrics=["accuracy"], distributed=distributed, backend=backend,
+                  providers=providers, threads=ort_threads)
+    if model.distributed is not None:
+        batch_size = max(1, batch_size // model.distributed.size)
     with blas_threads(threads):
         start = time.perf_counter()
         history = model.fit(x_train, y_train, epochs=epochs, batch_size=batch_size,
@@ -107,25 +107,38 @@ def train_digits(epochs: int = DEFAULT_EPOCHS, batch_size: int = DEFAULT_BATCH_S
 
 def run_demo(epochs: int = DEFAULT_EPOCHS, out_dir: str = "graphdl_demo_out", seed: int = 0,
              batch_size: int = DEFAULT_BATCH_SIZE, verbose: int = 1, console=None,
-             threads: int | None = 1, backend: str = "numpy", providers: str = "auto") -> dict:
+             threads: int | None = 1, distributed: bool = False, backend: str = "numpy",
+             providers: str = "auto") -> dict | None:
     """Run the whole demo; returns the results it also writes to ``out_dir/results.json``.
 
     ``threads`` limits BLAS threads while training (see :func:`blas_threads`), or ORT's
     intra-op threads with ``backend="onnxruntime"``.
+    ``distributed=True`` (one rank of ``mpiexec -n K graphdl demo --distributed``) trains
+    data-parallel; rank 0 reports and writes, the other ranks return None after evaluating.
     """
-    from rich.console import Console
+    from rich.console import Console  # lazy: `graphdl --help` reads this module's defaults
 
     if console is None:
         console = Console()
         if not console.is_terminal:  # logs and CI: wide enough for the pass report table
             console = Console(width=120)
+    dp = None
+    if distributed:
+        from graphdl.distributed import DataParallel
+
+        dp = DataParallel("mpi")
+        if dp.rank != 0:  # one report for the job
+            verbose, console = 0, Console(quiet=True)
     os.makedirs(out_dir, exist_ok=True)
     x_train, y_train, x_test, y_test = load_digits_split()
     console.print(f"[bold]graphdl demo[/bold]: {len(y_train)} training and {len(y_test)} "
-                  f"held-out 8x8 digits (scikit-learn load_digits, split seed {SPLIT_SEED})")
+                  f"held-out 8x8 digits (scikit-learn load_digits, split seed {SPLIT_SEED})"
+                  + (f", data-parallel on {dp.size} MPI ranks" if dp else ""))
     model, history, fit_seconds, _ = train_digits(epochs, batch_size, seed, verbose, console,
-                                                  threads, backend, providers)
-    test_loss, test_accuracy = model.evaluate(x_test, y_test)
+                                                  threads, dp, backend, providers)
+    test_loss, test_accuracy = model.evaluate(x_test, y_test)  # all-reduced under MPI
+    if dp is not None and dp.rank != 0:
+        return None
     trained_on = backend
     if backend == "onnxruntime":
         providers_used = model._train_function().providers
@@ -138,6 +151,7 @@ def run_demo(epochs: int = DEFAULT_EPOCHS, out_dir: str = "graphdl_demo_out", se
         "batch_size": batch_size, "seed": seed, "train_samples": int(len(y_train)),
         "test_samples": int(len(y_test)), "test_accuracy": float(test_accuracy),
         "test_loss": float(test_loss), "fit_seconds": fit_seconds,
+        "ranks": dp.size if dp else 1,
         "train_step_seconds": history.train_seconds, "history": history.history,
     }
     console.print(f"test accuracy [bold]{test_accuracy:.2%}[/bold] on {len(y_test)} held-out "
@@ -161,16 +175,14 @@ def run_demo(epochs: int = DEFAULT_EPOCHS, out_dir: str = "graphdl_demo_out", se
 
 def write_training_curve(history, path: str) -> str | None:
     """Loss and accuracy per epoch (train and hold-out) as a PNG; None without matplotlib."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")  # no display needed
-        import matplotlib.pyplot as plt
+    try:  # lazy: matplotlib is the optional "examples" extra
+        from matplotlib.figure import Figure  # no pyplot: the user's backend stays untouched
     except ImportError:
         return None
     h = history.history
     epochs = np.arange(1, len(h.get("loss", [])) + 1)
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    fig = Figure(figsize=(10, 4))
+    ax_loss, ax_acc = fig.subplots(1, 2)
     ax_loss.plot(epochs, h["loss"], label="train")
     if "val_loss" in h:
         ax_loss.plot(epochs, h["val_loss"], label="hold-out")
@@ -186,14 +198,11 @@ def write_training_curve(history, path: str) -> str | None:
     fig.tight_layout()
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=100)
-    plt.close(fig)
     return path
 
 
 def check_onnx(model, x_test: np.ndarray, out_dir: str, console) -> dict:
     """Export to ONNX, run it on ONNX Runtime and compare with the NumPy executor (issue 4)."""
-    import graphdl as gd
-
     path = os.path.join(out_dir, "digits_cnn.onnx")
     model.export_onnx(path)
     run = gd.compile(model, backend="onnxruntime", providers="auto")
@@ -212,8 +221,6 @@ def check_onnx(model, x_test: np.ndarray, out_dir: str, console) -> dict:
 
 def report_optimization(model, console, batch_size: int = DEFAULT_BATCH_SIZE) -> dict:
     """Print ``gd.optimize``'s per-pass report and the memory plan (issue 5)."""
-    import graphdl as gd
-
     result = gd.optimize(model, training=False, batch_size=batch_size)
     console.print(result)
     memory = result.memory_plan().as_dict()

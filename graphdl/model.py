@@ -116,13 +116,18 @@ class Model(TrainingMixin):
             return g
         return Graph(g.inputs, g.outputs, state_updates(list(g.outputs)), name=self.name)
 
-    def train_step_graph(self, loss: Any, optimizer: Any, precision: str = "float32",
-                         ) -> Graph:
+    def train_step_graph(self, loss: Any, optimizer: Any,
+                         forward_hook: Callable[[Graph], Graph] | None = None,
+                         grad_hook: Callable[[list], list] | None = None,
+                         precision: str = "float32") -> Graph:
         """One graph for a whole train step.
 
         Inputs: the model inputs and the targets ``y``; outputs: the scalar loss and the model
         output; updates: parameters and optimizer state (from ``optimizer``), BatchNorm
         statistics. ``loss`` is a name, a :class:`graphdl.losses.Loss` or a function.
+        ``forward_hook`` rewrites the training-form forward graph before differentiation and
+        ``grad_hook`` maps the parameter gradients before the optimizer reads them (the
+        data-parallel step uses both: synchronized BatchNorm, gradient all-reduces).
         ``precision="mixed"``: convolutions and matrix products in float16 over float32
         master weights, with dynamic loss scaling that skips overflowing steps in the graph
         (:mod:`graphdl.amp`; its state is ``model.loss_scaler``).
@@ -130,6 +135,8 @@ class Model(TrainingMixin):
         loss_obj = _losses.get(loss)
         opt = _optim.get(optimizer)
         forward = self.graph(training=True)
+        if forward_hook is not None:
+            forward = forward_hook(forward)
         scaler = None
         if precision == "mixed":
             from graphdl.amp import LossScaler
@@ -169,6 +176,8 @@ class Model(TrainingMixin):
             params.append(vs[0])
             param_grads.append(total)
             i += len(vs)
+        if grad_hook is not None:
+            param_grads = list(grad_hook(param_grads))
         updates = opt.updates(params, param_grads) + list(forward.updates)
         if scaler is not None and param_grads:
             updates = scaler.guard(updates, param_grads, scale)

@@ -54,11 +54,12 @@ class TrainableModel(Protocol):
         """The inference graph, or with ``training=True`` the forward graph with its state
         updates."""
 
-    def train_step_graph(self, loss: Any, optimizer: Any, precision: str = "float32",
-                         ) -> Graph:
+    def train_step_graph(self, loss: Any, optimizer: Any, forward_hook: Any = None,
+                         grad_hook: Any = None, precision: str = "float32") -> Graph:
         """One graph for a train step: inputs (model inputs, targets), outputs (loss, output),
-        updates (parameters, optimizer and layer state); ``precision`` "float32" or
-        "mixed"."""
+        updates (parameters, optimizer and layer state); the hooks rewrite the forward graph
+        and map the gradients (the data-parallel step uses them); ``precision`` is "float32"
+        or "mixed"."""
 
     def eval_graph(self, loss: Any) -> Graph:
         """The inference graph with the targets as an extra input: outputs (loss, output)."""
@@ -81,6 +82,7 @@ class TrainingMixin:
         self.precision = "float32"
         self._ort_options: dict[str, Any] = {}
         self._device_state = None
+        self.distributed = None  # a graphdl.distributed.DataParallel when compiled with one
         self._reset_compiled_functions()
 
     def _reset_compiled_functions(self) -> None:
@@ -105,12 +107,16 @@ class TrainingMixin:
         """Functional models are always built; Sequential overrides this."""
 
     def compile(self, optimizer: Any = "adam", loss: Any = None,
-                metrics: Sequence[str | Callable] | None = None, backend: str = "numpy",
-                providers: Any = "auto", precision: str = "float32",
+                metrics: Sequence[str | Callable] | None = None, distributed: Any = None,
+                backend: str = "numpy", providers: Any = "auto", precision: str = "float32",
                 threads: int | None = None) -> None:
         """Choose the optimizer (an optimizer or "sgd"/"adam"/"adamw"), the loss (a name such
         as "cross_entropy", a Loss, or ``fn(outputs, targets)``) and host-side metrics
         ("accuracy", "mae", "mse" or ``fn(outputs, y) -> per-sample values``).
+
+        ``distributed="mpi"`` (or a :class:`graphdl.distributed.DataParallel` with options:
+        bucket size, synchronized BatchNorm, timeout) trains data-parallel over the ranks of
+        ``mpiexec -n K``; ``fit``'s batch size is then per rank.
 
         ``backend="onnxruntime"`` runs fit/evaluate/predict on ONNX Runtime (``providers``:
         "auto", "cpu", "cuda"; ``threads``: intra-op threads) with the whole state kept in
@@ -130,8 +136,13 @@ class TrainingMixin:
             from graphdl.backends.ort import resolve_providers
 
             resolve_providers(providers)  # a clear error now, not at the first fit
+        if distributed is not None:
+            from graphdl.distributed import DataParallel
+
+            distributed = DataParallel.of(distributed)
         self._reset_compiled_functions()
         self.optimizer, self.loss, self.metrics = opt, loss_obj, chosen
+        self.distributed = distributed
         self.backend, self.precision = backend, precision
         self._ort_options = {"providers": providers, "threads": threads}
 
@@ -151,6 +162,8 @@ class TrainingMixin:
         return fn
 
     def _train_function(self):
+        if self._train_fn is None and self.distributed is not None:
+            self._train_fn = self.distributed.compile_train_step(self, self.loss, self.optimizer)
         if self._train_fn is None:
             g = self.train_step_graph(self.loss, self.optimizer, precision=self.precision)
             self._train_fn = self._compile_graph(g, training=True)
@@ -206,7 +219,14 @@ class TrainingMixin:
             val = self._prepare(validation_data[0], validation_data[1],
                                 "validation x", "validation y")
         step = self._train_function()
+        dp = self.distributed
         n = len(targets)
+        if dp is not None:
+            from graphdl.distributed import broadcast_variables
+
+            broadcast_variables(self.variables, dp.comm)  # every rank starts from rank 0's
+            verbose = verbose if dp.rank == 0 else 0  # one progress bar for the job
+            n = len(dp.shard(n, batch_size, np.arange(n)))
         steps = -(-n // batch_size)
         names = ["loss"] + [name for name, _ in self.metrics]
         history = History()
@@ -226,7 +246,10 @@ class TrainingMixin:
             for epoch in range(epochs):
                 for cb in cbs:
                     cb.on_epoch_begin(epoch, {})
-                order = rng.permutation(n) if shuffle else None
+                order = rng.permutation(len(targets)) if shuffle else None
+                if dp is not None:  # this rank's shard of the epoch (same seed on every rank)
+                    order = dp.shard(len(targets), batch_size, np.arange(len(targets))
+                                     if order is None else order)
                 progress.start_epoch(epoch)
                 logs, seconds = self._run_epoch(step, xs, targets, order, batch_size, epoch,
                                                 epochs, cbs, progress)
@@ -241,13 +264,20 @@ class TrainingMixin:
                     break
             for cb in cbs:
                 cb.on_train_end({})
+        except NonFiniteLossError:
+            raise  # raised on every rank at the same step (the flag is all-reduced)
+        except Exception as err:
+            if dp is not None:
+                dp.abort(err)  # a failure on one rank would leave the others waiting
+            raise
         finally:
             progress.close()
             self.sync_weights()
         return history
 
     def _run_epoch(self, step, xs, targets, order, batch_size, epoch, epochs, cbs, progress):
-        n = len(targets)
+        n = len(targets) if order is None else len(order)
+        dp = self.distributed
         steps = -(-n // batch_size)
         sums = {"loss": 0.0, **{name: 0.0 for name, _ in self.metrics}}
         seen = 0
@@ -270,6 +300,15 @@ class TrainingMixin:
             bad = None if np.isfinite(loss) else f"the loss became {loss}"
             if bad is None:
                 bad = check(new_state)
+            size = len(yb)
+            batch_sums = [loss * size] + [float(np.sum(fn(outs[1], yb)))
+                                          for _, fn in self.metrics]
+            if dp is not None:  # one small collective: metric sums, sizes and the NaN flag
+                total = dp.allreduce_host(batch_sums + [size, bad is not None])
+                batch_sums, size, n_bad = list(total[:-2]), int(total[-2]), int(total[-1])
+                loss = batch_sums[0] / size
+                if n_bad and bad is None:
+                    bad = f"a non-finite value on {n_bad} other rank(s)"
             if bad is not None:
                 raise NonFiniteLossError(
                     f"{bad} at epoch {epoch + 1}/{epochs}, batch {b + 1}/{steps} (step "
@@ -278,11 +317,9 @@ class TrainingMixin:
                     "for extreme values.")
             step.commit(new_state)
             seconds += time.perf_counter() - start
-            size = len(yb)
             seen += size
-            sums["loss"] += loss * size
-            for name, fn in self.metrics:
-                sums[name] += float(np.sum(fn(outs[1], yb)))
+            for name, value in zip(sums, batch_sums):
+                sums[name] += value
             running = {k: v / seen for k, v in sums.items()}
             progress.update(b, seen, running)
             for cb in cbs:
@@ -305,6 +342,8 @@ class TrainingMixin:
         return values[0] if len(values) == 1 else values
 
     def _evaluate_arrays(self, xs, targets, batch_size, loss) -> dict[str, float]:
+        if self.distributed is not None:  # shards evaluated per rank, sums all-reduced
+            return self.distributed.evaluate(self, xs, targets, batch_size, loss)
         fn = self._eval_function(loss)
         sums = {"loss": 0.0, **{name: 0.0 for name, _ in self.metrics}}
         n = len(targets)
