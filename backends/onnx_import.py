@@ -28,6 +28,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from graphdl import tensor as F
+from graphdl.backends.numpy_executor import NumpyExecutor
 from graphdl.backends.onnx_export import live_nodes
 from graphdl.ir import DTYPES, FLOAT_DTYPES, Graph, GraphError, Node, Value, rebuild
 
@@ -49,9 +50,6 @@ BINARY_IMPORTS = {
     "GreaterOrEqual": "greater_equal",
 }
 VARIADIC_IMPORTS = {"Max": "maximum", "Min": "minimum", "Sum": "add"}
-# ops evaluated on constants during import (shape arithmetic); symbolic dims allowed
-SHAPE_ARITHMETIC = {"Shape", "Gather", "Unsqueeze", "Squeeze", "Concat", "Slice", "Identity",
-                    "Cast", "Reshape", "Constant"}
 
 
 class Importer:
@@ -151,6 +149,7 @@ class Importer:
     # ---- the walk ------------------------------------------------------------------------
     def run(self, name: str | None = None) -> Graph:
         """Import every live node; returns the Graph."""
+        # lazy: onnx_import_rules imports this module's op tables (an import cycle)
         from graphdl.backends.onnx_import_rules import IMPORT_RULES
 
         g = self.model.graph
@@ -199,16 +198,22 @@ class Importer:
     def import_node(self, node: onnx.NodeProto, attrs: dict[str, Any],
                     rules: dict[str, Callable]) -> list:
         """The graphdl values (or constants) of one node's outputs."""
+        # lazy: onnx_import_shapes imports this module (an import cycle)
+        from graphdl.backends import onnx_import_shapes as shapes
+
         ins = list(node.input)
-        rule = rules.get(node.op_type)
-        if rule is None:
-            raise OnnxImportError(self.unsupported(node))
         for n in ins:
             if n and n not in self.env:
                 raise OnnxImportError(f"{self.where()}: input {n!r} is not defined by any "
                                       "earlier node, initializer or graph input")
         foldable = node.op_type != "Constant" and ins and all(
             not n or (self.is_const(n) and not self.is_weight(n)) for n in ins)
+        arrays = [self.env[n] if n else None for n in ins]
+        if foldable and shapes.applies(node.op_type, arrays):
+            return shapes.evaluate(self, node, attrs, arrays)  # dims, symbolic or not
+        rule = rules.get(node.op_type)
+        if rule is None:
+            raise OnnxImportError(self.unsupported(node))
         try:
             outs = self.fold(node, attrs, rule) if foldable else rule(self, node, attrs)
         except OnnxImportError:
@@ -225,6 +230,7 @@ class Importer:
 
     def unsupported(self, node: onnx.NodeProto) -> str:
         """The error message for an op without an import rule."""
+        # lazy: onnx_import_rules imports this module's op tables (an import cycle)
         from graphdl.backends.onnx_import_rules import IMPORT_RULES
 
         missing = sorted({n.op_type for n in self.model.graph.node
@@ -236,16 +242,10 @@ class Importer:
     def fold(self, node: onnx.NodeProto, attrs: dict[str, Any], rule: Callable) -> list:
         """Evaluate a node whose inputs are all constants, with graphdl's own rule and
         kernels (so folding never runs an op graphdl lacks); shape arithmetic over symbolic
-        dims goes through :func:`fold_symbolic`."""
-        from graphdl.backends.numpy_executor import NumpyExecutor
-        from graphdl.backends.onnx_import_rules import fold_symbolic
-
-        arrays = [self.env[n] if n else None for n in node.input]
-        if any(a is not None and is_symbolic(a) for a in arrays):
-            if node.op_type not in SHAPE_ARITHMETIC:
-                raise OnnxImportError(f"{self.where()}: {node.op_type} over a symbolic shape "
-                                      "is not supported")
-            return fold_symbolic(self, node, attrs, arrays)
+        dims goes through :mod:`graphdl.backends.onnx_import_shapes`."""
+        if any(n and is_symbolic(self.env[n]) for n in node.input):
+            raise OnnxImportError(f"{self.where()}: {node.op_type} over a symbolic shape is "
+                                  "not supported")
         outs = list(rule(self, node, attrs))
         values = [o for o in outs if isinstance(o, Value)]
         if not values:

@@ -33,6 +33,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import onnxruntime as ort
 
+from graphdl import tensor as F
 from graphdl.backends.onnx_export import state_variables, to_onnx
 from graphdl.backends.ort import CUDA, _np_dtype, resolve_providers, session_options
 from graphdl.feeds import validate_feeds
@@ -141,8 +142,6 @@ def finite_guard(graph: Graph) -> Graph:
     It is finite exactly when no update holds a NaN or Inf (barring a float64 overflow of
     the sum), so the host checks one scalar instead of copying the state back.
     """
-    from graphdl import tensor as F
-
     def total_of(v):  # a scalar as is: ORT's ReduceSum over a rank-0 tensor gives shape [1]
         s = F.sum(v) if v.shape else v
         return F.cast(s, "float64") if v.dtype != "float64" else s

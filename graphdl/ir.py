@@ -13,6 +13,8 @@ from typing import Any, Iterable, Sequence
 import ml_dtypes  # noqa: F401  (registers bfloat16 and the float8 types with NumPy)
 import numpy as np
 
+from graphdl.dims import evaluate
+
 # differentiable float types: trainable parameters, gradients and losses use these
 FLOAT_DTYPES = ("float32", "float64", "float16")
 # narrow floats from ml_dtypes (what ONNX and JAX use): storage and casts, not training
@@ -23,7 +25,9 @@ INT_DTYPES = ("int64", "int32", "int16", "int8", "uint64", "uint32", "uint16", "
 # strings are NumPy object arrays of str (ONNX's string tensors)
 DTYPES = FLOAT_DTYPES + NARROW_FLOAT_DTYPES + INT_DTYPES + ("bool", "string")
 
-Dim = int | str  # an int is static; a str names a symbolic dimension (the batch)
+# an int is static; a str names a symbolic dimension (the batch) or, as a DimExpr (a str
+# subclass), an expression of symbols such as N*197 (see graphdl.dims)
+Dim = int | str
 
 
 class GraphError(Exception):
@@ -87,7 +91,7 @@ class TensorType:
         """Number of elements, with symbolic dims taken from ``bindings`` (default 1)."""
         n = 1
         for d in self.shape:
-            n *= d if isinstance(d, int) else (bindings or {}).get(d, 1)
+            n *= d if isinstance(d, int) else max(evaluate(d, bindings, default=1), 0)
         return n
 
     def nbytes(self, bindings: dict[str, int] | None = None) -> int:
@@ -96,7 +100,7 @@ class TensorType:
 
     def concrete(self, bindings: dict[str, int]) -> tuple[int, ...]:
         """The shape with symbolic dims replaced by their bound sizes."""
-        return tuple(d if isinstance(d, int) else bindings[d] for d in self.shape)
+        return tuple(d if isinstance(d, int) else evaluate(d, bindings) for d in self.shape)
 
     def __str__(self) -> str:
         dims = ",".join(str(d) for d in self.shape)

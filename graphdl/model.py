@@ -14,9 +14,11 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from graphdl import autodiff, compiler, losses as _losses, optim as _optim
+from graphdl.amp import LossScaler
 from graphdl.atomic import atomic_path
 from graphdl.ir import Graph, GraphError, Value, Variable
 from graphdl.modes import set_training, state_updates
+from graphdl.passes.mixed_precision import autocast
 from graphdl.summary import print_summary
 from graphdl.tensor import input as gd_input
 from graphdl.training import TrainingMixin
@@ -139,9 +141,6 @@ class Model(TrainingMixin):
             forward = forward_hook(forward)
         scaler = None
         if precision == "mixed":
-            from graphdl.amp import LossScaler
-            from graphdl.passes.mixed_precision import autocast
-
             forward = autocast(forward)
             if getattr(self, "loss_scaler", None) is None:
                 self.loss_scaler = LossScaler()
@@ -383,3 +382,14 @@ def _check_unique_updates(updates) -> None:
             raise GraphError(f"variable {var.name!r} is updated twice in one train step (is a "
                              "trainable parameter also a BatchNorm statistic?)")
         seen[id(var)] = var.name
+
+
+def import_onnx(model_or_path: Any, name: str | None = None) -> Model:
+    """An ONNX model (a path or a ``ModelProto``) as a :class:`Model` ready to fine-tune:
+    float initializers are trainable Variables, BatchNorm running statistics are state,
+    Dropout draws masks in training mode, and ``model.compile(...); model.fit(...)`` trains
+    it with graphdl's symbolic gradients. Refusals raise ``OnnxImportError``."""
+    from graphdl.backends.onnx_import import from_onnx  # lazy: onnx loads in ~0.7 s
+
+    graph = from_onnx(model_or_path, name=name)
+    return Model(list(graph.inputs), list(graph.outputs), name=graph.name)

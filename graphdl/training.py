@@ -18,8 +18,9 @@ from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
-from graphdl import losses as _losses, optim as _optim
+from graphdl import losses as _losses, optim as _optim, passes as _passes
 from graphdl.callbacks import Callback, History
+from graphdl.distributed import DataParallel, broadcast_variables
 from graphdl.function import function
 from graphdl.ir import Graph, GraphError, Value
 from graphdl.progress import FitProgress
@@ -133,12 +134,10 @@ class TrainingMixin:
         opt, loss_obj = _optim.get(optimizer), _losses.get(loss)
         chosen = [_metric(m, loss_obj) for m in (metrics or [])]
         if backend == "onnxruntime":
-            from graphdl.backends.ort import resolve_providers
+            from graphdl.backends.ort import resolve_providers  # lazy: onnxruntime loads slowly
 
             resolve_providers(providers)  # a clear error now, not at the first fit
         if distributed is not None:
-            from graphdl.distributed import DataParallel
-
             distributed = DataParallel.of(distributed)
         self._reset_compiled_functions()
         self.optimizer, self.loss, self.metrics = opt, loss_obj, chosen
@@ -149,14 +148,11 @@ class TrainingMixin:
     # ---- compiled functions --------------------------------------------------------------
 
     def _compile_graph(self, g, training: bool):
-        from graphdl.function import function
-
         if self.backend != "onnxruntime":
             return function(g.inputs, list(g.outputs), g.updates, training=training)
-        from graphdl.backends.ort_train import OrtFunction
-        from graphdl.passes import optimize_graph
+        from graphdl.backends.ort_train import OrtFunction  # lazy: onnxruntime loads slowly
 
-        graph, report = optimize_graph(g, training=training)
+        graph, report = _passes.optimize_graph(g, training=training)
         fn = OrtFunction(graph, state=self._device_state, report=report, **self._ort_options)
         self._device_state = fn.state  # train, eval and predict share the device buffers
         return fn
@@ -222,8 +218,6 @@ class TrainingMixin:
         dp = self.distributed
         n = len(targets)
         if dp is not None:
-            from graphdl.distributed import broadcast_variables
-
             broadcast_variables(self.variables, dp.comm)  # every rank starts from rank 0's
             verbose = verbose if dp.rank == 0 else 0  # one progress bar for the job
             n = len(dp.shard(n, batch_size, np.arange(n)))
@@ -290,7 +284,6 @@ class TrainingMixin:
                 yield [a[idx] for a in xs] + [targets[idx]]
 
         staged = _staged_batches(step, batches())
-        check = getattr(step, "non_finite", _non_finite_update)
         for b, (args, ready) in enumerate(staged):
             yb = args[-1]
             start = time.perf_counter()
@@ -298,8 +291,8 @@ class TrainingMixin:
                 step.run_uncommitted(*args)
             loss = float(outs[0])
             bad = None if np.isfinite(loss) else f"the loss became {loss}"
-            if bad is None:
-                bad = check(new_state)
+            if bad is None:  # a step may check its own pending state (a split step does)
+                bad = getattr(step, "non_finite", _non_finite_update)(new_state)
             size = len(yb)
             batch_sums = [loss * size] + [float(np.sum(fn(outs[1], yb)))
                                           for _, fn in self.metrics]
@@ -445,7 +438,7 @@ def _staged_batches(step, batches):
     """(args, staged) per batch: staged by a helper thread one batch ahead when the step can
     stage inputs (ONNX Runtime), else (args, None)."""
     if hasattr(step, "stage"):
-        from graphdl.backends.ort_train import Prefetcher
+        from graphdl.backends.ort_train import Prefetcher  # lazy: onnxruntime loads slowly
 
         return Prefetcher(step, batches)
     return ((args, None) for args in batches)

@@ -18,7 +18,7 @@ from graphdl.ir import TensorType
 from graphdl.ops._conv_kernels import conv2d_forward, conv2d_grad_input, conv2d_grad_weight
 from graphdl.ops._windows import four_pads, output_size, pair, same_pads
 from graphdl.ops.infer import check_arity, require_float, same_dtype
-from graphdl.ops.registry import OnnxLowering, OnnxNode, OpDef, apply, fail, register
+from graphdl.ops.registry import OnnxLowering, OnnxNode, OpDef, apply, fail, register, split_along
 
 __all__ = ["conv2d"]
 
@@ -122,7 +122,7 @@ def _conv_onnx(attrs, tin, tout, opset):
 
 
 register(OpDef(name="Conv", infer=_conv_infer, kernel=_conv_kernel, vjp=_conv_vjp,
-               onnx=_conv_onnx,
+               onnx=_conv_onnx, split=split_along((0, None, None), (0,)),  # by image
                doc="2-D convolution: x (N, C, H, W), w (O, C/group, kh, kw), optional b (O,)."))
 
 
@@ -193,7 +193,7 @@ def _grad_input_onnx(attrs, tin, tout, opset):
 
 
 register(OpDef(name="ConvGradInput", infer=_grad_input_infer, kernel=_grad_input_kernel,
-               vjp=_grad_input_vjp, onnx=_grad_input_onnx,
+               vjp=_grad_input_vjp, onnx=_grad_input_onnx, split=split_along((0, None), (0,)),
                doc="Gradient of Conv with respect to x: a transposed convolution of dy."))
 
 
@@ -265,6 +265,8 @@ def _grad_weight_onnx(attrs, tin, tout, opset):
 
 register(OpDef(name="ConvGradWeight", infer=_grad_weight_infer, kernel=_grad_weight_kernel,
                vjp=_grad_weight_vjp, onnx=_grad_weight_onnx,
+               # a sum over the batch: parts over slices of it, their results added
+               split=split_along((0, 0), (None,)),
                doc="Gradient of Conv with respect to its weight."))
 
 

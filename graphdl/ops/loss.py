@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from graphdl.ir import TensorType
+from graphdl.ops.elementwise import _ONNX_DTYPE_CODES
 from graphdl.ops.infer import check_arity, require_float
 from graphdl.ops.registry import LoweringError, OnnxLowering, OnnxNode, OpDef, apply, fail, \
     lower, register
@@ -171,7 +172,6 @@ def _grad_onnx(attrs, tin, tout, opset):
 
 
 def _onnx_float_code(dt: np.dtype) -> int:
-    from graphdl.ops.elementwise import _ONNX_DTYPE_CODES
     return _ONNX_DTYPE_CODES[dt.name]
 
 

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from graphdl.ir import TensorType
+from graphdl.ir import TensorType, Value
 from graphdl.ops import _norm_kernels as K
 from graphdl.ops.infer import check_arity, norm_axis, require_float, same_dtype
-from graphdl.ops.registry import OnnxLowering, OnnxNode, OpDef, apply, fail, register
+from graphdl.ops.registry import OnnxLowering, OnnxNode, OpDef, apply, constant, fail, register, \
+    split_along
 
 __all__ = ["batch_norm", "layer_norm", "dropout"]
 
@@ -165,6 +166,8 @@ _ONNX_CODES = {"float32": 1, "float16": 10, "float64": 11}
 
 register(OpDef(name="BatchNorm", infer=_bn_infer, kernel=_bn_kernel, vjp=_bn_vjp,
                onnx=_bn_onnx, n_outputs=3, state_outputs={1: 3, 2: 4},
+               # channels are independent: x and y split along axis 1, the rest along 0
+               split=split_along((1, 0, 0, 0, 0), (1, 0, 0)),
                doc="Batch normalization over axis 1 (torch conventions); outputs y and the "
                    "new running mean and variance."))
 
@@ -250,6 +253,7 @@ def _bn_grad_onnx(attrs, tin, tout, opset):
 
 register(OpDef(name="BatchNormGrad", infer=_bn_grad_infer, kernel=_bn_grad_kernel,
                vjp=_bn_grad_vjp, onnx=_bn_grad_onnx, n_outputs=3,
+               split=split_along((1, 0, 1), (1, 0, 0)),  # channels are independent
                doc="(dx, dscale, dbias) of training-mode BatchNorm, through the batch "
                    "statistics."))
 
@@ -376,9 +380,6 @@ def dropout(x, rate: float, seed, training: bool = True):
 
     ``seed`` is an int64 scalar (a state variable, so each step draws a new mask; a plain
     int gives the same mask every run). Returns y; the node's output 2 is the next seed."""
-    from graphdl.ir import Value
-    from graphdl.ops.registry import constant
-
     if not isinstance(seed, Value):
         seed = constant(np.array(int(seed), np.int64))
     return apply("Dropout", x, seed, rate=float(rate), training=bool(training))[0]

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from graphdl.ir import FLOAT_DTYPES, TensorType
+from graphdl.ops.elementwise import _ONNX_DTYPE_CODES
 from graphdl.ops.infer import check_arity, norm_axes, norm_axis, require_float
 from graphdl.ops.registry import OnnxLowering, OnnxNode, OpDef, apply, fail, lower, register
 
@@ -78,12 +79,12 @@ def _reduce_onnx(onnx_op):
     return lowering
 
 
-# name: (numpy reduction, vjp)
+# name: (numpy reduction, vjp); the ufuncs' own reduce skips np.sum's Python-level wrapper
 REDUCE_RULES = {
-    "ReduceSum": (np.sum, _sum_vjp),
+    "ReduceSum": (np.add.reduce, _sum_vjp),
     "ReduceMean": (np.mean, _mean_vjp),
-    "ReduceMax": (np.max, _extreme_vjp),
-    "ReduceMin": (np.min, _extreme_vjp),
+    "ReduceMax": (np.maximum.reduce, _extreme_vjp),
+    "ReduceMin": (np.minimum.reduce, _extreme_vjp),
 }
 
 for _name, (_fn, _vjp) in REDUCE_RULES.items():
@@ -111,7 +112,6 @@ def _numel_onnx(attrs, tin, tout, opset):
 
 
 def _onnx_code(dtype):
-    from graphdl.ops.elementwise import _ONNX_DTYPE_CODES
     return _ONNX_DTYPE_CODES[dtype]
 
 
@@ -131,14 +131,16 @@ def _softmax_infer(op):
 
 def _softmax_kernel(xs, attrs, out):
     x, axis = xs[0], attrs.get("axis", -1)
-    e = np.exp(x - x.max(axis=axis, keepdims=True))
-    return np.divide(e, e.sum(axis=axis, keepdims=True), out=e)
+    e = np.exp(x - np.maximum.reduce(x, axis=axis, keepdims=True))
+    return np.divide(e, np.add.reduce(e, axis=axis, keepdims=True), out=e)
 
 
 def _log_softmax_kernel(xs, attrs, out):
     x, axis = xs[0], attrs.get("axis", -1)
-    z = x - x.max(axis=axis, keepdims=True)
-    return np.subtract(z, np.log(np.exp(z).sum(axis=axis, keepdims=True)), out=z)
+    z = np.subtract(x, np.maximum.reduce(x, axis=axis, keepdims=True), out=out)
+    # log softmax = z - log(sum(exp(z))), z = x - max(x)
+    lse = np.log(np.add.reduce(np.exp(z), axis=axis, keepdims=True))
+    return np.subtract(z, lse, out=z)
 
 
 def _softmax_vjp(F, n, g):

@@ -18,7 +18,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from graphdl.ir import GraphError, ShapeError, TensorType
+from graphdl.ir import GraphError, Node, ShapeError, TensorType, Value, normalize_dtype, \
+    user_call_site
 
 
 class LoweringError(GraphError):
@@ -76,6 +77,26 @@ class OpDef:
     # never folded at compile time, and has no single-process ONNX lowering (it refuses)
     collective: bool = False
     doc: str = ""
+    # How one kernel call divides into independent calls on slices (an executor may run
+    # them on several threads): ``split(attrs, in_shapes, out_shapes)`` returns (per input
+    # the axis its slices are cut along, or None to pass it whole; per output the axis) or
+    # None when these shapes do not split. Elementwise ops split by output rows anyway.
+    split: Callable[[dict, list, list], Any] | None = None
+
+
+def split_along(in_axes: tuple, out_axes: tuple) -> Callable[[dict, list, list], Any]:
+    """An ``OpDef.split`` rule with fixed axes (e.g. pooling: the batch of input and output)."""
+    axes = (tuple(in_axes), tuple(out_axes))
+    return lambda attrs, in_shapes, out_shapes: axes
+
+
+def split_rows(attrs: dict, in_shapes: list, out_shapes: list):
+    """The ``OpDef.split`` rule of broadcasting elementwise ops: output rows (axis 0), each
+    input cut along its rows when it has the output's rank and row count, else whole."""
+    if len(out_shapes) != 1 or not out_shapes[0]:
+        return None
+    rank, rows = len(out_shapes[0]), out_shapes[0][0]
+    return (tuple(0 if len(s) == rank and s[0] == rows else None for s in in_shapes), (0,))
 
 
 REGISTRY: dict[str, OpDef] = {}
@@ -111,8 +132,6 @@ def apply(op: str, *inputs: Any, name: str | None = None, **attrs: Any):
     Inference runs here, so a bad shape or dtype raises at build time, naming the op, the
     input types and the user's file and line.
     """
-    from graphdl.ir import Node, user_call_site
-
     opdef = get_op(op)
     values = [as_value(x, like=_first_value(inputs)) for x in inputs]
     site = user_call_site()
@@ -126,15 +145,11 @@ def apply(op: str, *inputs: Any, name: str | None = None, **attrs: Any):
 
 
 def _first_value(inputs):
-    from graphdl.ir import Value
-
     return next((x for x in inputs if isinstance(x, Value)), None)
 
 
 def constant(value: Any, dtype: Any = None, name: str | None = None):
     """A ``Const`` node holding a read-only copy of ``value``."""
-    from graphdl.ir import Node, normalize_dtype, user_call_site
-
     arr = np.array(value, dtype=dtype)
     if dtype is None and arr.dtype == np.float64 and not isinstance(value, np.ndarray):
         arr = arr.astype(np.float32)  # Python floats default to float32, as in torch
@@ -147,14 +162,11 @@ def constant(value: Any, dtype: Any = None, name: str | None = None):
 
 def as_value(x: Any, like=None):
     """A value for ``x``: values pass through; scalars take the dtype of ``like``."""
-    from graphdl.ir import Value
-
     if isinstance(x, Value):
         return x
     if like is not None and (np.isscalar(x) or isinstance(x, (int, float, bool))):
         arr = np.asarray(x, dtype=like.dtype)
         if arr.dtype.kind in "biu" and arr != x:  # int_value * 0.5 would multiply by 0
-            from graphdl.ir import ShapeError, user_call_site
             raise ShapeError(f"the scalar {x!r} does not fit {like!r} ({like.dtype}); cast the "
                              f"value first (.astype)\n  at {user_call_site()}")
         return constant(arr)
