@@ -35,8 +35,20 @@ DEFAULT_OPSET = 17
 # node by node (onnx.checker.check_node), naming the op that does not
 MIN_OPSET = 7
 
-ONNX_ELEM_TYPES = {name: (TensorProto.STRING if name == "string" else
-                          helper.np_dtype_to_tensor_dtype(numpy_dtype(name))) for name in DTYPES}
+def _elem_type(name: str) -> int | None:
+    """The ONNX element type of a graphdl dtype, None when the installed onnx has none (onnx
+    1.16 cannot map ml_dtypes' bfloat16 from numpy and lacks float8_e8m0/float4: by name)."""
+    if name == "string":
+        return TensorProto.STRING
+    try:
+        return helper.np_dtype_to_tensor_dtype(numpy_dtype(name))
+    except (KeyError, TypeError, ValueError):
+        names = {"float8_e8m0fnu": "FLOAT8E8M0", "float4_e2m1fn": "FLOAT4E2M1"}
+        key = names.get(name, name.upper().replace("_", ""))
+        return TensorProto.DataType.Value(key) if key in TensorProto.DataType.keys() else None
+
+
+ONNX_ELEM_TYPES = {name: code for name in DTYPES if (code := _elem_type(name)) is not None}
 _FLOAT_CODES = {TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16}
 # ONNX inputs that must keep their float32 type when a model is converted to float16
 _KEEP_FLOAT32_INPUTS = {("Resize", 2), ("Upsample", 1)}
