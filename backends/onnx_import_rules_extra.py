@@ -67,4 +67,10 @@ def _center_crop_pad(imp, node, a):
     return [F.center_crop_pad(x, imp.value(node.input[1]), axes, out)]
 
 
-RULES = {"Range": _range, "CenterCropPad": _center_crop_pad, **{op: _window(op) for op in _WINDOWS}}
+def _reverse_sequence(imp, node, a):
+    return [F.reverse_sequence(imp.value(node.input[0]), imp.value(node.input[1]),
+                               int(a.get("batch_axis", 1)), int(a.get("time_axis", 0)))]
+
+
+RULES = {"Range": _range, "CenterCropPad": _center_crop_pad,
+         "ReverseSequence": _reverse_sequence, **{op: _window(op) for op in _WINDOWS}}

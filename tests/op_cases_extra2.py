@@ -25,4 +25,10 @@ CASES = {
                                                        "out_shape": (4, 3, 3)},
                opset=18, id="all_axes_odd"),
     ],
+    "ReverseSequence": [
+        OpCase([rng(1).standard_normal((4, 3, 2)), np.array([4, 1, 2], np.int64)],
+               {"batch_axis": 1, "time_axis": 0}, id="time_major"),
+        OpCase([rng(2).standard_normal((2, 5)), np.array([3, 5], np.int64)],
+               {"batch_axis": 0, "time_axis": 1}, id="batch_major"),
+    ],
 }

@@ -1,5 +1,5 @@
 """More ONNX ops: Range (an arithmetic sequence whose length may be known only at run time)
-and CenterCropPad (crop or pad to a run-time shape)."""
+and CenterCropPad (crop or pad to a run-time shape), ReverseSequence."""
 from __future__ import annotations
 
 import math
@@ -11,7 +11,7 @@ from graphdl.ops.dynamic import unknown_dim
 from graphdl.ops.infer import check_arity
 from graphdl.ops.registry import OpDef, apply, fail, lower, register
 
-__all__ = ["arange_dyn", "center_crop_pad", "range_count"]
+__all__ = ["arange_dyn", "center_crop_pad", "range_count", "reverse_sequence"]
 
 
 # ---- Range -----------------------------------------------------------------------------------
@@ -108,3 +108,46 @@ def center_crop_pad(x, shape, axes, out_shape):
     ``out_shape`` is the output type's shape (unknown dims from dynamic.unknown_dim)."""
     return apply("CenterCropPad", x, shape, axes=tuple(int(a) for a in axes),
                  out_shape=tuple(out_shape))
+
+
+# ---- ReverseSequence -------------------------------------------------------------------------
+
+def _revseq_infer(types, attrs):
+    check_arity("ReverseSequence", types, 2)
+    x, lens = types
+    b, t = attrs["batch_axis"], attrs["time_axis"]
+    if x.rank < 2 or {b, t} != {0, 1} or lens.rank != 1 or lens.dtype != "int64" \
+            or lens.shape[0] != x.shape[b]:
+        raise fail("ReverseSequence", "needs rank >= 2, batch/time axes 0 and 1, and int64 "
+                   "sequence_lens with one entry per batch row", list(types))
+    return [TensorType(x.shape, x.dtype)]
+
+
+def _revseq_kernel(xs, attrs, out):
+    x, lens = xs
+    b, t = attrs["batch_axis"], attrs["time_axis"]
+    y = out if out is not None else np.empty_like(x)
+    y[...] = x
+    xb, yb = np.moveaxis(x, (b, t), (0, 1)), np.moveaxis(y, (b, t), (0, 1))
+    for i, n in enumerate(lens.tolist()):
+        yb[i, :n] = xb[i, :n][::-1]
+    return y
+
+
+def _revseq_vjp(F, n, g):
+    # reversing the same prefixes again undoes it
+    return [apply("ReverseSequence", g[0], n.inputs[1], **n.attrs), None]
+
+
+register(OpDef(name="ReverseSequence", infer=_revseq_infer, kernel=_revseq_kernel,
+               vjp=_revseq_vjp,
+               onnx=lambda a, ti, to, o: lower("ReverseSequence", 2,
+                                               batch_axis=a["batch_axis"],
+                                               time_axis=a["time_axis"]),
+               doc="Reverse the first sequence_lens[i] steps of each batch row (ONNX)."))
+
+
+def reverse_sequence(x, sequence_lens, batch_axis: int = 1, time_axis: int = 0):
+    """Each batch row's first ``sequence_lens[i]`` time steps of ``x`` reversed."""
+    return apply("ReverseSequence", x, sequence_lens, batch_axis=int(batch_axis),
+                 time_axis=int(time_axis))
