@@ -26,17 +26,14 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from graphdl.ir import FLOAT_DTYPES, Graph, GraphError, Node, TensorType, Value
-from graphdl.ops.registry import LoweringError, OnnxLowering, get_op
+from graphdl.backends.onnx_dtypes import FLOAT_CODES, onnx_code
+from graphdl.ops.registry import LoweringError, OnnxDType, OnnxLowering, get_op
 
 DEFAULT_OPSET = 17
 # the oldest opset ONNX Runtime runs; whether each lowering fits the chosen opset is checked
 # node by node (onnx.checker.check_node), naming the op that does not
 MIN_OPSET = 7
 
-ONNX_ELEM_TYPES = {"float32": TensorProto.FLOAT, "float64": TensorProto.DOUBLE,
-                   "float16": TensorProto.FLOAT16, "int64": TensorProto.INT64,
-                   "int32": TensorProto.INT32, "bool": TensorProto.BOOL}
-_FLOAT_CODES = {TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16}
 # ONNX inputs that must keep their float32 type when a model is converted to float16
 _KEEP_FLOAT32_INPUTS = {("Resize", 2), ("Upsample", 1)}
 
@@ -160,7 +157,7 @@ class _Builder:
     def value_info(self, name: str, t: TensorType) -> onnx.ValueInfoProto:
         """A typed ValueInfo (symbolic dims become dim_param)."""
         t = self.convert_type(t)
-        return helper.make_tensor_value_info(name, ONNX_ELEM_TYPES[t.dtype], list(t.shape))
+        return helper.make_tensor_value_info(name, onnx_code(t.dtype), list(t.shape))
 
     def initializer(self, name: str, array: np.ndarray) -> None:
         """Add an initializer holding ``array`` (in the export dtype)."""
@@ -219,7 +216,7 @@ class _Builder:
                      for i, (var, _) in enumerate(graph.updates)]
             helper.set_model_props(model, {"graphdl.updates": json.dumps(pairs)})
         if self.dtype:
-            _convert_float_attrs(model, ONNX_ELEM_TYPES[self.dtype])
+            _convert_float_attrs(model, onnx_code(self.dtype))
         annotate_temporaries(model)
         return model
 
@@ -382,6 +379,8 @@ def _attr(value: Any) -> Any:
     """A lowering attribute as something ``helper.make_attribute`` understands."""
     if isinstance(value, np.ndarray):
         return numpy_helper.from_array(value)
+    if isinstance(value, OnnxDType):
+        return onnx_code(value.name)
     if isinstance(value, (bool, np.bool_)):
         return int(value)
     if isinstance(value, np.integer):
@@ -403,9 +402,9 @@ def _convert_float_attrs(model: onnx.ModelProto, target: int) -> None:
     for node in model.graph.node:
         for attr in node.attribute:
             if attr.name in ("to", "dtype") and attr.type == onnx.AttributeProto.INT \
-                    and attr.i in _FLOAT_CODES:
+                    and attr.i in FLOAT_CODES:
                 attr.i = target
-            elif attr.type == onnx.AttributeProto.TENSOR and attr.t.data_type in _FLOAT_CODES:
+            elif attr.type == onnx.AttributeProto.TENSOR and attr.t.data_type in FLOAT_CODES:
                 arr = numpy_helper.to_array(attr.t)
                 dtype = helper.tensor_dtype_to_np_dtype(target)
                 attr.t.CopyFrom(numpy_helper.from_array(arr.astype(dtype), attr.t.name))
@@ -418,7 +417,7 @@ def _convert_float_attrs(model: onnx.ModelProto, target: int) -> None:
 def convert_float(model: onnx.ModelProto, dtype: str = "float16") -> onnx.ModelProto:
     """A copy of any ONNX model with its float tensors in ``dtype``: initializers, graph
     inputs, outputs and value_info, tensor attributes and Cast targets (top-level graph)."""
-    target = ONNX_ELEM_TYPES[np.dtype(dtype).name]
+    target = onnx_code(dtype)
     out = onnx.ModelProto()
     out.CopyFrom(model)
     g = out.graph
@@ -426,11 +425,11 @@ def convert_float(model: onnx.ModelProto, dtype: str = "float16") -> onnx.ModelP
             if node.op_type == op and len(node.input) > i}
     np_target = helper.tensor_dtype_to_np_dtype(target)
     for init in g.initializer:
-        if init.data_type in _FLOAT_CODES and init.name not in keep:
+        if init.data_type in FLOAT_CODES and init.name not in keep:
             arr = numpy_helper.to_array(init).astype(np_target)
             init.CopyFrom(numpy_helper.from_array(arr, init.name))
     for vi in list(g.input) + list(g.output) + list(g.value_info):
-        if vi.type.tensor_type.elem_type in _FLOAT_CODES and vi.name not in keep:
+        if vi.type.tensor_type.elem_type in FLOAT_CODES and vi.name not in keep:
             vi.type.tensor_type.elem_type = target
     _convert_float_attrs(out, target)
     return out

@@ -20,7 +20,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from graphdl.ir import FLOAT_DTYPES, TensorType
-from graphdl.ops.registry import OnnxLowering, OnnxNode, OpDef, fail, get_op, register
+from graphdl.ops.registry import REQUIRED, Attr, OnnxLowering, OnnxNode, OpDef, fail, get_op, \
+    register
 
 try:  # scipy's expit and erf are ufuncs that take out=
     from scipy.special import erf as _erf, expit as _expit
@@ -302,6 +303,8 @@ def _append(nodes, consts, low: OnnxLowering, rename: dict, local: str) -> None:
 
 # ---- FusedElementwise ----------------------------------------------------------------------
 
+_PROGRAM = Attr(tuple, REQUIRED, "the elementwise program: ((op, args, attrs), ...)")
+
 def _elementwise_infer(types, attrs):
     program = _check_program("FusedElementwise", attrs)
     return [program_types(program, types)[-1]]
@@ -323,7 +326,8 @@ def _elementwise_onnx(attrs, tin, tout, opset):
 
 register(OpDef(
     name="FusedElementwise", infer=_elementwise_infer, kernel=_elementwise_kernel,
-    vjp=_elementwise_vjp, onnx=_elementwise_onnx, elementwise=True,
+    vjp=_elementwise_vjp, onnx=_elementwise_onnx, elementwise=True, inplace=True,
+    holds_program=True, attrs={"program": _PROGRAM},
     doc="A chain of elementwise ops run as one kernel over one output buffer (attr program).",
 ))
 
@@ -379,6 +383,9 @@ def _register_epilogue_op(name: str, main_op: str) -> None:
         return OnnxLowering(tuple(nodes + more), consts)
 
     register(OpDef(name=name, infer=infer, kernel=kernel, vjp=vjp, onnx=onnx,
+                   attrs={"main": Attr(tuple, REQUIRED, f"{main_op}'s attributes, frozen"),
+                          "n_main": Attr(int, REQUIRED, f"how many inputs {main_op} takes"),
+                          "program": _PROGRAM},
                    doc=f"{main_op} followed by an elementwise epilogue program (bias, residual "
                        "add, activation) applied in place on its output."))
 

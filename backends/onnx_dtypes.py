@@ -1,0 +1,37 @@
+"""The one map between graphdl dtype names and ONNX element-type codes.
+
+It is onnx.helper's own mapping (``np_dtype_to_tensor_dtype`` / ``tensor_dtype_to_np_dtype``),
+so every dtype ONNX and NumPy (with ml_dtypes) share is covered and no code is written by hand.
+Ops name dtypes in their lowerings with :class:`graphdl.ops.registry.OnnxDType`; the exporter
+turns those into codes here.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import numpy as np
+from onnx import helper
+
+from graphdl.ir import FLOAT_DTYPES, GraphError
+
+
+@functools.lru_cache(maxsize=None)
+def onnx_code(dtype: Any) -> int:
+    """The ONNX element-type code (``TensorProto.FLOAT``, ...) of a dtype or dtype name."""
+    try:
+        return int(helper.np_dtype_to_tensor_dtype(np.dtype(dtype)))
+    except (KeyError, TypeError, ValueError) as err:
+        raise GraphError(f"dtype {dtype!r} has no ONNX element type ({err})") from None
+
+
+@functools.lru_cache(maxsize=None)
+def numpy_dtype(code: int) -> str:
+    """The dtype name (``"float32"``, ...) of an ONNX element-type code."""
+    try:
+        return np.dtype(helper.tensor_dtype_to_np_dtype(int(code))).name
+    except (KeyError, TypeError, ValueError) as err:
+        raise GraphError(f"ONNX element type {code!r} has no NumPy dtype ({err})") from None
+
+
+FLOAT_CODES = frozenset(onnx_code(d) for d in FLOAT_DTYPES)  # the float element types
