@@ -25,9 +25,10 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from graphdl.ir import FLOAT_DTYPES, Graph, GraphError, Node, TensorType, Value
 from graphdl.backends.onnx_dtypes import FLOAT_CODES, onnx_code
+from graphdl.ir import FLOAT_DTYPES, Graph, GraphError, Node, TensorType, Value, as_graph
 from graphdl.ops.registry import LoweringError, OnnxDType, OnnxLowering, get_op
+from graphdl.version import __version__
 
 DEFAULT_OPSET = 17
 # the oldest opset ONNX Runtime runs; whether each lowering fits the chosen opset is checked
@@ -40,19 +41,6 @@ _KEEP_FLOAT32_INPUTS = {("Resize", 2), ("Upsample", 1)}
 
 class ExportError(GraphError, ValueError):
     """A graph or an export option that cannot be written as ONNX."""
-
-
-def as_graph(model_or_graph: Any, training: bool = False) -> Graph:
-    """The Graph to export: a Graph as is, a Model's inference graph, a Function's graph."""
-    if isinstance(model_or_graph, Graph):
-        return model_or_graph
-    graph_attr = getattr(model_or_graph, "graph", None)
-    if callable(graph_attr):  # gd.Model: model.graph(training=False)
-        return graph_attr(training=training)
-    if isinstance(graph_attr, Graph):  # gd.Function
-        return graph_attr
-    raise ExportError(f"expected a gd.Model, a Graph or a compiled Function, got "
-                      f"{type(model_or_graph).__name__}")
 
 
 @functools.lru_cache(maxsize=None)
@@ -105,7 +93,7 @@ def to_onnx(graph: Any, opset: int = DEFAULT_OPSET, ir_version: int | None = Non
     whole computation) to that float type. Raises :class:`LoweringError` naming the op, its
     call site and the opset when a node cannot be lowered.
     """
-    graph = as_graph(graph)
+    graph = as_graph(graph, what="ONNX export")
     newest = onnx.defs.onnx_opset_version()
     if not MIN_OPSET <= int(opset) <= newest:
         raise ExportError(f"opset {opset} is not supported: graphdl exports opset "
@@ -209,7 +197,7 @@ class _Builder:
                                   self.initializers, value_info=value_info)
         model = helper.make_model(
             proto, ir_version=ir_version, producer_name="graphdl",
-            producer_version=_version(),
+            producer_version=__version__,
             opset_imports=[helper.make_opsetid(d, v) for d, v in self.domains.items()])
         if graph.updates:
             pairs = [[var_names.get(id(var), var.name), self.update_names[i]]
@@ -465,14 +453,6 @@ def annotate_temporaries(model: onnx.ModelProto) -> None:
     except Exception:  # noqa: BLE001  (annotations are a convenience; the checker is the judge)
         return
     g.value_info.extend(v for v in inferred.graph.value_info if v.name in temps)
-
-
-def _version() -> str:
-    try:
-        from graphdl import __version__
-        return __version__
-    except ImportError:  # pragma: no cover
-        return "0"
 
 
 def live_nodes(nodes, output_names) -> tuple[list, set[str]]:

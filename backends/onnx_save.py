@@ -16,7 +16,9 @@ import onnx
 from onnx import TensorProto, numpy_helper
 
 from graphdl.atomic import temp_path_for
-from graphdl.backends.onnx_export import DEFAULT_OPSET, ExportError, as_graph, to_onnx
+from graphdl.backends.onnx_export import DEFAULT_OPSET, ExportError, to_onnx
+from graphdl.ir import as_graph
+from graphdl.passes import optimize_graph
 
 PROTOBUF_LIMIT = 2 ** 31  # protobuf cannot serialize a message of 2 GB or more
 _HEADROOM = 64 * 2 ** 20  # room left for the graph itself when deciding on external data
@@ -37,29 +39,19 @@ def export_onnx(model_or_graph: Any, path: str | os.PathLike, opset: int = DEFAU
     if isinstance(model_or_graph, onnx.ModelProto):
         model = model_or_graph
     else:
-        graph = as_graph(model_or_graph)
+        graph = as_graph(model_or_graph, what="ONNX export")
         if optimize:
             graph = optimize_for_onnx(graph)
         model = to_onnx(graph, opset=opset, ir_version=ir_version, dtype=dtype, name=name)
     return save_model(model, path, external_data=external_data, check=check)
 
 
-# Passes that only pay off in graphdl's NumPy executor (fused elementwise kernels, a schedule
-# for its memory arena); ONNX Runtime has its own kernels and memory planner.
-EXECUTOR_ONLY_PASSES = ("fuse_elementwise", "schedule_for_memory")
-
-
 def optimize_for_onnx(graph):
-    """graphdl's pipeline for an ONNX export: an inference graph is frozen (parameters become
+    """graphdl's ``"onnx_export"`` pipeline: an inference graph is frozen (parameters become
     constants, as in any export) so BatchNorm folds into the Conv/Gemm weights and constant
-    subgraphs fold; a training step keeps its state. Executor-only passes are left out."""
-    from graphdl.passes import DEFAULT_PIPELINE, Stage, optimize_graph
-
-    stages = [Stage(s.name, tuple(p for p in s.passes if p not in EXECUTOR_ONLY_PASSES),
-                    s.fixed_point) for s in DEFAULT_PIPELINE]
-    stages = [s for s in stages if s.passes]
+    subgraphs fold; a training step keeps its state."""
     training = bool(graph.updates)
-    optimized, _ = optimize_graph(graph, training=training, passes=stages,
+    optimized, _ = optimize_graph(graph, training=training, passes="onnx_export",
                                   freeze_params=not training, memory=False)
     return optimized
 

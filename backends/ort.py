@@ -12,15 +12,18 @@ import contextlib
 import functools
 import io
 import os
+import tempfile
 from typing import Any, Sequence
 
 import numpy as np
 import onnx
 import onnxruntime as ort
+from onnx import TensorProto, helper
 
-from graphdl.backends.onnx_export import DEFAULT_OPSET, as_graph, to_onnx
-from graphdl.function import FeedError, validate_feeds
-from graphdl.ir import Graph, GraphError
+from graphdl.backends.onnx_export import DEFAULT_OPSET, choose_ir_version, to_onnx
+from graphdl.backends import onnx_save
+from graphdl.feeds import FeedError, validate_feeds
+from graphdl.ir import Graph, GraphError, as_graph
 
 OPTIMIZATION_LEVELS = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -49,10 +52,6 @@ def _silenced():
 
 
 def _probe_model() -> bytes:
-    from onnx import TensorProto, helper
-
-    from graphdl.backends.onnx_export import choose_ir_version
-
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])
     graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "cuda_probe", [x], [y])
@@ -260,14 +259,11 @@ class OrtRunner:
 def _session_source(proto: onnx.ModelProto):
     """Bytes for ORT, or for a model over 2 GB a file with external data in a temporary
     folder (returned too, so it lives as long as the runner)."""
-    import tempfile
-
-    from graphdl.backends.onnx_save import PROTOBUF_LIMIT, payload_bytes, save_model
-
-    if payload_bytes(proto) < PROTOBUF_LIMIT // 2:
+    if onnx_save.payload_bytes(proto) < onnx_save.PROTOBUF_LIMIT // 2:
         return proto.SerializeToString(), None
     folder = tempfile.TemporaryDirectory(prefix="graphdl-ort-")
-    path = save_model(proto, os.path.join(folder.name, "model.onnx"), external_data=True)
+    path = onnx_save.save_model(proto, os.path.join(folder.name, "model.onnx"),
+                                external_data=True)
     return str(path), folder
 
 
@@ -286,11 +282,9 @@ def compile_ort(model_or_graph: Any, providers: str | Sequence[Any] = "auto",
                 **kwargs: Any) -> OrtRunner:
     """Optimize (graphdl passes, inference mode) and compile into an :class:`OrtRunner`."""
     if not isinstance(model_or_graph, (onnx.ModelProto, str, os.PathLike)):
-        graph = as_graph(model_or_graph)
+        graph = as_graph(model_or_graph, what="gd.compile")
         if optimize:
-            from graphdl.backends.onnx_save import optimize_for_onnx
-
-            graph = optimize_for_onnx(graph)
+            graph = onnx_save.optimize_for_onnx(graph)
         model_or_graph = graph
     return OrtRunner(model_or_graph, providers=providers, threads=threads,
                      optimization_level=optimization_level, io_binding=io_binding, **kwargs)

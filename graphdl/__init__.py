@@ -9,10 +9,9 @@ from graphdl.function import Function, function
 from graphdl.ir import Graph, GraphError, ShapeError, TensorType, Value, Variable
 from graphdl.tensor import *  # noqa: F401,F403  (the functional op API)
 from graphdl.tensor import const, input, param, variable_of
-
-__version__ = "0.1.0"
-from graphdl import layers, losses, models, optim  # noqa: E402
-from graphdl.compile import compile, export_onnx  # noqa: E402
-from graphdl.model import Model, Sequential  # noqa: E402
-from graphdl.modes import set_training, state_updates  # noqa: E402
-from graphdl.optimize import optimize  # noqa: E402
+from graphdl.version import __version__
+from graphdl import layers, losses, models, optim  # noqa: I001  (after the op API they use)
+from graphdl.compiler import compile, export_onnx
+from graphdl.model import Model, Sequential
+from graphdl.modes import set_training, state_updates
+from graphdl.optimize import optimize

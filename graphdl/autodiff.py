@@ -6,9 +6,10 @@ differentiated again.
 """
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Sequence
 
-from graphdl import tensor as F
+from graphdl import tensor
 from graphdl.ir import FLOAT_DTYPES, GraphError, Value, toposort
 from graphdl.ops.registry import get_op
 
@@ -29,7 +30,7 @@ def grad(y: Value, wrt: Sequence[Value] | Value, grad_y: Value | None = None) ->
         if y.shape != ():
             raise GraphError(f"gd.grad: {y!r} is not a scalar; pass grad_y with its shape "
                              "or reduce it first (gd.sum / gd.mean)")
-        grad_y = F.const(1.0, dtype=y.dtype)
+        grad_y = tensor.const(1.0, dtype=y.dtype)
     elif grad_y.type != y.type:
         raise GraphError(f"gd.grad: grad_y has type {grad_y.type}, y has {y.type}")
 
@@ -45,7 +46,7 @@ def grad(y: Value, wrt: Sequence[Value] | Value, grad_y: Value | None = None) ->
         opdef = get_op(node.op)
         if not opdef.differentiable:
             continue
-        in_grads = opdef.vjp(F, node, outs)
+        in_grads = opdef.vjp(VJP_API, node, outs)
         if len(in_grads) != len(node.inputs):
             raise GraphError(f"internal: VJP of {node.op} returned {len(in_grads)} gradients "
                              f"for {len(node.inputs)} inputs")
@@ -63,8 +64,15 @@ def grad(y: Value, wrt: Sequence[Value] | Value, grad_y: Value | None = None) ->
             result.append(None)  # integer and bool values carry no gradient
             continue
         g = _summed(grads, w)
-        result.append(F.zeros_like(w) if g is None else g)
+        result.append(tensor.zeros_like(w) if g is None else g)
     return result[0] if single else result
+
+
+# What every VJP receives as ``F``: the functional API users write with (graphdl.tensor) and
+# ``grad`` itself, for VJPs that differentiate a composed form (second derivatives). Ops sit
+# below autodiff, so they get grad through F instead of importing it.
+VJP_API = SimpleNamespace(**{k: v for k, v in vars(tensor).items() if not k.startswith("__")},
+                          grad=grad)
 
 
 def _summed(grads: dict, v: Value) -> Value | None:

@@ -12,7 +12,7 @@ from typing import Sequence
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every subcommand."""
-    from graphdl import __version__
+    from graphdl.version import __version__  # lazy: keeps --help off the op library
     from graphdl.demo import DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS
 
     parser = argparse.ArgumentParser(
@@ -109,9 +109,9 @@ def _dispatch(args: argparse.Namespace, extra: list[str]) -> int:
         print_info(args.file)
         return 0
     if args.command == "optimize":
-        from graphdl.passes import cli_optimize
+        from graphdl.optimize import cli_optimize
 
-        result = cli_optimize(args.input, args.output, args.report)
+        result = cli_optimize(args.input, args.output, args.report, quiet=False)
         return result if isinstance(result, int) else 0
     if args.command == "bench":
         from graphdl import bench

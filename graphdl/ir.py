@@ -181,7 +181,9 @@ def _freeze(obj: Any) -> Any:
 class Value:
     """One output of a node: the symbolic tensor users compute with.
 
-    Arithmetic operators build new nodes (see :mod:`graphdl.tensor`).
+    Arithmetic operators and the methods ``T``, ``reshape``, ``astype``, ``sum`` and ``mean``
+    build new nodes; :mod:`graphdl.tensor` installs them (ir is the ground layer and imports
+    no op).
     """
 
     __slots__ = ("node", "index")
@@ -232,60 +234,11 @@ class Value:
     def __bool__(self):
         raise GraphError("a symbolic value has no truth value; use gd.where for conditions")
 
-    # Operator overloading lives in graphdl.tensor; imported lazily because ir is the ground
-    # layer and must not import the op library at module load.
-    def _t(self):
-        from graphdl import tensor
-        return tensor
-
-    def __add__(self, o): return self._t().add(self, o)
-    def __radd__(self, o): return self._t().add(o, self)
-    def __sub__(self, o): return self._t().sub(self, o)
-    def __rsub__(self, o): return self._t().sub(o, self)
-    def __mul__(self, o): return self._t().mul(self, o)
-    def __rmul__(self, o): return self._t().mul(o, self)
-    def __truediv__(self, o): return self._t().div(self, o)
-    def __rtruediv__(self, o): return self._t().div(o, self)
-    def __pow__(self, o): return self._t().pow(self, o)
-    def __rpow__(self, o): return self._t().pow(o, self)
-    def __matmul__(self, o): return self._t().matmul(self, o)
-    def __rmatmul__(self, o): return self._t().matmul(o, self)
-    def __neg__(self): return self._t().neg(self)
-    def __abs__(self): return self._t().abs(self)
-    def __lt__(self, o): return self._t().less(self, o)
-    def __le__(self, o): return self._t().less_equal(self, o)
-    def __gt__(self, o): return self._t().greater(self, o)
-    def __ge__(self, o): return self._t().greater_equal(self, o)
-    def __getitem__(self, idx): return self._t().getitem(self, idx)
-
     def __iter__(self):
         """Values along a static first axis (a symbolic batch has no length to iterate)."""
         if not self.shape or not isinstance(self.shape[0], int):
             raise TypeError(f"cannot iterate over {self!r}: its first axis has no static size")
         return (self[i] for i in range(self.shape[0]))
-
-    @property
-    def T(self) -> "Value":
-        """Transpose with the axes reversed."""
-        return self._t().transpose(self)
-
-    def reshape(self, *shape) -> "Value":
-        """Reshape (ONNX semantics: -1 infers, 0 copies the input dim)."""
-        if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
-            shape = tuple(shape[0])
-        return self._t().reshape(self, shape)
-
-    def astype(self, dtype) -> "Value":
-        """Cast to another dtype."""
-        return self._t().cast(self, dtype)
-
-    def sum(self, axis=None, keepdims=False) -> "Value":
-        """Sum over axes."""
-        return self._t().sum(self, axis, keepdims)
-
-    def mean(self, axis=None, keepdims=False) -> "Value":
-        """Mean over axes."""
-        return self._t().mean(self, axis, keepdims)
 
 
 def toposort(outputs: Sequence[Value]) -> tuple[Node, ...]:
@@ -429,6 +382,25 @@ class Graph:
             for slot, v in enumerate(node.inputs):
                 g.add_edge(id(v.node), id(node), index=v.index, slot=slot, type=str(v.type))
         return g
+
+
+def as_graph(model_or_graph: Any, training: bool = False, what: str = "this") -> Graph:
+    """The Graph itself, a model's graph (anything with ``.graph(training=...)``, such as
+    ``gd.Model``: its inference form unless ``training``) or a compiled function's graph
+    (a ``.graph`` attribute). ``what`` names the caller in the error (``"gd.optimize"``)."""
+    if isinstance(model_or_graph, Graph):
+        return model_or_graph
+    attr = getattr(model_or_graph, "graph", None)
+    if callable(attr):
+        return attr(training=training)
+    if isinstance(attr, Graph):
+        return attr
+    raise GraphTypeError(f"{what} takes a gd.Model or a Graph (or a compiled function), got "
+                         f"{type(model_or_graph).__name__}")
+
+
+class GraphTypeError(GraphError, TypeError):
+    """An API that takes a graph was given something that has none."""
 
 
 def _checked_order(nodes: tuple[Node, ...], order: Sequence[Node]) -> tuple[Node, ...]:

@@ -13,10 +13,12 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from graphdl import autodiff, losses as _losses, optim as _optim
+from graphdl import autodiff, compiler, losses as _losses, optim as _optim
 from graphdl.atomic import atomic_path
 from graphdl.ir import Graph, GraphError, Value, Variable
 from graphdl.modes import set_training, state_updates
+from graphdl.summary import print_summary
+from graphdl.tensor import input as gd_input
 from graphdl.training import TrainingMixin
 
 
@@ -26,6 +28,9 @@ class WeightsMismatchError(GraphError, ValueError):
 
 class Model(TrainingMixin):
     """A model over graph values: ``gd.Model(inputs, outputs, name=None)``.
+
+    It implements :class:`graphdl.training.TrainableModel`, the interface its training loop
+    (:class:`graphdl.training.TrainingMixin`) relies on.
 
     ``inputs`` are ``gd.input`` values and ``outputs`` the values computed from them (one value
     or a list of each). Layers build the training form of the graph; :meth:`graph` gives the
@@ -160,8 +165,6 @@ class Model(TrainingMixin):
 
     def target_input(self, loss: Any):
         """A ``gd.input`` for the targets ``loss`` compares the output with (named ``y``)."""
-        from graphdl.tensor import input as gd_input
-
         t = _losses.get(loss).target_type(self.output)
         taken = {v.name for v in self.inputs}
         name = next(n for n in ("y", "y_true", "targets", "_targets") if n not in taken)
@@ -230,19 +233,11 @@ class Model(TrainingMixin):
 
     def summary(self, print_fn: Callable[[str], Any] | None = None, console=None) -> None:
         """Print a table of layers: name, op, output shape and parameter count."""
-        from graphdl.summary import print_summary
-
         print_summary(self, print_fn=print_fn, console=console)
 
     def export_onnx(self, path: str | os.PathLike, **kwargs):
         """Export the inference graph to ONNX (see ``gd.export_onnx``)."""
-        import importlib
-
-        # the module, not the gd.compile function that shadows its name on the package
-        export = getattr(importlib.import_module("graphdl.compile"), "export_onnx", None)
-        if export is None:
-            raise NotImplementedError("ONNX export is not available in this graphdl build")
-        return export(self, path, **kwargs)
+        return compiler.export_onnx(self, path, **kwargs)
 
     def __repr__(self) -> str:
         ins = ", ".join(f"{v.name}: {v.type}" for v in self.inputs)
@@ -277,8 +272,6 @@ class Sequential(Model):
 
     def build(self, input_shape: Sequence[int]) -> None:
         """Create the input (batch dim symbolic) and apply every layer to it."""
-        from graphdl.tensor import input as gd_input
-
         if not self.layers:
             raise GraphError(f"Sequential {self.name!r} has no layers")
         x = gd_input("x", (None, *tuple(int(d) for d in input_shape)), self._dtype)

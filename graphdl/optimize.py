@@ -9,7 +9,10 @@ from __future__ import annotations
 import os
 from typing import Any, Mapping, Sequence
 
-from graphdl.ir import Graph, GraphError
+from graphdl.backends.numpy_executor import NumpyExecutor
+from graphdl.compiler import export_onnx
+from graphdl.ir import Graph, as_graph
+from graphdl.passes import optimize_graph, plan_memory
 
 
 class OptimizeResult:
@@ -22,8 +25,6 @@ class OptimizeResult:
 
     def memory_plan(self, bindings: Mapping[str, int] | None = None):
         """The arena plan of the optimized graph for these symbolic sizes."""
-        from graphdl.passes import plan_memory
-
         return plan_memory(self.graph, bindings or self.report.bindings)
 
     def to_json(self, indent: int | None = 2) -> str:
@@ -46,21 +47,8 @@ class OptimizeResult:
                 f"{r.pass_seconds * 1e3:.0f} ms>")
 
 
-def as_graph(model_or_graph: Any, training: bool = False) -> Graph:
-    """The graph of a ``gd.Model`` (its training or inference form) or a Graph itself."""
-    if isinstance(model_or_graph, Graph):
-        return model_or_graph
-    make = getattr(model_or_graph, "graph", None)
-    if callable(make):
-        return make(training=training)
-    raise GraphError(f"gd.optimize takes a gd.Model or a Graph, got "
-                     f"{type(model_or_graph).__name__}")
-
-
 def numpy_check(graph: Graph, feeds: Sequence) -> list:
     """Verify mode's checker: run ``graph`` on ``feeds`` in the NumPy executor."""
-    from graphdl.backends.numpy_executor import NumpyExecutor
-
     return NumpyExecutor(graph).run(list(feeds))
 
 
@@ -78,9 +66,7 @@ def optimize(model_or_graph: Any, training: bool = False, passes: Sequence[Any] 
     result is a snapshot of the current weights, as an exported model is. ``batch_size`` (or
     ``bindings``) sizes symbolic dims in the memory numbers.
     """
-    from graphdl.passes import optimize_graph
-
-    graph = as_graph(model_or_graph, training)
+    graph = as_graph(model_or_graph, training, what="gd.optimize")
     freeze = (not training) if freeze_params is None else bool(freeze_params)
     if bindings is None and batch_size is not None:
         bindings = {d: int(batch_size) for v in graph.inputs for d in v.shape
@@ -99,8 +85,7 @@ def cli_optimize(in_path: str | os.PathLike, out_path: str | os.PathLike,
 
     An op graphdl cannot import stops with an error naming it (``OnnxImportError``).
     """
-    from graphdl.backends.onnx_import import from_onnx
-    from graphdl.compile import export_onnx
+    from graphdl.backends.onnx_import import from_onnx  # lazy: onnx loads slowly
 
     graph = from_onnx(os.fspath(in_path))
     result = optimize(graph, training=False, verify=verify)
@@ -108,7 +93,7 @@ def cli_optimize(in_path: str | os.PathLike, out_path: str | os.PathLike,
     if report_path is not None:
         result.save(report_path)
     if not quiet:
-        from rich.console import Console
+        from rich.console import Console  # lazy: only this path prints
 
         Console().print(result.report.table())
     return result

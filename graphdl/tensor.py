@@ -67,6 +67,51 @@ def getitem(x: Value, index) -> Value:
     return _indexing.getitem(x, index)
 
 
+
+def _install_value_methods() -> None:
+    """Give :class:`Value` its operators and array-like methods, built from this API (ir is
+    the ground layer: it imports no op, so the op library installs them here)."""
+    binary = {"add": add, "sub": sub, "mul": mul, "truediv": div, "pow": pow,
+              "matmul": matmul}
+    for name, fn in binary.items():
+        setattr(Value, f"__{name}__", lambda self, o, fn=fn: fn(self, o))
+        setattr(Value, f"__r{name}__", lambda self, o, fn=fn: fn(o, self))
+    for name, fn in {"lt": less, "le": less_equal, "gt": greater, "ge": greater_equal}.items():
+        setattr(Value, f"__{name}__", lambda self, o, fn=fn: fn(self, o))
+    Value.__neg__ = lambda self: neg(self)
+    Value.__abs__ = lambda self: abs(self)
+    Value.__getitem__ = lambda self, index: getitem(self, index)
+    Value.T = property(lambda self: transpose(self), doc="Transpose with the axes reversed.")
+    Value.reshape = _value_reshape
+    Value.astype = _value_astype
+    Value.sum = _value_sum
+    Value.mean = _value_mean
+
+
+def _value_reshape(self: Value, *shape) -> Value:
+    """Reshape (ONNX semantics: -1 infers, 0 copies the input dim)."""
+    if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+        shape = tuple(shape[0])
+    return reshape(self, shape)
+
+
+def _value_astype(self: Value, dtype) -> Value:
+    """Cast to another dtype."""
+    return cast(self, dtype)
+
+
+def _value_sum(self: Value, axis=None, keepdims=False) -> Value:
+    """Sum over axes."""
+    return sum(self, axis, keepdims)
+
+
+def _value_mean(self: Value, axis=None, keepdims=False) -> Value:
+    """Mean over axes."""
+    return mean(self, axis, keepdims)
+
+
+_install_value_methods()
+
 __all__ = sorted(n for n, v in list(globals().items())
                  if not n.startswith("_") and callable(v) and getattr(v, "__module__", "")
                  .startswith("graphdl.ops") or n in ("input", "param", "const", "getitem",

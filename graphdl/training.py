@@ -14,21 +14,60 @@ against the loss (integer labels within the model's classes for cross-entropy).
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
 from graphdl import losses as _losses, optim as _optim
 from graphdl.callbacks import Callback, History
-from graphdl.ir import GraphError
+from graphdl.function import function
+from graphdl.ir import Graph, GraphError, Value
+from graphdl.progress import FitProgress
 
 
 class NonFiniteLossError(FloatingPointError):
     """The training loss became NaN or Inf; the weights are those from before that step."""
 
 
+class TrainableModel(Protocol):
+    """What :class:`TrainingMixin` needs from the class it is mixed into (``gd.Model``).
+
+    The host gives the graphs; the mixin compiles and runs them. In the other direction the
+    mixin gives ``compile``/``fit``/``evaluate``/``predict``, the attributes ``optimizer``,
+    ``loss``, ``metrics``, ``history`` and ``stop_training``, and
+    :meth:`TrainingMixin._reset_compiled_functions`, which the host must call whenever its
+    graph changes (the compiled train, eval and predict functions are cached until then).
+    The host calls ``TrainingMixin.__init__`` before building anything.
+    """
+
+    name: str
+
+    @property
+    def inputs(self) -> list[Value]:
+        """The model's ``gd.input`` values (builds a deferred model first)."""
+
+    @property
+    def output(self) -> Value:
+        """The single output value (training form)."""
+
+    def graph(self, training: bool = False) -> Graph:
+        """The inference graph, or with ``training=True`` the forward graph with its state
+        updates."""
+
+    def train_step_graph(self, loss: Any, optimizer: Any) -> Graph:
+        """One graph for a train step: inputs (model inputs, targets), outputs (loss, output),
+        updates (parameters, optimizer and layer state)."""
+
+    def eval_graph(self, loss: Any) -> Graph:
+        """The inference graph with the targets as an extra input: outputs (loss, output)."""
+
+    def _ensure_built(self, sample_shape: Sequence[int] | None = None) -> None:
+        """Build the graph from one sample's shape if it is deferred (``Sequential``)."""
+
+
 class TrainingMixin:
-    """compile/fit/evaluate/predict for :class:`graphdl.Model` (see the module docstring)."""
+    """compile/fit/evaluate/predict for :class:`graphdl.Model` (see the module docstring);
+    the class it is mixed into implements :class:`TrainableModel`."""
 
     def __init__(self):
         self.stop_training = False
@@ -62,24 +101,18 @@ class TrainingMixin:
 
     def _train_function(self):
         if self._train_fn is None:
-            from graphdl.function import function
-
             g = self.train_step_graph(self.loss, self.optimizer)
             self._train_fn = function(g.inputs, list(g.outputs), g.updates, training=True)
         return self._train_fn
 
     def _eval_function(self, loss):
         if self._eval_fn is None or self._eval_fn[0] is not loss:
-            from graphdl.function import function
-
             g = self.eval_graph(loss)
             self._eval_fn = (loss, function(g.inputs, list(g.outputs), training=False))
         return self._eval_fn[1]
 
     def _predict_function(self):
         if self._predict_fn is None:
-            from graphdl.function import function
-
             g = self.graph(training=False)
             self._predict_fn = function(g.inputs, list(g.outputs), training=False)
         return self._predict_fn
@@ -134,8 +167,6 @@ class TrainingMixin:
         for cb in cbs:
             cb.set_model(self)
             cb.set_params(params)
-        from graphdl.progress import FitProgress
-
         progress = FitProgress(verbose, epochs, steps, console)
         rng = np.random.default_rng(seed)
         self.stop_training = False

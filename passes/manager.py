@@ -1,8 +1,8 @@
 """The pass manager: a declared pipeline, run to a fixed point, with a report and verify mode.
 
-A pass is a pure ``Graph -> Graph`` function with a name. The default pipeline is data
-(:data:`DEFAULT_PIPELINE`): stages of pass names, each stage repeated until a whole sweep
-changes nothing or the sweep limit is hit. A pass that already left a graph unchanged is not
+A pass is a pure ``Graph -> Graph`` function with a name. The pipelines are data
+(:data:`PIPELINES`, by name: training, inference, onnx_export): stages of pass names, each
+stage repeated until a whole sweep changes nothing or the sweep limit is hit. A pass that already left a graph unchanged is not
 re-run on that same graph. Users choose, drop or reorder passes by passing names (one stage),
 :class:`Stage` objects, or their own :class:`Pass` objects.
 """
@@ -97,28 +97,57 @@ PASSES: Mapping[str, Pass] = MappingProxyType({p.name: p for p in (
          doc="reorder independent branches to lower peak memory"),
 )})
 
-# The pipeline, declared once. Inference-only passes are skipped for training graphs.
-DEFAULT_PIPELINE: tuple[Stage, ...] = (
-    Stage("simplify", ("remove_dropout", "fold_batchnorm", "fold_constants", "simplify",
-                       "eliminate_common_subexpressions", "fuse_gemm",
-                       "fuse_softmax_cross_entropy", "eliminate_dead_code")),
+_SIMPLIFY = Stage("simplify", ("remove_dropout", "fold_batchnorm", "fold_constants",
+                               "simplify", "eliminate_common_subexpressions", "fuse_gemm",
+                               "fuse_softmax_cross_entropy", "eliminate_dead_code"))
+
+_FOR_EXECUTOR = (
+    _SIMPLIFY,
     Stage("fuse", ("fuse_elementwise", "fold_constants", "eliminate_common_subexpressions")),
     Stage("schedule", ("schedule_for_memory",), fixed_point=False),  # idempotent by design
 )
 
+# The named pipelines, declared once. Every entry path takes one of these by name:
+# gd.function / gd.compile(backend="numpy") / gd.optimize use "training" or "inference"
+# (by the graph's form), ONNX export and gd.compile(backend="onnxruntime") use "onnx_export".
+# Inference-only passes are skipped for training graphs in every pipeline.
+PIPELINES: Mapping[str, tuple[Stage, ...]] = MappingProxyType({
+    "training": _FOR_EXECUTOR,
+    "inference": _FOR_EXECUTOR,  # the same stages; inference-only passes run here
+    # fused elementwise kernels and a schedule for graphdl's arena only pay off in the NumPy
+    # executor; ONNX Runtime has its own kernels and memory planner
+    "onnx_export": (
+        _SIMPLIFY,
+        Stage("fold", ("fold_constants", "eliminate_common_subexpressions")),
+    ),
+})
+DEFAULT_PIPELINE: tuple[Stage, ...] = PIPELINES["training"]
 
-def pipeline_names(training: bool = True) -> list[str]:
-    """The default pipeline's pass names, in order, for training or inference graphs."""
-    return [name for stage in DEFAULT_PIPELINE for name in stage.passes
+
+def default_pipeline(training: bool) -> str:
+    """The name of the pipeline for a training or an inference graph."""
+    return "training" if training else "inference"
+
+
+def pipeline_names(training: bool = True, pipeline: str | None = None) -> list[str]:
+    """A named pipeline's pass names, in order (default: the training or inference one)."""
+    stages = PIPELINES[pipeline or default_pipeline(training)]
+    return [name for stage in stages for name in stage.passes
             if not (training and PASSES[name].inference_only)]
 
 
-def resolve_pipeline(passes: Sequence[Any] | None, freeze_params: bool = False
-                     ) -> tuple[Stage, ...]:
-    """Stages from what a user passed: None (the default), names or Pass objects (one stage
-    run to a fixed point), or Stage objects."""
+def resolve_pipeline(passes: str | Sequence[Any] | None, freeze_params: bool = False,
+                     training: bool = True) -> tuple[Stage, ...]:
+    """Stages from what a user passed: None (the training or inference pipeline), a pipeline
+    name (a key of :data:`PIPELINES`), names or Pass objects (one stage run to a fixed point),
+    or Stage objects."""
     if passes is None:
-        stages = DEFAULT_PIPELINE
+        passes = default_pipeline(training)
+    if isinstance(passes, str):
+        if passes not in PIPELINES:
+            raise ValueError(f"unknown pipeline {passes!r}; named pipelines: "
+                             f"{', '.join(PIPELINES)} (or give a list of pass names)")
+        stages = PIPELINES[passes]
     elif all(isinstance(p, Stage) for p in passes):
         stages = tuple(passes)
     else:
@@ -132,13 +161,18 @@ def resolve_pipeline(passes: Sequence[Any] | None, freeze_params: bool = False
     return stages
 
 
-def optimize_graph(graph: Graph, training: bool = True, passes: Sequence[Any] | None = None,
+def optimize_graph(graph: Graph, training: bool = True,
+                   passes: str | Sequence[Any] | None = None,
                    verify: bool | str = False, check: Callable | None = None, *,
                    bindings: Mapping[str, int] | None = None, freeze_params: bool = False,
                    max_sweeps: int = DEFAULT_MAX_SWEEPS, memory: bool = True,
                    rtol: float = 1e-4, atol: float = 1e-5, seed: int = 0
                    ) -> tuple[Graph, OptimizationReport]:
-    """Run the pipeline over ``graph``; returns the optimized graph and its report.
+    """Run a pipeline over ``graph``; returns the optimized graph and its report.
+
+    ``passes``: None runs the ``"training"`` or ``"inference"`` pipeline (by ``training``),
+    a string names one of :data:`PIPELINES`, a list chooses passes (see
+    :func:`resolve_pipeline`).
 
     ``training`` skips inference-only passes (BatchNorm folding, dropout removal).
     ``verify=True`` runs the graph after every pass through ``check(graph, feeds) -> outputs``
@@ -171,7 +205,7 @@ def _collector_paused():
 
 def _optimize(graph, training, passes, verify, check, bindings, freeze_params, max_sweeps,
               memory, rtol, atol, seed):
-    stages = resolve_pipeline(passes, freeze_params and not training)
+    stages = resolve_pipeline(passes, freeze_params and not training, training)
     sizes = dict(bindings or {d: 1 for v in graph.inputs for d in v.shape
                               if isinstance(d, str)})
     report = OptimizationReport(graph.name, training, sizes, len(graph.nodes))

@@ -90,11 +90,11 @@ def test_info_and_optimize_dispatch(monkeypatch, tmp_path):
     import importlib
 
     info = importlib.import_module("graphdl.backends.onnx_info")
-    passes = importlib.import_module("graphdl.passes")
+    optimize = importlib.import_module("graphdl.optimize")
     calls = []
     monkeypatch.setattr(info, "print_info", lambda path, *a, **k: calls.append(("info", path)))
-    monkeypatch.setattr(passes, "cli_optimize", lambda i, o, r: calls.append(("opt", i, o, r)),
-                        raising=False)
+    monkeypatch.setattr(optimize, "cli_optimize",
+                        lambda i, o, r, **kw: calls.append(("opt", i, o, r)))
     assert cli.main(["info", "m.onnx"]) == 0
     assert cli.main(["optimize", "a.onnx", "-o", "b.onnx", "--report", "r.json"]) == 0
     assert calls == [("info", "m.onnx"), ("opt", "a.onnx", "b.onnx", "r.json")]

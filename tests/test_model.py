@@ -226,7 +226,7 @@ def test_compile_rejects_unknown_names_and_accuracy_for_regression():
 def test_export_onnx_delegates_to_gd_export_onnx(monkeypatch, tmp_path):
     import importlib
 
-    compile_module = importlib.import_module("graphdl.compile")
+    compile_module = importlib.import_module("graphdl.compiler")
 
     calls = []
     monkeypatch.setattr(compile_module, "export_onnx",

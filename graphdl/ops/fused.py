@@ -23,11 +23,6 @@ from graphdl.ir import FLOAT_DTYPES, TensorType
 from graphdl.ops.registry import REQUIRED, Attr, OnnxLowering, OnnxNode, OpDef, fail, get_op, \
     register
 
-try:  # scipy's expit and erf are ufuncs that take out=
-    from scipy.special import erf as _erf, expit as _expit
-except ImportError:  # pragma: no cover
-    _erf = _expit = None
-
 # Ops a program may contain: each maps inputs elementwise (with broadcasting) to one output.
 FUSIBLE_OPS = frozenset({
     "Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Neg", "Exp", "Log", "Sqrt", "Abs", "Sign",
@@ -215,15 +210,15 @@ def _cast(op, a, attrs, out):
 
 
 def _sigmoid(op, a, attrs, out):
-    if _expit is None:
-        return _fallback(op, a, attrs, out)
-    return _expit(a[0], out=out)
+    from scipy import special  # lazy: scipy.special adds ~0.7 s to `import graphdl`
+
+    return special.expit(a[0], out=out)  # a ufunc that takes out=
 
 
 def _erf_eval(op, a, attrs, out):
-    if _erf is None:
-        return _fallback(op, a, attrs, out)
-    return _erf(a[0], out=out)
+    from scipy import special  # lazy: scipy.special adds ~0.7 s to `import graphdl`
+
+    return special.erf(a[0], out=out)
 
 
 def _fallback(op, a, attrs, out):
@@ -256,13 +251,11 @@ def expand_program(program: Sequence[Instruction], inputs: Sequence) -> Any:
     return vals[-1]
 
 
-def _vjp_through(expanded, inputs, grads) -> list:
-    from graphdl.autodiff import grad
-
+def _vjp_through(F, expanded, inputs, grads) -> list:
     if grads[0] is None:
         return [None] * len(inputs)
     wrt = [i for i, v in enumerate(inputs) if v.dtype in FLOAT_DTYPES]
-    gs = grad(expanded, [inputs[i] for i in wrt], grad_y=grads[0]) if wrt else []
+    gs = F.grad(expanded, [inputs[i] for i in wrt], grad_y=grads[0]) if wrt else []
     result: list = [None] * len(inputs)
     for i, g in zip(wrt, gs):
         result[i] = g
@@ -315,7 +308,8 @@ def _elementwise_kernel(xs, attrs, out):
 
 
 def _elementwise_vjp(F, node, grads):
-    return _vjp_through(expand_program(node.attrs["program"], node.inputs), node.inputs, grads)
+    return _vjp_through(F, expand_program(node.attrs["program"], node.inputs), node.inputs,
+                        grads)
 
 
 def _elementwise_onnx(attrs, tin, tout, opset):
@@ -363,7 +357,7 @@ def _register_epilogue_op(name: str, main_op: str) -> None:
 
         main_in, extras = split(node.inputs, node.attrs)
         y = apply(main_op, *main_in, **dict(node.attrs["main"]))
-        return _vjp_through(expand_program(node.attrs["program"], [y, *extras]),
+        return _vjp_through(F, expand_program(node.attrs["program"], [y, *extras]),
                             node.inputs, grads)
 
     def onnx(attrs, tin, tout, opset):

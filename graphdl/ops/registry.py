@@ -6,7 +6,8 @@ An :class:`OpDef` holds
   output buffer (or ``None``) that the kernel may write into and return (a multi-output op
   may get a tuple with one buffer or ``None`` per output);
 - ``vjp(F, node, grads) -> list[Value | None]``: builds gradient nodes with the functional API
-  ``F`` (:mod:`graphdl.tensor`), one entry per input; ``grads`` has one entry per output
+  ``F`` (:mod:`graphdl.tensor`'s functions plus ``F.grad``: ``graphdl.autodiff.VJP_API``),
+  one entry per input; ``grads`` has one entry per output
   (``None`` where no gradient flows); never closes over arrays;
 - ``onnx(attrs, in_types, out_types, opset) -> OnnxLowering``: the ONNX lowering as plain data.
 

@@ -1,13 +1,18 @@
 """``gd.compile`` (a model or graph as a callable on a backend) and ``gd.export_onnx``.
 
 The ONNX-facing work lives in :mod:`graphdl.backends` (the only layer that imports onnx and
-onnxruntime); these are the user-facing entry points.
+onnxruntime); these are the user-facing entry points. (The module is ``graphdl.compiler``:
+named ``compile``, the ``gd.compile`` function would hide it on the package.)
 """
 from __future__ import annotations
 
 import os
 from pathlib import Path
 from typing import Any, Sequence
+
+from graphdl.function import Function
+from graphdl.ir import as_graph
+from graphdl.passes import optimize_graph
 
 BACKENDS = ("onnxruntime", "numpy")
 
@@ -31,7 +36,7 @@ def compile(model_or_graph: Any, backend: str = "onnxruntime",
     the parameters (BatchNorm folds into the weights); compile again after training.
     """
     if backend == "onnxruntime":
-        from graphdl.backends.ort import compile_ort
+        from graphdl.backends.ort import compile_ort  # lazy: onnxruntime loads in ~1 s
 
         return compile_ort(model_or_graph, providers=providers, threads=threads,
                            optimization_level=optimization_level, io_binding=io_binding,
@@ -44,20 +49,9 @@ def compile(model_or_graph: Any, backend: str = "onnxruntime",
 
 
 def _compile_numpy(model_or_graph: Any, optimize: bool):
-    from graphdl.function import Function
-    from graphdl.ir import Graph
-
-    graph = model_or_graph
-    if not isinstance(graph, Graph):
-        attr = getattr(graph, "graph", None)
-        graph = attr(training=False) if callable(attr) else attr
-    if not isinstance(graph, Graph):
-        raise TypeError(f"gd.compile(backend='numpy') needs a Model or a Graph, got "
-                        f"{type(model_or_graph).__name__}")
+    graph = as_graph(model_or_graph, what="gd.compile(backend='numpy')")
     report = None
     if optimize:
-        from graphdl.passes import optimize_graph
-
         graph, report = optimize_graph(graph, training=bool(graph.updates))
     return Function(graph, single_output=len(graph.outputs) == 1, report=report)
 
@@ -73,7 +67,7 @@ def export_onnx(model_or_graph: Any, path: str | os.PathLike, opset: int = 17, *
     None decides by size (over 2 GB), True or a file name (inside the model's folder) forces
     it. ``dtype="float16"`` writes a half-precision model. Returns the written path.
     """
-    from graphdl.backends.onnx_save import export_onnx as _export
+    from graphdl.backends.onnx_save import export_onnx as _export  # lazy: onnx loads slowly
 
     return _export(model_or_graph, path, opset=opset, external_data=external_data,
                    optimize=optimize, dtype=dtype, ir_version=ir_version, name=name,
