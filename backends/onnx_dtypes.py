@@ -11,23 +11,28 @@ import functools
 from typing import Any
 
 import numpy as np
-from onnx import helper
+from onnx import TensorProto, helper
 
-from graphdl.ir import FLOAT_DTYPES, GraphError
+from graphdl.ir import FLOAT_DTYPES, GraphError, numpy_dtype as _holder
 
 
 @functools.lru_cache(maxsize=None)
 def onnx_code(dtype: Any) -> int:
     """The ONNX element-type code (``TensorProto.FLOAT``, ...) of a dtype or dtype name."""
+    name = dtype if isinstance(dtype, str) else np.dtype(dtype).name
+    if name == "string":
+        return int(TensorProto.STRING)  # held in NumPy object arrays, which map to nothing
     try:
-        return int(helper.np_dtype_to_tensor_dtype(np.dtype(dtype)))
+        return int(helper.np_dtype_to_tensor_dtype(_holder(name)))
     except (KeyError, TypeError, ValueError) as err:
         raise GraphError(f"dtype {dtype!r} has no ONNX element type ({err})") from None
 
 
 @functools.lru_cache(maxsize=None)
-def numpy_dtype(code: int) -> str:
+def dtype_name(code: int) -> str:
     """The dtype name (``"float32"``, ...) of an ONNX element-type code."""
+    if int(code) == TensorProto.STRING:
+        return "string"
     try:
         return np.dtype(helper.tensor_dtype_to_np_dtype(int(code))).name
     except (KeyError, TypeError, ValueError) as err:

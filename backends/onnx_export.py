@@ -47,7 +47,7 @@ class ExportError(GraphError, ValueError):
 def runtime_max_ir_version() -> int | None:
     """The highest ONNX IR version the installed onnxruntime loads (probed once), or None."""
     try:
-        import onnxruntime as ort
+        import onnxruntime as ort  # lazy: optional here (export works without it), ~1 s
     except ImportError:
         return None
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])

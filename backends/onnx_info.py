@@ -8,6 +8,8 @@ from typing import Any
 import numpy as np
 import onnx
 from onnx import TensorProto, helper
+from rich.console import Console
+from rich.table import Table
 
 
 def _dims(type_proto: onnx.TypeProto) -> list[int | str | None]:
@@ -75,9 +77,6 @@ def _fmt_count(n: int) -> str:
 
 def print_info(path: str | os.PathLike, console=None) -> dict[str, Any]:
     """Print :func:`describe` as rich tables; returns the summary."""
-    from rich.console import Console
-    from rich.table import Table
-
     info = describe(path)
     console = console or Console()
     opsets = ", ".join(f"{d} {v}" for d, v in info["opset"].items())

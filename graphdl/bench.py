@@ -19,6 +19,15 @@ from typing import Any, Sequence
 
 import numpy as np
 
+import graphdl as gd
+from graphdl.backends.numpy_executor import NumpyExecutor
+from graphdl.backends.onnx_info import describe
+from graphdl.backends.ort import OrtRunner
+from graphdl.bench_output import print_summary, write_outputs
+from graphdl.ir import Graph, toposort
+from graphdl.optimize import cli_optimize
+from graphdl.passes import optimize_graph, plan_memory
+
 MODELS: dict[str, dict[str, Any]] = {
     "mlp": {"input_shape": (784,)},
     "cnn": {"input_shape": (1, 28, 28)},
@@ -35,15 +44,11 @@ TARGETS = {"planned_over_bound": 1.05, "training_planned_over_no_reuse": 0.5,
 
 def build_model(name: str):
     """A zoo model with the benchmark's input shape and 10 classes."""
-    import graphdl as gd
-
     return getattr(gd.models, name)(num_classes=10, **MODELS[name])
 
 
 def training_graph(model):
     """The model's whole train step (forward, loss, backward, SGD with momentum)."""
-    import graphdl as gd
-
     return model.train_step_graph("cross_entropy", gd.optim.SGD(0.01, momentum=0.9))
 
 
@@ -61,8 +66,6 @@ def _feeds(graph, batch: int, seed: int = 0) -> list[np.ndarray]:
 
 def time_executors(graphs: Sequence, feeds: list, repeats: int) -> list[float]:
     """Min seconds per run of each graph in the NumPy executor (runs interleaved)."""
-    from graphdl.backends.numpy_executor import NumpyExecutor
-
     executors = [NumpyExecutor(g) for g in graphs]
     for ex in executors:
         ex.run(feeds)  # warm up: plans, arenas, BLAS threads
@@ -78,8 +81,6 @@ def time_executors(graphs: Sequence, feeds: list, repeats: int) -> list[float]:
 def bench_graph(graph, training: bool, memory_batch: int, exec_batch: int, repeats: int,
                 run_executor: bool = True) -> dict:
     """Optimize one graph and measure it (see the module docstring)."""
-    from graphdl.passes import optimize_graph, plan_memory
-
     bindings = {d: memory_batch for v in graph.inputs for d in v.shape if isinstance(d, str)}
     opt, report = optimize_graph(graph, training=training, bindings=bindings,
                                  freeze_params=not training)
@@ -128,16 +129,11 @@ def _compute_nodes(graph) -> int:
 def onnx_node_counts(graph, folder: str) -> dict:
     """Node counts of one exported inference model: as exported, after ``graphdl optimize``,
     after ORT's basic level (its saved optimized model) and after onnxsim."""
-    import graphdl as gd
-    from graphdl.backends.onnx_info import describe
-
     source = os.path.join(folder, "exported.onnx")
     gd.export_onnx(graph, source, optimize=False)
     counts: dict[str, Any] = {"exported": describe(source)["num_nodes"]}
     ours = os.path.join(folder, "graphdl.onnx")
     try:
-        from graphdl.optimize import cli_optimize
-
         cli_optimize(source, ours)
         counts["graphdl_route"] = "import -> passes -> export"
     except Exception as err:  # noqa: BLE001  (an importer gap: fall back to the graph itself)
@@ -150,8 +146,6 @@ def onnx_node_counts(graph, folder: str) -> dict:
 
 
 def _ort_basic(source: str, folder: str, describe) -> int | str:
-    from graphdl.backends.ort import OrtRunner
-
     target = os.path.join(folder, "ort_basic.onnx")
     try:
         OrtRunner(source, providers="cpu", optimization_level="basic",
@@ -163,7 +157,7 @@ def _ort_basic(source: str, folder: str, describe) -> int | str:
 
 def _onnxsim(source: str, describe) -> int | str:
     try:
-        import onnxsim  # a peer being measured, not a graphdl dependency (extra "bench")
+        import onnxsim  # lazy: a peer being measured, not a graphdl dependency (extra "bench")
     except ImportError:
         return "onnxsim not installed"
     try:
@@ -178,9 +172,6 @@ def _onnxsim(source: str, describe) -> int | str:
 def synthetic_graph(num_nodes: int, seed: int = 0):
     """A layered graph of about ``num_nodes`` nodes with everything the passes look for:
     shared subexpressions, constants to fold, identities, dead branches, fusable chains."""
-    import graphdl as gd
-    from graphdl.ir import Graph
-
     rng = np.random.default_rng(seed)
     width = 16
     x = gd.input("x", (None, 8))
@@ -208,17 +199,12 @@ def synthetic_graph(num_nodes: int, seed: int = 0):
 
 def _nodes_added(op) -> int:
     """How many nodes one application of ``op`` adds to a graph."""
-    import graphdl as gd
-    from graphdl.ir import toposort
-
     a, b = gd.input("a", (2, 8)), gd.input("b", (2, 8))
     return len(toposort([op(a, b)])) - 2
 
 
 def scaling(sizes: Sequence[int] = SCALING_SIZES) -> dict:
     """Pipeline seconds on synthetic graphs; the exponent k in time ~ nodes^k."""
-    from graphdl.passes import optimize_graph
-
     points = []
     for n in sizes:
         graph = synthetic_graph(n)
@@ -310,8 +296,6 @@ def parse_args(argv: Sequence[str] | None):
 
 def run(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark suite; returns a process exit code (0 when every target is met)."""
-    from graphdl.bench_output import print_summary, write_outputs
-
     args = parse_args(argv)
     names = [n.strip() for n in args.models.split(",") if n.strip()]
     unknown = [n for n in names if n not in MODELS]

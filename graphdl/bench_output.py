@@ -5,15 +5,17 @@ import json
 import os
 from typing import Any
 
+from rich.console import Console
+from rich.table import Table
+
 from graphdl.atomic import atomic_path
+from graphdl.passes.report import write_text_atomic
 
 MIB = 1024 * 1024
 
 
 def write_outputs(results: dict, json_path: str, plots: bool = True) -> list[str]:
     """Write ``results`` as JSON plus ``.md`` and PNG charts next to it; returns the paths."""
-    from graphdl.passes.report import write_text_atomic
-
     folder = os.path.dirname(os.path.abspath(json_path))
     os.makedirs(folder, exist_ok=True)
     stem = os.path.splitext(json_path)[0]
@@ -100,17 +102,15 @@ def markdown(results: dict) -> str:
 def write_charts(results: dict, stem: str) -> list[str]:
     """PNG bar charts: nodes per pass, memory (no reuse / planned / bound), ONNX node counts,
     and scaling."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+    try:  # lazy: matplotlib is the optional "plots" extra
+        from matplotlib.figure import Figure  # no pyplot: the user's backend stays untouched
     except ImportError:
         return []
     paths = []
     models = list(results["models"])
     for form in ("inference", "training"):
-        fig, ax = plt.subplots(figsize=(11, 4.5))
+        fig = Figure(figsize=(11, 4.5))
+        ax = fig.subplots()
         width = 0.8 / max(1, len(models))
         for i, name in enumerate(models):
             rows = [r for r in results["models"][name][form]["rows"] if r["sweep"] == 1]
@@ -128,8 +128,9 @@ def write_charts(results: dict, stem: str) -> list[str]:
         ax.set_title(f"Nodes per pass ({form} graphs)")
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
         fig.tight_layout()
-        paths.append(_save(fig, plt, f"{stem}_nodes_{form}.png"))
-    fig, ax = plt.subplots(figsize=(11, 4.5))
+        paths.append(_save(fig, f"{stem}_nodes_{form}.png"))
+    fig = Figure(figsize=(11, 4.5))
+    ax = fig.subplots()
     labels, bars = [], {"no reuse": [], "planned": [], "lower bound": []}
     for name in models:
         for form in ("inference", "training"):
@@ -147,10 +148,11 @@ def write_charts(results: dict, stem: str) -> list[str]:
     ax.set_title("Peak memory: no reuse vs planned vs lower bound")
     ax.legend()
     fig.tight_layout()
-    paths.append(_save(fig, plt, f"{stem}_memory.png"))
+    paths.append(_save(fig, f"{stem}_memory.png"))
     onnx = {n: r["onnx"] for n, r in results["models"].items() if "onnx" in r}
     if onnx:
-        fig, ax = plt.subplots(figsize=(10, 4))
+        fig = Figure(figsize=(10, 4))
+        ax = fig.subplots()
         keys = ("exported", "graphdl", "ort_basic", "onnxsim")
         for k, key in enumerate(keys):
             vals = [c[key] if isinstance(c[key], int) else 0 for c in onnx.values()]
@@ -161,10 +163,11 @@ def write_charts(results: dict, stem: str) -> list[str]:
         ax.set_title("ONNX node counts of the same exported inference model")
         ax.legend()
         fig.tight_layout()
-        paths.append(_save(fig, plt, f"{stem}_onnx_nodes.png"))
+        paths.append(_save(fig, f"{stem}_onnx_nodes.png"))
     if "scaling" in results:
         pts = results["scaling"]["points"]
-        fig, ax = plt.subplots(figsize=(5, 4))
+        fig = Figure(figsize=(5, 4))
+        ax = fig.subplots()
         ax.loglog([p["nodes"] for p in pts], [p["seconds"] for p in pts], "o-", label="wall")
         ax.loglog([p["nodes"] for p in pts], [p["cpu_seconds"] for p in pts], "s--",
                   label="CPU")
@@ -173,22 +176,18 @@ def write_charts(results: dict, stem: str) -> list[str]:
         ax.set_ylabel("pipeline seconds")
         ax.set_title(f"Scaling (exponent {results['scaling']['exponent']:.2f})")
         fig.tight_layout()
-        paths.append(_save(fig, plt, f"{stem}_scaling.png"))
+        paths.append(_save(fig, f"{stem}_scaling.png"))
     return paths
 
 
-def _save(fig, plt, path: str) -> str:
+def _save(fig, path: str) -> str:
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=110)
-    plt.close(fig)
     return path
 
 
 def print_summary(results: dict) -> None:
     """A rich table of the targets."""
-    from rich.console import Console
-    from rich.table import Table
-
     t = Table(title="graphdl bench: targets")
     for col in ("target", "value", "met"):
         t.add_column(col)

@@ -1,7 +1,7 @@
 """The ``graphdl`` command line: ``demo``, ``info``, ``optimize`` and ``bench``.
 
-Each subcommand imports what it needs when it runs, so ``graphdl --help`` stays fast and a
-missing optional part only affects its own command.
+Subcommands that need ONNX or ONNX Runtime import them when they run, so ``graphdl --help``
+stays fast and a missing optional part only affects its own command.
 """
 from __future__ import annotations
 
@@ -9,12 +9,14 @@ import argparse
 import sys
 from typing import Sequence
 
+from graphdl.demo import DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS, run_demo
+from graphdl.ir import GraphError
+from graphdl.optimize import cli_optimize
+from graphdl.version import __version__
+
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every subcommand."""
-    from graphdl.version import __version__  # lazy: keeps --help off the op library
-    from graphdl.demo import DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS
-
     parser = argparse.ArgumentParser(
         prog="graphdl", description="graphdl: a deep learning framework built as a graph "
         "compiler (typed IR, symbolic gradients, optimization passes, NumPy and ONNX Runtime "
@@ -81,8 +83,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"graphdl {args.command}: error: {err}", file=sys.stderr)
         return 2
     except Exception as err:
-        from graphdl.ir import GraphError
-
         if isinstance(err, GraphError) or type(err).__name__ == "DemoDataError":
             print(f"graphdl {args.command}: error: {err}", file=sys.stderr)
             return 2
@@ -91,8 +91,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _dispatch(args: argparse.Namespace, extra: list[str]) -> int:
     if args.command == "demo":
-        from graphdl.demo import run_demo
-
         results = run_demo(epochs=2 if args.quick else args.epochs, out_dir=args.out,
                            seed=args.seed, batch_size=args.batch_size,
                            verbose=0 if args.quiet else 1, threads=args.threads)
@@ -104,17 +102,15 @@ def _dispatch(args: argparse.Namespace, extra: list[str]) -> int:
             return 1
         return 0
     if args.command == "info":
-        from graphdl.backends.onnx_info import print_info
+        from graphdl.backends.onnx_info import print_info  # lazy: onnx loads in ~0.7 s
 
         print_info(args.file)
         return 0
     if args.command == "optimize":
-        from graphdl.optimize import cli_optimize
-
         result = cli_optimize(args.input, args.output, args.report, quiet=False)
         return result if isinstance(result, int) else 0
     if args.command == "bench":
-        from graphdl import bench
+        from graphdl import bench  # lazy: bench loads onnx and onnxruntime (~1.5 s)
 
         result = bench.run(extra)
         return result if isinstance(result, int) else 0

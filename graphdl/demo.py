@@ -9,6 +9,7 @@ plan. Everything goes under ``out_dir``; ``results.json`` collects the numbers.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -16,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from graphdl import atomic
+import graphdl as gd
+from graphdl import atomic, optim
 from graphdl.atomic import atomic_path
 
 SPLIT_SEED = 0  # the hold-out split is fixed, whatever --seed says, so runs compare
@@ -34,7 +36,7 @@ def load_digits_split(test_fraction: float = TEST_FRACTION, seed: int = SPLIT_SE
     """(x_train, y_train, x_test, y_test): digits as float32 (N, 1, 8, 8) in [0, 1], int64
     labels, split by a seeded permutation with ``ceil(test_fraction * N)`` test images."""
     try:
-        from sklearn.datasets import load_digits
+        from sklearn.datasets import load_digits  # lazy: optional extra, ~4 s to import
     except ImportError as err:
         raise DemoDataError("graphdl demo needs scikit-learn for the digits data; install "
                             "the examples extra: pip install -e '.[examples]'") from err
@@ -49,15 +51,11 @@ def load_digits_split(test_fraction: float = TEST_FRACTION, seed: int = SPLIT_SE
 
 def build_model(seed: int = 0):
     """The demo model: ``gd.models.cnn`` for 10 classes of 1x8x8 images."""
-    import graphdl as gd
-
     return gd.models.cnn(num_classes=10, input_shape=(1, 8, 8), seed=seed)
 
 
 def make_optimizer(epochs: int, steps_per_epoch: int):
     """Adam with cosine decay of the learning rate over the whole run (computed in-graph)."""
-    from graphdl import optim
-
     total = max(epochs * steps_per_epoch, 1)
     return optim.Adam(optim.CosineLR(3e-3, t_max=total, eta_min=1e-4))
 
@@ -70,12 +68,10 @@ def blas_threads(count: int | None):
     train step ten times slower (measured: 129 ms against 11 ms). Uses threadpoolctl, which
     scikit-learn (the demo's data source) depends on; without it, nothing changes.
     """
-    import contextlib
-
     if not count:
         return contextlib.nullcontext()
     try:
-        from threadpoolctl import threadpool_limits
+        from threadpoolctl import threadpool_limits  # lazy: optional (via scikit-learn)
     except ImportError:
         return contextlib.nullcontext()
     return threadpool_limits(limits=count, user_api="blas")
@@ -108,7 +104,7 @@ def run_demo(epochs: int = DEFAULT_EPOCHS, out_dir: str = "graphdl_demo_out", se
 
     ``threads`` limits BLAS threads while training (see :func:`blas_threads`).
     """
-    from rich.console import Console
+    from rich.console import Console  # lazy: `graphdl --help` reads this module's defaults
 
     if console is None:
         console = Console()
@@ -149,16 +145,14 @@ def run_demo(epochs: int = DEFAULT_EPOCHS, out_dir: str = "graphdl_demo_out", se
 
 def write_training_curve(history, path: str) -> str | None:
     """Loss and accuracy per epoch (train and hold-out) as a PNG; None without matplotlib."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")  # no display needed
-        import matplotlib.pyplot as plt
+    try:  # lazy: matplotlib is the optional "examples" extra
+        from matplotlib.figure import Figure  # no pyplot: the user's backend stays untouched
     except ImportError:
         return None
     h = history.history
     epochs = np.arange(1, len(h.get("loss", [])) + 1)
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    fig = Figure(figsize=(10, 4))
+    ax_loss, ax_acc = fig.subplots(1, 2)
     ax_loss.plot(epochs, h["loss"], label="train")
     if "val_loss" in h:
         ax_loss.plot(epochs, h["val_loss"], label="hold-out")
@@ -174,14 +168,11 @@ def write_training_curve(history, path: str) -> str | None:
     fig.tight_layout()
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=100)
-    plt.close(fig)
     return path
 
 
 def check_onnx(model, x_test: np.ndarray, out_dir: str, console) -> dict:
     """Export to ONNX, run it on ONNX Runtime and compare with the NumPy executor (issue 4)."""
-    import graphdl as gd
-
     path = os.path.join(out_dir, "digits_cnn.onnx")
     model.export_onnx(path)
     run = gd.compile(model, backend="onnxruntime", providers="auto")
@@ -200,8 +191,6 @@ def check_onnx(model, x_test: np.ndarray, out_dir: str, console) -> dict:
 
 def report_optimization(model, console, batch_size: int = DEFAULT_BATCH_SIZE) -> dict:
     """Print ``gd.optimize``'s per-pass report and the memory plan (issue 5)."""
-    import graphdl as gd
-
     result = gd.optimize(model, training=False, batch_size=batch_size)
     console.print(result)
     memory = result.memory_plan().as_dict()

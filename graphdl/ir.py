@@ -10,10 +10,18 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
+import ml_dtypes  # noqa: F401  (registers bfloat16 and the float8 types with NumPy)
 import numpy as np
 
-DTYPES = ("float32", "float64", "float16", "int64", "int32", "bool")
+# differentiable float types: trainable parameters, gradients and losses use these
 FLOAT_DTYPES = ("float32", "float64", "float16")
+# narrow floats from ml_dtypes (what ONNX and JAX use): storage and casts, not training
+NARROW_FLOAT_DTYPES = ("bfloat16", "float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2",
+                       "float8_e5m2fnuz", "float8_e8m0fnu", "float4_e2m1fn")
+INT_DTYPES = ("int64", "int32", "int16", "int8", "uint64", "uint32", "uint16", "uint8",
+              "int4", "uint4")
+# strings are NumPy object arrays of str (ONNX's string tensors)
+DTYPES = FLOAT_DTYPES + NARROW_FLOAT_DTYPES + INT_DTYPES + ("bool", "string")
 
 Dim = int | str  # an int is static; a str names a symbolic dimension (the batch)
 
@@ -43,10 +51,19 @@ def normalize_shape(shape: Iterable[Any]) -> tuple[Dim, ...]:
 
 def normalize_dtype(dtype: Any) -> str:
     """Return the canonical dtype name, raising for dtypes graphdl does not support."""
+    if dtype in ("string", str):
+        return "string"
     name = np.dtype(dtype).name
+    if name == "object" or name.startswith("str"):
+        return "string"
     if name not in DTYPES:
         raise ShapeError(f"dtype {name} is not supported; use one of {', '.join(DTYPES)}")
     return name
+
+
+def numpy_dtype(name: str) -> np.dtype:
+    """The NumPy dtype that holds values of the IR dtype ``name`` (strings: object)."""
+    return np.dtype(object) if name == "string" else np.dtype(name)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +92,7 @@ class TensorType:
 
     def nbytes(self, bindings: dict[str, int] | None = None) -> int:
         """Bytes needed to hold a value of this type."""
-        return self.numel(bindings) * np.dtype(self.dtype).itemsize
+        return self.numel(bindings) * numpy_dtype(self.dtype).itemsize
 
     def concrete(self, bindings: dict[str, int]) -> tuple[int, ...]:
         """The shape with symbolic dims replaced by their bound sizes."""
@@ -371,7 +388,7 @@ class Graph:
 
     def to_networkx(self):
         """A ``networkx.MultiDiGraph``: one vertex per node, one edge per consumed value."""
-        import networkx as nx
+        import networkx as nx  # lazy: ~0.45 s to import; only this analysis export uses it
 
         names = self.value_names()
         g = nx.MultiDiGraph(name=self.name)

@@ -6,7 +6,7 @@ produce new state declare ``state_outputs`` in the registry; ``state_updates`` c
 """
 from __future__ import annotations
 
-from graphdl.ir import Graph, Node, Value, Variable
+from graphdl.ir import Graph, Node, Value, Variable, rebuild, toposort
 from graphdl.ops.registry import get_op
 
 
@@ -18,14 +18,12 @@ def set_training(graph: Graph, training: bool) -> Graph:
         attrs = dict(node.attrs, training=training)
         types = get_op(node.op).infer([v.type for v in inputs], attrs)
         return Node(node.op, inputs, attrs, types, node.name, node.site).outputs
-    from graphdl.ir import rebuild
     return rebuild(graph, switch)
 
 
 def state_updates(outputs: list[Value]) -> list[tuple[Variable, Value]]:
     """(variable, new value) pairs for every state output among the nodes ``outputs`` need,
     in schedule order (e.g. BatchNorm running statistics in training mode)."""
-    from graphdl.ir import toposort
     pairs = []
     for node in toposort(outputs):
         if node.attrs.get("training") is False:

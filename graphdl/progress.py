@@ -16,7 +16,7 @@ class FitProgress:
         self._task = None
         self._console = console
         if self.verbose:
-            from rich.console import Console
+            from rich.console import Console  # lazy: rich adds ~0.15 s to `import graphdl`
 
             self._console = console or Console()
 
@@ -25,6 +25,7 @@ class FitProgress:
         self._start = time.perf_counter()
         if self.verbose != 1 or not self._console.is_terminal:
             return
+        # lazy: rich adds ~0.15 s to `import graphdl`
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, \
             TimeElapsedColumn
 

@@ -90,10 +90,9 @@ def test_info_and_optimize_dispatch(monkeypatch, tmp_path):
     import importlib
 
     info = importlib.import_module("graphdl.backends.onnx_info")
-    optimize = importlib.import_module("graphdl.optimize")
     calls = []
     monkeypatch.setattr(info, "print_info", lambda path, *a, **k: calls.append(("info", path)))
-    monkeypatch.setattr(optimize, "cli_optimize",
+    monkeypatch.setattr(cli, "cli_optimize",
                         lambda i, o, r, **kw: calls.append(("opt", i, o, r)))
     assert cli.main(["info", "m.onnx"]) == 0
     assert cli.main(["optimize", "a.onnx", "-o", "b.onnx", "--report", "r.json"]) == 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from graphdl import tensor as F
-from graphdl.layers.base import Layer
+from graphdl.layers.base import Layer, unique_name
 
 
 def _relu6(x):
@@ -51,8 +51,6 @@ class Activation(Layer):
         if fn is None:
             fn = F.identity
         if name is None and isinstance(activation, str):
-            from graphdl.layers.base import unique_name
-
             name = unique_name(activation)
         super().__init__(name)
         self.activation, self.fn, self.options = activation, fn, options

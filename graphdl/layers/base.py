@@ -28,6 +28,7 @@ from graphdl.ir import FLOAT_DTYPES, GraphError, Node, ShapeError, TensorType, V
     normalize_dtype, user_call_site
 from graphdl.layers import initializers
 from graphdl.ops.registry import apply, get_op
+from graphdl.tensor import variable_value
 
 _SCOPES: list["_NameCounter"] = []
 
@@ -153,8 +154,6 @@ class Layer:
                              f"{value.shape}, expected {shape}")
         var = Variable(f"{self.name}.{param}", value.astype(dtype), trainable)
         self._variables[param] = var
-        from graphdl.tensor import variable_value
-
         self._values[param] = variable_value(var)
         return self._values[param]
 
@@ -162,8 +161,6 @@ class Layer:
         """Create a non-trainable Variable with a given initial value (e.g. an RNG seed)."""
         var = Variable(f"{self.name}.{param}", np.array(value), trainable=False)
         self._variables[param] = var
-        from graphdl.tensor import variable_value
-
         self._values[param] = variable_value(var)
         return self._values[param]
 

@@ -7,6 +7,7 @@ import numpy as np
 
 from graphdl import tensor as F
 from graphdl.ir import Value
+from graphdl.layers import initializers
 from graphdl.layers.activations import resolve_activation
 from graphdl.layers.base import Layer, derive_seed
 
@@ -137,8 +138,6 @@ class Embedding(Layer):
                  name: str | None = None, seed: int | None = None, dtype: Any = "float32"):
         super().__init__(name, seed, dtype)
         self.num_embeddings, self.embedding_dim = int(num_embeddings), int(embedding_dim)
-        from graphdl.layers import initializers
-
         self.init = initializers.normal(1.0) if init is None else init
 
     def build(self, types):

@@ -7,6 +7,8 @@ from typing import Any, Sequence
 
 from graphdl.ir import Value
 from graphdl.layers.base import derive_seed
+from graphdl.model import Model
+from graphdl.tensor import input as gd_input
 
 
 def image_input(input_shape: Sequence[int], dtype: Any, model: str) -> Value:
@@ -15,8 +17,6 @@ def image_input(input_shape: Sequence[int], dtype: Any, model: str) -> Value:
     if len(shape) != 3 or not all(isinstance(d, int) and d > 0 for d in shape):
         raise ValueError(f"{model}: input_shape must be (C, H, W) with positive ints, "
                          f"got {input_shape!r}")
-    from graphdl.tensor import input as gd_input
-
     return gd_input("x", (None,) + shape, dtype)
 
 
@@ -47,6 +47,4 @@ def _params(cls) -> tuple[str, ...]:
 
 def make_model(x: Value, outputs: Value | list[Value], name: str):
     """Wrap the zoo graph in a gd.Model."""
-    from graphdl.model import Model
-
     return Model(x, outputs, name=name)

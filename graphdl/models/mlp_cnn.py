@@ -5,6 +5,7 @@ from typing import Any, Sequence
 
 from graphdl import layers as L
 from graphdl.models._common import LayerFactory, check_classes, make_model
+from graphdl.tensor import input as gd_input
 
 
 def mlp(num_classes: int = 10, input_shape: Sequence[int] = (784,),
@@ -14,8 +15,6 @@ def mlp(num_classes: int = 10, input_shape: Sequence[int] = (784,),
     layer ``fc{k+1}`` (logits). Inputs of rank > 1 are flattened first; ``dropout > 0`` adds
     ``dropout{i}`` after each hidden layer. Glorot-uniform weights, zero biases."""
     num_classes = check_classes(num_classes, name)
-    from graphdl.tensor import input as gd_input
-
     if isinstance(input_shape, int):
         input_shape = (input_shape,)
     make = LayerFactory(seed)
@@ -48,8 +47,6 @@ def cnn(num_classes: int = 10, input_shape: Sequence[int] = (1, 8, 8),
     if len(shape) != 3 or not all(isinstance(d, int) and d > 0 for d in shape):
         raise ValueError(f"{name}: input_shape must be (C, H, W) with positive ints, "
                          f"got {input_shape!r}")
-    from graphdl.tensor import input as gd_input
-
     make = LayerFactory(seed)
     x = gd_input("x", (None,) + shape, dtype)
     h = x
