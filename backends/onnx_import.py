@@ -2,11 +2,21 @@
 
 ``IMPORT_RULES`` maps each ONNX op type to the graphdl builder that rebuilds it (the simple
 ops as plain data, the rest as small functions in :mod:`graphdl.backends.onnx_import_rules`).
-Float initializers become Params (Variables named after the initializer, so names survive a
-round trip); other initializers and ``Constant`` nodes become constants. Shape arithmetic over
-constants (``Shape -> Gather -> Concat -> Reshape``, as torch emits) is evaluated during
-import, symbolic batch dims included. An op without a rule stops the import with an error
-that names it and the node.
+
+Weights: float initializers (rank >= 1) become Params, trainable Variables named after the
+initializer, so names survive a round trip; BatchNormalization's running statistics become
+non-trainable state. Two uses of one initializer *name* read one Variable (tied); an
+``Identity`` copy of an initializer (torch writes those when it merges equal-valued weights)
+gets a Variable of its own, so weights the file does not share never train tied. Other
+initializers and ``Constant`` nodes are constants.
+
+Folding: a node whose inputs are all constants is evaluated during import (shape arithmetic,
+``Shape -> Gather -> Concat -> Reshape`` as torch emits, symbolic batch dims included), but
+only for ops that have an import rule, and never over a weight: a Gather of a trainable
+embedding with constant indices stays a Gather on the Param.
+
+Errors: every refusal is an :class:`OnnxImportError` naming the node, its op and what is
+wrong; no import raises a bare KeyError/IndexError/TypeError.
 """
 from __future__ import annotations
 
@@ -23,7 +33,8 @@ from graphdl.ir import DTYPES, FLOAT_DTYPES, Graph, GraphError, Node, Value, reb
 
 
 class OnnxImportError(GraphError, ValueError):
-    """An ONNX model that graphdl cannot import (an unsupported op, a dynamic shape, ...)."""
+    """An ONNX model that graphdl cannot import; the message names the node, its op and what
+    is wrong (an unsupported op, dtype or value type, a malformed node, ...)."""
 
 
 # ONNX op -> graphdl builder with the same inputs and no attributes
@@ -55,7 +66,7 @@ class Importer:
         self.initializers = {t.name: numpy_helper.to_array(t) for t in g.initializer}
         self.env: dict[str, Any] = dict(self.initializers)  # Value | np.ndarray
         self.params: dict[str, Value] = {}
-        self.aliases: dict[str, str] = {}  # Identity outputs of initializers -> the initializer
+        self.const_values: dict[str, Value] = {}  # constants used as tensors: their Const
         self.node_names: dict[int, str] = {}
         self.node: onnx.NodeProto | None = None
 
@@ -87,22 +98,27 @@ class Importer:
     def ints(self, name: str) -> tuple:
         """A constant input as a tuple of ints (axes, pads, sizes)."""
         arr = self.const(name)
-        if arr.dtype == object:
+        if is_symbolic(arr):
             raise OnnxImportError(f"{self.where()}: input {name!r} depends on a symbolic "
                                   f"dimension ({list(arr)}); graphdl needs it static here")
         return tuple(int(v) for v in arr.reshape(-1))
 
-    def value(self, name: str) -> Value:
-        """The input as a graph value: a float initializer becomes a Param, other constants
-        a Const."""
-        name = self.aliases.get(name, name)
+    def is_weight(self, name: str) -> bool:
+        """Whether ``name`` is an initializer that imports as a Param (a float weight)."""
+        value = self.initializers.get(name)
+        return self.as_params and value is not None and value.ndim > 0 \
+            and value.dtype.name in FLOAT_DTYPES
+
+    def value(self, name: str, trainable: bool = True) -> Value:
+        """The input as a graph value: a float initializer becomes a Param (trainable unless
+        ``trainable=False``: running statistics), other constants a Const."""
         value = self.env.get(name)
         if isinstance(value, Value):
             return value
         if value is None:
             raise OnnxImportError(f"{self.where()}: input {name!r} is not defined (or is an "
                                   "output graphdl does not produce)")
-        if value.dtype == object:
+        if is_symbolic(value):
             raise OnnxImportError(f"{self.where()}: {name!r} holds a shape with symbolic "
                                   f"dimensions {list(value)}, used as a tensor; graphdl "
                                   "supports shape arithmetic only into Reshape/Expand")
@@ -111,13 +127,13 @@ class Importer:
                                   f"graphdl does not support ({', '.join(DTYPES)})")
         # weights (float initializers of rank >= 1) become Params: named, trainable state;
         # scalars and everything else are constants that passes may fold
-        if self.as_params and name in self.initializers and value.ndim \
-                and value.dtype.name in FLOAT_DTYPES:
+        if self.is_weight(name):
             if name not in self.params:
-                self.params[name] = F.param(name, value.copy())
+                self.params[name] = F.param(name, value.copy(), trainable=trainable)
             return self.params[name]
-        const = F.const(value, dtype=value.dtype, name=name)
-        self.env[name] = const
+        const = self.const_values.get(name)
+        if const is None:  # the array stays in env: later rules may still read it as constant
+            const = self.const_values[name] = F.const(value, dtype=value.dtype, name=name)
         return const
 
     def attrs(self, node: onnx.NodeProto) -> dict[str, Any]:
@@ -152,24 +168,14 @@ class Importer:
                                       "not supported by graphdl (only the ONNX domain is)")
             attrs = self.attrs(node)
             ins = [n for n in node.input]
-            if node.op_type == "Identity" and ins[0] in self.initializers:
-                # torch emits Identity copies of shared initializers: one Param for both
-                self.aliases[node.output[0]] = self.aliases.get(ins[0], ins[0])
-                self.env[node.output[0]] = self.env[ins[0]]
+            if node.op_type == "Identity" and ins and ins[0] in self.initializers \
+                    and node.output[0]:
+                # torch writes Identity copies of initializers it merged for having equal
+                # values: the copy is a weight of its own (tied only by a shared name)
+                self.initializers[node.output[0]] = self.initializers[ins[0]]
+                self.env[node.output[0]] = self.initializers[ins[0]]
                 continue
-            if node.op_type != "Constant" and ins and all(
-                    not n or self.is_const(n) for n in ins):
-                outs = self.fold(node, attrs)
-            else:
-                rule = IMPORT_RULES.get(node.op_type)
-                if rule is None:
-                    raise OnnxImportError(self.unsupported(node))
-                try:
-                    outs = rule(self, node, attrs)
-                except OnnxImportError:
-                    raise
-                except GraphError as err:
-                    raise OnnxImportError(f"{self.where()}: {err}") from None
+            outs = self.import_node(node, attrs, IMPORT_RULES)
             for out_name, out in zip(node.output, outs):
                 if not out_name:
                     continue
@@ -180,6 +186,8 @@ class Importer:
         self.node = None
         outputs = []
         for vi in g.output:
+            if vi.type.WhichOneof("value") not in (None, "tensor_type"):
+                _check_tensor(vi, "output")
             v = self.value(vi.name)
             if v.node.op in ("Input", "Param") or v in outputs:
                 v = F.identity(v)
@@ -187,6 +195,33 @@ class Importer:
             outputs.append(v)
         graph = Graph(inputs, outputs, name=name or g.name or "imported")
         return _rename(graph, self.node_names)
+
+    def import_node(self, node: onnx.NodeProto, attrs: dict[str, Any],
+                    rules: dict[str, Callable]) -> list:
+        """The graphdl values (or constants) of one node's outputs."""
+        ins = list(node.input)
+        rule = rules.get(node.op_type)
+        if rule is None:
+            raise OnnxImportError(self.unsupported(node))
+        for n in ins:
+            if n and n not in self.env:
+                raise OnnxImportError(f"{self.where()}: input {n!r} is not defined by any "
+                                      "earlier node, initializer or graph input")
+        foldable = node.op_type != "Constant" and ins and all(
+            not n or (self.is_const(n) and not self.is_weight(n)) for n in ins)
+        try:
+            outs = self.fold(node, attrs, rule) if foldable else rule(self, node, attrs)
+        except OnnxImportError:
+            raise
+        except GraphError as err:
+            raise OnnxImportError(f"{self.where()}: {err}") from None
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError,
+                ArithmeticError) as err:  # a malformed node: missing inputs or attributes
+            raise OnnxImportError(f"{self.where()}: malformed or unsupported node "
+                                  f"({type(err).__name__}: {err})") from None
+        if not isinstance(outs, (list, tuple)):
+            raise OnnxImportError(f"{self.where()}: import rule returned {type(outs).__name__}")
+        return list(outs)
 
     def unsupported(self, node: onnx.NodeProto) -> str:
         """The error message for an op without an import rule."""
@@ -198,41 +233,48 @@ class Importer:
                 f"importer (node {node.name or '(unnamed)'!r}; unsupported ops in this model: "
                 f"{', '.join(missing)})")
 
-    def fold(self, node: onnx.NodeProto, attrs: dict[str, Any]) -> list:
-        """Evaluate a node whose inputs are all constants (shape arithmetic, folded weights)."""
+    def fold(self, node: onnx.NodeProto, attrs: dict[str, Any], rule: Callable) -> list:
+        """Evaluate a node whose inputs are all constants, with graphdl's own rule and
+        kernels (so folding never runs an op graphdl lacks); shape arithmetic over symbolic
+        dims goes through :func:`fold_symbolic`."""
+        from graphdl.backends.numpy_executor import NumpyExecutor
         from graphdl.backends.onnx_import_rules import fold_symbolic
 
         arrays = [self.env[n] if n else None for n in node.input]
-        if any(a is not None and a.dtype == object for a in arrays):
+        if any(a is not None and is_symbolic(a) for a in arrays):
             if node.op_type not in SHAPE_ARITHMETIC:
                 raise OnnxImportError(f"{self.where()}: {node.op_type} over a symbolic shape "
                                       "is not supported")
             return fold_symbolic(self, node, attrs, arrays)
-        from onnx.reference import ReferenceEvaluator
-
-        feeds = {n: a for n, a in zip(node.input, arrays) if n}
-        inputs = [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(a.dtype),
-                                                list(a.shape)) for n, a in feeds.items()]
-        outputs = [helper.make_empty_tensor_value_info(o) for o in node.output if o]
-        graph = helper.make_graph([node], "fold", inputs, outputs)
-        model = helper.make_model(graph, opset_imports=list(self.model.opset_import))
-        try:
-            results = ReferenceEvaluator(model).run(None, feeds)
-        except Exception as err:  # noqa: BLE001  (the reference evaluator raises anything)
-            if node.op_type not in _rules():
-                raise OnnxImportError(self.unsupported(node)) from None
-            raise OnnxImportError(f"{self.where()}: evaluating it on constants failed: "
-                                  f"{err}") from None
-        it = iter(results)
-        return [np.asarray(next(it)) if o else None for o in node.output]
+        outs = list(rule(self, node, attrs))
+        values = [o for o in outs if isinstance(o, Value)]
+        if not values:
+            return outs
+        results = iter(NumpyExecutor(Graph([], values), plan=False).run([]))
+        return [next(results) if isinstance(o, Value) else o for o in outs]
 
 
-def _rules() -> dict[str, Callable]:
-    from graphdl.backends.onnx_import_rules import IMPORT_RULES
-    return IMPORT_RULES
+class SymDim(str):
+    """A symbolic dim inside an import-time shape array (``Shape`` of a value with symbolic
+    dims); a str subclass, so ONNX string tensors (plain str) never look symbolic."""
+
+
+def is_symbolic(arr: Any) -> bool:
+    """Whether an import-time array holds symbolic dims (an object array with SymDims)."""
+    return isinstance(arr, np.ndarray) and arr.dtype == object and any(
+        isinstance(d, SymDim) for d in arr.reshape(-1))
+
+
+def _check_tensor(vi: onnx.ValueInfoProto, role: str) -> None:
+    kind = vi.type.WhichOneof("value")
+    if kind != "tensor_type":
+        raise OnnxImportError(f"graph {role} {vi.name!r} is a {kind or 'untyped value'}; "
+                              "graphdl imports tensors only (no sequence, map or optional "
+                              "values)")
 
 
 def _shape_of(vi: onnx.ValueInfoProto) -> tuple:
+    _check_tensor(vi, "input")
     t = vi.type.tensor_type
     dims = []
     for i, d in enumerate(t.shape.dim):
@@ -244,7 +286,14 @@ def _shape_of(vi: onnx.ValueInfoProto) -> tuple:
 
 
 def _dtype_of(vi: onnx.ValueInfoProto) -> str:
-    dtype = np.dtype(helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type)).name
+    code = vi.type.tensor_type.elem_type
+    if code == onnx.TensorProto.STRING:
+        return "string"
+    try:
+        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(code)).name
+    except (KeyError, ValueError, TypeError):
+        raise OnnxImportError(f"graph input {vi.name!r} has element type {code}, which "
+                              "graphdl does not know") from None
     if dtype not in DTYPES:
         raise OnnxImportError(f"graph input {vi.name!r} has dtype {dtype}, which graphdl does "
                               f"not support ({', '.join(DTYPES)})")
@@ -278,4 +327,9 @@ def from_onnx(model_or_path: onnx.ModelProto | str | os.PathLike,
         except Exception as err:  # noqa: BLE001  (protobuf's DecodeError and friends)
             raise OnnxImportError(f"{model_or_path} is not a readable ONNX model: "
                                   f"{err}") from None
-    return Importer(model, as_params).run(name)
+    importer = Importer(model, as_params)
+    try:
+        return importer.run(name)
+    except (KeyError, IndexError, TypeError, AttributeError) as err:
+        raise OnnxImportError(f"{importer.where()}: malformed model ({type(err).__name__}: "
+                              f"{err})") from None

@@ -14,7 +14,7 @@ from onnx import helper
 
 from graphdl import tensor as F
 from graphdl.backends.onnx_import import (BINARY_IMPORTS, UNARY_IMPORTS, VARIADIC_IMPORTS,
-                                          Importer, OnnxImportError)
+                                          Importer, OnnxImportError, SymDim, is_symbolic)
 from graphdl.ir import Value
 
 Rule = Callable[[Importer, onnx.NodeProto, dict], list]
@@ -72,11 +72,20 @@ def _constant(imp, node, a):
 
 
 def _dropout(imp, node, a):
+    """graphdl's Dropout with its own seed variable (state): an identity in inference, and
+    a fresh mask each step when the model trains (``Model.graph(training=True)``)."""
     training = _input(node, 2)
-    if training and (not imp.is_const(training) or bool(imp.const(training))):
-        raise OnnxImportError(f"{imp.where()}: Dropout in training mode is not supported; "
-                              "export the model in inference mode")
-    return [imp.value(node.input[0]), None]
+    if training and not imp.is_const(training):
+        raise OnnxImportError(f"{imp.where()}: a run-time training_mode input is not "
+                              "supported; graphdl switches the mode per compiled graph")
+    training = bool(training and imp.const(training))
+    rate = a.get("ratio", 0.5)
+    if _input(node, 1) and (training or imp.is_const(node.input[1])):
+        rate = imp.const(node.input[1])  # in inference the ratio does not matter
+    seed = F.param(f"{node.output[0]}_dropout_seed", np.array(0, np.int64), trainable=False)
+    y, mask, _ = F.apply("Dropout", imp.value(node.input[0]), seed, rate=float(rate),
+                         training=training)
+    return [y, mask]
 
 
 def _cast(imp, node, a):
@@ -139,8 +148,10 @@ def _gemm(imp, node, a):
 
 def _flatten(imp, node, a):
     x = imp.value(node.input[0])
-    return [F.flatten(x, a.get("axis", 1) % (x.ndim + 1) if a.get("axis", 1) < 0
-                      else a.get("axis", 1))]
+    axis = int(a.get("axis", 1))
+    if not -x.ndim <= axis <= x.ndim:
+        raise OnnxImportError(f"{imp.where()}: axis {axis} is out of range for rank {x.ndim}")
+    return [F.flatten(x, axis + x.ndim if axis < 0 else axis)]  # ONNX: axis in [-r, r]
 
 
 def _reshape(imp, node, a):
@@ -276,16 +287,28 @@ def _layer_norm(imp, node, a):
     x, scale = imp.value(node.input[0]), imp.value(node.input[1])
     bias = imp.value(node.input[2]) if _input(node, 2) else F.const(
         np.zeros(scale.shape, scale.dtype))
-    y = _builder(imp, "layer_norm")(x, scale, bias, axis=a.get("axis", -1),
-                                    eps=a.get("epsilon", 1e-5))
-    return [y, None, None]
+    axis, eps = int(a.get("axis", -1)), float(a.get("epsilon", 1e-5))
+    y = _builder(imp, "layer_norm")(x, scale, bias, axis=axis, eps=eps)
+    outs = [y, None, None]
+    if any(o for o in node.output[1:3]):
+        # the optional Mean and InvStdDev outputs: statistics over the axes from `axis` on,
+        # kept as size-1 dims, computed in float (stash_type 1)
+        axes = tuple(range(axis % x.ndim, x.ndim))
+        xf = F.cast(x, "float32") if x.dtype != "float64" else x
+        mean = F.mean(xf, axes, keepdims=True)
+        var = F.mean(F.square(xf - mean), axes, keepdims=True)
+        outs[1] = mean
+        outs[2] = 1.0 / F.sqrt(var + eps)
+    return outs
 
 
 def _batch_norm(imp, node, a):
     if a.get("training_mode", 0):
         raise OnnxImportError(f"{imp.where()}: BatchNormalization in training mode is not "
                               "supported; export the model in inference mode")
-    x, scale, bias, mean, var = (imp.value(n) for n in node.input[:5])
+    x, scale, bias = (imp.value(n) for n in node.input[:3])
+    # running statistics are state that training updates, not trainable weights
+    mean, var = (imp.value(n, trainable=False) for n in node.input[3:5])
     # ONNX: running = running * momentum + batch * (1 - momentum); graphdl follows torch
     momentum = 1.0 - a.get("momentum", 0.9)
     y = _builder(imp, "batch_norm")(x, scale, bias, mean, var, training=False,
@@ -343,7 +366,10 @@ def _max_pool(imp, node, a):
 def _avg_pool(imp, node, a):
     x = imp.value(node.input[0])
     kernel = tuple(a["kernel_shape"])
-    strides, _, pads = _spatial(imp, node, a, x, kernel)
+    strides, dilations, pads = _spatial(imp, node, a, x, kernel)
+    if any(d != 1 for d in dilations):
+        raise OnnxImportError(f"{imp.where()}: AveragePool with dilations {dilations} is not "
+                              "supported (graphdl's average pooling has no dilation)")
     # ONNX counts padding in the mean only when asked (torch's default is the opposite)
     return [_builder(imp, "avg_pool2d")(
         x, kernel, stride=strides, padding=tuple(pads),
@@ -363,11 +389,19 @@ def _global_max_pool(imp, node, a):
 def _shape(imp, node, a):
     x = imp.env[node.input[0]]
     dims = x.shape
-    arr = np.array([d if isinstance(d, str) else int(d) for d in dims], dtype=object)
+    arr = np.array([SymDim(d) if isinstance(d, str) else int(d) for d in dims], dtype=object)
     arr = arr[a.get("start", 0):a.get("end", len(dims))]
-    if all(not isinstance(d, str) for d in arr):
+    if not is_symbolic(arr):
         arr = arr.astype(np.int64)
     return [arr]
+
+
+def _size(imp, node, a):
+    x = imp.env[node.input[0]]
+    if any(isinstance(d, str) for d in x.shape):
+        raise OnnxImportError(f"{imp.where()}: Size of a value with symbolic dims {x.shape} "
+                              "is not supported yet")
+    return [np.array(int(np.prod(x.shape, dtype=np.int64)), np.int64)]
 
 
 IMPORT_RULES: dict[str, Rule] = {
@@ -384,7 +418,7 @@ IMPORT_RULES: dict[str, Rule] = {
     "Pad": _pad, "Gather": _gather, "ConstantOfShape": _constant_of_shape,
     "LayerNormalization": _layer_norm, "BatchNormalization": _batch_norm, "Conv": _conv,
     "MaxPool": _max_pool, "AveragePool": _avg_pool, "GlobalAveragePool": _global_avg_pool,
-    "GlobalMaxPool": _global_max_pool, "Shape": _shape,
+    "GlobalMaxPool": _global_max_pool, "Shape": _shape, "Size": _size,
 }
 
 
@@ -422,6 +456,6 @@ def fold_symbolic(imp: Importer, node: onnx.NodeProto, attrs: dict, arrays: list
     else:  # pragma: no cover  (SHAPE_ARITHMETIC and this function agree)
         raise OnnxImportError(f"{imp.where()}: {op} over a symbolic shape is not supported")
     out = np.asarray(out, dtype=object)
-    if all(not isinstance(d, str) for d in out.reshape(-1)):
+    if not is_symbolic(out):
         out = out.astype(np.int64)
     return [out]

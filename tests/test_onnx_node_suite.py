@@ -32,6 +32,9 @@ def test_node_suite_pass_count(request):
                   if not r.passed and r.name not in excluded]
     assert not unexpected, "node-suite cases failing outside the exclusion list:\n" + \
         "\n".join(unexpected[:40])
+    crashes = [f"{r.name}: {r.error}" for r in results if not r.passed and
+               r.error.split(":")[0] in ("KeyError", "IndexError", "TypeError", "AttributeError")]
+    assert not crashes, "bare exceptions instead of OnnxImportError:\n" + "\n".join(crashes[:20])
     assert summary["passed"] >= PASS_FLOOR, \
         f"graphdl passes {summary['passed']} node-suite cases, below the floor {PASS_FLOOR}"
     names = {c.name for c in cases}
