@@ -42,6 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--quick", action="store_true",
                       help="2 epochs: a fast end-to-end smoke run")
     demo.add_argument("--quiet", action="store_true", help="no per-epoch progress")
+    demo.add_argument("--ranks", type=_positive, default=1,
+                      help="train data-parallel on this many MPI ranks (spawns mpiexec; same "
+                      "as: mpiexec -n K graphdl demo --distributed)")
+    demo.add_argument("--distributed", action="store_true",
+                      help="this process is one rank of an mpiexec job: train data-parallel "
+                      "(the global batch stays --batch-size)")
 
     info = sub.add_parser("info", help="describe an ONNX file",
                           description="Print an ONNX file's inputs, outputs, opset, op "
@@ -90,10 +96,20 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace, extra: list[str]) -> int:
+    if args.command == "demo" and args.ranks > 1 and not args.distributed:
+        from graphdl.launch import run_ranks
+
+        argv = ["demo", "--epochs", str(args.epochs), "--batch-size", str(args.batch_size),
+                "--out", args.out, "--seed", str(args.seed), "--threads", str(args.threads),
+                *(["--quick"] if args.quick else []), *(["--quiet"] if args.quiet else [])]
+        return run_ranks(args.ranks, ["-m", "graphdl.cli", *argv, "--distributed"])
     if args.command == "demo":
         results = run_demo(epochs=2 if args.quick else args.epochs, out_dir=args.out,
                            seed=args.seed, batch_size=args.batch_size,
-                           verbose=0 if args.quiet else 1, threads=args.threads)
+                           verbose=0 if args.quiet else 1, threads=args.threads,
+                           distributed=args.distributed)
+        if results is None:  # a rank other than 0: it trained; rank 0 reports
+            return 0
         failed = [part for part in ("onnx", "optimize")
                   if results.get(part, {}).get("status") in ("error", "mismatch")]
         if failed:

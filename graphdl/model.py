@@ -116,16 +116,23 @@ class Model(TrainingMixin):
             return g
         return Graph(g.inputs, g.outputs, state_updates(list(g.outputs)), name=self.name)
 
-    def train_step_graph(self, loss: Any, optimizer: Any) -> Graph:
+    def train_step_graph(self, loss: Any, optimizer: Any,
+                         forward_hook: Callable[[Graph], Graph] | None = None,
+                         grad_hook: Callable[[list], list] | None = None) -> Graph:
         """One graph for a whole train step.
 
         Inputs: the model inputs and the targets ``y``; outputs: the scalar loss and the model
         output; updates: parameters and optimizer state (from ``optimizer``), BatchNorm
         statistics. ``loss`` is a name, a :class:`graphdl.losses.Loss` or a function.
+        ``forward_hook`` rewrites the training-form forward graph before differentiation and
+        ``grad_hook`` maps the parameter gradients before the optimizer reads them (the
+        data-parallel step uses both: synchronized BatchNorm, gradient all-reduces).
         """
         loss_obj = _losses.get(loss)
         opt = _optim.get(optimizer)
         forward = self.graph(training=True)
+        if forward_hook is not None:
+            forward = forward_hook(forward)
         out = _single(list(forward.outputs), "output",
                       "; build multi-output train steps with gd.grad and gd.function")
         targets = self.target_input(loss_obj)
@@ -149,6 +156,8 @@ class Model(TrainingMixin):
             params.append(vs[0])
             param_grads.append(total)
             i += len(vs)
+        if grad_hook is not None:
+            param_grads = list(grad_hook(param_grads))
         updates = opt.updates(params, param_grads) + list(forward.updates)
         _check_unique_updates(updates)
         return Graph(list(forward.inputs) + [targets], [loss_value, out], updates,

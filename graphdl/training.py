@@ -54,9 +54,11 @@ class TrainableModel(Protocol):
         """The inference graph, or with ``training=True`` the forward graph with its state
         updates."""
 
-    def train_step_graph(self, loss: Any, optimizer: Any) -> Graph:
+    def train_step_graph(self, loss: Any, optimizer: Any, forward_hook: Any = None,
+                         grad_hook: Any = None) -> Graph:
         """One graph for a train step: inputs (model inputs, targets), outputs (loss, output),
-        updates (parameters, optimizer and layer state)."""
+        updates (parameters, optimizer and layer state); the hooks rewrite the forward graph
+        and map the gradients (the data-parallel step uses them)."""
 
     def eval_graph(self, loss: Any) -> Graph:
         """The inference graph with the targets as an extra input: outputs (loss, output)."""
@@ -75,6 +77,7 @@ class TrainingMixin:
         self.optimizer: _optim.Optimizer | None = None
         self.loss: _losses.Loss | None = None
         self.metrics: list[tuple[str, Callable]] = []
+        self.distributed = None  # a graphdl.distributed.DataParallel when compiled with one
         self._reset_compiled_functions()
 
     def _reset_compiled_functions(self) -> None:
@@ -86,20 +89,31 @@ class TrainingMixin:
         """Functional models are always built; Sequential overrides this."""
 
     def compile(self, optimizer: Any = "adam", loss: Any = None,
-                metrics: Sequence[str | Callable] | None = None) -> None:
+                metrics: Sequence[str | Callable] | None = None, distributed: Any = None) -> None:
         """Choose the optimizer (an optimizer or "sgd"/"adam"/"adamw"), the loss (a name such
         as "cross_entropy", a Loss, or ``fn(outputs, targets)``) and host-side metrics
-        ("accuracy", "mae", "mse" or ``fn(outputs, y) -> per-sample values``)."""
+        ("accuracy", "mae", "mse" or ``fn(outputs, y) -> per-sample values``).
+
+        ``distributed="mpi"`` (or a :class:`graphdl.distributed.DataParallel` with options:
+        bucket size, synchronized BatchNorm, timeout) trains data-parallel over the ranks of
+        ``mpiexec -n K``; ``fit``'s batch size is then per rank."""
         if loss is None:
             raise ValueError("compile needs a loss, e.g. loss='cross_entropy'")
         opt, loss_obj = _optim.get(optimizer), _losses.get(loss)
         chosen = [_metric(m, loss_obj) for m in (metrics or [])]
+        if distributed is not None:
+            from graphdl.distributed import DataParallel
+
+            distributed = DataParallel.of(distributed)
         self.optimizer, self.loss, self.metrics = opt, loss_obj, chosen
+        self.distributed = distributed
         self._reset_compiled_functions()
 
     # ---- compiled functions --------------------------------------------------------------
 
     def _train_function(self):
+        if self._train_fn is None and self.distributed is not None:
+            self._train_fn = self.distributed.compile_train_step(self, self.loss, self.optimizer)
         if self._train_fn is None:
             g = self.train_step_graph(self.loss, self.optimizer)
             self._train_fn = function(g.inputs, list(g.outputs), g.updates, training=True)
@@ -157,7 +171,14 @@ class TrainingMixin:
             val = self._prepare(validation_data[0], validation_data[1],
                                 "validation x", "validation y")
         step = self._train_function()
+        dp = self.distributed
         n = len(targets)
+        if dp is not None:
+            from graphdl.distributed import broadcast_variables
+
+            broadcast_variables(self.variables, dp.comm)  # every rank starts from rank 0's
+            verbose = verbose if dp.rank == 0 else 0  # one progress bar for the job
+            n = len(dp.shard(n, batch_size, np.arange(n)))
         steps = -(-n // batch_size)
         names = ["loss"] + [name for name, _ in self.metrics]
         history = History()
@@ -177,7 +198,10 @@ class TrainingMixin:
             for epoch in range(epochs):
                 for cb in cbs:
                     cb.on_epoch_begin(epoch, {})
-                order = rng.permutation(n) if shuffle else None
+                order = rng.permutation(len(targets)) if shuffle else None
+                if dp is not None:  # this rank's shard of the epoch (same seed on every rank)
+                    order = dp.shard(len(targets), batch_size, np.arange(len(targets))
+                                     if order is None else order)
                 progress.start_epoch(epoch)
                 logs, seconds = self._run_epoch(step, xs, targets, order, batch_size, epoch,
                                                 epochs, cbs, progress)
@@ -192,12 +216,19 @@ class TrainingMixin:
                     break
             for cb in cbs:
                 cb.on_train_end({})
+        except NonFiniteLossError:
+            raise  # raised on every rank at the same step (the flag is all-reduced)
+        except Exception as err:
+            if dp is not None:
+                dp.abort(err)  # a failure on one rank would leave the others waiting
+            raise
         finally:
             progress.close()
         return history
 
     def _run_epoch(self, step, xs, targets, order, batch_size, epoch, epochs, cbs, progress):
-        n = len(targets)
+        n = len(targets) if order is None else len(order)
+        dp = self.distributed
         steps = -(-n // batch_size)
         sums = {"loss": 0.0, **{name: 0.0 for name, _ in self.metrics}}
         seen = 0
@@ -213,6 +244,15 @@ class TrainingMixin:
             bad = None if np.isfinite(loss) else f"the loss became {loss}"
             if bad is None:
                 bad = _non_finite_update(new_state)
+            size = len(yb)
+            batch_sums = [loss * size] + [float(np.sum(fn(outs[1], yb)))
+                                          for _, fn in self.metrics]
+            if dp is not None:  # one small collective: metric sums, sizes and the NaN flag
+                total = dp.allreduce_host(batch_sums + [size, bad is not None])
+                batch_sums, size, n_bad = list(total[:-2]), int(total[-2]), int(total[-1])
+                loss = batch_sums[0] / size
+                if n_bad and bad is None:
+                    bad = f"a non-finite value on {n_bad} other rank(s)"
             if bad is not None:
                 raise NonFiniteLossError(
                     f"{bad} at epoch {epoch + 1}/{epochs}, batch {b + 1}/{steps} (step "
@@ -221,11 +261,9 @@ class TrainingMixin:
                     "for extreme values.")
             step.commit(new_state)
             seconds += time.perf_counter() - start
-            size = len(yb)
             seen += size
-            sums["loss"] += loss * size
-            for name, fn in self.metrics:
-                sums[name] += float(np.sum(fn(outs[1], yb)))
+            for name, value in zip(sums, batch_sums):
+                sums[name] += value
             running = {k: v / seen for k, v in sums.items()}
             progress.update(b, seen, running)
             for cb in cbs:
@@ -248,6 +286,8 @@ class TrainingMixin:
         return values[0] if len(values) == 1 else values
 
     def _evaluate_arrays(self, xs, targets, batch_size, loss) -> dict[str, float]:
+        if self.distributed is not None:  # shards evaluated per rank, sums all-reduced
+            return self.distributed.evaluate(self, xs, targets, batch_size, loss)
         fn = self._eval_function(loss)
         sums = {"loss": 0.0, **{name: 0.0 for name, _ in self.metrics}}
         n = len(targets)

@@ -26,6 +26,8 @@ def fold_constants(graph: Graph, max_bytes: int = DEFAULT_FOLD_LIMIT_BYTES) -> G
         if any(v.node.op != "Const" for v in node.inputs):
             return None
         opdef = get_op(node.op)
+        if opdef.collective:
+            return None  # communicates at run time, on every rank; never at compile time
         out_bytes = sum(t.nbytes() for t in node.types)
         in_bytes = sum(v.node.attrs["value"].nbytes for v in node.inputs)
         if out_bytes > max(max_bytes, in_bytes):

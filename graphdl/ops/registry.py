@@ -151,6 +151,9 @@ class OpDef:
     # output index -> input index: that output is the new value of the state variable (a
     # Param) feeding that input, e.g. BatchNorm's running statistics or a dropout seed
     state_outputs: dict = field(default_factory=dict)
+    # communicates across processes (MPI): runs with a communicator bound at compile time, is
+    # never folded at compile time, and has no single-process ONNX lowering (it refuses)
+    collective: bool = False
     doc: str = ""
     # name -> Attr: the attributes the op takes. None: not declared (nothing is validated
     # or filled in; kept so an op written before the schema still works)

@@ -1,0 +1,145 @@
+"""A data-parallel train step cut at its all-reduces: a gradient graph and an apply graph.
+
+ONNX Runtime cannot run MPI collectives inside a session, so for that backend the step is
+cut in two pure graphs with the all-reduce between them, on host buffers:
+
+    gradient graph:  (x, y) + state -> loss, output, the values to reduce (the buckets),
+                     and the state updates that need no reduced value (BatchNorm statistics)
+    host:            AllReduce of every bucket through the communicator (mpi4py, in place)
+    apply graph:     the reduced values + state -> the optimizer's updates
+
+:class:`SplitStep` runs the two halves with any compiled-function factory (the NumPy executor
+by default, ONNX Runtime sessions from ``graphdl.backends``) and keeps ``fit``'s contract:
+``run_uncommitted`` returns the outputs and the new state, ``commit`` writes it.
+
+On CUDA every step copies the buckets device -> host before the all-reduce and host -> device
+after it: for resnet18, 2 x 44.7 MB per step, about 2 x 2-4 ms over PCIe 4 x16 (~25 GB/s
+effective), next to a ~20 ms step on a modern GPU. NCCL (all-reduce on device buffers, over
+NVLink or GPUDirect RDMA) removes both copies and is the next step; the cut stays the same.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from graphdl.ir import Graph, GraphError, Node, Value, toposort
+from graphdl.ops.registry import get_op
+
+
+@dataclass
+class SplitGraphs:
+    """The two halves of a step and the all-reduces between them (in bucket order)."""
+
+    gradient: Graph
+    apply: Graph
+    reductions: list[str]  # "sum" or "mean", one per value reduced
+    n_outputs: int  # the original step's outputs (loss, model output) lead the gradient graph
+
+
+def split_train_step(graph: Graph) -> SplitGraphs:
+    """Cut ``graph`` at its AllReduce nodes (see the module docstring).
+
+    Every collective must be an AllReduce that no other collective depends on (one cut);
+    synchronized BatchNorm, whose forward pass all-reduces, cannot be cut this way.
+    """
+    from graphdl.tensor import input as gd_input
+
+    cut = [n for n in graph.nodes if get_op(n.op).collective]
+    for node in cut:
+        if node.op != "AllReduce":
+            raise GraphError(f"cannot split a train step at {node.op} (made at {node.site}); "
+                             "only AllReduce is reduced on the host")
+    cut_ids = {id(n) for n in cut}
+    for node in cut:
+        if _reaches(node.inputs[0].node, cut_ids):
+            raise GraphError("this train step all-reduces inside its forward pass "
+                             "(synchronized BatchNorm?): it cannot be split into one gradient "
+                             "graph and one apply graph; use the NumPy executor")
+    reduced = {id(n): gd_input(f"reduced_{i}", n.types[0].shape, n.types[0].dtype)
+               for i, n in enumerate(cut)}
+    apply_side = [(var, v) for var, v in graph.updates if _reaches(v.node, cut_ids)]
+    grad_side = [(var, v) for var, v in graph.updates if not _reaches(v.node, cut_ids)]
+    gradient = Graph(graph.inputs, list(graph.outputs) + [n.inputs[0] for n in cut],
+                     grad_side, name=f"{graph.name}_gradients")
+    new_values = _substitute([v for _, v in apply_side], reduced)
+    needed = {id(n) for n in toposort(new_values) if n.op == "Input"}
+    apply_inputs = [reduced[id(n)] for n in cut] + [v for v in graph.inputs
+                                                    if id(v.node) in needed]
+    apply = Graph(apply_inputs, [], [(var, v) for (var, _), v in zip(apply_side, new_values)],
+                  name=f"{graph.name}_apply")
+    return SplitGraphs(gradient, apply, [n.attrs.get("reduction", "sum") for n in cut],
+                       len(graph.outputs))
+
+
+def _reaches(start: Node, targets: set[int]) -> bool:
+    """Whether ``start`` is, or depends on, a node in ``targets``."""
+    stack, seen = [start], set()
+    while stack:
+        node = stack.pop()
+        if id(node) in targets:
+            return True
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        stack.extend(v.node for v in node.inputs)
+    return False
+
+
+def _substitute(values: list[Value], replace: dict[int, Value]) -> list[Value]:
+    """``values`` rebuilt with the nodes in ``replace`` (by id) swapped for the given values."""
+    mapping: dict[Value, Value] = {}
+    for node in toposort(values):
+        if id(node) in replace:
+            mapping[node.outputs[0]] = replace[id(node)]
+            continue
+        inputs = [mapping.get(v, v) for v in node.inputs]
+        if all(a is b or a == b for a, b in zip(inputs, node.inputs)):
+            continue
+        new = Node(node.op, inputs, node.attrs, node.types, node.name, node.site)
+        mapping.update(zip(node.outputs, new.outputs))
+    return [mapping.get(v, v) for v in values]
+
+
+class SplitStep:
+    """Run a split step: gradient graph, host all-reduce, apply graph.
+
+    ``compile_fn(graph) -> fn`` builds each half; ``fn.run_uncommitted(*arrays)`` must return
+    (outputs, [(variable, new value)]) like :class:`graphdl.function.Function`.
+    """
+
+    def __init__(self, graph: Graph, comm, compile_fn: Callable[[Graph], Any] | None = None):
+        from graphdl.function import Function
+
+        self.split = split_train_step(graph)
+        self.comm = comm
+        make = compile_fn or (lambda g: Function(g))
+        self.gradient_fn = make(self.split.gradient)
+        self.apply_fn = make(self.split.apply)
+        self.graph = graph
+        self.host_bytes = 0  # bytes all-reduced on the host, per step
+
+    def run_uncommitted(self, *args) -> tuple[list, list]:
+        """Both halves and the reduction in between; nothing is written back."""
+        split = self.split
+        outs, grad_state = self.gradient_fn.run_uncommitted(*args)
+        buckets = outs[split.n_outputs:]
+        reduced = [self.comm.allreduce(np.asarray(b), None, op)
+                   for b, op in zip(buckets, split.reductions)]
+        self.host_bytes = sum(r.nbytes for r in reduced)
+        extra = [a for v, a in zip(self.split.gradient.inputs, args)
+                 if v in set(split.apply.inputs)]
+        _, apply_state = self.apply_fn.run_uncommitted(*reduced, *extra)
+        return outs[:split.n_outputs], list(grad_state) + list(apply_state)
+
+    @staticmethod
+    def commit(pairs) -> None:
+        """Write the new state (every variable of both halves)."""
+        for var, new in pairs:
+            var.value = new
+
+    def __call__(self, *args):
+        outs, pairs = self.run_uncommitted(*args)
+        self.commit(pairs)
+        return outs
