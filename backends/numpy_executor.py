@@ -18,6 +18,7 @@ from typing import Sequence
 
 import numpy as np
 
+from graphdl.dims import DimExpr, evaluate
 from graphdl.ir import FLOAT_DTYPES, Graph, GraphError, Value
 from graphdl.ops.registry import get_op
 
@@ -85,7 +86,7 @@ class NumpyExecutor:
         bindings: dict[str, int] = {}
         for v, arr in zip(self.graph.inputs, feeds):
             for d, n in zip(v.type.shape, np.shape(arr)):
-                if isinstance(d, str):
+                if isinstance(d, str) and not isinstance(d, DimExpr):
                     bindings.setdefault(d, int(n))
         return bindings
 
@@ -119,7 +120,8 @@ class NumpyExecutor:
             kinds[s] = vp.kind
             if vp.kind == ARENA:
                 t = nodes[vp.node].types[vp.index]
-                shape = tuple(d if isinstance(d, int) else bindings.get(d, 1) for d in t.shape)
+                shape = tuple(d if isinstance(d, int) else evaluate(d, bindings, default=1)
+                              for d in t.shape)
                 count = int(np.prod(shape, dtype=np.int64))
                 dt = np.dtype(t.dtype)
                 views[s] = np.frombuffer(arena, dt, count, vp.offset).reshape(shape) \

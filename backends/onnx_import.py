@@ -49,9 +49,6 @@ BINARY_IMPORTS = {
     "GreaterOrEqual": "greater_equal",
 }
 VARIADIC_IMPORTS = {"Max": "maximum", "Min": "minimum", "Sum": "add"}
-# ops evaluated on constants during import (shape arithmetic); symbolic dims allowed
-SHAPE_ARITHMETIC = {"Shape", "Gather", "Unsqueeze", "Squeeze", "Concat", "Slice", "Identity",
-                    "Cast", "Reshape", "Constant"}
 
 
 class Importer:
@@ -199,16 +196,21 @@ class Importer:
     def import_node(self, node: onnx.NodeProto, attrs: dict[str, Any],
                     rules: dict[str, Callable]) -> list:
         """The graphdl values (or constants) of one node's outputs."""
+        from graphdl.backends import onnx_import_shapes as shapes
+
         ins = list(node.input)
-        rule = rules.get(node.op_type)
-        if rule is None:
-            raise OnnxImportError(self.unsupported(node))
         for n in ins:
             if n and n not in self.env:
                 raise OnnxImportError(f"{self.where()}: input {n!r} is not defined by any "
                                       "earlier node, initializer or graph input")
         foldable = node.op_type != "Constant" and ins and all(
             not n or (self.is_const(n) and not self.is_weight(n)) for n in ins)
+        arrays = [self.env[n] if n else None for n in ins]
+        if foldable and shapes.applies(node.op_type, arrays):
+            return shapes.evaluate(self, node, attrs, arrays)  # dims, symbolic or not
+        rule = rules.get(node.op_type)
+        if rule is None:
+            raise OnnxImportError(self.unsupported(node))
         try:
             outs = self.fold(node, attrs, rule) if foldable else rule(self, node, attrs)
         except OnnxImportError:
@@ -236,16 +238,12 @@ class Importer:
     def fold(self, node: onnx.NodeProto, attrs: dict[str, Any], rule: Callable) -> list:
         """Evaluate a node whose inputs are all constants, with graphdl's own rule and
         kernels (so folding never runs an op graphdl lacks); shape arithmetic over symbolic
-        dims goes through :func:`fold_symbolic`."""
+        dims goes through :mod:`graphdl.backends.onnx_import_shapes`."""
         from graphdl.backends.numpy_executor import NumpyExecutor
-        from graphdl.backends.onnx_import_rules import fold_symbolic
 
-        arrays = [self.env[n] if n else None for n in node.input]
-        if any(a is not None and is_symbolic(a) for a in arrays):
-            if node.op_type not in SHAPE_ARITHMETIC:
-                raise OnnxImportError(f"{self.where()}: {node.op_type} over a symbolic shape "
-                                      "is not supported")
-            return fold_symbolic(self, node, attrs, arrays)
+        if any(n and is_symbolic(self.env[n]) for n in node.input):
+            raise OnnxImportError(f"{self.where()}: {node.op_type} over a symbolic shape is "
+                                  "not supported")
         outs = list(rule(self, node, attrs))
         values = [o for o in outs if isinstance(o, Value)]
         if not values:

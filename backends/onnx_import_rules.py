@@ -303,17 +303,18 @@ def _layer_norm(imp, node, a):
 
 
 def _batch_norm(imp, node, a):
-    if a.get("training_mode", 0):
-        raise OnnxImportError(f"{imp.where()}: BatchNormalization in training mode is not "
-                              "supported; export the model in inference mode")
+    """graphdl's BatchNorm (torch's semantics); an exported training-mode node imports in
+    training mode with its running-statistics outputs, and the mode then follows the
+    compiled graph (``Model.graph(training=...)``)."""
     x, scale, bias = (imp.value(n) for n in node.input[:3])
     # running statistics are state that training updates, not trainable weights
     mean, var = (imp.value(n, trainable=False) for n in node.input[3:5])
     # ONNX: running = running * momentum + batch * (1 - momentum); graphdl follows torch
     momentum = 1.0 - a.get("momentum", 0.9)
-    y = _builder(imp, "batch_norm")(x, scale, bias, mean, var, training=False,
-                                    momentum=momentum, eps=a.get("epsilon", 1e-5))
-    return [y[0] if isinstance(y, tuple) else y]
+    training = bool(a.get("training_mode", 0))
+    y, new_mean, new_var = F.apply("BatchNorm", x, scale, bias, mean, var, training=training,
+                                   momentum=momentum, eps=float(a.get("epsilon", 1e-5)))
+    return [y, new_mean, new_var] if training else [y]
 
 
 # ---- convolution and pooling (2-D, NCHW) ---------------------------------------------------
@@ -420,42 +421,3 @@ IMPORT_RULES: dict[str, Rule] = {
     "MaxPool": _max_pool, "AveragePool": _avg_pool, "GlobalAveragePool": _global_avg_pool,
     "GlobalMaxPool": _global_max_pool, "Shape": _shape, "Size": _size,
 }
-
-
-def fold_symbolic(imp: Importer, node: onnx.NodeProto, attrs: dict, arrays: list) -> list:
-    """Shape arithmetic over arrays that hold symbolic dims (object arrays of int and str)."""
-    op, x = node.op_type, arrays[0]
-    if op == "Identity":
-        out = x
-    elif op == "Cast":
-        out = x
-    elif op == "Gather":
-        out = np.take(x, arrays[1].astype(np.int64), axis=attrs.get("axis", 0))
-    elif op in ("Unsqueeze", "Squeeze"):
-        axes = tuple(attrs["axes"]) if "axes" in attrs else (
-            tuple(int(v) for v in arrays[1]) if len(arrays) > 1 and arrays[1] is not None
-            else None)
-        if op == "Unsqueeze":
-            out = x
-            for ax in sorted(a % (x.ndim + len(axes)) for a in axes):
-                out = np.expand_dims(out, ax)
-        else:
-            out = np.squeeze(x, axes)
-    elif op == "Concat":
-        out = np.concatenate([np.asarray(a, dtype=object) for a in arrays], attrs["axis"])
-    elif op == "Slice":
-        starts, ends = arrays[1], arrays[2]
-        axes = arrays[3] if len(arrays) > 3 and arrays[3] is not None else range(len(starts))
-        steps = arrays[4] if len(arrays) > 4 and arrays[4] is not None else [1] * len(starts)
-        index = [slice(None)] * x.ndim
-        for s, e, ax, st in zip(starts, ends, axes, steps):
-            index[int(ax)] = slice(int(s), int(e), int(st))
-        out = x[tuple(index)]
-    elif op == "Reshape":
-        out = x.reshape(tuple(int(d) for d in arrays[1]))
-    else:  # pragma: no cover  (SHAPE_ARITHMETIC and this function agree)
-        raise OnnxImportError(f"{imp.where()}: {op} over a symbolic shape is not supported")
-    out = np.asarray(out, dtype=object)
-    if not is_symbolic(out):
-        out = out.astype(np.int64)
-    return [out]

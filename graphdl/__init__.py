@@ -12,6 +12,6 @@ from graphdl.tensor import const, input, param, variable_of
 from graphdl.version import __version__
 from graphdl import layers, losses, models, optim  # noqa: I001  (after the op API they use)
 from graphdl.compiler import compile, export_onnx
-from graphdl.model import Model, Sequential
+from graphdl.model import Model, Sequential, import_onnx
 from graphdl.modes import set_training, state_updates
 from graphdl.optimize import optimize

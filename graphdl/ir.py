@@ -23,7 +23,9 @@ INT_DTYPES = ("int64", "int32", "int16", "int8", "uint64", "uint32", "uint16", "
 # strings are NumPy object arrays of str (ONNX's string tensors)
 DTYPES = FLOAT_DTYPES + NARROW_FLOAT_DTYPES + INT_DTYPES + ("bool", "string")
 
-Dim = int | str  # an int is static; a str names a symbolic dimension (the batch)
+# an int is static; a str names a symbolic dimension (the batch) or, as a DimExpr (a str
+# subclass), an expression of symbols such as N*197 (see graphdl.dims)
+Dim = int | str
 
 
 class GraphError(Exception):
@@ -85,9 +87,10 @@ class TensorType:
 
     def numel(self, bindings: dict[str, int] | None = None) -> int:
         """Number of elements, with symbolic dims taken from ``bindings`` (default 1)."""
+        from graphdl.dims import evaluate
         n = 1
         for d in self.shape:
-            n *= d if isinstance(d, int) else (bindings or {}).get(d, 1)
+            n *= d if isinstance(d, int) else max(evaluate(d, bindings, default=1), 0)
         return n
 
     def nbytes(self, bindings: dict[str, int] | None = None) -> int:
@@ -96,7 +99,8 @@ class TensorType:
 
     def concrete(self, bindings: dict[str, int]) -> tuple[int, ...]:
         """The shape with symbolic dims replaced by their bound sizes."""
-        return tuple(d if isinstance(d, int) else bindings[d] for d in self.shape)
+        from graphdl.dims import evaluate
+        return tuple(d if isinstance(d, int) else evaluate(d, bindings) for d in self.shape)
 
     def __str__(self) -> str:
         dims = ",".join(str(d) for d in self.shape)

@@ -361,3 +361,14 @@ def _check_unique_updates(updates) -> None:
             raise GraphError(f"variable {var.name!r} is updated twice in one train step (is a "
                              "trainable parameter also a BatchNorm statistic?)")
         seen[id(var)] = var.name
+
+
+def import_onnx(model_or_path: Any, name: str | None = None) -> Model:
+    """An ONNX model (a path or a ``ModelProto``) as a :class:`Model` ready to fine-tune:
+    float initializers are trainable Variables, BatchNorm running statistics are state,
+    Dropout draws masks in training mode, and ``model.compile(...); model.fit(...)`` trains
+    it with graphdl's symbolic gradients. Refusals raise ``OnnxImportError``."""
+    from graphdl.backends.onnx_import import from_onnx
+
+    graph = from_onnx(model_or_path, name=name)
+    return Model(list(graph.inputs), list(graph.outputs), name=graph.name)

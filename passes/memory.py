@@ -291,7 +291,8 @@ def _dying_input(node, step, plans, storages, facts, type_key):
 
 
 def _dims(t, bindings) -> tuple[int, ...]:
-    return tuple(d if isinstance(d, int) else bindings.get(d, 1) for d in t.shape)
+    from graphdl.dims import evaluate
+    return tuple(d if isinstance(d, int) else evaluate(d, bindings, default=1) for d in t.shape)
 
 
 def peak_summary(graph: Graph, bindings: Mapping[str, int] | None = None) -> dict:

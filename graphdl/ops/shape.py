@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from graphdl import dims
+
 from graphdl.ir import Dim, TensorType
 from graphdl.ops.infer import broadcast_shapes, check_arity, norm_axes
 from graphdl.ops.registry import REQUIRED, Attr, OnnxLowering, OnnxNode, OpDef, apply, fail, \
@@ -29,27 +31,17 @@ def _reshape_infer(types, attrs):
     target = [t.shape[i] if d == 0 else d for i, d in enumerate(attrs["shape"])]
     if sum(1 for d in target if d == -1) > 1:
         raise fail("Reshape", f"shape {tuple(attrs['shape'])} has more than one -1", types)
-    in_syms = sorted(d for d in t.shape if not isinstance(d, int))
-    in_known = int(np.prod([d for d in t.shape if isinstance(d, int)]))
-    out_syms = sorted(d for d in target if not isinstance(d, int))
-    out_known = int(np.prod([d for d in target if isinstance(d, int) and d != -1]))
     bad = fail("Reshape", f"cannot reshape {tuple(t.shape)} to {tuple(attrs['shape'])}", types)
+    # element counts as polynomials over the symbolic dims (graphdl.dims): N*16 elements
+    # reshaped to (-1, 8) gives a first dim of 2*N
+    total = dims.product(t.shape)
+    known = dims.product(d for d in target if d != -1)
     if -1 in target:
-        left = list(in_syms)
-        for s in out_syms:
-            if s not in left:
-                raise bad
-            left.remove(s)
-        if not left:
-            if out_known == 0 or in_known % out_known:
-                raise bad
-            fill: Dim = in_known // out_known
-        elif len(left) == 1 and in_known == out_known:
-            fill = left[0]
-        else:
+        fill = dims.floordiv(total, known) if known != 0 else None
+        if fill is None or dims.mul(fill, known) != total:
             raise bad
         target = [fill if d == -1 else d for d in target]
-    elif in_syms != out_syms or in_known != out_known:
+    elif known != total:
         raise bad
     return [TensorType(tuple(target), t.dtype)]
 
