@@ -10,19 +10,35 @@ Outputs never alias the arena, so callers never see memory the next run overwrit
 kernel computing an output writes it into a fresh array (the output lives to the end anyway,
 so no other value would have reused its arena bytes), and other outputs (views, multi-output
 kernels) are copied out.
-Plans are computed per binding of the symbolic dims (the batch) and cached.
+Plans are computed per binding of the symbolic dims (the batch) and cached; a plan handed in
+(``memory_plan=``, e.g. the one the pass report made) seeds that cache, and the points where
+values are dropped come from the plan too.
+
+With ``threads`` > 1, a kernel call over large enough tensors is split into that many parts
+run on a small thread pool owned by the executor (NumPy and BLAS release the GIL): ops that
+declare how their work divides (``OpDef.split``: pooling, convolutions and their gradients by
+image, batch norm by channel) and elementwise ops (by rows of the broadcast output). Each part
+is the same kernel on slices of the inputs writing into its slice of the output, so results
+do not depend on the thread count; a reduction over the split axis (a convolution's weight
+gradient) adds its parts' results, which changes only the rounding.
 """
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 
 import numpy as np
 
 from graphdl.dims import DimExpr, evaluate
 from graphdl.ir import FLOAT_DTYPES, Graph, GraphError, Value
-from graphdl.ops.registry import get_op
+from graphdl.ops.registry import get_op, split_rows
+from graphdl.passes.memory import (ARENA, DEFAULT_ALIGNMENT, VIEW, VIEW_OPS, free_points,
+                                   plan_memory)
 
 _ARENA, _VIEW, _MULTI, _FREE, _OUTPUT = 0, 1, 2, 3, 4  # how a step stores its result
+# A kernel call is split only when each part still writes at least this many bytes: below
+# that, handing parts to the pool costs more than it saves (a fixed constant, measured).
+SPLIT_MIN_BYTES = 256 << 10
 
 
 class ExecutionError(GraphError, RuntimeError):
@@ -34,14 +50,24 @@ class NumpyExecutor:
 
     ``plan=False`` runs without an arena (every kernel allocates, values are freed after
     their last use): the reference behaviour the planned run is checked against.
+    ``memory_plan`` is a plan of this very graph already made (it is reused for its bindings).
+    ``threads`` splits large kernel calls over that many threads (1: never). Pair it with
+    BLAS limited to one thread (``threadpoolctl.threadpool_limits(1, "blas")``): kernels that
+    call BLAS (convolutions) are split too, and OpenBLAS's own threads, spinning between
+    calls, otherwise take the cores from the kernel threads (measured on the cnn train step:
+    ``benchmarks/bench_cnn_train.py``).
     """
 
     def __init__(self, graph: Graph, check_finite: bool = False, plan: bool = True,
-                 alignment: int | None = None):
+                 alignment: int | None = None, memory_plan=None, threads: int = 1):
         self.graph = graph
         self.check_finite = check_finite
         self.use_plan = plan
         self.alignment = alignment
+        self.threads = int(threads)
+        if self.threads < 1:
+            raise ValueError(f"threads must be at least 1, got {threads}")
+        self._pool: ThreadPoolExecutor | None = None  # created on the first split call
         slot: dict[Value, int] = {}
         for node in graph.nodes:
             for v in node.outputs:
@@ -57,25 +83,31 @@ class NumpyExecutor:
         self.const_slots = [(slot[n.outputs[0]], n.attrs["value"])
                             for n in graph.nodes if n.op == "Const"]
         compute = [n for n in graph.nodes if not get_op(n.op).source]
-        last_use: dict[int, int] = {}
-        for step, node in enumerate(compute):
-            for v in node.inputs:
-                last_use[slot[v]] = step
-        keep = set(self.output_slots)
-        frees: list[list[int]] = [[] for _ in compute]
-        for s, step in last_use.items():
-            if s not in keep:
-                frees[step].append(s)
+        if memory_plan is not None and (memory_plan.num_steps, len(memory_plan.values)) != (
+                len(compute), sum(len(n.outputs) for n in graph.nodes)):
+            raise ValueError(f"memory_plan has {memory_plan.num_steps} steps and "
+                             f"{len(memory_plan.values)} values, the graph {len(compute)} "
+                             f"steps: it was made for another graph")
+        # where each value is read for the last time comes from the planner's liveness
+        points = memory_plan.free_after if memory_plan is not None \
+            else free_points(graph.nodes, graph.all_outputs)
+        nodes = graph.nodes
         self.steps = [
             (get_op(n.op).kernel, n.attrs, tuple(slot[v] for v in n.inputs),
-             tuple(slot[v] for v in n.outputs), tuple(frees[i]), n)
+             tuple(slot[v] for v in n.outputs),
+             tuple(slot[nodes[pos].outputs[index]] for pos, index in points[i]), n)
             for i, n in enumerate(compute)
         ]
+        self._splits = [get_op(n.op).split for n in compute]
         self._plans: dict[tuple, object] = {}  # bindings -> MemoryPlan (plain data)
+        if memory_plan is not None and memory_plan.alignment == (alignment or
+                                                                  memory_plan.alignment):
+            self._plans[memory_plan.bindings] = memory_plan
         self._arena_key: tuple | None = None
         self._arena: np.ndarray | None = None
         self._views: list | None = None
         self._modes: list[int] | None = None
+        self._parts: list = []
         self._copy_out: list[bool] = []
         self.stats: dict = {}
 
@@ -92,8 +124,6 @@ class NumpyExecutor:
 
     def memory_plan(self, bindings: dict[str, int]):
         """The (cached) memory plan for these symbolic sizes."""
-        from graphdl.passes.memory import DEFAULT_ALIGNMENT, plan_memory
-
         key = tuple(sorted(bindings.items()))
         plan = self._plans.get(key)
         if plan is None:
@@ -106,8 +136,6 @@ class NumpyExecutor:
         key = tuple(sorted(bindings.items()))
         if key == self._arena_key:
             return
-        from graphdl.passes.memory import ARENA, VIEW
-
         plan = self.memory_plan(bindings)
         raw = np.empty(max(plan.arena_bytes, 1) + plan.alignment, np.uint8)
         shift = (-raw.ctypes.data) % plan.alignment  # offsets are aligned, so is the base
@@ -131,7 +159,7 @@ class NumpyExecutor:
         for _, _, _, outs, _, node in self.steps:
             if len(outs) > 1:
                 modes.append(_MULTI)
-            elif kinds.get(outs[0]) == VIEW or node.op in _view_ops():
+            elif kinds.get(outs[0]) == VIEW or node.op in VIEW_OPS:
                 modes.append(_VIEW)
             elif views[outs[0]] is not None:
                 # an output lives to the end anyway, so nothing else ever reuses its bytes:
@@ -143,7 +171,76 @@ class NumpyExecutor:
         # outputs still in (or viewing) the arena are copied out: the next run reuses those
         # bytes (the run checks: fresh outputs are handed over as they are)
         self._copy_out = [kinds.get(s) in (ARENA, VIEW) for s in self.output_slots]
+        self._parts = [self._split_parts(i, bindings) if mode in (_ARENA, _OUTPUT, _MULTI)
+                       and all(views[s] is not None for s in self.steps[i][3]) else None
+                       for i, mode in enumerate(modes)]
         self._arena_key, self._arena, self._views, self._modes = key, arena, views, modes
+
+    def _split_parts(self, i: int, bindings: dict[str, int]) -> list | None:
+        """How step ``i``'s kernel call divides over the threads for these sizes: per part,
+        (per input an index or None for whole, per output an index or None when the parts'
+        results are summed); None: one call."""
+        node = self.steps[i][5]
+        rule = self._splits[i] or (split_rows if get_op(node.op).elementwise else None)
+        if rule is None or self.threads < 2:
+            return None
+
+        def dims(v):
+            return tuple(d if isinstance(d, int) else evaluate(d, bindings, default=1)
+                         for d in v.shape)
+
+        out_shapes = [dims(v) for v in node.outputs]
+        axes = rule(node.attrs, [dims(v) for v in node.inputs], out_shapes)
+        if axes is None:
+            return None
+        in_axes, out_axes = axes
+        if out_axes[0] is not None:
+            length = out_shapes[0][out_axes[0]]
+        else:  # a reduction over the split axis: its length is the inputs'
+            length = next(dims(v)[a] for v, a in zip(node.inputs, in_axes) if a is not None)
+        nbytes = sum(v.type.nbytes(bindings) for v, a in zip(node.inputs, in_axes)
+                     if a is not None) + sum(v.type.nbytes(bindings) for v in node.outputs)
+        count = min(self.threads, length, nbytes // SPLIT_MIN_BYTES)
+        if count < 2:
+            return None
+        bounds = [length * k // count for k in range(count + 1)]
+
+        def cut(axis, k):
+            return None if axis is None else \
+                (slice(None),) * axis + (slice(bounds[k], bounds[k + 1]),)
+        return [(tuple(cut(a, k) for a in in_axes), tuple(cut(a, k) for a in out_axes))
+                for k in range(count)]
+
+    def _run_split(self, kernel, vals, ins, attrs, outs: tuple, parts, node, multi: bool):
+        """One kernel call as independent calls on slices, all but one on the pool; each
+        part writes its slice of ``outs`` (or, for a summed output, the first part writes it
+        and the others' results are added to it, in part order)."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.threads - 1, thread_name_prefix="graphdl")
+        args = [vals[i] for i in ins]
+
+        def part(index, first: bool):
+            in_index, out_index = index
+            xs = [a if k is None else a[k] for a, k in zip(args, in_index)]
+            bufs = tuple(o if k is None and first else None if k is None else o[k]
+                         for o, k in zip(outs, out_index))
+            got = kernel(xs, attrs, bufs if multi else bufs[0])
+            got = got if multi else (got,)
+            for buf, r in zip(bufs, got):
+                if buf is not None and r is not buf:
+                    np.copyto(buf, r)
+            return [r for r, buf in zip(got, bufs) if buf is None]  # partial sums
+
+        try:
+            futures = [self._pool.submit(part, p, False) for p in parts[1:]]
+            part(parts[0], True)  # the calling thread takes a part too
+            summed = [o for o, k in zip(outs, parts[0][1]) if k is None]
+            for f in futures:
+                for total, r in zip(summed, f.result()):
+                    np.add(total, r, out=total)
+        except Exception as err:
+            raise ExecutionError(_describe_failure(node, args, err)) from err
+        return outs if multi else outs[0]
 
     # ---- running -------------------------------------------------------------------------
 
@@ -180,8 +277,19 @@ class NumpyExecutor:
         check = self.check_finite
         views, arena = self._views, self._arena
         written = copied = fresh = 0  # bytes written into arena views / copied in / outputs
-        for (kernel, attrs, ins, outs, frees, node), mode in zip(self.steps, self._modes):
-            if mode == _ARENA:
+        for (kernel, attrs, ins, outs, frees, node), mode, parts in zip(
+                self.steps, self._modes, self._parts):
+            if parts is not None:  # split over the threads, straight into the buffers
+                bufs = tuple(views[s] if mode != _OUTPUT else np.empty_like(views[s])
+                             for s in outs)
+                self._run_split(kernel, vals, ins, attrs, bufs, parts, node, mode == _MULTI)
+                for s, buf in zip(outs, bufs):
+                    vals[s] = buf
+                if mode == _OUTPUT:
+                    fresh += bufs[0].nbytes
+                else:
+                    written += sum(b.nbytes for b in bufs)
+            elif mode == _ARENA:
                 out = views[outs[0]]
                 result = _call(kernel, vals, ins, attrs, out, node)
                 if result is out:
@@ -227,8 +335,12 @@ class NumpyExecutor:
                 for s, copy in zip(self.output_slots, self._copy_out)]
 
     def release(self) -> None:
-        """Free the arena (the next run allocates it again; cached plans stay)."""
+        """Free the arena and stop the kernel threads (the next run starts them again;
+        cached plans stay)."""
         self._arena_key = self._arena = self._views = self._modes = None
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
+            self._pool = None
 
     def arena_report(self) -> dict:
         """How the last run used the arena: the plan's numbers, and how many bytes kernels
@@ -239,11 +351,6 @@ class NumpyExecutor:
         plan = self._plans[self._arena_key]
         return dict(plan.as_dict(), arena_bytes_allocated=int(self._arena.base.nbytes),
                     **self.stats)
-
-
-def _view_ops():
-    from graphdl.passes.memory import VIEW_OPS
-    return VIEW_OPS
 
 
 def _call(kernel, vals, ins, attrs, out, node):

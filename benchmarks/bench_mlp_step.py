@@ -1,11 +1,17 @@
-"""One SGD training step of an MLP (784-512-512-10, batch 64, float32), in one run:
+"""One SGD training step of an MLP (784-512-512-10, batch 64, float32), two comparisons in one
+process, each with its contenders interleaved round by round (medians of rounds):
 
-- graphdl: forward + loss built from ops, gradients from gd.grad, SGD updates, compiled once by
-  gd.function and run on the NumPy executor;
-- the same math hand-written in NumPy;
-- torch eager (when installed).
+- ``generic``: the loss ``-mean(sum(t * log_softmax(z)))`` built from generic ops (one-hot
+  targets ``t``), ``gd.grad`` over all six parameters and SGD updates, compiled once by
+  ``gd.function`` and run on the NumPy executor, against the same math hand-written in NumPy
+  (in-place where a NumPy user would write it so). BLAS runs with its default threads
+  (target: graphdl <= 1.05x NumPy); ``generic_vs_numpy_1thread`` repeats it with BLAS on one
+  thread, where the interpreter's own Python work weighs most.
+- ``fused``: the same step with the fused ``gd.softmax_cross_entropy`` loss against torch eager
+  (``cross_entropy``, autograd, SGD), both limited to one thread (threadpoolctl for BLAS,
+  ``torch.set_num_threads(1)``). Target: graphdl <= 1.0x torch.
 
-Writes JSON with milliseconds per step (median of repeats) and the ratios. Run with
+Writes JSON with ms per step, the ratios and their targets. Run with
 ``env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_mlp_step.py``.
 """
 from __future__ import annotations
@@ -24,6 +30,8 @@ import graphdl as gd
 SIZES = (784, 512, 512, 10)
 BATCH = 64
 LR = 0.01
+TARGETS = {"generic_vs_numpy": 1.05, "generic_vs_numpy_1thread": 1.05,
+           "fused_vs_torch_1thread": 1.0}
 
 
 def init_weights(seed: int = 0) -> list[np.ndarray]:
@@ -37,59 +45,76 @@ def init_weights(seed: int = 0) -> list[np.ndarray]:
     return params
 
 
-def graphdl_step(weights: list[np.ndarray]):
-    """The compiled graphdl train step: f(x, labels) -> loss, params updated in place."""
+def graphdl_step(weights: list[np.ndarray], fused: bool):
+    """The compiled graphdl train step: f(x, targets) -> loss, params updated.
+
+    ``fused``: targets are int64 labels and the loss is the fused op; else targets are
+    one-hot rows and the loss is built from generic ops."""
     x = gd.input("x", (None, SIZES[0]))
-    labels = gd.input("labels", (None,), "int64")
+    target = gd.input("labels", (None,), "int64") if fused else gd.input("t", (None, SIZES[-1]))
     params = [gd.param(f"p{i}", w.copy()) for i, w in enumerate(weights)]
     h = x
     for i in range(0, len(params), 2):
         h = h @ params[i] + params[i + 1]
         if i + 2 < len(params):
             h = gd.relu(h)
-    loss = gd.softmax_cross_entropy(h, labels)
+    if fused:
+        loss = gd.softmax_cross_entropy(h, target)
+    else:
+        loss = -gd.mean(gd.sum(target * gd.log_softmax(h, -1), -1))
     grads = gd.grad(loss, params)
     updates = [(p, p - LR * g) for p, g in zip(params, grads)]
-    return gd.function([x, labels], loss, updates=updates), params
+    return gd.function([x, target], loss, updates=updates)
 
 
 def numpy_step(weights: list[np.ndarray]):
-    """The same step hand-written in NumPy (the baseline every framework is measured to)."""
-    w = [a.copy() for a in weights]
+    """The generic step hand-written in NumPy: f(x, one-hot t) -> loss, weights updated.
 
-    def step(x, labels):
+    Written as a NumPy user who cares about speed would: BLAS for the products (transposes
+    as views), bias/relu/updates in place, the log-softmax backward in closed form."""
+    w = [a.copy() for a in weights]
+    n_layers = len(w) // 2
+
+    def step(x, t):
         acts, h = [x], x
-        for i in range(0, len(w), 2):
-            h = h @ w[i] + w[i + 1]
-            if i + 2 < len(w):
-                h = np.maximum(h, 0)
+        for k in range(n_layers):
+            h = h @ w[2 * k]
+            h += w[2 * k + 1]
+            if k + 1 < n_layers:
+                np.maximum(h, 0, out=h)
             acts.append(h)
-        z = h - h.max(axis=1, keepdims=True)
+        z = h
+        z -= z.max(axis=1, keepdims=True)  # log_softmax(z) = z - max - log(sum(exp(z - max)))
         e = np.exp(z)
-        p = e / e.sum(axis=1, keepdims=True)
+        s = e.sum(axis=1, keepdims=True)
+        logp = z - np.log(s)
         n = x.shape[0]
-        loss = -np.log(p[np.arange(n), labels]).mean()
-        g = p
-        g[np.arange(n), labels] -= 1
-        g /= n
-        for i in range(len(w) - 2, -1, -2):
-            a = acts[i // 2]
-            gw, gb = a.T @ g, g.sum(axis=0)
-            if i > 0:
-                g = (g @ w[i].T) * (a > 0)
-            w[i] -= LR * gw
-            w[i + 1] -= LR * gb
+        loss = -float(np.sum(t * logp)) / n
+        # d loss / d z = (softmax(z) * sum(t) - t) / n
+        g = e
+        g *= t.sum(axis=1, keepdims=True) / (s * n)
+        g -= t * np.float32(1 / n)
+        for k in range(n_layers - 1, -1, -1):
+            a = acts[k]
+            gw = a.T @ g
+            gb = g.sum(axis=0)
+            if k > 0:
+                g = g @ w[2 * k].T
+                g *= a > 0
+            gw *= np.float32(LR)
+            gb *= np.float32(LR)
+            w[2 * k] -= gw
+            w[2 * k + 1] -= gb
         return loss
     return step
 
 
-def torch_step(weights: list[np.ndarray], threads: int | None = None):
-    """The same step in torch eager, or None without torch."""
+def torch_step(weights: list[np.ndarray]):
+    """The fused-loss step in torch eager (cross_entropy, autograd, SGD), or None."""
     try:
         import torch
     except ImportError:
         return None
-    torch.set_num_threads(threads or os.cpu_count() or 1)
     w = [torch.tensor(a, requires_grad=True) for a in weights]
 
     def step(x, labels):
@@ -109,77 +134,91 @@ def torch_step(weights: list[np.ndarray], threads: int | None = None):
     return step
 
 
-def time_ms(fn, args, repeats: int, inner: int) -> float:
-    """Median over ``repeats`` of the mean time of ``inner`` calls, in ms."""
-    for _ in range(5):
-        fn(*args)
-    samples = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for _ in range(inner):
+def interleaved(contenders: dict, args: tuple, rounds: int, inner: int) -> dict[str, float]:
+    """Median over rounds of ms per call; each round times every contender once, in turn."""
+    for fn in contenders.values():
+        for _ in range(5):
             fn(*args)
-        samples.append((time.perf_counter() - t0) / inner * 1e3)
-    return statistics.median(samples)
+    samples: dict[str, list[float]] = {k: [] for k in contenders}
+    for r in range(rounds):
+        order = list(contenders.items())
+        if r % 2:
+            order.reverse()  # neither contender always runs right after the other
+        for name, fn in order:
+            t0 = time.perf_counter()
+            for _ in range(inner):
+                fn(*args)
+            samples[name].append((time.perf_counter() - t0) / inner * 1e3)
+    return {k: statistics.median(v) for k, v in samples.items()}
 
 
 def main(argv=None) -> dict:
-    """Run the benchmark and write its JSON."""
+    """Run both comparisons and write the JSON."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="bench_out/mlp_step.json")
-    ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--rounds", type=int, default=31)
     ap.add_argument("--inner", type=int, default=20)
-    ap.add_argument("--threads", type=int, default=0,
-                    help="limit BLAS and torch to this many threads (0: library defaults); "
-                         "in one process OpenBLAS's spinning threads and torch's pool slow "
-                         "each other down, so 1 gives the cleanest comparison")
     args = ap.parse_args(argv)
-    if args.threads:
-        from threadpoolctl import threadpool_limits
-
-        with threadpool_limits(limits=args.threads, user_api="blas"):
-            return _run(args)
-    return _run(args)
-
-
-def _run(args) -> dict:
-    """Measure every contender in one process and write the JSON."""
 
     rng = np.random.default_rng(1)
     x = rng.standard_normal((BATCH, SIZES[0])).astype(np.float32)
     labels = rng.integers(0, SIZES[-1], BATCH).astype(np.int64)
+    onehot = np.eye(SIZES[-1], dtype=np.float32)[labels]
     weights = init_weights()
 
-    f, params = graphdl_step(weights)
+    generic = graphdl_step(weights, fused=False)
     ref = numpy_step(weights)
-    # the three implementations agree on the first steps before any timing
-    l_gd = [float(f(x, labels)) for _ in range(3)]
-    l_np = [float(ref(x, labels)) for _ in range(3)]
+    # the implementations agree on the first steps before any timing
+    l_gd = [float(generic(x, onehot)) for _ in range(3)]
+    l_np = [float(ref(x, onehot)) for _ in range(3)]
     assert np.allclose(l_gd, l_np, rtol=1e-4), (l_gd, l_np)
-
-    contenders = {"graphdl_numpy": f, "handwritten_numpy": numpy_step(weights)}
-    t_step = torch_step(weights, args.threads or None)
-    if t_step is not None:
-        contenders["torch_eager"] = t_step
-    # interleave the contenders round by round so machine noise hits them alike
-    times: dict[str, list[float]] = {k: [] for k in contenders}
-    for _ in range(args.repeats):
-        for name, fn in contenders.items():
-            times[name].append(time_ms(fn, (x, labels), 1, args.inner))
-    ms = {k: statistics.median(v) for k, v in times.items()}
+    ms_generic = interleaved({"graphdl_numpy": generic, "handwritten_numpy": ref},
+                             (x, onehot), args.rounds, args.inner)
     result = {
         "benchmark": "mlp_sgd_step",
         "config": {"sizes": SIZES, "batch": BATCH, "dtype": "float32", "lr": LR,
-                   "repeats": args.repeats, "inner": args.inner,
-                   "threads": args.threads or "library default"},
-        "graph_nodes": len(f.graph.nodes),
-        "ms": ms,
-        "ratio_vs_handwritten_numpy": ms["graphdl_numpy"] / ms["handwritten_numpy"],
-        "machine": {"python": platform.python_version(), "numpy": np.__version__,
-                    "cpus": os.cpu_count(),
-                    "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE")},
+                   "rounds": args.rounds, "inner": args.inner},
+        "generic_vs_numpy": {
+            "loss": "-mean(sum(t * log_softmax(z))) from generic ops", "threads": "default",
+            "graph_nodes": len(generic.graph.nodes), "ms": ms_generic,
+            "ratio": ms_generic["graphdl_numpy"] / ms_generic["handwritten_numpy"],
+            "target": TARGETS["generic_vs_numpy"]},
     }
-    if "torch_eager" in ms:
-        result["ratio_vs_torch_eager"] = ms["graphdl_numpy"] / ms["torch_eager"]
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        ms_one = interleaved({"graphdl_numpy": generic, "handwritten_numpy": ref},
+                             (x, onehot), args.rounds, args.inner)
+    result["generic_vs_numpy_1thread"] = {
+        "loss": "-mean(sum(t * log_softmax(z))) from generic ops", "threads": 1,
+        "ms": ms_one, "ratio": ms_one["graphdl_numpy"] / ms_one["handwritten_numpy"],
+        "target": TARGETS["generic_vs_numpy_1thread"]}
+    fused = graphdl_step(weights, fused=True)
+    t_step = torch_step(weights)
+    if t_step is not None:
+        import torch
+
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            with threadpool_limits(limits=1, user_api="blas"):
+                l_f, l_t = float(fused(x, labels)), t_step(x, labels)
+                assert np.isclose(l_f, l_t, rtol=1e-4), (l_f, l_t)
+                ms_fused = interleaved({"graphdl_numpy": fused, "torch_eager": t_step},
+                                       (x, labels), args.rounds, args.inner)
+        finally:
+            torch.set_num_threads(threads)
+        result["fused_vs_torch_1thread"] = {
+            "loss": "gd.softmax_cross_entropy vs torch cross_entropy", "threads": 1,
+            "graph_nodes": len(fused.graph.nodes), "ms": ms_fused,
+            "ratio": ms_fused["graphdl_numpy"] / ms_fused["torch_eager"],
+            "target": TARGETS["fused_vs_torch_1thread"], "torch": torch.__version__}
+    for key, target in TARGETS.items():
+        if key in result:
+            result[key]["meets_target"] = result[key]["ratio"] <= target
+    result["machine"] = {"python": platform.python_version(), "numpy": np.__version__,
+                         "cpus": os.cpu_count(), "load_average": _load(),
+                         "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE")}
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     tmp = args.out + ".tmp"
     with open(tmp, "w") as fh:
@@ -187,6 +226,13 @@ def _run(args) -> dict:
     os.replace(tmp, args.out)
     print(json.dumps(result, indent=2))
     return result
+
+
+def _load() -> float | None:
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return None
 
 
 if __name__ == "__main__":

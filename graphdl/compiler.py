@@ -30,7 +30,8 @@ def compile(model_or_graph: Any, backend: str = "onnxruntime",
     ``"extended"``, ``"basic"`` or ``"disable"``; ``io_binding`` (default: on for CUDA) keeps
     weights and outputs on the device between calls. Further ``options`` (``dtype="float16"``,
     ``opset``, ``device_id``, ``optimized_model_path``, ``sync_state``) go to the runner.
-    ``backend="numpy"`` returns the NumPy executor's compiled function.
+    ``backend="numpy"`` returns the NumPy executor's compiled function; ``threads`` is the
+    executor's kernel threads there (see :func:`graphdl.function`).
 
     With ``optimize=True`` (the default) an inference graph is compiled from a snapshot of
     the parameters (BatchNorm folds into the weights); compile again after training.
@@ -44,16 +45,17 @@ def compile(model_or_graph: Any, backend: str = "onnxruntime",
     if backend == "numpy":
         if options:
             raise TypeError(f"backend='numpy' takes no options {sorted(options)}")
-        return _compile_numpy(model_or_graph, optimize)
+        return _compile_numpy(model_or_graph, optimize, threads or 1)
     raise ValueError(f"backend={backend!r}: use one of {', '.join(BACKENDS)}")
 
 
-def _compile_numpy(model_or_graph: Any, optimize: bool):
+def _compile_numpy(model_or_graph: Any, optimize: bool, threads: int = 1):
     graph = as_graph(model_or_graph, what="gd.compile(backend='numpy')")
     report = None
     if optimize:
         graph, report = optimize_graph(graph, training=bool(graph.updates))
-    return Function(graph, single_output=len(graph.outputs) == 1, report=report)
+    return Function(graph, single_output=len(graph.outputs) == 1, report=report,
+                    threads=threads, memory_plan=report and report.plan)
 
 
 def export_onnx(model_or_graph: Any, path: str | os.PathLike, opset: int = 17, *,

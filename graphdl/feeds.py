@@ -48,7 +48,7 @@ def validate_feeds(inputs: Sequence[Value], args: Sequence[Any], kwargs: dict[st
 def check_array(name: str, t: TensorType, value: Any, bindings: dict[str, int]) -> np.ndarray:
     """``value`` as an array of type ``t``, binding symbolic dims; raises naming the input."""
     arr = np.asarray(value)
-    if arr.dtype.name != t.dtype:
+    if not _same_dtype(arr.dtype, t.dtype):
         raise FeedError(f"input {name!r} expects dtype {t.dtype}, got {arr.dtype.name} "
                         f"(convert with .astype(np.{t.dtype}))")
     if arr.ndim != t.rank or any(
@@ -60,6 +60,17 @@ def check_array(name: str, t: TensorType, value: Any, bindings: dict[str, int]) 
                 raise FeedError(f"input {name!r} has {d}={s}, but another input bound "
                                 f"{d}={bindings[d]}")
     return arr
+
+
+def _same_dtype(dtype: np.dtype, name: str) -> bool:
+    # dtype objects compare in C; ``dtype.name`` is Python code, slow on every call of a
+    # compiled step (names NumPy does not parse, e.g. ml_dtypes', compare by name)
+    try:
+        if dtype == np.dtype(name):
+            return True
+    except TypeError:
+        pass
+    return dtype.name == name
 
 
 def _fmt(shape) -> str:

@@ -17,14 +17,18 @@ class Function:
     """A compiled graph: call it with arrays (by position or by input name)."""
 
     def __init__(self, graph: Graph, backend: str = "numpy", check_finite: bool = False,
-                 single_output: bool = False, report=None):
+                 single_output: bool = False, report=None, threads: int = 1,
+                 memory_plan=None):
         if backend != "numpy":
             raise ValueError(f"gd.function backend must be 'numpy' (use gd.compile for "
                              f"'onnxruntime'), got {backend!r}")
         self.graph = graph
         self.report = report
         self.single_output = single_output
-        self.executor = NumpyExecutor(graph, check_finite=check_finite)
+        # ``memory_plan``: one already made for this very graph (the pass report's), which
+        # the executor reuses instead of planning again
+        self.executor = NumpyExecutor(graph, check_finite=check_finite, threads=threads,
+                                      memory_plan=memory_plan)
         self._n_out = len(graph.outputs)
 
     def __call__(self, *args, **kwargs):
@@ -56,11 +60,14 @@ class Function:
 def function(inputs: Sequence[Value], outputs: Sequence[Value] | Value,
              updates: Sequence[tuple[Any, Value]] = (), backend: str = "numpy",
              optimize: bool = True, training: bool = True, check_finite: bool = False,
-             passes: Sequence[str] | None = None) -> Function:
+             passes: Sequence[str] | None = None, threads: int = 1) -> Function:
     """Compile ``outputs`` as a function of ``inputs``; passes run once, here.
 
     ``updates`` pairs state (``gd.param`` values or Variables) with their new values, written
     back after every call. ``check_finite=True`` raises on the first NaN/Inf, naming the op.
+    ``threads`` > 1 splits large kernels (convolutions, pooling, batch norm, elementwise
+    chains) over that many threads; run BLAS on one thread then
+    (``threadpoolctl.threadpool_limits(1, "blas")``), or its spinning threads take the cores.
     """
     single = isinstance(outputs, Value)
     outs = [outputs] if single else list(outputs)
@@ -74,7 +81,7 @@ def function(inputs: Sequence[Value], outputs: Sequence[Value] | Value,
     if optimize:
         graph, report = _passes.optimize_graph(graph, training=training, passes=passes)
     return Function(graph, backend=backend, check_finite=check_finite, single_output=single,
-                    report=report)
+                    report=report, threads=threads, memory_plan=report and report.plan)
 
 
 def _as_variable(state: Any) -> Variable:

@@ -25,6 +25,9 @@ class OptimizeResult:
 
     def memory_plan(self, bindings: Mapping[str, int] | None = None):
         """The arena plan of the optimized graph for these symbolic sizes."""
+        plan = self.report.plan
+        if plan is not None and (not bindings or dict(bindings) == dict(plan.bindings)):
+            return plan  # the one the report summarizes
         return plan_memory(self.graph, bindings or self.report.bindings)
 
     def to_json(self, indent: int | None = 2) -> str:

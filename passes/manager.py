@@ -257,7 +257,8 @@ def _optimize(graph, training, passes, verify, check, bindings, freeze_params, m
     if verifier is not None and verifier.mode != "each pass":
         verifier.check_end(graph, history, report)
     if memory:
-        report.memory = plan_memory(current, sizes).as_dict()
+        report.plan = plan_memory(current, sizes)
+        report.memory = report.plan.as_dict()
     report.instrument_seconds += time.perf_counter() - start
     return current, report
 

@@ -66,6 +66,9 @@ class MemoryPlan:
     values: tuple[ValuePlan, ...]
     storage_intervals: tuple[tuple[int, int, int], ...]  # (first, last, bytes) per storage
     alignment: int
+    # per step, the (node position, output index) of the values read there for the last
+    # time (graph outputs never): where a runner drops its references (binding-independent)
+    free_after: tuple[tuple[tuple[int, int], ...], ...] = ()
 
     def as_dict(self) -> dict:
         """Summary numbers (for reports)."""
@@ -174,15 +177,50 @@ def plan_memory(graph: Graph, bindings: Mapping[str, int] | None = None,
     "internal memory" measure."""
     bindings = dict(bindings or {})
     exclude = {(id(v.node), v.index) for _, v in graph.updates} if internal else None
+    facts = node_facts(graph.nodes, bindings, alignment)
     plans, storages, no_reuse, end = liveness(graph.nodes, graph.all_outputs, bindings,
-                                              alignment, inplace, exclude=exclude)
+                                              alignment, inplace, facts=facts, exclude=exclude)
     intervals = [tuple(st) for st in storages]
     offsets, arena = plan_offsets(intervals, effort)
     values = tuple(ValuePlan(pos, i, kind, nbytes, offsets[sid] if sid >= 0 else -1, sid,
                              first, last, inp)
                    for pos, i, kind, nbytes, sid, first, last, inp in plans.values())
     return MemoryPlan(tuple(sorted(bindings.items())), arena, lower_bound(intervals), no_reuse,
-                      end, values, tuple(intervals), alignment)
+                      end, values, tuple(intervals), alignment,
+                      free_points(graph.nodes, graph.all_outputs, facts))
+
+
+def free_points(nodes: Sequence, outputs: Sequence, facts: dict[int, tuple] | None = None
+                ) -> tuple[tuple[tuple[int, int], ...], ...]:
+    """Per step of the schedule ``nodes`` (source nodes take no step), the (node position,
+    output index) of every value read there for the last time; ``outputs`` are never freed."""
+    is_source = (lambda n: facts[id(n)][0] == 0) if facts is not None \
+        else (lambda n: get_op(n.op).source)
+    position = {id(n): pos for pos, n in enumerate(nodes)}
+    last_use, _, end = _last_uses(nodes, outputs, is_source)
+    frees: list[list[tuple[int, int]]] = [[] for _ in range(end)]
+    for (nid, index), step in last_use.items():
+        if step < end and nid in position:
+            frees[step].append((position[nid], index))
+    return tuple(tuple(sorted(f)) for f in frees)
+
+
+def _last_uses(nodes: Sequence, outputs: Sequence, is_source):
+    """(last step reading each value keyed by (id(node), index), the step of each computing
+    node by id, the number of steps); outputs count as read at the end."""
+    last_use: dict[tuple[int, int], int] = {}
+    step_of: dict[int, int] = {}
+    step = 0
+    for node in nodes:
+        if is_source(node):
+            continue
+        step_of[id(node)] = step
+        for v in node.inputs:
+            last_use[(id(v.node), v.index)] = step  # steps run in order: the final write wins
+        step += 1
+    for v in outputs:
+        last_use[(id(v.node), v.index)] = step
+    return last_use, step_of, step
 
 
 def node_facts(nodes: Sequence, bindings: Mapping[str, int],
@@ -209,19 +247,7 @@ def liveness(nodes: Sequence, outputs: Sequence, bindings: Mapping[str, int],
     steps. Intervals are inclusive; outputs live to the end (they are copied out then).
     Values keyed in ``exclude`` are left out (treated as external)."""
     facts = facts if facts is not None else node_facts(nodes, bindings, alignment)
-    last_use: dict[tuple[int, int], int] = {}
-    step_of: dict[int, int] = {}
-    step = 0
-    for node in nodes:
-        if facts[id(node)][0] == 0:
-            continue
-        step_of[id(node)] = step
-        for v in node.inputs:
-            last_use[(id(v.node), v.index)] = step  # steps run in order: the final write wins
-        step += 1
-    end = step
-    for v in outputs:
-        last_use[(id(v.node), v.index)] = end
+    last_use, step_of, end = _last_uses(nodes, outputs, lambda n: facts[id(n)][0] == 0)
 
     plans: dict[tuple[int, int], tuple] = {}
     storage_of: dict[tuple[int, int], int] = {}

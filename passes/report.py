@@ -4,7 +4,7 @@ from __future__ import annotations
 import io
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from graphdl import atomic
@@ -43,6 +43,9 @@ class OptimizationReport:
     verified: str | None = None  # None, "each pass" or "end (bisected on mismatch)"
     memory: dict[str, Any] = field(default_factory=dict)
     peak_before: int | None = None
+    # the final graph's MemoryPlan at ``bindings`` (``memory`` summarizes it); a runner of
+    # that graph reuses it instead of planning again. Not part of the JSON.
+    plan: Any = field(default=None, repr=False, compare=False)
 
     @property
     def total_seconds(self) -> float:
@@ -61,7 +64,8 @@ class OptimizationReport:
 
     def to_dict(self) -> dict:
         """Plain data (what :meth:`to_json` writes)."""
-        d = asdict(self)
+        d = asdict(replace(self, plan=None))
+        del d["plan"]
         d["total_seconds"] = self.total_seconds
         d["per_pass"] = self.per_pass()
         return d

@@ -16,7 +16,7 @@ from graphdl.ir import TensorType
 from graphdl.ops import _norm_kernels as K
 from graphdl.ops.infer import check_arity, norm_axis, require_float, same_dtype
 from graphdl.ops.registry import (Attr, OnnxDType, OnnxLowering, OnnxNode, OpDef, apply, fail,
-                                  onnx_reduce, register)
+                                  onnx_reduce, register, split_along)
 
 __all__ = ["batch_norm", "layer_norm", "dropout"]
 
@@ -166,6 +166,8 @@ register(OpDef(name="BatchNorm", infer=_bn_infer, kernel=_bn_kernel, vjp=_bn_vjp
                onnx=_bn_onnx, n_outputs=3, state_outputs={1: 3, 2: 4},
                attrs={"eps": _EPS, "momentum": Attr(float, 0.1, "weight of the batch statistics"),
                       "training": _TRAINING},
+               # channels are independent: x and y split along axis 1, the rest along 0
+               split=split_along((1, 0, 0, 0, 0), (1, 0, 0)),
                doc="Batch normalization over axis 1 (torch conventions); outputs y and the "
                    "new running mean and variance."))
 
@@ -248,6 +250,7 @@ def _bn_grad_onnx(attrs, tin, tout, opset):
 
 register(OpDef(name="BatchNormGrad", infer=_bn_grad_infer, kernel=_bn_grad_kernel,
                vjp=_bn_grad_vjp, onnx=_bn_grad_onnx, n_outputs=3, attrs={"eps": _EPS},
+               split=split_along((1, 0, 1), (1, 0, 0)),  # channels are independent
                doc="(dx, dscale, dbias) of training-mode BatchNorm, through the batch "
                    "statistics."))
 

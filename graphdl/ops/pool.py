@@ -20,10 +20,13 @@ from graphdl.ops import _pool_kernels as K
 from graphdl.ops._windows import Window2d, four_pads, pair, window2d
 from graphdl.ops.conv import transpose_pads
 from graphdl.ops.infer import check_arity, require_float, same_dtype
-from graphdl.ops.registry import REQUIRED, Attr, OnnxLowering, OnnxNode, OpDef, apply, fail, \
-    lower, register
+from graphdl.ops.registry import (REQUIRED, Attr, OnnxLowering, OnnxNode, OpDef, apply, fail,
+                                  lower, register, split_along)
 
 __all__ = ["max_pool2d", "avg_pool2d", "global_avg_pool"]
+
+# windows never cross images: a kernel call splits into calls on slices of the batch
+BY_IMAGE = split_along((0,), (0,))
 
 POOL_ATTRS = {
     "kernel_shape": Attr(tuple, REQUIRED, "window (kh, kw)"),
@@ -149,7 +152,8 @@ def _max_pool_onnx(attrs, tin, tout, opset):
 
 
 register(OpDef(name="MaxPool", infer=_pool_infer("MaxPool"), kernel=_max_pool_kernel,
-               vjp=_max_pool_vjp, onnx=_max_pool_onnx, attrs=POOL_ATTRS,
+               split=BY_IMAGE, attrs=POOL_ATTRS,
+               vjp=_max_pool_vjp, onnx=_max_pool_onnx,
                doc="Max over 2-D windows of an NCHW input (padding is -inf)."))
 
 
@@ -186,7 +190,8 @@ def _max_grad_onnx(attrs, tin, tout, opset):
 
 
 register(OpDef(name="MaxPoolGrad", infer=_grad_infer("MaxPoolGrad", 2), kernel=_max_grad_kernel,
-               vjp=_max_grad_vjp, onnx=_max_grad_onnx, attrs=POOL_ATTRS,
+               split=split_along((0, 0), (0,)), attrs=POOL_ATTRS,
+               vjp=_max_grad_vjp, onnx=_max_grad_onnx,
                doc="Gradient of MaxPool: dy added at each window's first maximum of x."))
 
 
@@ -243,7 +248,8 @@ def _avg_onnx(attrs, tin, tout, opset):
 
 
 register(OpDef(name="AveragePool", infer=_pool_infer("AveragePool"), kernel=_avg_kernel,
-               vjp=_avg_vjp, onnx=_avg_onnx, attrs=AVG_POOL_ATTRS,
+               split=BY_IMAGE, attrs=AVG_POOL_ATTRS,
+               vjp=_avg_vjp, onnx=_avg_onnx,
                doc="Mean over 2-D windows of an NCHW input (torch's count_include_pad)."))
 
 
@@ -286,7 +292,7 @@ def _avg_grad_onnx(attrs, tin, tout, opset):
 
 
 register(OpDef(name="AveragePoolGrad", infer=_grad_infer("AveragePoolGrad", 1),
-               kernel=_avg_grad_kernel, vjp=_avg_grad_vjp, onnx=_avg_grad_onnx,
+               kernel=_avg_grad_kernel, vjp=_avg_grad_vjp, onnx=_avg_grad_onnx, split=BY_IMAGE,
                attrs=dict(AVG_POOL_ATTRS, **_GRAD_ATTRS),
                doc="Gradient of AveragePool: dy / divisor spread over each window."))
 

@@ -75,12 +75,12 @@ def _reduce_onnx(onnx_op):
     return lowering
 
 
-# name: (numpy reduction, vjp)
+# name: (numpy reduction, vjp); the ufuncs' own reduce skips np.sum's Python-level wrapper
 REDUCE_RULES = {
-    "ReduceSum": (np.sum, _sum_vjp),
+    "ReduceSum": (np.add.reduce, _sum_vjp),
     "ReduceMean": (np.mean, _mean_vjp),
-    "ReduceMax": (np.max, _extreme_vjp),
-    "ReduceMin": (np.min, _extreme_vjp),
+    "ReduceMax": (np.maximum.reduce, _extreme_vjp),
+    "ReduceMin": (np.minimum.reduce, _extreme_vjp),
 }
 
 _REDUCE_ATTRS = {"axes": Attr((int, tuple), None, "axes to reduce (None: all)"),
@@ -128,14 +128,16 @@ def _softmax_infer(op):
 
 def _softmax_kernel(xs, attrs, out):
     x, axis = xs[0], attrs["axis"]
-    e = np.exp(x - x.max(axis=axis, keepdims=True))
-    return np.divide(e, e.sum(axis=axis, keepdims=True), out=e)
+    e = np.exp(x - np.maximum.reduce(x, axis=axis, keepdims=True))
+    return np.divide(e, np.add.reduce(e, axis=axis, keepdims=True), out=e)
 
 
 def _log_softmax_kernel(xs, attrs, out):
     x, axis = xs[0], attrs["axis"]
-    z = x - x.max(axis=axis, keepdims=True)
-    return np.subtract(z, np.log(np.exp(z).sum(axis=axis, keepdims=True)), out=z)
+    z = np.subtract(x, np.maximum.reduce(x, axis=axis, keepdims=True), out=out)
+    # log softmax = z - log(sum(exp(z))), z = x - max(x)
+    lse = np.log(np.add.reduce(np.exp(z), axis=axis, keepdims=True))
+    return np.subtract(z, lse, out=z)
 
 
 def _softmax_vjp(F, n, g):

@@ -177,6 +177,26 @@ class OpDef:
     # the outputs depend only on the inputs' shapes, not their values (Numel): constant
     # folding evaluates it once those shapes are static
     shape_only: bool = False
+    # How one kernel call divides into independent calls on slices (an executor may run
+    # them on several threads): ``split(attrs, in_shapes, out_shapes)`` returns (per input
+    # the axis its slices are cut along, or None to pass it whole; per output the axis) or
+    # None when these shapes do not split. Elementwise ops split by output rows anyway.
+    split: Callable[[dict, list, list], Any] | None = None
+
+
+def split_along(in_axes: tuple, out_axes: tuple) -> Callable[[dict, list, list], Any]:
+    """An ``OpDef.split`` rule with fixed axes (e.g. pooling: the batch of input and output)."""
+    axes = (tuple(in_axes), tuple(out_axes))
+    return lambda attrs, in_shapes, out_shapes: axes
+
+
+def split_rows(attrs: dict, in_shapes: list, out_shapes: list):
+    """The ``OpDef.split`` rule of broadcasting elementwise ops: output rows (axis 0), each
+    input cut along its rows when it has the output's rank and row count, else whole."""
+    if len(out_shapes) != 1 or not out_shapes[0]:
+        return None
+    rank, rows = len(out_shapes[0]), out_shapes[0][0]
+    return (tuple(0 if len(s) == rank and s[0] == rows else None for s in in_shapes), (0,))
 
 
 REGISTRY: dict[str, OpDef] = {}
