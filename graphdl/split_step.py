@@ -105,8 +105,12 @@ def _substitute(values: list[Value], replace: dict[int, Value]) -> list[Value]:
 class SplitStep:
     """Run a split step: gradient graph, host all-reduce, apply graph.
 
-    ``compile_fn(graph) -> fn`` builds each half; ``fn.run_uncommitted(*arrays)`` must return
-    (outputs, [(variable, new value)]) like :class:`graphdl.function.Function`.
+    ``compile_fn(graph) -> fn`` builds each half (default: the NumPy executor). A half's
+    ``run_uncommitted(*arrays)`` returns (outputs, pending state) and its ``commit(pending)``
+    writes that state (:class:`graphdl.function.Function`, or an ONNX Runtime function whose
+    state stays on the device); ``non_finite(pending)``, where a half has it, names a
+    non-finite update. The step offers the same three methods, so ``fit`` runs it like any
+    compiled train step.
     """
 
     def __init__(self, graph: Graph, comm, compile_fn: Callable[[Graph], Any] | None = None):
@@ -118,28 +122,39 @@ class SplitStep:
         self.gradient_fn = make(self.split.gradient)
         self.apply_fn = make(self.split.apply)
         self.graph = graph
-        self.host_bytes = 0  # bytes all-reduced on the host, per step
+        self.report = None
+        self.host_bytes = 0  # bytes all-reduced on the host per step (each way on a device)
+        apply_inputs = set(self.split.apply.inputs)
+        self._passed = [i for i, v in enumerate(self.split.gradient.inputs) if v in apply_inputs]
 
-    def run_uncommitted(self, *args) -> tuple[list, list]:
+    def run_uncommitted(self, *args) -> tuple[list, tuple]:
         """Both halves and the reduction in between; nothing is written back."""
         split = self.split
-        outs, grad_state = self.gradient_fn.run_uncommitted(*args)
-        buckets = outs[split.n_outputs:]
+        outs, grad_pending = self.gradient_fn.run_uncommitted(*args)
         reduced = [self.comm.allreduce(np.asarray(b), None, op)
-                   for b, op in zip(buckets, split.reductions)]
+                   for b, op in zip(outs[split.n_outputs:], split.reductions)]
         self.host_bytes = sum(r.nbytes for r in reduced)
-        extra = [a for v, a in zip(self.split.gradient.inputs, args)
-                 if v in set(split.apply.inputs)]
-        _, apply_state = self.apply_fn.run_uncommitted(*reduced, *extra)
-        return outs[:split.n_outputs], list(grad_state) + list(apply_state)
+        _, apply_pending = self.apply_fn.run_uncommitted(*reduced,
+                                                         *[args[i] for i in self._passed])
+        return outs[:split.n_outputs], (grad_pending, apply_pending)
 
-    @staticmethod
-    def commit(pairs) -> None:
-        """Write the new state (every variable of both halves)."""
-        for var, new in pairs:
-            var.value = new
+    def non_finite(self, pending: tuple) -> str | None:
+        """Which update of either half is NaN/Inf, or None."""
+        from graphdl.training import _non_finite_update
+
+        for fn, part in zip((self.gradient_fn, self.apply_fn), pending):
+            check = getattr(fn, "non_finite", None)
+            bad = check(part) if check is not None else _non_finite_update(part)
+            if bad is not None:
+                return bad
+        return None
+
+    def commit(self, pending: tuple) -> None:
+        """Write both halves' new state."""
+        self.gradient_fn.commit(pending[0])
+        self.apply_fn.commit(pending[1])
 
     def __call__(self, *args):
-        outs, pairs = self.run_uncommitted(*args)
-        self.commit(pairs)
+        outs, pending = self.run_uncommitted(*args)
+        self.commit(pending)
         return outs

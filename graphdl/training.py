@@ -242,8 +242,8 @@ class TrainingMixin:
             outs, new_state = step.run_uncommitted(*xb, yb)
             loss = float(outs[0])
             bad = None if np.isfinite(loss) else f"the loss became {loss}"
-            if bad is None:
-                bad = _non_finite_update(new_state)
+            if bad is None:  # a step may check its own pending state (a split step does)
+                bad = getattr(step, "non_finite", _non_finite_update)(new_state)
             size = len(yb)
             batch_sums = [loss * size] + [float(np.sum(fn(outs[1], yb)))
                                           for _, fn in self.metrics]
