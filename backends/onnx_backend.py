@@ -11,11 +11,12 @@ from typing import Any, Sequence
 
 import numpy as np
 import onnx
+from onnx import helper
 from onnx.backend.base import Backend, BackendRep, Device, DeviceType
 
 from graphdl.backends.numpy_executor import NumpyExecutor
 from graphdl.backends.onnx_import import from_onnx
-from graphdl.ir import Graph
+from graphdl.ir import Graph, numpy_dtype
 
 
 class GraphdlRep(BackendRep):
@@ -43,7 +44,6 @@ class GraphdlRep(BackendRep):
 
 
 def _np_dtype(name: str):
-    from graphdl.ir import numpy_dtype
     return numpy_dtype(name)
 
 
@@ -73,8 +73,6 @@ class GraphdlBackend(Backend):
                  outputs_info: Sequence[tuple] | None = None,
                  **kwargs: Any) -> tuple[np.ndarray, ...]:
         """Run one node: wrap it in a model typed by ``inputs`` and run that."""
-        from onnx import helper
-
         opset = kwargs.get("opset_version", onnx.defs.onnx_opset_version())
         names = [n for n in node.input if n]
         ins = [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(

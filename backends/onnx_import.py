@@ -28,6 +28,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from graphdl import tensor as F
+from graphdl.backends.numpy_executor import NumpyExecutor
 from graphdl.backends.onnx_export import live_nodes
 from graphdl.ir import DTYPES, FLOAT_DTYPES, Graph, GraphError, Node, Value, rebuild
 
@@ -148,6 +149,7 @@ class Importer:
     # ---- the walk ------------------------------------------------------------------------
     def run(self, name: str | None = None) -> Graph:
         """Import every live node; returns the Graph."""
+        # lazy: onnx_import_rules imports this module's op tables (an import cycle)
         from graphdl.backends.onnx_import_rules import IMPORT_RULES
 
         g = self.model.graph
@@ -196,6 +198,7 @@ class Importer:
     def import_node(self, node: onnx.NodeProto, attrs: dict[str, Any],
                     rules: dict[str, Callable]) -> list:
         """The graphdl values (or constants) of one node's outputs."""
+        # lazy: onnx_import_shapes imports this module (an import cycle)
         from graphdl.backends import onnx_import_shapes as shapes
 
         ins = list(node.input)
@@ -227,6 +230,7 @@ class Importer:
 
     def unsupported(self, node: onnx.NodeProto) -> str:
         """The error message for an op without an import rule."""
+        # lazy: onnx_import_rules imports this module's op tables (an import cycle)
         from graphdl.backends.onnx_import_rules import IMPORT_RULES
 
         missing = sorted({n.op_type for n in self.model.graph.node
@@ -239,8 +243,6 @@ class Importer:
         """Evaluate a node whose inputs are all constants, with graphdl's own rule and
         kernels (so folding never runs an op graphdl lacks); shape arithmetic over symbolic
         dims goes through :mod:`graphdl.backends.onnx_import_shapes`."""
-        from graphdl.backends.numpy_executor import NumpyExecutor
-
         if any(n and is_symbolic(self.env[n]) for n in node.input):
             raise OnnxImportError(f"{self.where()}: {node.op_type} over a symbolic shape is "
                                   "not supported")

@@ -16,6 +16,7 @@ import operator
 from typing import Callable
 
 import numpy as np
+from onnx import helper
 
 from graphdl import dims
 from graphdl.backends.onnx_import import OnnxImportError, SymDim, is_symbolic
@@ -186,8 +187,6 @@ def _slice(attrs, arrays):
 
 
 def _cast(attrs, arrays):
-    from onnx import helper
-
     x = arrays[0]
     if is_symbolic(x):
         return x

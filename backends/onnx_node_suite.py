@@ -17,6 +17,8 @@ from onnx import numpy_helper
 from onnx.backend.test.loader import load_model_tests
 from onnx.backend.test.runner import Runner
 
+from graphdl.backends.onnx_backend import GraphdlBackend
+
 Prepare = Callable[[onnx.ModelProto], Any]  # model -> object with .run(list of inputs)
 
 
@@ -65,13 +67,12 @@ def run_suite(prepare: Prepare, cases: Iterable | None = None) -> list[CaseResul
 
 def graphdl_prepare(model: onnx.ModelProto):
     """graphdl: import, then the NumPy executor."""
-    from graphdl.backends.onnx_backend import GraphdlBackend
     return GraphdlBackend.prepare(model)
 
 
 class _OrtRep:
     def __init__(self, model: onnx.ModelProto):
-        import onnxruntime as ort
+        import onnxruntime as ort  # lazy: a peer runtime, ~1 s to load; only its runs need it
 
         opts = ort.SessionOptions()
         opts.log_severity_level = 4  # the suite expects failures; keep them quiet
@@ -85,7 +86,7 @@ class _OrtRep:
 
 class _ReferenceRep:
     def __init__(self, model: onnx.ModelProto):
-        from onnx.reference import ReferenceEvaluator
+        from onnx.reference import ReferenceEvaluator  # lazy: ~0.5 s; only its runs need it
 
         self.ref = ReferenceEvaluator(model)
         inits = {t.name for t in model.graph.initializer}

@@ -11,6 +11,7 @@ from typing import Sequence
 
 from graphdl.demo import DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS, run_demo
 from graphdl.ir import GraphError
+from graphdl.launch import run_ranks
 from graphdl.optimize import cli_optimize
 from graphdl.version import __version__
 
@@ -97,8 +98,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _dispatch(args: argparse.Namespace, extra: list[str]) -> int:
     if args.command == "demo" and args.ranks > 1 and not args.distributed:
-        from graphdl.launch import run_ranks
-
         argv = ["demo", "--epochs", str(args.epochs), "--batch-size", str(args.batch_size),
                 "--out", args.out, "--seed", str(args.seed), "--threads", str(args.threads),
                 *(["--quick"] if args.quick else []), *(["--quiet"] if args.quiet else [])]

@@ -253,7 +253,7 @@ def mpi_available() -> bool:
 
 def _mpi():
     try:
-        from mpi4py import MPI
+        from mpi4py import MPI  # lazy: the optional [mpi] extra; single-process runs lack it
     except ImportError as err:
         raise ImportError("distributed training needs mpi4py and an MPI library: "
                           "pip install 'graphdl[mpi]' (mpi4py and the mpich wheel)") from err

@@ -20,6 +20,7 @@ import numpy as np
 import graphdl as gd
 from graphdl import atomic, optim
 from graphdl.atomic import atomic_path
+from graphdl.distributed import DataParallel
 
 SPLIT_SEED = 0  # the hold-out split is fixed, whatever --seed says, so runs compare
 TEST_FRACTION = 0.2
@@ -119,8 +120,6 @@ def run_demo(epochs: int = DEFAULT_EPOCHS, out_dir: str = "graphdl_demo_out", se
             console = Console(width=120)
     dp = None
     if distributed:
-        from graphdl.distributed import DataParallel
-
         dp = DataParallel("mpi")
         if dp.rank != 0:  # one report for the job
             verbose, console = 0, Console(quiet=True)

@@ -30,9 +30,13 @@ import numpy as np
 from graphdl import tensor as F
 from graphdl.callbacks import Callback
 from graphdl.comm import DEFAULT_TIMEOUT_S, get_communicator
+from graphdl.function import Function
 from graphdl.ir import Graph, Node, Value, Variable, rebuild
 from graphdl.ops.collective import all_reduce
 from graphdl.ops.registry import apply, get_op
+from graphdl.passes import PIPELINES, Pass, Stage, optimize_graph
+from graphdl.passes.bucket import bucket_gradients
+from graphdl.split_step import SplitStep
 
 __all__ = ["DataParallel", "DistributedSampler", "Checkpoint", "bind_communicator",
            "average_gradients", "synchronize_batchnorm", "broadcast_variables"]
@@ -90,12 +94,8 @@ class DataParallel:
         and return the compiled :class:`graphdl.function.Function`; with ``host_reduce`` (or
         a ``compile_fn(graph)`` for each half, e.g. an ONNX Runtime session) a
         :class:`graphdl.split_step.SplitStep`."""
-        from graphdl.function import Function
-
         graph, self.report = self.optimize(self.train_step_graph(model, loss, optimizer))
         if self.host_reduce or compile_fn is not None:
-            from graphdl.split_step import SplitStep
-
             step = SplitStep(graph, self.comm, compile_fn)
             step.report = self.report
             return step
@@ -103,8 +103,6 @@ class DataParallel:
 
     def optimize(self, graph: Graph):
         """The default pipeline with the bucketing stage before scheduling."""
-        from graphdl.passes import optimize_graph
-
         return optimize_graph(graph, training=True, passes=pipeline(self.bucket_bytes))
 
     # ---- fit support --------------------------------------------------------------------
@@ -134,9 +132,6 @@ class DataParallel:
 
 def pipeline(bucket_bytes: int | None):
     """The default pass pipeline, plus gradient bucketing before the schedule stage."""
-    from graphdl.passes import PIPELINES, Pass, Stage
-    from graphdl.passes.bucket import bucket_gradients
-
     if bucket_bytes is None:
         return PIPELINES["training"]
     bucket = Pass("bucket_gradients",

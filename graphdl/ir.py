@@ -13,6 +13,8 @@ from typing import Any, Iterable, Sequence
 import ml_dtypes  # noqa: F401  (registers bfloat16 and the float8 types with NumPy)
 import numpy as np
 
+from graphdl.dims import evaluate
+
 # differentiable float types: trainable parameters, gradients and losses use these
 FLOAT_DTYPES = ("float32", "float64", "float16")
 # narrow floats from ml_dtypes (what ONNX and JAX use): storage and casts, not training
@@ -87,7 +89,6 @@ class TensorType:
 
     def numel(self, bindings: dict[str, int] | None = None) -> int:
         """Number of elements, with symbolic dims taken from ``bindings`` (default 1)."""
-        from graphdl.dims import evaluate
         n = 1
         for d in self.shape:
             n *= d if isinstance(d, int) else max(evaluate(d, bindings, default=1), 0)
@@ -99,7 +100,6 @@ class TensorType:
 
     def concrete(self, bindings: dict[str, int]) -> tuple[int, ...]:
         """The shape with symbolic dims replaced by their bound sizes."""
-        from graphdl.dims import evaluate
         return tuple(d if isinstance(d, int) else evaluate(d, bindings) for d in self.shape)
 
     def __str__(self) -> str:

@@ -25,7 +25,9 @@ from typing import Any, Callable
 import numpy as np
 
 from graphdl.ir import Graph, GraphError, Node, Value, toposort
+from graphdl.function import Function
 from graphdl.ops.registry import get_op
+from graphdl.tensor import input as gd_input
 
 
 @dataclass
@@ -44,8 +46,6 @@ def split_train_step(graph: Graph) -> SplitGraphs:
     Every collective must be an AllReduce that no other collective depends on (one cut);
     synchronized BatchNorm, whose forward pass all-reduces, cannot be cut this way.
     """
-    from graphdl.tensor import input as gd_input
-
     cut = [n for n in graph.nodes if get_op(n.op).collective]
     for node in cut:
         if node.op != "AllReduce":
@@ -114,8 +114,6 @@ class SplitStep:
     """
 
     def __init__(self, graph: Graph, comm, compile_fn: Callable[[Graph], Any] | None = None):
-        from graphdl.function import Function
-
         self.split = split_train_step(graph)
         self.comm = comm
         make = compile_fn or (lambda g: Function(g))

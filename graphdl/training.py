@@ -20,6 +20,7 @@ import numpy as np
 
 from graphdl import losses as _losses, optim as _optim
 from graphdl.callbacks import Callback, History
+from graphdl.distributed import DataParallel, broadcast_variables
 from graphdl.function import function
 from graphdl.ir import Graph, GraphError, Value
 from graphdl.progress import FitProgress
@@ -102,8 +103,6 @@ class TrainingMixin:
         opt, loss_obj = _optim.get(optimizer), _losses.get(loss)
         chosen = [_metric(m, loss_obj) for m in (metrics or [])]
         if distributed is not None:
-            from graphdl.distributed import DataParallel
-
             distributed = DataParallel.of(distributed)
         self.optimizer, self.loss, self.metrics = opt, loss_obj, chosen
         self.distributed = distributed
@@ -174,8 +173,6 @@ class TrainingMixin:
         dp = self.distributed
         n = len(targets)
         if dp is not None:
-            from graphdl.distributed import broadcast_variables
-
             broadcast_variables(self.variables, dp.comm)  # every rank starts from rank 0's
             verbose = verbose if dp.rank == 0 else 0  # one progress bar for the job
             n = len(dp.shard(n, batch_size, np.arange(n)))

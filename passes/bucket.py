@@ -18,7 +18,7 @@ from typing import Any
 
 from graphdl.ir import Graph, Node, rebuild
 from graphdl.ops.indexing import concat, split
-from graphdl.ops.registry import apply
+from graphdl.ops.registry import apply, get_op
 from graphdl.ops.shape import reshape
 
 DEFAULT_BUCKET_BYTES = 25 * 2 ** 20  # DDP's default bucket_cap_mb
@@ -26,8 +26,6 @@ DEFAULT_BUCKET_BYTES = 25 * 2 ** 20  # DDP's default bucket_cap_mb
 
 def collective_stats(graph: Graph, bindings: dict[str, int] | None = None) -> dict[str, int]:
     """How many collective nodes a run of ``graph`` executes and how many bytes they move."""
-    from graphdl.ops.registry import get_op
-
     nodes = [n for n in graph.nodes if get_op(n.op).collective]
     return {"collectives": len(nodes),
             "bytes": sum(n.inputs[0].type.nbytes(bindings) for n in nodes)}

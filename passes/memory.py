@@ -22,6 +22,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from graphdl.dims import evaluate
 from graphdl.ir import Graph
 from graphdl.ops.registry import get_op
 
@@ -317,7 +318,6 @@ def _dying_input(node, step, plans, storages, facts, type_key):
 
 
 def _dims(t, bindings) -> tuple[int, ...]:
-    from graphdl.dims import evaluate
     return tuple(d if isinstance(d, int) else evaluate(d, bindings, default=1) for d in t.shape)
 
 

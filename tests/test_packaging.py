@@ -7,6 +7,7 @@ dependencies (``--system-site-packages``) and installs the wheel with ``--no-dep
 """
 from __future__ import annotations
 
+import ast
 import shutil
 import subprocess
 import sys
@@ -49,6 +50,39 @@ def _source_modules() -> set[str]:
             parts = [p for p in rel.parts if p != "__init__"]
             names.add(".".join([package, *parts]))
     return names
+
+
+def test_module_level_imports_are_declared_dependencies():
+    """A third-party module imported at module level (so by ``import graphdl`` or by the
+    module's own import) is one of ``[project] dependencies``: the wheel test installs with
+    ``--no-deps`` over this environment and would not notice a missing one."""
+    import importlib.metadata as md
+    import re
+
+    declared = {re.split(r"[<>=;\[ ]", r, maxsplit=1)[0].lower().replace("_", "-") for r in
+                tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]}
+    owners = md.packages_distributions()
+    missing = set()
+    for path in _source_files():
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                names = [node.module or ""]
+            else:
+                continue
+            for name in names:
+                top = name.split(".")[0]
+                if top in sys.stdlib_module_names or top in ("graphdl", "__future__"):
+                    continue
+                dists = {d.lower().replace("_", "-") for d in owners.get(top, [top])}
+                if not dists & declared:
+                    missing.add(f"{top} ({path.relative_to(ROOT)})")
+    assert missing == set(), "imported at module level but not a declared dependency"
+
+
+def _source_files() -> list[Path]:
+    return [p for folder in SOURCE_PACKAGES for p in sorted((ROOT / folder).rglob("*.py"))]
 
 
 def test_package_list_covers_every_source_package():

@@ -8,10 +8,10 @@ import math
 
 import numpy as np
 
-from graphdl.ir import TensorType, normalize_dtype
+from graphdl.ir import TensorType, Value, normalize_dtype
 from graphdl.ops.infer import broadcast_shapes, check_arity, require_float, same_dtype
 from graphdl.ops.registry import REQUIRED, Attr, OnnxDType, OnnxLowering, OnnxNode, OpDef, \
-    apply, fail, lower, register
+    apply, as_value, fail, lower, register
 
 def _erf(x, out=None):
     """The error function as a ufunc (SciPy's: exact in float64, vectorized, takes out=)."""
@@ -417,15 +417,12 @@ def leaky_relu(x, alpha: float = 0.01):
 
 def where(cond, a, b):
     """Elementwise select: a where cond is true, b elsewhere (broadcasting)."""
-    from graphdl.ir import Value
     like = a if isinstance(a, Value) else b if isinstance(b, Value) else None
     return apply("Where", cond, a if like is None else _like(a, like), _like(b, like) if like
                  is not None else b)
 
 
 def _like(x, like):
-    from graphdl.ir import Value
-    from graphdl.ops.registry import as_value
     return x if isinstance(x, Value) else as_value(x, like=like)
 
 

@@ -20,8 +20,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from graphdl.ir import FLOAT_DTYPES, TensorType
-from graphdl.ops.registry import REQUIRED, Attr, OnnxLowering, OnnxNode, OpDef, fail, get_op, \
-    register
+from graphdl.ops.registry import REQUIRED, Attr, OnnxLowering, OnnxNode, OpDef, apply, fail, \
+    get_op, register
 
 # Ops a program may contain: each maps inputs elementwise (with broadcasting) to one output.
 FUSIBLE_OPS = frozenset({
@@ -243,8 +243,6 @@ _EVAL = {
 
 def expand_program(program: Sequence[Instruction], inputs: Sequence) -> Any:
     """Build the unfused nodes of ``program`` over ``inputs`` (values); returns the result."""
-    from graphdl.ops.registry import apply
-
     vals = list(inputs)
     for op, args, attrs in program:
         vals.append(apply(op, *[vals[a] for a in args], **dict(attrs)))
@@ -353,8 +351,6 @@ def _register_epilogue_op(name: str, main_op: str) -> None:
         return run_program(tuple(attrs["program"]), [y, *extras], out)
 
     def vjp(F, node, grads):
-        from graphdl.ops.registry import apply
-
         main_in, extras = split(node.inputs, node.attrs)
         y = apply(main_op, *main_in, **dict(node.attrs["main"]))
         return _vjp_through(F, expand_program(node.attrs["program"], [y, *extras]),

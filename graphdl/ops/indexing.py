@@ -14,10 +14,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from graphdl.ir import Dim, ShapeError, TensorType, user_call_site
+from graphdl.ir import Dim, ShapeError, TensorType, Value, user_call_site
 from graphdl.ops.infer import check_arity, norm_axis, same_dtype
 from graphdl.ops.registry import (REQUIRED, Attr, OnnxLowering, OnnxNode, OpDef, apply, constant,
                                   fail, lower, register)
+from graphdl.ops.shape import reshape
 
 __all__ = ["concat", "split", "slice", "pad", "gather", "take", "getitem"]
 
@@ -302,7 +303,6 @@ def _axis(op: str, axis: int, x) -> int:
 
 def concat(values: Sequence[Any], axis: int = 0):
     """Join ``values`` along ``axis`` (all other dims must match)."""
-    from graphdl.ir import Value
     values = list(values)
     like = next((v for v in values if isinstance(v, Value)), None)
     if like is None:
@@ -363,14 +363,12 @@ def gather(x, indices, axis: int = 0):
 def take(x, indices, axis: int | None = None):
     """NumPy ``take``: gather along ``axis``, or from the flattened ``x`` when axis is None."""
     if axis is None:
-        from graphdl.ops.shape import reshape
         x = reshape(x, (-1,))
         axis = 0
     return gather(x, indices, axis)
 
 
 def _index_value(indices):
-    from graphdl.ir import Value
     if isinstance(indices, Value):
         return indices
     arr = np.asarray(indices)

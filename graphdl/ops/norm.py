@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from graphdl.ir import TensorType
+from graphdl.ir import TensorType, Value
 from graphdl.ops import _norm_kernels as K
 from graphdl.ops.infer import check_arity, norm_axis, require_float, same_dtype
-from graphdl.ops.registry import (Attr, OnnxDType, OnnxLowering, OnnxNode, OpDef, apply, fail,
-                                  onnx_reduce, register, split_along)
+from graphdl.ops.registry import (Attr, OnnxDType, OnnxLowering, OnnxNode, OpDef, apply, constant,
+                                  fail, onnx_reduce, register, split_along)
 
 __all__ = ["batch_norm", "layer_norm", "dropout"]
 
@@ -380,9 +380,6 @@ def dropout(x, rate: float, seed, training: bool = True):
 
     ``seed`` is an int64 scalar (a state variable, so each step draws a new mask; a plain
     int gives the same mask every run). Returns y; the node's output 2 is the next seed."""
-    from graphdl.ir import Value
-    from graphdl.ops.registry import constant
-
     if not isinstance(seed, Value):
         seed = constant(np.array(int(seed), np.int64))
     return apply("Dropout", x, seed, rate=float(rate), training=bool(training))[0]

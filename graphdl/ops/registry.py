@@ -24,7 +24,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from graphdl.ir import GraphError, ShapeError, TensorType
+from graphdl.ir import GraphError, Node, ShapeError, TensorType, Value, normalize_dtype, \
+    user_call_site
 
 
 class LoweringError(GraphError):
@@ -238,8 +239,6 @@ def apply(op: str, *inputs: Any, name: str | None = None, **attrs: Any):
     Inference runs here, so a bad shape or dtype raises at build time, naming the op, the
     input types and the user's file and line.
     """
-    from graphdl.ir import Node, user_call_site
-
     opdef = get_op(op)
     values = [as_value(x, like=_first_value(inputs)) for x in inputs]
     return build(opdef, values, attrs, name, user_call_site())
@@ -250,7 +249,6 @@ def build(opdef: "OpDef | str", values: Sequence[Any], attrs: dict[str, Any],
     """One node of ``opdef`` over ``values`` (already values) at call site ``site``: the
     attributes are checked and completed with their defaults, inference runs, and errors
     name the op and ``site``. Returns the output value, or a tuple for a multi-output op."""
-    from graphdl.ir import Node
 
     if isinstance(opdef, str):
         opdef = get_op(opdef)
@@ -294,8 +292,6 @@ def check_attrs(opdef: OpDef, attrs: dict[str, Any], site: str | None = None
 
 
 def _first_value(inputs):
-    from graphdl.ir import Value
-
     return next((x for x in inputs if isinstance(x, Value)), None)
 
 
@@ -305,8 +301,6 @@ _CALLER: Any = object()  # constant()'s default site: the user's call site
 def constant(value: Any, dtype: Any = None, name: str | None = None, site: Any = _CALLER):
     """A ``Const`` node holding a read-only copy of ``value``; Python floats and ints become
     float32 and int64 (NumPy values keep their dtype). ``site`` defaults to the caller's."""
-    from graphdl.ir import Node, normalize_dtype, user_call_site
-
     arr = np.array(value, dtype=dtype)
     if dtype is None and arr.dtype == np.float64 and not isinstance(value, np.ndarray):
         arr = arr.astype(np.float32)  # Python floats default to float32, as in torch
@@ -320,14 +314,11 @@ def constant(value: Any, dtype: Any = None, name: str | None = None, site: Any =
 
 def as_value(x: Any, like=None):
     """A value for ``x``: values pass through; scalars take the dtype of ``like``."""
-    from graphdl.ir import Value
-
     if isinstance(x, Value):
         return x
     if like is not None and (np.isscalar(x) or isinstance(x, (int, float, bool))):
         arr = np.asarray(x, dtype=like.dtype)
         if arr.dtype.kind in "biu" and arr != x:  # int_value * 0.5 would multiply by 0
-            from graphdl.ir import ShapeError, user_call_site
             raise ShapeError(f"the scalar {x!r} does not fit {like!r} ({like.dtype}); cast the "
                              f"value first (.astype)\n  at {user_call_site()}")
         return constant(arr)

@@ -8,6 +8,7 @@ from graphdl import dims
 
 from graphdl.ir import Dim, TensorType
 from graphdl.ops.infer import broadcast_shapes, check_arity, norm_axes
+from graphdl.ops.reduce import sum as reduce_sum
 from graphdl.ops.registry import REQUIRED, Attr, OnnxLowering, OnnxNode, OpDef, apply, fail, \
     lower, register
 
@@ -282,8 +283,6 @@ def sum_to(g, shape):
     shape = tuple(shape)
     if tuple(g.shape) == shape:
         return g
-    from graphdl.ops.reduce import sum as reduce_sum
-
     lead = g.ndim - len(shape)
     if lead:
         g = reduce_sum(g, tuple(range(lead)))
