@@ -25,7 +25,15 @@ def onnx_code(dtype: Any) -> int:
     try:
         return int(helper.np_dtype_to_tensor_dtype(_holder(name)))
     except (KeyError, TypeError, ValueError) as err:
+        # older onnx (1.16) cannot map ml_dtypes' bfloat16 from NumPy and lacks float8_e8m0
+        # and float4 there: look the element type up by name
+        key = _BY_NAME.get(name, name.upper().replace("_", ""))
+        if key in TensorProto.DataType.keys():
+            return int(TensorProto.DataType.Value(key))
         raise GraphError(f"dtype {dtype!r} has no ONNX element type ({err})") from None
+
+
+_BY_NAME = {"float8_e8m0fnu": "FLOAT8E8M0", "float4_e2m1fn": "FLOAT4E2M1"}
 
 
 @functools.lru_cache(maxsize=None)

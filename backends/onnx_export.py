@@ -27,7 +27,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from graphdl.backends.onnx_dtypes import FLOAT_CODES, onnx_code
 from graphdl.ir import FLOAT_DTYPES, Graph, GraphError, Node, TensorType, Value, as_graph
-from graphdl.ops.registry import LoweringError, OnnxDType, OnnxLowering, get_op
+from graphdl.ops.registry import CONST, PARAM, LoweringError, OnnxDType, OnnxLowering, get_op
 from graphdl.version import __version__
 
 DEFAULT_OPSET = 17
@@ -172,13 +172,13 @@ class _Builder:
                 t = TensorType(tuple(var.value.shape), var.value.dtype.name)
                 self.inputs.append(self.value_info(var_names[id(var)], t))
         for node in graph.nodes:
-            if node.op == "Param":
+            if node.op == PARAM:
                 var = node.attrs["variable"]
                 if id(var) not in var_names:  # several Param nodes may read one Variable
                     var_names[id(var)] = self.unique(var.name)
                     self.initializer(var_names[id(var)], var.value)
                 self.names[node.outputs[0]] = var_names[id(var)]
-            elif node.op == "Const":
+            elif node.op == CONST:
                 self.names[node.outputs[0]] = self.unique(self.const_label(node, readable))
                 self.initializer(self.names[node.outputs[0]], node.attrs["value"])
         aliases = self.name_outputs(readable)
@@ -233,7 +233,7 @@ class _Builder:
         for i, v in enumerate(graph.outputs):
             base = v.node.name if v.node.name and len(v.node.outputs) == 1 else (
                 "output" if len(graph.outputs) == 1 else f"output_{i}")
-            if v.node.op in ("Input", "Param", "Const"):
+            if get_op(v.node.op).source:
                 base = "output" if len(graph.outputs) == 1 else f"output_{i}"
             wanted.append((base, v))
         self.update_names = []

@@ -29,6 +29,7 @@ from onnx import helper, numpy_helper
 
 from graphdl import tensor as F
 from graphdl.backends.numpy_executor import NumpyExecutor
+from graphdl.backends.import_budget import BudgetExceeded, FoldMeter, ImportBudget, over_budget
 from graphdl.backends.onnx_export import live_nodes
 from graphdl.ir import DTYPES, FLOAT_DTYPES, Graph, GraphError, Node, Value, rebuild
 
@@ -55,9 +56,10 @@ VARIADIC_IMPORTS = {"Max": "maximum", "Min": "minimum", "Sum": "add"}
 class Importer:
     """State of one import: ONNX names -> graphdl values or known constants."""
 
-    def __init__(self, model: onnx.ModelProto, as_params: bool = True):
+    def __init__(self, model: onnx.ModelProto, as_params: bool = True, budget=None):
         self.model = model
         self.as_params = as_params
+        self.meter = FoldMeter(budget or ImportBudget())  # import-time evaluation limits
         self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),
                           1)
         g = model.graph
@@ -118,7 +120,8 @@ class Importer:
                                   "output graphdl does not produce)")
         if is_symbolic(value):
             raise OnnxImportError(f"{self.where()}: {name!r} holds a shape with symbolic "
-                                  f"dimensions {list(value)}, used as a tensor; graphdl "
+                                  f"dimensions {list(value.reshape(-1))}, used as a "
+                                  "tensor; graphdl "
                                   "supports shape arithmetic only into Reshape/Expand")
         if value.dtype.name not in DTYPES:
             raise OnnxImportError(f"{self.where()}: {name!r} has dtype {value.dtype}, which "
@@ -210,12 +213,18 @@ class Importer:
             not n or (self.is_const(n) and not self.is_weight(n)) for n in ins)
         arrays = [self.env[n] if n else None for n in ins]
         if foldable and shapes.applies(node.op_type, arrays):
+            try:
+                self.meter.precheck(node, arrays)  # Range and broadcasts can explode
+            except BudgetExceeded as err:
+                return over_budget(self, node, attrs, err, rules)
             return shapes.evaluate(self, node, attrs, arrays)  # dims, symbolic or not
         rule = rules.get(node.op_type)
         if rule is None:
             raise OnnxImportError(self.unsupported(node))
         try:
             outs = self.fold(node, attrs, rule) if foldable else rule(self, node, attrs)
+        except BudgetExceeded as err:  # too big to fold: a runtime node, or a refusal
+            return over_budget(self, node, attrs, err, rules)
         except OnnxImportError:
             raise
         except GraphError as err:
@@ -246,11 +255,18 @@ class Importer:
         if any(n and is_symbolic(self.env[n]) for n in node.input):
             raise OnnxImportError(f"{self.where()}: {node.op_type} over a symbolic shape is "
                                   "not supported")
+        self.meter.precheck(node, [self.env[n] if n else None for n in node.input])
         outs = list(rule(self, node, attrs))
         values = [o for o in outs if isinstance(o, Value)]
         if not values:
             return outs
-        results = iter(NumpyExecutor(Graph([], values), plan=False).run([]))
+        graph = Graph([], values)
+        if not self.meter.foldable(graph):
+            return outs  # results over the size cap are computed when the model runs
+        with self.meter.timed(node):
+            results = list(NumpyExecutor(graph, plan=False).run([]))
+        self.meter.add_folded(results, node)
+        results = iter(results)
         return [next(results) if isinstance(o, Value) else o for o in outs]
 
 
@@ -311,25 +327,31 @@ def _rename(graph: Graph, names: dict[int, str]) -> Graph:
 
 
 def from_onnx(model_or_path: onnx.ModelProto | str | os.PathLike,
-              name: str | None = None, as_params: bool = True) -> Graph:
+              name: str | None = None, as_params: bool = True, budget=None) -> Graph:
     """Import an ONNX model (or file, external data included) as an inference Graph.
 
     ``as_params=True`` turns float weight initializers into Params (trainable Variables
-    named after the initializers); False makes every initializer a constant.
+    named after the initializers); False makes every initializer a constant. ``budget``
+    (a :class:`graphdl.ImportBudget`) limits what evaluating constants at import may cost.
+    Files are read under :mod:`graphdl.backends.onnx_file`'s rules (header checks, the
+    external-data path policy); every refusal is one line naming the file.
     """
+    # lazy: onnx_file imports OnnxImportError from this module
+    from graphdl.backends.onnx_file import check_model_proto, read_model
+
     if isinstance(model_or_path, onnx.ModelProto):
-        model = model_or_path
+        model, shown = check_model_proto(model_or_path), "ONNX model"
     else:
-        try:
-            model = onnx.load(os.fspath(model_or_path))
-        except (OSError, onnx.onnx_cpp2py_export.checker.ValidationError) as err:
-            raise OnnxImportError(f"cannot read ONNX model {model_or_path}: {err}") from None
-        except Exception as err:  # noqa: BLE001  (protobuf's DecodeError and friends)
-            raise OnnxImportError(f"{model_or_path} is not a readable ONNX model: "
-                                  f"{err}") from None
-    importer = Importer(model, as_params)
+        model = read_model(model_or_path)  # header rules, external data under the path policy
+        shown = os.fspath(model_or_path)
+    importer = Importer(model, as_params, budget)
     try:
         return importer.run(name)
-    except (KeyError, IndexError, TypeError, AttributeError) as err:
-        raise OnnxImportError(f"{importer.where()}: malformed model ({type(err).__name__}: "
-                              f"{err})") from None
+    except GraphError as err:  # OnnxImportError included: one line, naming the file
+        text = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+        raise OnnxImportError(f"{shown}: {text}") from None
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError, ArithmeticError,
+            UnicodeError, RecursionError) as err:
+        # outside any one node's rule: a malformed graph (dangling names, odd types)
+        raise OnnxImportError(f"{shown}: {importer.where()}: malformed model "
+                              f"({type(err).__name__}: {err})") from None

@@ -6,6 +6,7 @@ attributes, and returns one graphdl value (or known constant) per ONNX output.
 """
 from __future__ import annotations
 
+import importlib
 from typing import Callable
 
 import numpy as np
@@ -105,13 +106,6 @@ def _clip(imp, node, a):
 
 def _leaky_relu(imp, node, a):
     return [F.leaky_relu(imp.value(node.input[0]), a.get("alpha", 0.01))]
-
-
-def _gelu(imp, node, a):
-    if a.get("approximate", "none") != "none":
-        raise OnnxImportError(f"{imp.where()}: Gelu approximate={a['approximate']!r} is not "
-                              "supported (only the erf form)")
-    return [F.gelu(imp.value(node.input[0]))]
 
 
 def _softmax(builder: str) -> Rule:
@@ -410,7 +404,7 @@ IMPORT_RULES: dict[str, Rule] = {
     **{op: _binary(b) for op, b in BINARY_IMPORTS.items()},
     **{op: _variadic(b) for op, b in VARIADIC_IMPORTS.items()},
     "Identity": _identity, "Constant": _constant, "Dropout": _dropout, "Cast": _cast,
-    "Clip": _clip, "LeakyRelu": _leaky_relu, "Gelu": _gelu, "Where": _where,
+    "Clip": _clip, "LeakyRelu": _leaky_relu, "Where": _where,
     "Softmax": _softmax("softmax"), "LogSoftmax": _softmax("log_softmax"),
     "MatMul": _matmul, "Gemm": _gemm, "Flatten": _flatten, "Reshape": _reshape,
     "Expand": _expand, "Transpose": _transpose, "Squeeze": _squeeze, "Unsqueeze": _unsqueeze,
@@ -421,3 +415,12 @@ IMPORT_RULES: dict[str, Rule] = {
     "MaxPool": _max_pool, "AveragePool": _avg_pool, "GlobalAveragePool": _global_avg_pool,
     "GlobalMaxPool": _global_max_pool, "Shape": _shape, "Size": _size,
 }
+
+# Op families with their rules in their own modules, graphdl.backends.onnx_import_rules_<f>;
+# each module's RULES table joins IMPORT_RULES here.
+RULE_FAMILIES = ("math", "index", "loss", "attention", "nn", "norm", "quant", "rnn",
+                 "control")
+for _family in RULE_FAMILIES:
+    IMPORT_RULES.update(importlib.import_module(
+        f"graphdl.backends.onnx_import_rules_{_family}").RULES)
+

@@ -9,7 +9,11 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+
+from graphdl.backends.onnx_external import tensor_nbytes
+from graphdl.backends.onnx_file import read_model
 
 
 def _dims(type_proto: onnx.TypeProto) -> list[int | str | None]:
@@ -22,7 +26,10 @@ def _dims(type_proto: onnx.TypeProto) -> list[int | str | None]:
 def _dtype(type_proto: onnx.TypeProto) -> str:
     if not type_proto.HasField("tensor_type"):
         return type_proto.WhichOneof("value") or "unknown"
-    return np.dtype(helper.tensor_dtype_to_np_dtype(type_proto.tensor_type.elem_type)).name
+    elem = type_proto.tensor_type.elem_type
+    if elem == TensorProto.UNDEFINED:
+        return "unknown"
+    return np.dtype(helper.tensor_dtype_to_np_dtype(elem)).name
 
 
 def _numel(dims) -> int:
@@ -35,13 +42,14 @@ def describe(path: str | os.PathLike | onnx.ModelProto) -> dict[str, Any]:
     if isinstance(path, onnx.ModelProto):
         model, size = path, None
     else:
-        model = onnx.load(os.fspath(path), load_external_data=False)
+        # header rules and the external-data path policy apply; no tensor data is read
+        model = read_model(path, load_external_data=False)
         size = os.path.getsize(path)
     g = model.graph
     inits = {t.name: t for t in g.initializer}
     params = sum(_numel(t.dims) for t in g.initializer)
-    param_bytes = sum(_numel(t.dims) * np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type))
-                      .itemsize for t in g.initializer if t.data_type != TensorProto.STRING)
+    param_bytes = sum(tensor_nbytes(t) for t in g.initializer
+                      if t.data_type != TensorProto.STRING)
     ops = Counter(n.op_type if not n.domain else f"{n.domain}.{n.op_type}" for n in g.node)
     return {
         "path": None if size is None else os.fspath(path),
@@ -75,9 +83,22 @@ def _fmt_count(n: int) -> str:
     return str(n)
 
 
+def _printable(value: Any) -> Any:
+    """Names from the file as plain text: rich markup escaped, control characters shown as
+    escapes (a model file must not restyle or rewrite the terminal)."""
+    if isinstance(value, str):
+        return escape("".join(c if c.isprintable() else repr(c)[1:-1] for c in value))
+    if isinstance(value, dict):
+        return {_printable(k): _printable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_printable(v) for v in value]
+    return value
+
+
 def print_info(path: str | os.PathLike, console=None) -> dict[str, Any]:
     """Print :func:`describe` as rich tables; returns the summary."""
-    info = describe(path)
+    raw = describe(path)
+    info = _printable(raw)
     console = console or Console()
     opsets = ", ".join(f"{d} {v}" for d, v in info["opset"].items())
     head = Table(title=f"ONNX model {info['path'] or info['graph_name']}", show_header=False)
@@ -105,4 +126,4 @@ def print_info(path: str | os.PathLike, console=None) -> dict[str, Any]:
     for op, count in info["op_histogram"].items():
         ops.add_row(op, str(count))
     console.print(ops)
-    return info
+    return raw

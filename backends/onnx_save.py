@@ -1,13 +1,17 @@
 """Write ONNX models to disk atomically, with external data for models over 2 GB.
 
 Every file is written to a temporary name in the target folder and moved into place with
-``os.replace``, so a failure never leaves a half-written model. External data may only live
-inside the model's folder: a location that escapes it (``"../x"``, an absolute path, a symlink
+``os.replace``, so a failure never leaves a half-written model; with external data, renaming
+the model is the single commit (see :func:`save_model`). External data may only live inside
+the model's folder: a location that escapes it (``"../x"``, an absolute path, a symlink
 pointing out) is refused before anything is written.
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import re
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +19,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
-from graphdl.atomic import temp_path_for
+from graphdl.atomic import fsync_file, pid_alive, remove_stale_temps, temp_path_for
+from graphdl.backends.onnx_external import UnsafeExternalData, resolve_location
+from graphdl.backends.onnx_file import decode, read_bytes
 from graphdl.backends.onnx_export import DEFAULT_OPSET, ExportError, to_onnx
 from graphdl.ir import as_graph
 from graphdl.passes import optimize_graph
@@ -32,8 +38,10 @@ def export_onnx(model_or_graph: Any, path: str | os.PathLike, opset: int = DEFAU
     """Export a Model (its inference graph), a Graph or an ``onnx.ModelProto`` to ``path``.
 
     ``optimize=True`` runs graphdl's inference passes first (BatchNorm folding, fusion, ...).
-    ``external_data``: None decides by size (over 2 GB -> ``<file>.data`` next to the model),
-    True forces it, a string names the data file (relative, inside the model's folder).
+    ``external_data``: None decides by size (over 2 GB -> external data next to the model),
+    True forces it, a string names the data file (relative, inside the model's folder). Each
+    save writes a fresh data file, ``<name>.<pid>-<random><suffix>`` (``m.onnx.data`` ->
+    ``m.onnx.4242-1a2b3c4d.data``), so that renaming the model is the single commit.
     ``check=True`` runs ``onnx.checker.check_model(full_check=True)`` before the file lands.
     """
     if isinstance(model_or_graph, onnx.ModelProto):
@@ -59,7 +67,15 @@ def optimize_for_onnx(graph):
 def save_model(model: onnx.ModelProto, path: str | os.PathLike,
                external_data: bool | str | None = None, check: bool = False,
                size_threshold: int = 1024) -> Path:
-    """Write ``model`` to ``path`` atomically (see the module docstring); returns the path."""
+    """Write ``model`` to ``path`` with one commit point; returns the path.
+
+    With external data, the tensors go to a fresh, uniquely named data file (see
+    :func:`data_file_name`), then the model that references it is written to a temporary
+    file, and renaming that over ``path`` is the single commit: a kill at any moment leaves
+    the old model with its old data or the new model with its new data. The old data file
+    is removed only after the commit. Leftovers of writers that died (temporary files, data
+    files no model references) are removed by the next save to the same target.
+    """
     target = Path(os.path.abspath(os.fspath(path)))
     folder = target.parent
     _check_writable(folder, target)
@@ -69,38 +85,117 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike,
     elif external_data is False and payload + _HEADROOM >= PROTOBUF_LIMIT:
         raise ExportError(f"the model holds {payload / 2**30:.2f} GB of tensors, over "
                           f"protobuf's 2 GB limit; export with external_data=True")
-    location = None
-    if external_data:
-        location = _safe_location(folder, target, external_data)
+    location = _safe_location(folder, target, external_data) if external_data else None
     if check and not location:
         onnx.checker.check_model(model, full_check=True)
+    old_data = _owned_data_files(folder, target)
     temps: list[str] = []
+    written: list[str] = []
     try:
-        moves = []
+        _remove_orphans(folder, target, old_data)
+        if location and os.path.dirname(location):
+            remove_stale_temps(folder / os.path.dirname(location) / target.name)
         if location:
             model = _copy(model)
-            data_tmp = _temp(folder, target.name, temps)
-            _write_external(model, data_tmp, location, size_threshold)
-            moves.append((data_tmp, str(folder / location)))
+            data_rel = data_file_name(folder, location)
+            # named after the model, so the next save to it finds a dead writer's temp
+            data_tmp = _temp((folder / data_rel).parent, target.name, temps)
+            _reached("data_open")
+            _write_external(model, data_tmp, data_rel, size_threshold)
+            fsync_file(data_tmp)
+            _reached("data_written")
+            os.replace(data_tmp, folder / data_rel)  # a new name: nothing refers to it yet
+            temps.remove(data_tmp)
+            written.append(str(folder / data_rel))
+            _reached("data_renamed")
         model_tmp = _temp(folder, target.name, temps)
         with open(model_tmp, "wb") as f:
             f.write(model.SerializeToString())
-        moves.append((model_tmp, str(target)))
-        for src, dst in moves:  # data first: the model never lands before its data
-            os.replace(src, dst)
-            temps.remove(src)
+        fsync_file(model_tmp)
+        _reached("model_written")
+        if check and location:
+            onnx.checker.check_model(model_tmp, full_check=True)
+        os.replace(model_tmp, target)  # the commit
+        temps.remove(model_tmp)
+        written.clear()
+        _reached("committed")
     except OSError as err:
         raise ExportError(f"cannot write the ONNX model to {target}: "
                           f"{err.strerror or err}") from None
     finally:
-        for t in temps:
-            try:
+        for t in temps + written:  # a failed save removes what it wrote; committed is kept
+            with contextlib.suppress(OSError):
                 os.unlink(t)
-            except OSError:
-                pass
-    if check and location:
-        onnx.checker.check_model(str(target), full_check=True)
+    new_data = {os.path.realpath(folder / location_of(t)) for t in _external(model)}
+    for old in old_data["referenced"] - new_data:
+        with contextlib.suppress(OSError):
+            os.unlink(old)
+    _reached("old_data_removed")
     return target
+
+
+def _reached(step: str) -> None:
+    """A named step of :func:`save_model` (tests inject faults here by monkeypatching)."""
+
+
+def data_file_name(folder: Path, location: str) -> str:
+    """A fresh data file name for ``location``: ``<stem>.<pid>-<random><suffix>``
+    (``m.onnx.data`` -> ``m.onnx.4242-1a2b3c4d.data``); the pid lets a later save tell a
+    dead writer's leftovers from a save in progress."""
+    head, tail = os.path.split(location)
+    stem, suffix = os.path.splitext(tail)
+    while True:
+        name = f"{stem}.{os.getpid()}-{secrets.token_hex(4)}{suffix}"
+        rel = f"{head}/{name}" if head else name
+        if not os.path.lexists(folder / rel):
+            return rel
+
+
+_OWNED = re.compile(r"^(?P<stem>.+)\.(?P<pid>\d+)-[0-9a-f]{8}(?P<suffix>\.[^./]*)?$")
+
+
+def location_of(t: TensorProto) -> str:
+    """A tensor's external data location (empty when it has none)."""
+    return next((e.value for e in t.external_data if e.key == "location"), "")
+
+
+def _external(model: onnx.ModelProto) -> list[TensorProto]:
+    return [t for t in model.graph.initializer if t.data_location == TensorProto.EXTERNAL]
+
+
+def _owned_data_files(folder: Path, target: Path) -> dict[str, set[str]]:
+    """Data files graphdl wrote for the model now at ``target`` (real paths, inside the
+    folder, named by :func:`data_file_name`): the ones it references."""
+    referenced: set[str] = set()
+    if target.is_file():
+        try:
+            old = decode(read_bytes(target), str(target))
+        except Exception:  # noqa: BLE001  (an unreadable old file references nothing)
+            old = None
+        for t in _external(old) if old is not None else ():
+            try:
+                real = resolve_location(folder, location_of(t))
+            except UnsafeExternalData:
+                continue
+            if _OWNED.match(os.path.basename(real)) and os.path.isfile(real):
+                referenced.add(real)
+    return {"referenced": referenced}
+
+
+def _remove_orphans(folder: Path, target: Path, old_data: dict[str, set[str]]) -> None:
+    """Remove ``<target>.<pid>-<hex>.data`` files of dead writers that no model references
+    (a writer killed between writing its data and committing its model)."""
+    remove_stale_temps(target)
+    prefix = f"{target.name}."
+    for name in os.listdir(folder):
+        m = _OWNED.match(name)
+        if not m or not name.startswith(prefix) or m.group("stem") != target.name:
+            continue
+        real = os.path.realpath(folder / name)
+        if real in old_data["referenced"] or pid_alive(int(m.group("pid"))):
+            continue
+        with contextlib.suppress(OSError):
+            os.unlink(folder / name)
 
 
 def _check_writable(folder: Path, target: Path) -> None:
@@ -118,23 +213,17 @@ def _check_writable(folder: Path, target: Path) -> None:
 
 
 def _safe_location(folder: Path, target: Path, external_data: bool | str) -> str:
-    """The external data location, relative to the model's folder; refuses any escape."""
+    """The external data location, relative to the model's folder; refuses any escape (the
+    same path policy as every read, :mod:`graphdl.backends.onnx_external`)."""
     location = f"{target.name}.data" if external_data is True else os.fspath(external_data)
-    if not location or os.path.isabs(location) or os.path.splitdrive(location)[0]:
-        raise ExportError(f"external data location {location!r} must be a relative file name "
-                          f"inside the model's folder {folder}")
-    norm = os.path.normpath(location)
-    real_folder = os.path.realpath(folder)
-    real = os.path.realpath(os.path.join(real_folder, norm))
-    if norm.startswith("..") or os.path.commonpath([real_folder, real]) != real_folder:
-        raise ExportError(f"external data location {location!r} escapes the model's folder "
-                          f"{folder}; it must stay inside it")
+    try:
+        real = resolve_location(folder, location, for_write=True)
+    except UnsafeExternalData as err:
+        raise ExportError(f"{err}; it must be a relative file name inside the folder of "
+                          f"{target}") from None
     if real == os.path.realpath(target):
         raise ExportError(f"external data location {location!r} is the model file itself")
-    if not os.path.isdir(os.path.dirname(real)):
-        raise ExportError(f"external data location {location!r}: the folder "
-                          f"{os.path.dirname(real)} does not exist")
-    return norm.replace(os.sep, "/")
+    return os.path.normpath(location).replace(os.sep, "/")
 
 
 def _temp(folder: Path, base: str, temps: list[str]) -> str:

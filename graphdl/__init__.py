@@ -15,3 +15,4 @@ from graphdl.compiler import compile, export_onnx
 from graphdl.model import Model, Sequential, import_onnx
 from graphdl.modes import set_training, state_updates
 from graphdl.optimize import optimize
+from graphdl.backends.import_budget import ImportBudget

@@ -2,18 +2,34 @@
 
 Subcommands that need ONNX or ONNX Runtime import them when they run, so ``graphdl --help``
 stays fast and a missing optional part only affects its own command.
+
+A refusal is one line on stderr (``graphdl CMD: error: ...``), never a traceback. Exit
+statuses (see :data:`EXIT_CODES`):
+
+- 0: success;
+- 1: the demo ran but one of its checks failed;
+- 2: usage error (bad arguments, a missing input file, missing optional dependencies);
+- 3: the input was refused: not a readable ONNX model, an invalid header, external data that
+  breaks the path policy, an op graphdl cannot import, an import budget exceeded;
+- 4: the output could not be written (unwritable folder, disk full, an export error);
+- 130: interrupted.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Sequence
 
+from graphdl.backends.import_budget import ImportBudget
 from graphdl.demo import DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS, run_demo
 from graphdl.ir import GraphError
 from graphdl.launch import run_ranks
 from graphdl.optimize import cli_optimize
 from graphdl.version import __version__
+
+EXIT_CODES = {"ok": 0, "check_failed": 1, "usage": 2, "refused_input": 3, "write_failed": 4,
+              "interrupted": 130}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,6 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     optimize.add_argument("input", help="input .onnx file")
     optimize.add_argument("-o", "--output", required=True, help="output .onnx file")
     optimize.add_argument("--report", default=None, help="also write the pass report as JSON")
+    optimize.add_argument("--import-budget", default=None, metavar="KEY=VALUE,...",
+                          help="raise the limits on evaluating constants at import, for a "
+                          "file you trust: fold_mb, total_mb, loop, steps, seconds (e.g. "
+                          "fold_mb=256,loop=1e6,seconds=120)")
 
     sub.add_parser("bench", help="run the benchmark suite (options go to graphdl.bench)",
                    description="Run the benchmark suite; any further options are passed to "
@@ -85,15 +105,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _dispatch(args, extra)
     except KeyboardInterrupt:
         print("graphdl: interrupted", file=sys.stderr)
-        return 130
-    except (FileNotFoundError, IsADirectoryError, PermissionError, ValueError) as err:
-        print(f"graphdl {args.command}: error: {err}", file=sys.stderr)
-        return 2
+        return EXIT_CODES["interrupted"]
     except Exception as err:
-        if isinstance(err, GraphError) or type(err).__name__ == "DemoDataError":
-            print(f"graphdl {args.command}: error: {err}", file=sys.stderr)
-            return 2
-        raise
+        code = _exit_code(err)
+        if code is None:
+            raise  # a bug in graphdl: keep the traceback
+        print(f"graphdl {args.command}: error: {_one_line(err)}", file=sys.stderr)
+        return code
+
+
+def _exit_code(err: Exception) -> int | None:
+    """The exit status for an expected failure, None for a bug."""
+    name = type(err).__name__
+    if any(c.__name__ in ("OnnxImportError", "ModelFileError", "WeightsMismatchError")
+           for c in type(err).__mro__):
+        return EXIT_CODES["refused_input"]
+    if name == "ExportError" or isinstance(err, (OSError, MemoryError)) and not isinstance(
+            err, FileNotFoundError):
+        return EXIT_CODES["write_failed"]
+    if isinstance(err, (FileNotFoundError, ValueError, GraphError)) or name == "DemoDataError":
+        return EXIT_CODES["usage"]
+    return None
+
+
+def _one_line(err: Exception) -> str:
+    text = str(err) or type(err).__name__
+    return "; ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
 def _dispatch(args: argparse.Namespace, extra: list[str]) -> int:
@@ -119,10 +156,15 @@ def _dispatch(args: argparse.Namespace, extra: list[str]) -> int:
     if args.command == "info":
         from graphdl.backends.onnx_info import print_info  # lazy: onnx loads in ~0.7 s
 
+        _require_file(args.file)
         print_info(args.file)
         return 0
     if args.command == "optimize":
-        result = cli_optimize(args.input, args.output, args.report, quiet=False)
+        _require_file(args.input)
+        options = {}
+        if args.import_budget is not None:
+            options["budget"] = ImportBudget.parse(args.import_budget)
+        result = cli_optimize(args.input, args.output, args.report, quiet=False, **options)
         return result if isinstance(result, int) else 0
     if args.command == "bench":
         from graphdl import bench  # lazy: bench loads onnx and onnxruntime (~1.5 s)
@@ -130,6 +172,11 @@ def _dispatch(args: argparse.Namespace, extra: list[str]) -> int:
         result = bench.run(extra)
         return result if isinstance(result, int) else 0
     raise AssertionError(f"unhandled command {args.command}")  # argparse enforces the choices
+
+
+def _require_file(path: str) -> None:
+    if not os.path.lexists(path):
+        raise FileNotFoundError(f"{path}: no such file")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -67,7 +67,9 @@ def export_onnx(model_or_graph: Any, path: str | os.PathLike, opset: int = 17, *
     The IR version is one the installed onnxruntime loads; the batch dimension stays
     symbolic; parameters are initializers named after their Variables. ``external_data``:
     None decides by size (over 2 GB), True or a file name (inside the model's folder) forces
-    it. ``dtype="float16"`` writes a half-precision model. Returns the written path.
+    it; each save writes a freshly named data file (``<name>.<pid>-<random><suffix>``) and
+    renaming the model is the single commit. ``dtype="float16"`` writes a half-precision
+    model. Returns the written path.
     """
     from graphdl.backends.onnx_save import export_onnx as _export  # lazy: onnx loads slowly
 

@@ -104,6 +104,11 @@ class Loss:
             return _check_labels(y, outputs, self.name)
         if y.dtype.kind not in "biuf":
             raise ValueError(f"loss {self.name!r}: targets must be numbers, got dtype {y.dtype}")
+        if y.dtype.kind == "f" and y.size and not np.isfinite(y).all():
+            first = int(np.flatnonzero(~np.isfinite(y.reshape(len(y), -1)).all(1))[0]) \
+                if y.ndim else 0
+            raise ValueError(f"loss {self.name!r}: targets contain NaN or Inf (first at sample "
+                             f"{first}); the loss and metrics would be NaN")
         expected = want.shape[1:]
         if y.ndim == len(want.shape) - 1 and expected and expected[-1] == 1:
             y = y[..., None]  # (N,) targets for an (N, 1) output, as Keras accepts
@@ -141,17 +146,22 @@ def _check_labels(y: np.ndarray, outputs: Value, loss_name: str) -> np.ndarray:
                          f"shape {y.shape}{hint}")
     if y.dtype.kind == "f":
         if y.size and not np.all(np.isfinite(y) & (y == np.round(y))):
-            raise ValueError(f"loss {loss_name!r} takes integer class labels; got non-integer "
-                             f"float labels")
+            bad = np.flatnonzero(~(np.isfinite(y) & (y == np.round(y))))
+            raise ValueError(f"loss {loss_name!r} takes integer class labels; got "
+                             f"non-integer float labels (y[{bad[0]}] = {y[bad[0]].item()!r}, "
+                             f"{len(bad)} bad label(s))")
     elif y.dtype.kind not in "iub":
         raise ValueError(f"loss {loss_name!r} takes integer class labels, got dtype {y.dtype}")
-    y = y.astype(np.int64)
     if isinstance(classes, int) and y.size and (y.min() < 0 or y.max() >= classes):
+        # checked before the int64 cast, which would wrap labels such as 1e20
         bad = np.flatnonzero((y < 0) | (y >= classes))
+        shown = y[bad[0]].item()
         raise ValueError(f"labels out of range: the model has {classes} classes, so labels must "
-                         f"lie in [0, {classes - 1}]; y[{bad[0]}] = {y[bad[0]]} "
+                         f"lie in [0, {classes - 1}]; y[{bad[0]}] = {shown!r} "
                          f"({len(bad)} bad label(s))")
-    return y
+    if y.dtype.kind == "f" and y.size and np.abs(y).max() >= 2.0 ** 63:
+        raise ValueError(f"loss {loss_name!r}: label {np.abs(y).max()!r} does not fit int64")
+    return y.astype(np.int64)
 
 
 def _fmt(shape) -> str:

@@ -14,16 +14,13 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from graphdl import autodiff, compiler, losses as _losses, optim as _optim
-from graphdl.atomic import atomic_path
 from graphdl.ir import Graph, GraphError, Value, Variable
+from graphdl.model_io import (  # noqa: F401  (re-exported)
+    ModelFileError, WeightsMismatchError, load_weights, model_arrays, save_weights)
 from graphdl.modes import set_training, state_updates
 from graphdl.summary import print_summary
 from graphdl.tensor import input as gd_input
 from graphdl.training import TrainingMixin
-
-
-class WeightsMismatchError(GraphError, ValueError):
-    """Saved weights do not fit the model: missing, unexpected or differently shaped."""
 
 
 class Model(TrainingMixin):
@@ -199,44 +196,24 @@ class Model(TrainingMixin):
             v.value = np.array(w, dtype=v.value.dtype, copy=True)
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write every variable to an ``.npz`` file by name (no pickle).
+        """Write every variable to an ``.npz`` file by name (no pickle), atomically: a crash
+        mid-save leaves any previous file intact (see :mod:`graphdl.model_io`)."""
+        save_weights(path, model_arrays(self.variables, self.name))
 
-        The file is written to a temporary name in the same folder and renamed into place, so
-        a crash mid-save leaves any previous file intact and no partial file behind.
+    def load(self, path: str | os.PathLike, allow_nonfinite: bool = False) -> None:
+        """Read weights saved by :meth:`save`: all or nothing.
+
+        Every array is read and checked (names, shapes, real dtypes, finite values unless
+        ``allow_nonfinite=True``) before any variable changes; errors name the file and each
+        missing, unexpected or mismatched array (:class:`WeightsMismatchError`,
+        :class:`ModelFileError`).
         """
         variables = self.variables
-        names = [v.name for v in variables]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise GraphError(f"cannot save model {self.name!r}: several variables are named "
-                             f"{dupes}; give the layers distinct names")
-        write_npz_atomic(path, {v.name: v.value for v in variables})
-
-    def load(self, path: str | os.PathLike) -> None:
-        """Read weights saved by :meth:`save`; every variable must be present with its shape.
-
-        Nothing is changed unless all weights match; otherwise the error names each missing,
-        unexpected or differently shaped parameter with both shapes.
-        """
-        with np.load(os.fspath(path), allow_pickle=False) as data:
-            stored = {k: data[k] for k in data.files}
-        variables = self.variables
-        problems = []
+        arrays = load_weights(path, {v.name: (v.value.shape, v.value.dtype.name)
+                                     for v in variables},
+                              allow_nonfinite=allow_nonfinite, what=f"model {self.name!r}")
         for var in variables:
-            if var.name not in stored:
-                problems.append(f"  - {var.name}: in the model {var.value.shape}, missing from "
-                                "the file")
-            elif stored[var.name].shape != var.value.shape:
-                problems.append(f"  - {var.name}: model shape {var.value.shape}, file shape "
-                                f"{stored[var.name].shape}")
-        known = {v.name for v in variables}
-        problems += [f"  - {k}: in the file {stored[k].shape}, not in the model"
-                     for k in stored if k not in known]
-        if problems:
-            raise WeightsMismatchError(f"weights in {os.fspath(path)!r} do not match model "
-                                       f"{self.name!r}:\n" + "\n".join(problems))
-        for var in variables:
-            var.value = stored[var.name].astype(var.value.dtype, copy=True)
+            var.value = arrays[var.name]
 
     # ---- reports and export --------------------------------------------------------------
 
@@ -332,12 +309,6 @@ class Sequential(Model):
         return Model.variables.fget(self)
 
 
-def write_npz_atomic(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> None:
-    """Write ``arrays`` to ``path`` as .npz through a temp file and ``os.replace``."""
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-
-
 def _as_list(values, what: str) -> list[Value]:
     items = list(values) if isinstance(values, (list, tuple)) else [values]
     if not items:
@@ -363,12 +334,13 @@ def _check_unique_updates(updates) -> None:
         seen[id(var)] = var.name
 
 
-def import_onnx(model_or_path: Any, name: str | None = None) -> Model:
+def import_onnx(model_or_path: Any, name: str | None = None, budget: Any = None) -> Model:
     """An ONNX model (a path or a ``ModelProto``) as a :class:`Model` ready to fine-tune:
     float initializers are trainable Variables, BatchNorm running statistics are state,
     Dropout draws masks in training mode, and ``model.compile(...); model.fit(...)`` trains
-    it with graphdl's symbolic gradients. Refusals raise ``OnnxImportError``."""
+    it with graphdl's symbolic gradients. Refusals raise ``OnnxImportError``. ``budget`` (a
+    :class:`graphdl.ImportBudget`) raises the limits on evaluating constants at import."""
     from graphdl.backends.onnx_import import from_onnx  # lazy: onnx loads in ~0.7 s
 
-    graph = from_onnx(model_or_path, name=name)
+    graph = from_onnx(model_or_path, name=name, budget=budget)
     return Model(list(graph.inputs), list(graph.outputs), name=graph.name)

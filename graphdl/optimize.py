@@ -82,15 +82,17 @@ def optimize(model_or_graph: Any, training: bool = False, passes: Sequence[Any] 
 
 def cli_optimize(in_path: str | os.PathLike, out_path: str | os.PathLike,
                  report_path: str | os.PathLike | None = None, opset: int = 17,
-                 verify: bool | str = False, quiet: bool = True) -> OptimizeResult:
+                 verify: bool | str = False, quiet: bool = True,
+                 budget=None) -> OptimizeResult:
     """Import an ONNX model, run the inference pipeline, export it, and write the report
     (``quiet=False`` also prints the report table).
 
-    An op graphdl cannot import stops with an error naming it (``OnnxImportError``).
+    An op graphdl cannot import stops with an error naming it (``OnnxImportError``);
+    ``budget`` (an ``ImportBudget``) bounds evaluating constants at import.
     """
     from graphdl.backends.onnx_import import from_onnx  # lazy: onnx loads slowly
 
-    graph = from_onnx(os.fspath(in_path))
+    graph = from_onnx(os.fspath(in_path), budget=budget)
     result = optimize(graph, training=False, verify=verify)
     export_onnx(result.graph, os.fspath(out_path), opset=opset, optimize=False)
     if report_path is not None:

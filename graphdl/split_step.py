@@ -138,6 +138,7 @@ class SplitStep:
 
     def non_finite(self, pending: tuple) -> str | None:
         """Which update of either half is NaN/Inf, or None."""
+        # lazy: training imports distributed, which imports this module (an import cycle)
         from graphdl.training import _non_finite_update
 
         for fn, part in zip((self.gradient_fn, self.apply_fn), pending):

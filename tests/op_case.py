@@ -21,6 +21,7 @@ class OpCase:
     gradient check and which outputs are seeded with a cotangent (default: every float one).
     ``fd=False`` skips finite differences (e.g. a kink sits too close to an input).
     ``onnx=False`` skips runtime comparisons that cannot agree (random dropout masks).
+    ``opset`` is the ONNX opset the case exports at (ops that ONNX added later need more).
     """
 
     inputs: list[np.ndarray]
@@ -33,6 +34,7 @@ class OpCase:
     rtol: float = 1e-5
     atol: float = 1e-7
     id: str = ""
+    opset: int = 17
 
 
 def rng(seed: int = 0) -> np.random.Generator:

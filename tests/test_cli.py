@@ -94,6 +94,9 @@ def test_info_and_optimize_dispatch(monkeypatch, tmp_path):
     monkeypatch.setattr(info, "print_info", lambda path, *a, **k: calls.append(("info", path)))
     monkeypatch.setattr(cli, "cli_optimize",
                         lambda i, o, r, **kw: calls.append(("opt", i, o, r)))
+    monkeypatch.chdir(tmp_path)
+    for name in ("m.onnx", "a.onnx"):
+        (tmp_path / name).write_bytes(b"")
     assert cli.main(["info", "m.onnx"]) == 0
     assert cli.main(["optimize", "a.onnx", "-o", "b.onnx", "--report", "r.json"]) == 0
     assert calls == [("info", "m.onnx"), ("opt", "a.onnx", "b.onnx", "r.json")]

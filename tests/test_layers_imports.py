@@ -28,7 +28,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("front end", ("graphdl.autodiff", "graphdl.layers", "graphdl.losses", "graphdl.optim",
                    "graphdl.modes", "graphdl.callbacks", "graphdl.progress",
                    "graphdl.summary")),
-    ("model", ("graphdl.model", "graphdl.training", "graphdl.function", "graphdl.compiler",
+    ("model", ("graphdl.model", "graphdl.model_io", "graphdl.training", "graphdl.function", "graphdl.compiler",
                "graphdl.optimize", "graphdl.distributed", "graphdl.split_step")),
     ("top", ("graphdl", "graphdl.cli", "graphdl.models", "graphdl.demo", "graphdl.bench",
              "graphdl.bench_output", "graphdl.launch")),

@@ -122,6 +122,22 @@ def test_check_targets_errors_name_the_problem():
     assert losses.get("mse").check_targets(np.zeros(5), single).shape == (5, 1)
 
 
+def test_huge_labels_and_nan_targets_are_reported_as_given():
+    """1e20 is shown as 1e+20 (not the int64 wrap-around); NaN targets refuse clearly."""
+    out = gd.input("logits", (None, 4))
+    ce = losses.get("cross_entropy")
+    with pytest.raises(ValueError, match=r"y\[1\] = 1e\+20 \(1 bad"):
+        ce.check_targets(np.array([0.0, 1e20]), out)
+    with pytest.raises(ValueError, match=r"y\[0\] = nan"):
+        ce.check_targets(np.array([np.nan, 1.0]), out)
+    with pytest.raises(ValueError, match=r"NaN or Inf \(first at sample 1\)"):
+        losses.get("mse").check_targets(np.array([[0.0] * 4, [np.inf] * 4]), out)
+    model = gd.Sequential([gd.layers.Dense(1)], input_shape=(2,))
+    model.compile(optimizer="sgd", loss="mse")
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        model.evaluate(np.zeros((2, 2), np.float32), np.array([1.0, np.nan]))
+
+
 def test_softmax_cross_entropy_op_rejects_bad_types():
     z = gd.input("z", (None, 4))
     with pytest.raises(gd.ShapeError, match="integer class indices"):

@@ -67,7 +67,7 @@ def test_op_matches_ort_and_reference(op, case):
         with pytest.raises(LoweringError, match=f"{op} is a collective across MPI ranks"):
             to_onnx(graph)
         return
-    model = to_onnx(graph)
+    model = to_onnx(graph, opset=case.opset)
     onnx.checker.check_model(model, full_check=True)
     if not case.onnx:
         return

@@ -213,7 +213,7 @@ def test_onnx_lowering_is_well_formed(op, case):
             get_op(op).onnx(attrs, [v.type for v in ins], [v.type for v in outs], 17)
         return
     lowering = get_op(op).onnx(attrs, [v.type for v in ins],
-                               [v.type for v in outs], 17)
+                               [v.type for v in outs], case.opset)
     assert isinstance(lowering, OnnxLowering)
     defined = {f"in{i}" for i in range(len(ins))} | set(lowering.consts) | {""}
     for node in lowering.nodes:

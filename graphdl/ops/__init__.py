@@ -1,6 +1,7 @@
 """The op library: importing this package registers every op family in ``REGISTRY``."""
 from graphdl.ops import elementwise, linalg, reduce, shape, source  # noqa: F401  (registration)
 from graphdl.ops import conv, indexing, loss, norm, pool  # noqa: F401  (registration)
+from graphdl.ops import einsum, indexing_extra, logical, math_extra, resize, scan_ops  # noqa: F401  (registration)
 from graphdl.ops import collective  # noqa: F401  (registration: MPI collectives)
 from graphdl.ops import fused  # noqa: F401  (registration: kernels the fusion passes build)
 from graphdl.ops.registry import (REGISTRY, LoweringError, OnnxLowering, OnnxNode, OpDef,

@@ -70,8 +70,14 @@ def _sigmoid_kernel(xs, attrs, out):
     return np.where(x >= 0, pos, e * pos).astype(x.dtype, copy=False)
 
 
+_GELU_C = math.sqrt(2.0 / math.pi)  # the tanh form: 0.5 x (1 + tanh(c (x + 0.044715 x^3)))
+
+
 def _gelu_kernel(xs, attrs, out):
     x = xs[0]
+    if attrs.get("approximate", "none") == "tanh":
+        y = 0.5 * x * (1.0 + np.tanh(_GELU_C * (x + 0.044715 * x * x * x)))
+        return y.astype(x.dtype, copy=False)
     return (0.5 * x * (1.0 + _erf(x / math.sqrt(2.0)))).astype(x.dtype, copy=False)
 
 
@@ -84,9 +90,24 @@ def _softplus_kernel(xs, attrs, out):
 
 
 def _gelu_onnx(attrs, tin, tout, opset):
+    approximate = attrs.get("approximate", "none")
     if opset >= 20:
-        return lower("Gelu")
+        return lower("Gelu", approximate=approximate)
     dt = np.dtype(tin[0].dtype)
+    if approximate == "tanh":
+        # gelu(x) = 0.5 x (1 + tanh(c (x + 0.044715 x^3)))
+        return OnnxLowering((
+            OnnxNode("Mul", ("in0", "in0"), ("t0",)),
+            OnnxNode("Mul", ("t0", "k"), ("t1",)),
+            OnnxNode("Add", ("t1", "one"), ("t2",)),
+            OnnxNode("Mul", ("in0", "t2"), ("t3",)),
+            OnnxNode("Mul", ("t3", "c"), ("t4",)),
+            OnnxNode("Tanh", ("t4",), ("t5",)),
+            OnnxNode("Add", ("t5", "one"), ("t6",)),
+            OnnxNode("Mul", ("in0", "t6"), ("t7",)),
+            OnnxNode("Mul", ("t7", "half"), ("out0",)),
+        ), {"k": np.array(0.044715, dt), "one": np.array(1.0, dt),
+            "c": np.array(_GELU_C, dt), "half": np.array(0.5, dt)})
     # gelu(x) = 0.5 * x * (1 + erf(x / sqrt 2))
     return OnnxLowering((
         OnnxNode("Div", ("in0", "sqrt2"), ("t0",)),
@@ -120,6 +141,10 @@ def _sigmoid_vjp(F, node, gs):
 
 def _gelu_vjp(F, node, gs):
     x = node.inputs[0]
+    if node.attrs.get("approximate", "none") == "tanh":
+        t = F.tanh((x + x * x * x * 0.044715) * _GELU_C)
+        dt = (1.0 - t * t) * (1.0 + x * x * (3 * 0.044715)) * _GELU_C
+        return [gs[0] * (0.5 * (1.0 + t) + 0.5 * x * dt)]  # product rule on 0.5 x (1 + t)
     cdf = 0.5 * (1.0 + F.erf(x * (1.0 / math.sqrt(2.0))))
     pdf = F.exp(-0.5 * x * x) * (1.0 / math.sqrt(2.0 * math.pi))
     return [gs[0] * (cdf + x * pdf)]  # d gelu = Phi(x) + x phi(x)
@@ -153,13 +178,15 @@ UNARY_RULES = {
 }
 NON_DIFFERENTIABLE_UNARY = ("Sign", "Floor")  # derivative zero almost everywhere
 
+_UNARY_ATTRS = {"Gelu": {"approximate": Attr(str, "none", "'none' (erf form) or 'tanh'")}}
+
 for _name, (_kernel, _vjp, _onnx, _float) in UNARY_RULES.items():
     register(OpDef(
         name=_name,
         infer=(_float_same_type if _float else _same_type)(_name),
         kernel=_kernel, vjp=_vjp,
         onnx=_onnx if callable(_onnx) else (lambda a, ti, to, o, _t=_onnx: lower(_t)),
-        differentiable=_name not in NON_DIFFERENTIABLE_UNARY, attrs={},
+        differentiable=_name not in NON_DIFFERENTIABLE_UNARY, attrs=_UNARY_ATTRS.get(_name, {}),
         # Identity's kernel returns its input: a view, not an elementwise computation
         elementwise=_name != "Identity", inplace=_name != "Identity",
         view=_name == "Identity", reshape=_name == "Identity",
@@ -239,7 +266,7 @@ for _name, _fn in COMPARISON_RULES.items():
     register(OpDef(name=_name, infer=_broadcast(_name, out_dtype="bool"), kernel=_ufunc(_fn),
                    vjp=None, onnx=lambda a, ti, to, o, _t=_name: lower(_t, 2),
                    differentiable=False, attrs={}, elementwise=True, broadcasting=True,
-                   commutative=_name == "Equal"))
+                   commutative=_name == "Equal", inplace=False))
 
 
 def _where_infer(types, attrs):
@@ -261,7 +288,7 @@ register(OpDef(
     name="Where", infer=_where_infer,
     kernel=lambda xs, a, out: np.where(*xs),
     vjp=_where_vjp, onnx=lambda a, ti, to, o: lower("Where", 3),
-    attrs={}, elementwise=True, broadcasting=True,
+    attrs={}, elementwise=True, broadcasting=True, inplace=False,
 ))
 
 
@@ -283,6 +310,7 @@ register(OpDef(
     kernel=lambda xs, a, out: xs[0].astype(a["to"]),
     vjp=_cast_vjp, onnx=lambda a, ti, to, o: lower("Cast", to=OnnxDType(a["to"])),
     attrs={"to": Attr(str, REQUIRED, "the target dtype's name")}, elementwise=True,
+    inplace=False,
 ))
 
 
@@ -396,7 +424,15 @@ erf = _unary("Erf", "Elementwise error function.")
 relu = _unary("Relu", "max(x, 0).")
 sigmoid = _unary("Sigmoid", "1 / (1 + exp(-x)), computed stably.")
 tanh = _unary("Tanh", "Hyperbolic tangent.")
-gelu = _unary("Gelu", "GELU, erf form: 0.5 x (1 + erf(x / sqrt 2)).")
+
+
+def gelu(x, approximate: str = "none"):
+    """GELU: the erf form 0.5 x (1 + erf(x / sqrt 2)), or ``approximate='tanh'``."""
+    if approximate not in ("none", "tanh"):
+        raise ValueError(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
+    return apply("Gelu", x) if approximate == "none" else apply("Gelu", x, approximate="tanh")
+
+
 softplus = _unary("Softplus", "log(1 + exp(x)), computed stably.")
 identity = _unary("Identity", "The input, unchanged.")
 floor = _unary("Floor", "Elementwise largest integer <= x (same float dtype).")

@@ -23,12 +23,6 @@ from graphdl.ir import FLOAT_DTYPES, TensorType
 from graphdl.ops.registry import REQUIRED, Attr, OnnxLowering, OnnxNode, OpDef, apply, fail, \
     get_op, register
 
-# Ops a program may contain: each maps inputs elementwise (with broadcasting) to one output.
-FUSIBLE_OPS = frozenset({
-    "Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Neg", "Exp", "Log", "Sqrt", "Abs", "Sign",
-    "Erf", "Relu", "Sigmoid", "Tanh", "Gelu", "Softplus", "Clip", "LeakyRelu", "Where", "Cast",
-    "Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual",
-})
 
 Instruction = tuple  # (op, args, attrs)
 _COMPARISONS = frozenset({"Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual"})
@@ -53,12 +47,13 @@ def program_types(program: Sequence[Instruction], in_types: Sequence[TensorType]
     """Types of the program's inputs followed by each instruction's result."""
     types = list(in_types)
     for i, (op, args, attrs) in enumerate(program):
-        if op not in FUSIBLE_OPS:
+        opdef = get_op(op)
+        if not opdef.elementwise or opdef.holds_program:
             raise fail(op_name, f"instruction {i} runs {op}, which is not fusible")
         if any(a < 0 or a >= len(types) for a in args):
             raise fail(op_name, f"instruction {i} reads {args}, beyond the "
                        f"{len(types)} values defined before it")
-        types.append(get_op(op).infer([types[a] for a in args], dict(attrs))[0])
+        types.append(opdef.infer([types[a] for a in args], dict(attrs))[0])
     return types
 
 

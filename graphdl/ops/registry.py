@@ -168,8 +168,9 @@ class OpDef:
     reshape: bool = False  # output 0 holds input 0's elements in order; only the shape differs
     expand: bool = False  # output 0 is input 0 broadcast to a larger shape
     fill: float | None = None  # every output element is this value, whatever the inputs
-    # may write its single output over a dying input of the same type (memory planner)
-    inplace: bool = False
+    # may write its single output over a dying input of the same type (memory planner);
+    # None: as ``elementwise``
+    inplace: bool | None = None
     # the fused op this op becomes with an elementwise epilogue (Conv -> FusedConv)
     epilogue: str | None = None
     # its ``program`` attribute is itself an elementwise program (FusedElementwise), which
@@ -183,6 +184,10 @@ class OpDef:
     # the axis its slices are cut along, or None to pass it whole; per output the axis) or
     # None when these shapes do not split. Elementwise ops split by output rows anyway.
     split: Callable[[dict, list, list], Any] | None = None
+
+    def __post_init__(self) -> None:
+        if self.inplace is None:  # an elementwise op may overwrite a dying input by default
+            object.__setattr__(self, "inplace", self.elementwise)
 
 
 def split_along(in_axes: tuple, out_axes: tuple) -> Callable[[dict, list, list], Any]:
@@ -201,6 +206,10 @@ def split_rows(attrs: dict, in_shapes: list, out_shapes: list):
 
 
 REGISTRY: dict[str, OpDef] = {}
+
+# The source ops' names: the IR's leaves (graph inputs, parameters, constants), which passes
+# and backends treat by kind rather than by what they compute.
+INPUT, PARAM, CONST = "Input", "Param", "Const"
 
 
 def register(op: OpDef) -> OpDef:

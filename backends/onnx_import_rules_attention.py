@@ -1,0 +1,143 @@
+"""Import rules for ONNX's Attention (opset 23) and RMSNormalization, built from graph ops.
+
+Both are composite ONNX ops (ONNX defines them by function bodies); graphdl imports them as
+the same composition of its own ops, so they optimize, differentiate and export like any
+other subgraph. Attention follows onnx.reference's definition: 3-D inputs split into heads,
+the past key/value cache is concatenated, grouped-query heads are repeat-interleaved, the
+scores are soft-capped, then masked (boolean or additive mask, causal mask aligned to the
+bottom right), softmaxed (fully masked rows give 0) and applied to V.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from onnx import helper
+
+from graphdl import tensor as F
+from graphdl.backends.onnx_import import OnnxImportError
+from graphdl.ir import FLOAT_DTYPES
+
+
+def _input(node, i: int) -> str:
+    return node.input[i] if len(node.input) > i else ""
+
+
+def _heads(x, n_heads: int):
+    """(B, S, H * D) -> (B, H, S, D)."""
+    return F.transpose(F.reshape(x, (0, 0, n_heads, -1)), (0, 2, 1, 3))
+
+
+def _repeat_heads(imp, x, reps: int):
+    """(B, H, S, D) -> (B, H * reps, S, D), each head repeated ``reps`` times in place."""
+    b, h, s, d = x.shape
+    if not all(isinstance(v, int) for v in (b, h, s, d)):
+        raise OnnxImportError(f"{imp.where()}: grouped-query Attention needs static shapes, "
+                              f"got {x.shape}")
+    return F.reshape(F.broadcast_to(F.unsqueeze(x, 2), (b, h, reps, s, d)), (b, h * reps, s, d))
+
+
+def _mask_bias(imp, mask, kv_len: int, dtype: str):
+    """The attention mask as an additive bias, padded on the right to ``kv_len`` keys."""
+    pad = kv_len - mask.shape[-1]
+    if isinstance(pad, int) and pad > 0:
+        pairs = ((0, 0),) * (mask.ndim - 1) + ((0, pad),)
+        if mask.dtype == "bool":
+            mask = F.cast(F.pad(F.cast(mask, "int64"), pairs, 0.0), "bool")
+        else:
+            mask = F.pad(mask, pairs, -np.inf)
+    if mask.dtype == "bool":
+        return F.where(mask, F.const(np.array(0.0, dtype)), F.const(np.array(-np.inf, dtype)))
+    return mask
+
+
+def _attention(imp, node, a):
+    q, k, v = (imp.value(n) for n in node.input[:3])
+    if _input(node, 6):
+        raise OnnxImportError(f"{imp.where()}: Attention with nonpad_kv_seqlen is not "
+                              "supported")
+    if q.dtype not in FLOAT_DTYPES:
+        raise OnnxImportError(f"{imp.where()}: Attention needs float inputs, got {q.dtype}")
+    three_d = q.ndim == 3
+    if three_d:
+        if "q_num_heads" not in a or "kv_num_heads" not in a:
+            raise OnnxImportError(f"{imp.where()}: 3-D Attention needs q_num_heads and "
+                                  "kv_num_heads")
+        q, k, v = _heads(q, a["q_num_heads"]), _heads(k, a["kv_num_heads"]), \
+            _heads(v, a["kv_num_heads"])
+    past_len = 0
+    if _input(node, 4):
+        past_k, past_v = imp.value(node.input[4]), imp.value(node.input[5])
+        past_len = past_k.shape[2]
+        k, v = F.concat([past_k, k], 2), F.concat([past_v, v], 2)
+    present_k, present_v = k, v
+    q_len, kv_len = q.shape[2], k.shape[2]
+    dt = q.dtype
+    scale = a.get("scale")
+    scale = 1.0 / math.sqrt(q.shape[3]) if scale is None else float(scale)
+    if q.shape[1] != k.shape[1]:
+        if q.shape[1] % k.shape[1]:
+            raise OnnxImportError(f"{imp.where()}: {q.shape[1]} query heads are not a "
+                                  f"multiple of {k.shape[1]} key/value heads")
+        reps = q.shape[1] // k.shape[1]
+        k, v = _repeat_heads(imp, k, reps), _repeat_heads(imp, v, reps)
+    # q k^T scale, with sqrt(scale) applied to each side as ONNX's definition does (it
+    # matters in float16)
+    root = F.const(np.array(math.sqrt(scale), dt))
+    qk = F.matmul(q * root, F.transpose(k * root, (0, 1, 3, 2)))
+    softcap = float(a.get("softcap", 0.0))
+    if softcap > 0:  # softcap * tanh(qk / softcap), before the mask so -inf stays -inf
+        qk = F.tanh(qk * F.const(np.array(1.0 / softcap, dt))) * F.const(np.array(softcap, dt))
+    bias = None
+    if _input(node, 3):
+        bias = _mask_bias(imp, imp.value(node.input[3]), kv_len, dt)
+    left, right = int(a.get("left_window_size", -1)), int(a.get("right_window_size", -1))
+    for on, allowed in ((a.get("is_causal", 0), lambda d: d >= 0),
+                        (left >= 0 or right >= 0, lambda d: (d <= left if left >= 0 else True)
+                         & (-d <= right if right >= 0 else True))):
+        if not on:
+            continue
+        if not (isinstance(q_len, int) and isinstance(kv_len, int) and isinstance(past_len,
+                                                                                  int)):
+            raise OnnxImportError(f"{imp.where()}: causal or windowed Attention needs static "
+                                  "sequence lengths")
+        # query i sits at position i + past_len: causal allows keys j <= it (bottom-right
+        # aligned), the window keys within [pos - left, pos + right]
+        diff = np.arange(q_len)[:, None] + past_len - np.arange(kv_len)[None, :]
+        term = F.const(np.where(allowed(diff), 0.0, -np.inf).astype(dt))
+        bias = term if bias is None else bias + term
+    scores = qk if bias is None else qk + bias
+    precision = a.get("softmax_precision")
+    if precision is not None:  # the softmax may run in a wider type (float16 -> float32)
+        wide = np.dtype(helper.tensor_dtype_to_np_dtype(precision)).name
+        probs = F.cast(F.softmax(F.cast(scores, wide), -1), dt) if wide != dt else \
+            F.softmax(scores, -1)
+    else:
+        probs = F.softmax(scores, -1)
+    if bias is not None:  # a row with every key masked attends nothing: zeros, not NaN
+        dead = F.equal(F.max(bias, (bias.ndim - 1,), keepdims=True),
+                       F.const(np.array(-np.inf, dt)))
+        probs = F.where(dead, F.const(np.array(0.0, dt)), probs)
+    y = F.matmul(probs, v)
+    if three_d:
+        y = F.reshape(F.transpose(y, (0, 2, 1, 3)), (0, 0, -1))
+    mode = int(a.get("qk_matmul_output_mode", 0))
+    qk_out = {2: scores, 3: probs}.get(mode, qk)
+    return [y, present_k, present_v, qk_out][:len(node.output)]
+
+
+def _rms_norm(imp, node, a):
+    x, scale = imp.value(node.input[0]), imp.value(node.input[1])
+    axis = a.get("axis", -1) % x.ndim
+    axes = tuple(range(axis, x.ndim))
+    stash = a.get("stash_type", 1)
+    xs = F.cast(x, "float32") if stash == 1 and x.dtype == "float16" else x
+    eps = F.const(np.array(a.get("epsilon", 1e-5), xs.dtype))
+    # y = x / sqrt(mean(x^2) + eps) * scale
+    y = xs / F.sqrt(F.mean(xs * xs, axes, keepdims=True) + eps)
+    if y.dtype != x.dtype:
+        y = F.cast(y, x.dtype)
+    return [y * scale]
+
+
+RULES = {"Attention": _attention, "RMSNormalization": _rms_norm}

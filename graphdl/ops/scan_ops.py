@@ -1,0 +1,308 @@
+"""Ops that scan or rank along an axis: CumSum, ArgMax/ArgMin, TopK, Trilu and ReduceProd.
+
+CumSum differentiates into a CumSum running the other way; TopK's values into a scatter-add
+of the cotangent at the chosen indices; Trilu into the same mask; ReduceProd into
+``g * prod / x`` (inputs with zeros have no gradient there: x must be nonzero).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from graphdl.ir import TensorType
+from graphdl.ops.infer import check_arity, norm_axes, norm_axis
+from graphdl.ops.registry import (REQUIRED, Attr, OnnxLowering, OnnxNode, OpDef, apply, fail, lower,
+                                  register)
+
+__all__ = ["cumsum", "argmax", "argmin", "topk", "trilu", "prod"]
+
+
+def _into(out, result, dtype=None):
+    result = np.asarray(result)
+    if dtype is not None:
+        result = result.astype(dtype, copy=False)
+    if out is None:
+        return result
+    np.copyto(out, result)
+    return out
+
+
+def _numeric(op, types):
+    if types[0].dtype == "bool":
+        raise fail(op, "needs numbers, got bool; cast first", list(types))
+
+
+# ---- CumSum --------------------------------------------------------------------------------
+
+def _scalar_input(op, what, types, i):
+    """An optional run-time scalar int input (CumSum's axis, Trilu's k)."""
+    if len(types) > i and (types[i].dtype not in ("int64", "int32") or types[i].rank > 1):
+        raise fail(op, f"{what} must be an int scalar (or 1-element) tensor, got "
+                   f"{types[i]}", list(types))
+
+
+def _cumsum_infer(types, attrs):
+    check_arity("CumSum", types, 1, 2)
+    _numeric("CumSum", types)
+    if types[0].rank == 0:
+        raise fail("CumSum", "needs rank >= 1", list(types))
+    _scalar_input("CumSum", "axis", types, 1)
+    if len(types) == 1:
+        norm_axis("CumSum", attrs.get("axis", 0), types[0].rank)
+    return [types[0]]
+
+
+def _cumsum_kernel(xs, attrs, out):
+    x = xs[0]
+    axis = int(np.asarray(xs[1]).reshape(-1)[0]) if len(xs) > 1 else attrs.get("axis", 0)
+    if not -x.ndim <= axis < x.ndim:
+        raise IndexError(f"CumSum: axis {axis} is out of range for rank {x.ndim}")
+    axis %= x.ndim
+    rev = bool(attrs.get("reverse", 0))
+    y = np.flip(x, axis) if rev else x
+    c = np.cumsum(y, axis=axis, dtype=x.dtype)
+    if attrs.get("exclusive", 0):  # shift by one: the sum of the entries strictly before
+        c = np.concatenate([np.zeros_like(np.take(c, [0], axis)),
+                            np.take(c, np.arange(c.shape[axis] - 1), axis)], axis)
+    return _into(out, np.flip(c, axis) if rev else c)
+
+
+def _cumsum_vjp(F, n, g):
+    a = dict(n.attrs)
+    a["reverse"] = int(not a.get("reverse", 0))
+    # each input entry feeds every output after it: the adjoint sums the cotangent backwards
+    return [apply("CumSum", g[0], *n.inputs[1:], **a)] + [None] * (len(n.inputs) - 1)
+
+
+def _cumsum_onnx(attrs, tin, tout, opset):
+    flags = {"exclusive": int(attrs.get("exclusive", 0)), "reverse": int(attrs.get("reverse", 0))}
+    if len(tin) > 1:
+        return lower("CumSum", 2, **flags)
+    return OnnxLowering((OnnxNode("CumSum", ("in0", "axis"), ("out0",), flags),),
+                        {"axis": np.array(int(attrs.get("axis", 0)), np.int64)})
+
+
+register(OpDef(name="CumSum", infer=_cumsum_infer, kernel=_cumsum_kernel, vjp=_cumsum_vjp,
+               onnx=_cumsum_onnx,
+               attrs={"axis": Attr(int, 0, "the summed axis (input 1 overrides)"),
+                      "exclusive": Attr(int, 0, "1: sum the entries strictly before"),
+                      "reverse": Attr(int, 0, "1: sum from the end")},
+               doc="Running sum along axis (exclusive/reverse flags)."))
+
+
+# ---- ArgMax / ArgMin -----------------------------------------------------------------------
+
+def _arg_infer(op):
+    def infer(types, attrs):
+        check_arity(op, types, 1)
+        _numeric(op, types)
+        t = types[0]
+        axis = norm_axis(op, attrs.get("axis", 0), t.rank)
+        keep = attrs.get("keepdims", 1)
+        shape = tuple(1 if i == axis else d for i, d in enumerate(t.shape)) if keep else \
+            tuple(d for i, d in enumerate(t.shape) if i != axis)
+        return [TensorType(shape, "int64")]
+    return infer
+
+
+def _arg_kernel(fn):
+    def kernel(xs, attrs, out):
+        x = xs[0]
+        axis = attrs.get("axis", 0) % max(x.ndim, 1)
+        if attrs.get("select_last_index", 0):  # the last of tied extremes
+            idx = x.shape[axis] - 1 - fn(np.flip(x, axis), axis=axis)
+        else:
+            idx = fn(x, axis=axis)
+        if attrs.get("keepdims", 1):
+            idx = np.expand_dims(idx, axis)
+        return _into(out, idx, np.int64)
+    return kernel
+
+
+def _arg_onnx(op):
+    def lowering(attrs, tin, tout, opset):
+        extra = {"select_last_index": 1} if attrs.get("select_last_index", 0) else {}
+        return lower(op, axis=int(attrs.get("axis", 0)), keepdims=int(attrs.get("keepdims", 1)),
+                     **extra)
+    return lowering
+
+
+for _name, _fn in (("ArgMax", np.argmax), ("ArgMin", np.argmin)):
+    register(OpDef(name=_name, infer=_arg_infer(_name), kernel=_arg_kernel(_fn), vjp=None,
+                   onnx=_arg_onnx(_name), differentiable=False,
+                   attrs={"axis": Attr(int, 0, "the searched axis"),
+                          "keepdims": Attr(int, 1, "keep it with size 1"),
+                          "select_last_index": Attr(int, 0, "1: the last of tied extremes")},
+                   doc="Index of the extreme along axis (int64); ties pick the first."))
+
+
+# ---- TopK ----------------------------------------------------------------------------------
+
+def _topk_infer(types, attrs):
+    check_arity("TopK", types, 1)
+    _numeric("TopK", types)
+    t = types[0]
+    axis = norm_axis("TopK", attrs.get("axis", -1), t.rank)
+    k = int(attrs["k"])
+    d = t.shape[axis]
+    if k < 0 or (isinstance(d, int) and k > d):
+        raise fail("TopK", f"k={k} must be in 0..{d} (the size of axis {axis})", list(types))
+    shape = tuple(k if i == axis else s for i, s in enumerate(t.shape))
+    return [TensorType(shape, t.dtype), TensorType(shape, "int64")]
+
+
+def _topk_kernel(xs, attrs, out):
+    x = xs[0]
+    axis = attrs.get("axis", -1) % x.ndim
+    k = int(attrs["k"])
+    largest = bool(attrs.get("largest", 1))
+    # stable sort of the negated keys keeps equal values in index order, as ONNX requires
+    keys = -x if largest and x.dtype.kind != "u" else x
+    order = np.argsort(keys, axis=axis, kind="stable")
+    if largest and x.dtype.kind == "u":
+        order = np.flip(np.argsort(x, axis=axis, kind="stable"), axis)
+    idx = np.take(order, np.arange(k), axis=axis)
+    return np.take_along_axis(x, idx, axis), idx.astype(np.int64)
+
+
+def _topk_vjp(F, n, g):
+    from graphdl.ops.indexing_extra import scatter_elements
+    x = n.inputs[0]
+    if g[0] is None:
+        return [None]
+    axis = n.attrs.get("axis", -1) % x.ndim
+    # the k values are entries of x: their cotangents go back to those positions
+    return [scatter_elements(F.zeros_like(x), n.outputs[1], g[0], axis, "add")]
+
+
+def _topk_onnx(attrs, tin, tout, opset):
+    return OnnxLowering((OnnxNode("TopK", ("in0", "k"), ("out0", "out1"), {
+        "axis": int(attrs.get("axis", -1)), "largest": int(attrs.get("largest", 1)),
+        "sorted": 1}),), {"k": np.array([int(attrs["k"])], np.int64)})
+
+
+register(OpDef(name="TopK", infer=_topk_infer, kernel=_topk_kernel, vjp=_topk_vjp,
+               onnx=_topk_onnx, n_outputs=2,
+               attrs={"k": Attr(int, REQUIRED, "how many"), "axis": Attr(int, -1, "the axis"),
+                      "largest": Attr(int, 1, "1: largest, 0: smallest")},
+               doc="The k largest (or smallest) entries along axis, sorted, and their indices."))
+
+
+# ---- Trilu ---------------------------------------------------------------------------------
+
+def _trilu_infer(types, attrs):
+    check_arity("Trilu", types, 1, 2)
+    _scalar_input("Trilu", "k", types, 1)
+    if types[0].rank < 2:
+        raise fail("Trilu", "needs rank >= 2 (the last two axes form the matrices)",
+                   list(types))
+    return [types[0]]
+
+
+def _trilu_kernel(xs, attrs, out):
+    k = int(np.asarray(xs[1]).reshape(-1)[0]) if len(xs) > 1 else int(attrs.get("k", 0))
+    fn = np.triu if attrs.get("upper", 1) else np.tril
+    return _into(out, fn(xs[0], k))
+
+
+def _trilu_onnx(attrs, tin, tout, opset):
+    if len(tin) > 1:
+        return lower("Trilu", 2, upper=int(attrs.get("upper", 1)))
+    return OnnxLowering((OnnxNode("Trilu", ("in0", "k"), ("out0",),
+                                  {"upper": int(attrs.get("upper", 1))}),),
+                        {"k": np.array(int(attrs.get("k", 0)), np.int64)})
+
+
+register(OpDef(name="Trilu", infer=_trilu_infer, kernel=_trilu_kernel,
+               attrs={"upper": Attr(int, 1, "1: keep the upper triangle"),
+                      "k": Attr(int, 0, "diagonal offset (input 1 overrides)")},
+               # a mask is its own adjoint
+               vjp=lambda F, n, g: [apply("Trilu", g[0], *n.inputs[1:], **n.attrs), None][
+                   :len(n.inputs)],
+               onnx=_trilu_onnx, elementwise=False,
+               doc="Upper (or lower) triangle of the last two axes, from diagonal k."))
+
+
+# ---- ReduceProd ----------------------------------------------------------------------------
+
+def _prod_infer(types, attrs):
+    check_arity("ReduceProd", types, 1)
+    _numeric("ReduceProd", types)
+    t = types[0]
+    axes = norm_axes("ReduceProd", attrs.get("axes"), t.rank)
+    keep = attrs.get("keepdims", False)
+    shape = tuple(1 if i in axes else d for i, d in enumerate(t.shape) if keep or i not in axes)
+    return [TensorType(shape, t.dtype)]
+
+
+def _prod_kernel(xs, attrs, out):
+    axes = attrs.get("axes")
+    return _into(out, np.prod(xs[0], axis=None if axes is None else tuple(axes),
+                              keepdims=bool(attrs.get("keepdims", False))), xs[0].dtype)
+
+
+def _prod_vjp(F, n, g):
+    x = n.inputs[0]
+    y, gy = n.outputs[0], g[0]
+    if not n.attrs.get("keepdims", False):
+        axes = norm_axes("ReduceProd", n.attrs.get("axes"), x.ndim)
+        y, gy = F.unsqueeze(y, axes), F.unsqueeze(gy, axes)
+    return [F.expand_as(gy * y, x) / x]  # d prod / dx_i = prod / x_i (x nonzero)
+
+
+def _prod_onnx(attrs, tin, tout, opset):
+    keep = int(bool(attrs.get("keepdims", False)))
+    axes = norm_axes("ReduceProd", attrs.get("axes"), tin[0].rank)
+    if opset >= 18:
+        return OnnxLowering((OnnxNode("ReduceProd", ("in0", "axes"), ("out0",),
+                                      {"keepdims": keep}),), {"axes": np.array(axes, np.int64)})
+    return lower("ReduceProd", keepdims=keep, axes=list(axes))
+
+
+register(OpDef(name="ReduceProd", infer=_prod_infer, kernel=_prod_kernel, vjp=_prod_vjp,
+               onnx=_prod_onnx,
+               attrs={"axes": Attr((int, tuple), None, "axes to multiply over (None: all)"),
+                      "keepdims": Attr(bool, False, "keep them with size 1")},
+               doc="Product over axes (all when None)."))
+
+
+# ---- builders ------------------------------------------------------------------------------
+
+def cumsum(x, axis=0, exclusive: bool = False, reverse: bool = False):
+    """Running sum along ``axis`` (an int, or an int value known at run time);
+    ``exclusive`` leaves out the entry itself, ``reverse`` runs from the end."""
+    flags = {"exclusive": int(exclusive), "reverse": int(reverse)}
+    if isinstance(axis, (int, np.integer)):
+        return apply("CumSum", x, axis=int(axis), **flags)
+    return apply("CumSum", x, axis, **flags)
+
+
+def argmax(x, axis: int = 0, keepdims: bool = False, select_last_index: bool = False):
+    """Index of the largest entry along ``axis`` (int64)."""
+    return apply("ArgMax", x, axis=int(axis), keepdims=int(keepdims),
+                 select_last_index=int(select_last_index))
+
+
+def argmin(x, axis: int = 0, keepdims: bool = False, select_last_index: bool = False):
+    """Index of the smallest entry along ``axis`` (int64)."""
+    return apply("ArgMin", x, axis=int(axis), keepdims=int(keepdims),
+                 select_last_index=int(select_last_index))
+
+
+def topk(x, k: int, axis: int = -1, largest: bool = True) -> tuple:
+    """(values, indices) of the ``k`` largest (or smallest) entries along ``axis``, sorted."""
+    return apply("TopK", x, k=int(k), axis=int(axis), largest=int(largest))
+
+
+def trilu(x, k=0, upper: bool = True):
+    """The upper (``upper=True``) or lower triangle of the last two axes from diagonal ``k``
+    (an int, or an int value known at run time)."""
+    if isinstance(k, (int, np.integer)):
+        return apply("Trilu", x, k=int(k), upper=int(upper))
+    return apply("Trilu", x, k, upper=int(upper))
+
+
+def prod(x, axes=None, keepdims: bool = False):
+    """Product over ``axes`` (all when None)."""
+    axes = None if axes is None else tuple(int(a) for a in ((axes,) if isinstance(
+        axes, int) else axes))
+    return apply("ReduceProd", x, axes=axes, keepdims=bool(keepdims))
