@@ -265,6 +265,7 @@ def main(argv=None) -> int:
     from graphdl import atomic
 
     start = time.perf_counter()
+    load_before = os.getloadavg()[0]
     runs: dict[int, list[dict]] = {1: [], 2: []}
     for _ in range(args.rounds):  # interleaved: drift on the shared machine hits both alike
         for ranks in (1, 2):
@@ -273,7 +274,8 @@ def main(argv=None) -> int:
     sweep = two["allreduce_sizes"]
     link = calibrate(sweep["bytes"], sweep["seconds"], ranks=2)
     results = {
-        "machine": {"cpus": os.cpu_count(), "blas_threads_per_rank": 1},
+        "machine": {"cpus": os.cpu_count(), "blas_threads_per_rank": 1,
+                    "load_average_1min": [load_before, os.getloadavg()[0]]},
         "allreduce_2_ranks": sweep,
         "calibration": {"alpha_s": link.alpha, "beta_s_per_byte": link.beta,
                         "bandwidth_GBps": 1e-9 / link.beta if link.beta else None},
