@@ -8,7 +8,8 @@ import math
 
 import numpy as np
 
-from graphdl.ir import TensorType, Value, normalize_dtype
+from graphdl.ir import ShapeError, TensorType, Value, normalize_dtype
+from graphdl.ops._cast_kernels import ROUND_MODES, cast_kernel
 from graphdl.ops.infer import broadcast_shapes, check_arity, require_float, same_dtype
 from graphdl.ops.registry import REQUIRED, Attr, OnnxDType, OnnxLowering, OnnxNode, OpDef, \
     apply, as_value, fail, lower, register
@@ -307,10 +308,13 @@ def _cast_vjp(F, n, g):
 
 register(OpDef(
     name="Cast", infer=_cast_infer,
-    kernel=lambda xs, a, out: xs[0].astype(a["to"]),
-    vjp=_cast_vjp, onnx=lambda a, ti, to, o: lower("Cast", to=OnnxDType(a["to"])),
-    attrs={"to": Attr(str, REQUIRED, "the target dtype's name")}, elementwise=True,
-    inplace=False,
+    kernel=cast_kernel, vjp=_cast_vjp,
+    onnx=lambda a, ti, to, o: lower("Cast", to=OnnxDType(a["to"]), **(
+        {} if a["saturate"] else {"saturate": 0})),
+    attrs={"to": Attr(str, REQUIRED, "the target dtype's name"),
+           "saturate": Attr(bool, True, "float8 targets clamp out-of-range values"),
+           "round_mode": Attr(str, "up", "float8_e8m0fnu rounding: up, nearest or down")},
+    elementwise=True, inplace=False,
 ))
 
 
@@ -462,9 +466,16 @@ def _like(x, like):
     return x if isinstance(x, Value) else as_value(x, like=like)
 
 
-def cast(x, dtype):
-    """Convert to another dtype."""
-    return apply("Cast", x, to=normalize_dtype(dtype))
+def cast(x, dtype, saturate: bool = True, round_mode: str = "up"):
+    """Convert to another dtype; float8 targets clamp out-of-range values to +/-max unless
+    ``saturate=False`` (ONNX's rule), and float8_e8m0fnu rounds by ``round_mode``
+    ('up', 'nearest' or 'down')."""
+    if round_mode not in ROUND_MODES:
+        raise ShapeError(f"cast: round_mode {round_mode!r} is not one of {ROUND_MODES}")
+    extra = {} if saturate else {"saturate": False}
+    if round_mode != "up":
+        extra["round_mode"] = round_mode
+    return apply("Cast", x, to=normalize_dtype(dtype), **extra)
 
 
 def clip(x, min=None, max=None):
