@@ -54,4 +54,17 @@ def _window(op: str):
     return rule
 
 
-RULES = {"Range": _range, **{op: _window(op) for op in _WINDOWS}}
+def _center_crop_pad(imp, node, a):
+    x = imp.value(node.input[0])
+    axes = [int(ax) % x.ndim for ax in a.get("axes", range(x.ndim))]
+    out = list(x.shape)
+    if imp.is_const(node.input[1]):
+        for ax, s in zip(axes, imp.const(node.input[1]).tolist()):
+            out[ax] = int(s)
+    else:
+        for ax in axes:
+            out[ax] = unknown_dim(f"{node.output[0]}:{ax}")
+    return [F.center_crop_pad(x, imp.value(node.input[1]), axes, out)]
+
+
+RULES = {"Range": _range, "CenterCropPad": _center_crop_pad, **{op: _window(op) for op in _WINDOWS}}

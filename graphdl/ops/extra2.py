@@ -1,4 +1,5 @@
-"""More ONNX ops: Range (an arithmetic sequence whose length may be known only at run time)."""
+"""More ONNX ops: Range (an arithmetic sequence whose length may be known only at run time)
+and CenterCropPad (crop or pad to a run-time shape)."""
 from __future__ import annotations
 
 import math
@@ -10,7 +11,7 @@ from graphdl.ops.dynamic import unknown_dim
 from graphdl.ops.infer import check_arity
 from graphdl.ops.registry import REQUIRED, Attr, OpDef, apply, fail, lower, register
 
-__all__ = ["arange_dyn", "range_count"]
+__all__ = ["arange_dyn", "center_crop_pad", "range_count"]
 
 
 # ---- Range -----------------------------------------------------------------------------------
@@ -55,3 +56,56 @@ def arange_dyn(start, limit, delta, count: Dim | None = None):
     length is unknown until run time."""
     return apply("Range", start, limit, delta,
                  count=count if count is not None else unknown_dim("range"))
+
+
+# ---- CenterCropPad ---------------------------------------------------------------------------
+
+def _ccp_infer(types, attrs):
+    check_arity("CenterCropPad", types, 2)
+    x, shape = types
+    axes, out = tuple(attrs["axes"]), tuple(attrs["out_shape"])
+    if shape.rank != 1 or shape.dtype not in ("int64", "int32") or shape.shape[0] != len(axes):
+        raise fail("CenterCropPad", f"the shape input must be int[{len(axes)}] (one entry per "
+                   f"axis {axes}), got {shape}", list(types))
+    if len(out) != x.rank or any(not 0 <= a < x.rank for a in axes):
+        raise fail("CenterCropPad", f"axes {axes} or out_shape {out} do not fit the input",
+                   list(types))
+    return [TensorType(out, x.dtype)]
+
+
+def _centered(big: int, small: int) -> slice:
+    start = (big - small) // 2
+    return slice(start, start + small)
+
+
+def _ccp_kernel(xs, attrs, out):
+    x, shape = xs
+    new = list(x.shape)
+    for a, s in zip(attrs["axes"], shape.tolist()):
+        new[a] = int(s)
+    src = tuple(_centered(d, min(d, n)) for d, n in zip(x.shape, new))
+    dst = tuple(_centered(n, min(d, n)) for d, n in zip(x.shape, new))
+    y = out if out is not None and out.shape == tuple(new) else np.empty(new, x.dtype)
+    y[...] = 0
+    y[dst] = x[src]
+    return y
+
+
+def _ccp_vjp(F, n, g):
+    # crop/pad the cotangent back to x's shape: the same centring undoes itself
+    x = n.inputs[0]
+    back = apply("CenterCropPad", g[0], apply("ShapeOf", x, start=0),
+                 axes=tuple(range(len(x.shape))), out_shape=tuple(x.shape))
+    return [back, None]
+
+
+register(OpDef(name="CenterCropPad", infer=_ccp_infer, kernel=_ccp_kernel, vjp=_ccp_vjp,
+               onnx=lambda a, ti, to, o: lower("CenterCropPad", 2, axes=list(a["axes"])),
+               doc="Centre-crop or zero-pad the given axes to a run-time shape (ONNX)."))
+
+
+def center_crop_pad(x, shape, axes, out_shape):
+    """``x`` centre-cropped or zero-padded on ``axes`` to the int tensor ``shape``;
+    ``out_shape`` is the output type's shape (unknown dims from dynamic.unknown_dim)."""
+    return apply("CenterCropPad", x, shape, axes=tuple(int(a) for a in axes),
+                 out_shape=tuple(out_shape))
