@@ -101,6 +101,8 @@ def _ccp_vjp(F, n, g):
 
 register(OpDef(name="CenterCropPad", infer=_ccp_infer, kernel=_ccp_kernel, vjp=_ccp_vjp,
                onnx=lambda a, ti, to, o: lower("CenterCropPad", 2, axes=list(a["axes"])),
+               attrs={"axes": Attr(tuple, REQUIRED, "the cropped or padded axes"),
+                      "out_shape": Attr(tuple, REQUIRED, "the output's shape (symbols)")},
                doc="Centre-crop or zero-pad the given axes to a run-time shape (ONNX)."))
 
 
