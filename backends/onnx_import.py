@@ -30,7 +30,8 @@ from onnx import helper, numpy_helper
 from graphdl import dims
 from graphdl import tensor as F
 from graphdl.backends.numpy_executor import NumpyExecutor
-from graphdl.backends.import_budget import BudgetExceeded, FoldMeter, ImportBudget, over_budget
+from graphdl.backends.import_budget import BudgetExceeded, FoldMeter, ImportBudget, \
+    check_graph_sizes, over_budget
 from graphdl.backends.onnx_export import live_nodes
 from graphdl.dims import DimExpr, parse as parse_dim
 from graphdl.ir import DTYPES, FLOAT_DTYPES, Graph, GraphError, Node, Value, rebuild
@@ -66,7 +67,7 @@ class Importer:
         self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),
                           1)
         g = model.graph
-        self.initializers = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+        self.initializers = {t.name: _initializer_array(t) for t in g.initializer}
         self.env: dict[str, Any] = dict(self.initializers)  # Value | np.ndarray
         self.params: dict[str, Value] = {}
         self.const_values: dict[str, Value] = {}  # constants used as tensors: their Const
@@ -106,6 +107,9 @@ class Importer:
         if is_symbolic(arr):
             raise OnnxImportError(f"{self.where()}: input {name!r} depends on a symbolic "
                                   f"dimension ({list(arr)}); graphdl needs it static here")
+        if arr.dtype.kind not in "iub":
+            raise OnnxImportError(f"{self.where()}: input {name!r} must hold integers (axes, "
+                                  f"pads, sizes), got dtype {arr.dtype}")
         return tuple(int(v) for v in arr.reshape(-1))
 
     def is_weight(self, name: str) -> bool:
@@ -321,6 +325,15 @@ def is_symbolic(arr: Any) -> bool:
         isinstance(d, (SymDim, DimExpr)) for d in arr.reshape(-1))
 
 
+def _initializer_array(t: onnx.TensorProto) -> np.ndarray:
+    """An initializer's data as an array; data that does not decode names the tensor."""
+    try:
+        return numpy_helper.to_array(t)
+    except (ValueError, TypeError, KeyError, OverflowError) as err:
+        raise OnnxImportError(f"initializer {t.name!r} (dims {list(t.dims)}, element type "
+                              f"{t.data_type}): its data cannot be read ({err})") from None
+
+
 def _check_tensor(vi: onnx.ValueInfoProto, role: str) -> None:
     kind = vi.type.WhichOneof("value")
     if kind != "tensor_type":
@@ -385,14 +398,18 @@ def from_onnx(model_or_path: onnx.ModelProto | str | os.PathLike,
     else:
         model = read_model(model_or_path)  # header rules, external data under the path policy
         shown = os.fspath(model_or_path)
-    importer = Importer(model, as_params, budget)
+    importer = None
     try:
-        return importer.run(name)
+        importer = Importer(model, as_params, budget)
+        graph = importer.run(name)
+        check_graph_sizes(graph)
+        return graph
     except GraphError as err:  # OnnxImportError included: one line, naming the file
         text = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
         raise OnnxImportError(f"{shown}: {text}") from None
     except (KeyError, IndexError, TypeError, ValueError, AttributeError, ArithmeticError,
             UnicodeError, RecursionError) as err:
         # outside any one node's rule: a malformed graph (dangling names, odd types)
-        raise OnnxImportError(f"{shown}: {importer.where()}: malformed model "
+        where = importer.where() if importer is not None else "initializers"
+        raise OnnxImportError(f"{shown}: {where}: malformed model "
                               f"({type(err).__name__}: {err})") from None

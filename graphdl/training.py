@@ -22,7 +22,7 @@ from graphdl import losses as _losses, optim as _optim
 from graphdl.callbacks import Callback, History
 from graphdl.distributed import DataParallel, broadcast_variables
 from graphdl.function import function
-from graphdl.ir import Graph, GraphError, Value
+from graphdl.ir import Graph, GraphError, Value, Variable
 from graphdl.progress import FitProgress
 
 
@@ -35,7 +35,7 @@ class TrainableModel(Protocol):
 
     The host gives the graphs; the mixin compiles and runs them. In the other direction the
     mixin gives ``compile``/``fit``/``evaluate``/``predict``, the attributes ``optimizer``,
-    ``loss``, ``metrics``, ``history`` and ``stop_training``, and
+    ``loss``, ``metrics``, ``distributed``, ``history`` and ``stop_training``, and
     :meth:`TrainingMixin._reset_compiled_functions`, which the host must call whenever its
     graph changes (the compiled train, eval and predict functions are cached until then).
     The host calls ``TrainingMixin.__init__`` before building anything.
@@ -50,6 +50,10 @@ class TrainableModel(Protocol):
     @property
     def output(self) -> Value:
         """The single output value (training form)."""
+
+    @property
+    def variables(self) -> list[Variable]:
+        """Every Variable the outputs read (distributed training broadcasts them)."""
 
     def graph(self, training: bool = False) -> Graph:
         """The inference graph, or with ``training=True`` the forward graph with its state
@@ -110,9 +114,22 @@ class TrainingMixin:
 
     # ---- compiled functions --------------------------------------------------------------
 
+    def _ort_half(self, graph):
+        """An ONNX Runtime session for one half of a split step (already optimized)."""
+        from graphdl.backends.ort_train import OrtFunction  # lazy: onnxruntime loads slowly
+
+        fn = OrtFunction(graph, state=self._device_state, **self._ort_options)
+        self._device_state = fn.state  # both halves, eval and predict share the buffers
+        return fn
+
     def _train_function(self):
         if self._train_fn is None and self.distributed is not None:
-            self._train_fn = self.distributed.compile_train_step(self, self.loss, self.optimizer)
+            # on ONNX Runtime: a gradient session and an apply session sharing the device
+            # state, with the all-reduce between them on host buffers (graphdl.split_step)
+            onnxruntime = getattr(self, "backend", "numpy") == "onnxruntime"
+            self._train_fn = self.distributed.compile_train_step(
+                self, self.loss, self.optimizer, self._ort_half if onnxruntime else None,
+                precision=getattr(self, "precision", "float32"))
         if self._train_fn is None:
             g = self.train_step_graph(self.loss, self.optimizer)
             self._train_fn = function(g.inputs, list(g.outputs), g.updates, training=True)

@@ -249,3 +249,24 @@ def test_trained_weights_roundtrip_through_save_and_load(tmp_path):
     assert not np.allclose(fresh.predict(x), m.predict(x))
     fresh.load(path)
     np.testing.assert_array_equal(fresh.predict(x), m.predict(x))
+
+
+def test_models_implement_the_trainable_model_interface():
+    """Every member of the written interface between the loop and the model exists on
+    gd.Model and gd.Sequential, with the protocol's parameters."""
+    import inspect
+
+    from graphdl.training import TrainableModel
+
+    members = [n for n, v in vars(TrainableModel).items() if not n.startswith("__")
+               and (inspect.isfunction(v) or isinstance(v, property))]
+    members += list(TrainableModel.__annotations__)
+    assert {"inputs", "output", "variables", "graph", "train_step_graph", "eval_graph",
+            "_ensure_built", "name"} <= set(members)
+    for model in (_mlp(), gd.Sequential([L.Dense(3)], input_shape=(6,))):
+        for name in set(members):
+            assert hasattr(model, name), f"{type(model).__name__} lacks {name}"
+            want = vars(TrainableModel).get(name)
+            if inspect.isfunction(want):
+                have = inspect.signature(getattr(type(model), name))
+                assert list(have.parameters) == list(inspect.signature(want).parameters), name
