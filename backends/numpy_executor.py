@@ -32,8 +32,7 @@ import numpy as np
 from graphdl.dims import DimExpr, evaluate
 from graphdl.ir import FLOAT_DTYPES, Graph, GraphError, Value
 from graphdl.ops.registry import get_op, split_rows
-from graphdl.passes.memory import (ARENA, DEFAULT_ALIGNMENT, VIEW, VIEW_OPS, free_points,
-                                   plan_memory)
+from graphdl.passes.memory import ARENA, DEFAULT_ALIGNMENT, VIEW, free_points, plan_memory
 
 _ARENA, _VIEW, _MULTI, _FREE, _OUTPUT = 0, 1, 2, 3, 4  # how a step stores its result
 # A kernel call is split only when each part still writes at least this many bytes: below
@@ -160,7 +159,7 @@ class NumpyExecutor:
         for _, _, _, outs, _, node in self.steps:
             if len(outs) > 1:
                 modes.append(_MULTI)
-            elif kinds.get(outs[0]) == VIEW or node.op in VIEW_OPS:
+            elif kinds.get(outs[0]) == VIEW or get_op(node.op).view:
                 modes.append(_VIEW)
             elif views[outs[0]] is not None:
                 # an output lives to the end anyway, so nothing else ever reuses its bytes:

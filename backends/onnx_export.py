@@ -25,9 +25,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from graphdl.ir import DTYPES, FLOAT_DTYPES, Graph, GraphError, Node, TensorType, Value, \
-    as_graph, numpy_dtype
-from graphdl.ops.registry import LoweringError, OnnxLowering, get_op
+from graphdl.backends.onnx_dtypes import FLOAT_CODES, onnx_code
+from graphdl.ir import FLOAT_DTYPES, Graph, GraphError, Node, TensorType, Value, as_graph
+from graphdl.ops.registry import CONST, PARAM, LoweringError, OnnxDType, OnnxLowering, get_op
 from graphdl.version import __version__
 
 DEFAULT_OPSET = 17
@@ -35,21 +35,6 @@ DEFAULT_OPSET = 17
 # node by node (onnx.checker.check_node), naming the op that does not
 MIN_OPSET = 7
 
-def _elem_type(name: str) -> int | None:
-    """The ONNX element type of a graphdl dtype, None when the installed onnx has none (onnx
-    1.16 cannot map ml_dtypes' bfloat16 from numpy and lacks float8_e8m0/float4: by name)."""
-    if name == "string":
-        return TensorProto.STRING
-    try:
-        return helper.np_dtype_to_tensor_dtype(numpy_dtype(name))
-    except (KeyError, TypeError, ValueError):
-        names = {"float8_e8m0fnu": "FLOAT8E8M0", "float4_e2m1fn": "FLOAT4E2M1"}
-        key = names.get(name, name.upper().replace("_", ""))
-        return TensorProto.DataType.Value(key) if key in TensorProto.DataType.keys() else None
-
-
-ONNX_ELEM_TYPES = {name: code for name in DTYPES if (code := _elem_type(name)) is not None}
-_FLOAT_CODES = {TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16}
 # ONNX inputs that must keep their float32 type when a model is converted to float16
 _KEEP_FLOAT32_INPUTS = {("Resize", 2), ("Upsample", 1)}
 
@@ -132,7 +117,7 @@ def state_variables(graph: Graph) -> list:
     for var, _ in graph.updates:
         seen.setdefault(id(var), var)
     for node in graph.nodes:
-        if node.op == "Param":
+        if node.op == PARAM:
             var = node.attrs["variable"]
             seen.setdefault(id(var), var)
     return list(seen.values())
@@ -180,7 +165,7 @@ class _Builder:
     def value_info(self, name: str, t: TensorType) -> onnx.ValueInfoProto:
         """A typed ValueInfo (symbolic dims become dim_param)."""
         t = self.convert_type(t)
-        return helper.make_tensor_value_info(name, ONNX_ELEM_TYPES[t.dtype], list(t.shape))
+        return helper.make_tensor_value_info(name, onnx_code(t.dtype), list(t.shape))
 
     def initializer(self, name: str, array: np.ndarray) -> None:
         """Add an initializer holding ``array`` (in the export dtype)."""
@@ -209,13 +194,13 @@ class _Builder:
                 t = TensorType(tuple(var._value.shape), var._value.dtype.name)
                 self.inputs.append(self.value_info(var_names[id(var)], t))
         for node in graph.nodes:
-            if node.op == "Param":
+            if node.op == PARAM:
                 var = node.attrs["variable"]
                 if id(var) not in var_names:  # several Param nodes may read one Variable
                     var_names[id(var)] = self.unique(var.name)
                     self.initializer(var_names[id(var)], var.value)
                 self.names[node.outputs[0]] = var_names[id(var)]
-            elif node.op == "Const":
+            elif node.op == CONST:
                 self.names[node.outputs[0]] = self.unique(self.const_label(node, readable))
                 self.initializer(self.names[node.outputs[0]], node.attrs["value"])
         aliases = self.name_outputs(readable)
@@ -241,7 +226,7 @@ class _Builder:
                      for i, (var, _) in enumerate(graph.updates)]
             helper.set_model_props(model, {"graphdl.updates": json.dumps(pairs)})
         if self.dtype:
-            _convert_float_attrs(model, ONNX_ELEM_TYPES[self.dtype])
+            _convert_float_attrs(model, onnx_code(self.dtype))
         annotate_temporaries(model)
         return model
 
@@ -270,7 +255,7 @@ class _Builder:
         for i, v in enumerate(graph.outputs):
             base = v.node.name if v.node.name and len(v.node.outputs) == 1 else (
                 "output" if len(graph.outputs) == 1 else f"output_{i}")
-            if v.node.op in ("Input", "Param", "Const"):
+            if get_op(v.node.op).source:
                 base = "output" if len(graph.outputs) == 1 else f"output_{i}"
             wanted.append((base, v))
         self.update_names = []
@@ -404,6 +389,8 @@ def _attr(value: Any) -> Any:
     """A lowering attribute as something ``helper.make_attribute`` understands."""
     if isinstance(value, np.ndarray):
         return numpy_helper.from_array(value)
+    if isinstance(value, OnnxDType):
+        return onnx_code(value.name)
     if isinstance(value, (bool, np.bool_)):
         return int(value)
     if isinstance(value, np.integer):
@@ -425,9 +412,9 @@ def _convert_float_attrs(model: onnx.ModelProto, target: int) -> None:
     for node in model.graph.node:
         for attr in node.attribute:
             if attr.name in ("to", "dtype") and attr.type == onnx.AttributeProto.INT \
-                    and attr.i in _FLOAT_CODES:
+                    and attr.i in FLOAT_CODES:
                 attr.i = target
-            elif attr.type == onnx.AttributeProto.TENSOR and attr.t.data_type in _FLOAT_CODES:
+            elif attr.type == onnx.AttributeProto.TENSOR and attr.t.data_type in FLOAT_CODES:
                 arr = numpy_helper.to_array(attr.t)
                 dtype = helper.tensor_dtype_to_np_dtype(target)
                 attr.t.CopyFrom(numpy_helper.from_array(arr.astype(dtype), attr.t.name))
@@ -440,7 +427,7 @@ def _convert_float_attrs(model: onnx.ModelProto, target: int) -> None:
 def convert_float(model: onnx.ModelProto, dtype: str = "float16") -> onnx.ModelProto:
     """A copy of any ONNX model with its float tensors in ``dtype``: initializers, graph
     inputs, outputs and value_info, tensor attributes and Cast targets (top-level graph)."""
-    target = ONNX_ELEM_TYPES[np.dtype(dtype).name]
+    target = onnx_code(dtype)
     out = onnx.ModelProto()
     out.CopyFrom(model)
     g = out.graph
@@ -448,11 +435,11 @@ def convert_float(model: onnx.ModelProto, dtype: str = "float16") -> onnx.ModelP
             if node.op_type == op and len(node.input) > i}
     np_target = helper.tensor_dtype_to_np_dtype(target)
     for init in g.initializer:
-        if init.data_type in _FLOAT_CODES and init.name not in keep:
+        if init.data_type in FLOAT_CODES and init.name not in keep:
             arr = numpy_helper.to_array(init).astype(np_target)
             init.CopyFrom(numpy_helper.from_array(arr, init.name))
     for vi in list(g.input) + list(g.output) + list(g.value_info):
-        if vi.type.tensor_type.elem_type in _FLOAT_CODES and vi.name not in keep:
+        if vi.type.tensor_type.elem_type in FLOAT_CODES and vi.name not in keep:
             vi.type.tensor_type.elem_type = target
     _convert_float_attrs(out, target)
     return out

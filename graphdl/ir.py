@@ -473,28 +473,34 @@ def _format_attrs(attrs: dict[str, Any]) -> str:
     return (" {" + ", ".join(shown) + "}") if shown else ""
 
 
-def rebuild(graph: Graph, fn) -> Graph:
-    """A new graph where each node is rebuilt over already-rebuilt inputs.
+def rebuild(graph: Graph, fn, mapping: dict[int, Value] | None = None) -> Graph:
+    """A new graph where each node is rebuilt over already-rebuilt inputs: the one
+    graph-rebuild walker (passes' rewrite and fusion sweeps are built on it).
 
     ``fn(node, inputs)`` gets the original node and its new input values; it returns the new
-    output values (a sequence, one per output) or ``None`` to copy the node unchanged over the
-    new inputs. Nodes whose inputs did not change are reused, so untouched parts are shared.
-    Graph inputs are kept.
+    output values (a sequence, one per output; None entries keep that output) or ``None`` to
+    copy the node unchanged over the new inputs. Nodes whose inputs did not change are reused,
+    so untouched parts are shared, and a graph where nothing changed is returned as is.
+    Graph inputs are kept. ``mapping`` (id of an old value -> its new value), when given, is
+    the walk's own table, so ``fn`` can look up any earlier value's replacement.
     """
-    mapping: dict[Value, Value] = {}
+    mapping = {} if mapping is None else mapping
     for node in graph.nodes:
-        new_inputs = [mapping.get(v, v) for v in node.inputs]
-        outs = fn(node, new_inputs)
+        inputs = node.inputs
+        if mapping and inputs:
+            inputs = tuple(mapping.get(id(v), v) for v in inputs)
+        outs = fn(node, inputs)
         if outs is None:
-            if all(a is b or a == b for a, b in zip(new_inputs, node.inputs)):
+            if inputs is node.inputs or all(a is b for a, b in zip(inputs, node.inputs)):
                 continue
-            outs = Node(node.op, new_inputs, node.attrs, node.types, node.name,
-                        node.site).outputs
+            outs = Node(node.op, inputs, node.attrs, node.types, node.name, node.site).outputs
         for old, new in zip(node.outputs, outs):
-            if new is not None and new != old:
+            if new is not None and new is not old:
                 if new.type != old.type:
                     raise GraphError(f"rewrite of {node.op} (made at {node.site}) changed its "
                                      f"type from {old.type} to {new.type}")
-                mapping[old] = new
-    return Graph(graph.inputs, [mapping.get(v, v) for v in graph.outputs],
-                 [(var, mapping.get(v, v)) for var, v in graph.updates], graph.name)
+                mapping[id(old)] = new
+    if not mapping:
+        return graph
+    return Graph(graph.inputs, [mapping.get(id(v), v) for v in graph.outputs],
+                 [(var, mapping.get(id(v), v)) for var, v in graph.updates], graph.name)

@@ -10,15 +10,16 @@ from __future__ import annotations
 import numpy as np
 
 from graphdl.ir import Graph, Node
-from graphdl.passes.rewrite import COMMUTATIVE, rewrite_graph
+from graphdl.ops.registry import CONST, INPUT, get_op
+from graphdl.passes.rewrite import rewrite_graph
 
 _SMALL = 64  # constants up to this many elements are keyed by their bytes
 
 
 def _key(node: Node):
-    if node.op == "Input":
+    if node.op == INPUT:
         return None  # distinct inputs are distinct even when their types agree
-    if node.op == "Const":
+    if node.op == CONST:
         arr = node.attrs["value"]
         if arr.size <= _SMALL:
             return ("Const", arr.dtype.str, arr.shape, arr.tobytes())
@@ -26,7 +27,7 @@ def _key(node: Node):
         sample = flat[:: max(1, flat.size // 16)][:16].tobytes()
         return ("Const*", arr.dtype.str, arr.shape, sample)  # confirmed by array_equal
     ins = tuple((id(v.node), v.index) for v in node.inputs)
-    if node.op in COMMUTATIVE and len(ins) == 2 and ins[1] < ins[0]:
+    if len(ins) == 2 and ins[1] < ins[0] and get_op(node.op).commutative:
         ins = (ins[1], ins[0])
     attrs = tuple(sorted(node.attrs.items()))
     try:

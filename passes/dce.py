@@ -8,12 +8,13 @@ is left to remove by hand is state updates that write a variable's own value bac
 from __future__ import annotations
 
 from graphdl.ir import Graph
+from graphdl.ops.registry import PARAM
 
 
 def eliminate_dead_code(graph: Graph) -> Graph:
     """Drop unreachable nodes and no-op updates (``var <- var``)."""
     kept = [(var, v) for var, v in graph.updates
-            if not (v.node.op == "Param" and v.node.attrs["variable"] is var)]
+            if not (v.node.op == PARAM and v.node.attrs["variable"] is var)]
     if len(kept) == len(graph.updates):
         return graph
     return Graph(graph.inputs, graph.outputs, kept, graph.name)

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from graphdl.ir import Graph, Node
-from graphdl.ops.registry import get_op
+from graphdl.ir import Graph, Node, numpy_dtype
+from graphdl.ops.registry import CONST, PARAM, get_op
 from graphdl.passes.rewrite import make_const, rewrite_graph
 
 DEFAULT_FOLD_LIMIT_BYTES = 1 << 20
@@ -21,11 +21,11 @@ def fold_constants(graph: Graph, max_bytes: int = DEFAULT_FOLD_LIMIT_BYTES) -> G
     def fold(node: Node):
         if not node.inputs:
             return None
-        if node.op == "Numel":
-            return _fold_numel(node)
-        if any(v.node.op != "Const" for v in node.inputs):
-            return None
         opdef = get_op(node.op)
+        if opdef.shape_only:
+            return _fold_shape_only(opdef, node)
+        if any(v.node.op != CONST for v in node.inputs):
+            return None
         if opdef.collective:
             return None  # communicates at run time, on every rank; never at compile time
         out_bytes = sum(t.nbytes() for t in node.types)
@@ -50,20 +50,24 @@ def fold_constants(graph: Graph, max_bytes: int = DEFAULT_FOLD_LIMIT_BYTES) -> G
     return rewrite_graph(graph, fold)
 
 
-def _fold_numel(node: Node):
-    shape = node.inputs[0].shape
-    dims = [shape[a] for a in node.attrs["axes"]]
-    if not all(isinstance(d, int) for d in dims):
-        return None  # a symbolic dim (the batch) is known only at run time
-    t = node.types[0]
-    return [make_const(np.array(np.prod(dims), dtype=t.dtype), site=node.site)]
+def _fold_shape_only(opdef, node: Node):
+    """An op whose value depends on its inputs' shapes only (Numel), run on zero-strided
+    stand-ins once those shapes are static; a symbolic dim (the batch) waits for run time."""
+    if not all(all(isinstance(d, int) for d in v.shape) for v in node.inputs):
+        return None
+    stand_ins = [np.broadcast_to(np.zeros((), numpy_dtype(v.dtype)), tuple(v.shape))
+                 for v in node.inputs]
+    result = opdef.kernel(stand_ins, node.attrs, None)
+    results = tuple(result) if len(node.outputs) > 1 else (result,)
+    return [make_const(np.asarray(r, dtype=numpy_dtype(t.dtype)), site=node.site)
+            for r, t in zip(results, node.types)]
 
 
 def freeze_parameters(graph: Graph) -> Graph:
     """Turn every parameter into a constant holding its current value (a snapshot for
     inference and export; later changes to the variables no longer reach this graph)."""
     def freeze(node: Node):
-        if node.op != "Param":
+        if node.op != PARAM:
             return None
         # make_const copies: later changes to the variable do not reach the snapshot
         return [make_const(node.attrs["variable"].value, site=node.site, name=node.name)]

@@ -14,14 +14,14 @@ from __future__ import annotations
 import heapq
 
 from graphdl.ir import Graph, Node, Value
-from graphdl.ops.fused import FUSIBLE_OPS, instruction
+from graphdl.ops.fused import instruction
+from graphdl.ops.registry import get_op
 from graphdl.passes.rewrite import build, replace_nodes
-
-_PRODUCERS = {"Conv": "FusedConv", "Gemm": "FusedGemm", "MatMul": "FusedMatMul"}
 
 
 def _fusible(node: Node) -> bool:
-    return len(node.outputs) == 1 and (node.op in FUSIBLE_OPS or node.op == "FusedElementwise")
+    """An elementwise op (a FusedElementwise too: its program is inlined)."""
+    return len(node.outputs) == 1 and get_op(node.op).elementwise
 
 
 def find_groups(graph: Graph) -> list[list[Node]]:
@@ -79,7 +79,7 @@ def _program(members: list[Node], first: Value | None = None):
 
     for node in members:
         args = [ref(v) for v in node.inputs]
-        if node.op == "FusedElementwise":  # inline an earlier fusion
+        if get_op(node.op).holds_program:  # inline an earlier fusion
             base = n_in + len(program)
             inner_n = len(node.inputs)
             for op_name, inner_args, attrs in node.attrs["program"]:
@@ -98,7 +98,7 @@ def _epilogue_producer(members: list[Node], graph_outputs: set, consumers) -> Va
     for node in members:
         for v in node.inputs:
             p = v.node
-            if p.op not in _PRODUCERS or len(p.outputs) != 1 or v in graph_outputs:
+            if get_op(p.op).epilogue is None or len(p.outputs) != 1 or v in graph_outputs:
                 continue
             if v.type != out_type or not all(id(c) in inside for c in consumers.get(v, ())):
                 continue
@@ -126,7 +126,7 @@ def fuse_elementwise(graph: Graph, fired: dict[str, int] | None = None) -> Graph
         else:
             main = producer.node
             ext, program = _program(members, first=producer)
-            fused = _PRODUCERS[main.op]
+            fused = get_op(main.op).epilogue
             builders[id(root)] = _make(root, fused, list(main.inputs) + ext[1:],
                                        name=main.name or root.name, main=_frozen(main.attrs),
                                        n_main=len(main.inputs), program=program)
@@ -135,7 +135,7 @@ def fuse_elementwise(graph: Graph, fired: dict[str, int] | None = None) -> Graph
 
 
 def _already_fused(members: list[Node]) -> bool:
-    return len(members) == 1 and members[0].op == "FusedElementwise"
+    return len(members) == 1 and get_op(members[0].op).holds_program
 
 
 def _frozen(attrs: dict) -> tuple:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from graphdl.ir import FLOAT_DTYPES, Graph, Value
+from graphdl.ops.registry import CONST
 from graphdl.passes.rewrite import Match, Rule, any_value, apply_rules, constant_array, op
 
 _X = any_value("x")
@@ -38,7 +39,7 @@ def _bn_inference(m: Match) -> bool:
 def _all_const(values) -> bool:
     """Folding into weights pays only when they are constants (frozen parameters); live
     parameters would be rescaled on every run, so BatchNorm becomes an epilogue instead."""
-    return all(v.node.op == "Const" for v in values)
+    return all(v.node.op == CONST for v in values)
 
 
 def _fold_bn_into_conv(m: Match):

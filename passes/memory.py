@@ -26,12 +26,6 @@ from graphdl.dims import DimExpr, evaluate
 from graphdl.ir import Graph
 from graphdl.ops.registry import get_op
 
-# Ops whose kernels return a view of input 0 (numpy reshape/transpose): no buffer of their own.
-VIEW_OPS = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "ReshapeLike",
-                      "Transpose"})
-# Ops that may write their result over a dying input of the same type, besides those the
-# registry marks elementwise.
-INPLACE_OPS = frozenset({"FusedElementwise"})
 DEFAULT_ALIGNMENT = 64
 
 EXTERNAL, ARENA, VIEW = "external", "arena", "view"
@@ -231,8 +225,9 @@ def node_facts(nodes: Sequence, bindings: Mapping[str, int],
     facts = {}
     for n in nodes:
         opdef = get_op(n.op)
-        kind = 0 if opdef.source else 1 if n.op in VIEW_OPS and len(n.types) == 1 else 2
-        inplace = (opdef.elementwise or n.op in INPLACE_OPS) and len(n.types) == 1
+        # what the op declares: views own no buffer; in-place ops may overwrite a dying input
+        kind = 0 if opdef.source else 1 if opdef.view and len(n.types) == 1 else 2
+        inplace = bool(opdef.inplace) and len(n.types) == 1
         # a value whose size the bindings do not determine (a dim unknown until run time)
         # gets -1 bytes: it stays out of the arena and its kernel allocates it
         outs = tuple((_aligned(t.nbytes(bindings), alignment) if _planned(t, bindings) else -1,

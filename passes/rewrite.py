@@ -17,31 +17,45 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from graphdl.ir import Graph, GraphError, Node, TensorType, Value, normalize_dtype
-from graphdl.ops.registry import get_op
+from graphdl.ir import Graph, GraphError, Node, TensorType, Value, rebuild
+from graphdl.ops.registry import CONST, REGISTRY, OpDef, constant, get_op
+from graphdl.ops.registry import build as build_node
 
-COMMUTATIVE = frozenset({"Add", "Mul", "Max", "Min", "Equal"})
 _MAX_LOCAL_REWRITES = 8  # rules re-tried on a fresh replacement root, at most this many times
 
 
+OpKind = Callable[[OpDef], bool]  # a kind of op, by what it declares: lambda d: d.elementwise
+
+
 class Pattern:
-    """Matches a value: its producing op (a name, a set of names, or any), its inputs'
-    patterns (or any inputs), an optional predicate, and a capture name."""
+    """Matches a value: its producing op (a name, a set of names, a kind of op, or any), its
+    inputs' patterns (or any inputs), an optional predicate, and a capture name."""
 
-    __slots__ = ("ops", "inputs", "capture", "where", "index")
+    __slots__ = ("_ops", "kind", "inputs", "capture", "where", "index", "_seen")
 
-    def __init__(self, ops: str | Iterable[str] | None = None,
+    def __init__(self, ops: str | Iterable[str] | OpKind | None = None,
                  inputs: Sequence["Pattern"] | None = None, capture: str | None = None,
                  where: Callable[[Value], bool] | None = None, index: int = 0):
-        self.ops = None if ops is None else (frozenset((ops,)) if isinstance(ops, str)
-                                             else frozenset(ops))
+        self.kind = ops if callable(ops) else None
+        self._ops = None if ops is None or self.kind is not None else (
+            frozenset((ops,)) if isinstance(ops, str) else frozenset(ops))
+        self._seen = -1
         self.inputs = None if inputs is None else tuple(inputs)
         self.capture = capture
         self.where = where
         self.index = index
 
+    @property
+    def ops(self) -> frozenset[str] | None:
+        """The op names this pattern's root may have (None: any); a kind of op is resolved
+        against the registry as it stands (ops may register after the pattern is made)."""
+        if self.kind is not None and self._seen != len(REGISTRY):
+            self._ops = frozenset(n for n, d in REGISTRY.items() if self.kind(d))
+            self._seen = len(REGISTRY)
+        return self._ops
 
-def op(ops: str | Iterable[str], *inputs: Pattern, capture: str | None = None,
+
+def op(ops: str | Iterable[str] | OpKind, *inputs: Pattern, capture: str | None = None,
        where: Callable[[Value], bool] | None = None, index: int = 0) -> Pattern:
     """A pattern for a value made by ``ops`` from values matching ``inputs`` (any if none)."""
     return Pattern(ops, inputs if inputs else None, capture, where, index)
@@ -62,23 +76,24 @@ def const(capture: str | None = None, value: float | None = None) -> Pattern:
 
 def constant_array(v: Value) -> np.ndarray | None:
     """The array behind a ``Const`` value, else None."""
-    return v.node.attrs["value"] if v.node.op == "Const" else None
+    return v.node.attrs["value"] if v.node.op == CONST else None
 
 
 def uniform_value(v: Value) -> float | None:
     """The one value every element of ``v`` holds, when that is known at compile time:
     small constants, broadcasts of them, and ``ZerosLike``."""
     node = v.node
-    if node.op == "Const":
+    if node.op == CONST:
         arr = node.attrs["value"]
         if arr.size == 0 or arr.size > 4096:
             return None
         first = arr.flat[0]
         return first.item() if (arr == first).all() else None
-    if node.op in ("Expand", "ExpandAs"):
+    opdef = get_op(node.op)
+    if opdef.expand:
         return uniform_value(node.inputs[0])
-    if node.op == "ZerosLike":
-        return 0
+    if opdef.fill is not None:
+        return int(opdef.fill) if float(opdef.fill).is_integer() else opdef.fill
     return None
 
 
@@ -249,20 +264,15 @@ class Match:
 
 def build(op_name: str, *inputs: Value, name: str | None = None, site: str | None = None,
           **attrs: Any):
-    """Build one node, running the op's inference; returns its value or values."""
-    opdef = get_op(op_name)
-    types = opdef.infer([v.type for v in inputs], attrs)
-    node = Node(op_name, inputs, attrs, types, name=name, site=site)
-    return node.outputs[0] if opdef.n_outputs == 1 else node.outputs
+    """Build one node at ``site`` through the registry (attributes checked and completed,
+    inference run); returns its value or values."""
+    return build_node(op_name, inputs, attrs, name, site)
 
 
 def make_const(value: Any, dtype: Any = None, site: str | None = None,
                name: str | None = None) -> Value:
-    """A ``Const`` node holding a read-only copy of ``value``."""
-    arr = np.array(value, dtype=dtype)
-    arr.setflags(write=False)
-    t = TensorType(tuple(int(d) for d in arr.shape), normalize_dtype(arr.dtype))
-    return Node("Const", (), {"value": arr}, (t,), name=name, site=site).outputs[0]
+    """A ``Const`` node holding a read-only copy of ``value`` (its dtype kept as given)."""
+    return constant(np.asarray(value, dtype=dtype), name=name, site=site)
 
 
 # ---- matching ------------------------------------------------------------------------------
@@ -270,7 +280,10 @@ def make_const(value: Any, dtype: Any = None, site: str | None = None,
 def match_value(pattern: Pattern, v: Value, captures: dict[str, Value]) -> dict | None:
     """Captures extended by matching ``pattern`` against ``v``, or None."""
     node = v.node
-    if pattern.ops is not None and (node.op not in pattern.ops or v.index != pattern.index):
+    if pattern.kind is not None:
+        if v.index != pattern.index or not pattern.kind(get_op(node.op)):
+            return None
+    elif pattern.ops is not None and (node.op not in pattern.ops or v.index != pattern.index):
         return None
     if pattern.capture is not None:
         seen = captures.get(pattern.capture)
@@ -291,7 +304,7 @@ def _match_inputs(pats: tuple[Pattern, ...], node: Node, captures: dict) -> dict
     if len(pats) != len(ins):
         return None
     orders = [ins]
-    if node.op in COMMUTATIVE and len(ins) == 2:
+    if len(ins) == 2 and get_op(node.op).commutative:
         orders.append((ins[1], ins[0]))  # the commutative variant comes for free
     for order in orders:
         caps: dict | None = captures
@@ -317,37 +330,22 @@ def match_node(pattern: Pattern, node: Node, ctx: RewriteContext | None = None
 
 def rewrite_graph(graph: Graph, fn: Callable[[Node], Sequence[Value | None] | None],
                   on_rebuild: Callable[[Node, Node], None] | None = None) -> Graph:
-    """One sweep over the schedule: ``fn(node)`` sees each node rebuilt over its rewritten
-    inputs and returns new values for its outputs (None entries keep an output) or None to
-    keep the node. ``on_rebuild(old, new)`` hears of every node rebuilt that way. Returns
-    ``graph`` itself when nothing changed."""
-    mapping: dict[int, Value] = {}  # id(old value) -> new value (old values outlive the pass)
-    for node in graph.nodes:
+    """One sweep over the schedule (:func:`graphdl.ir.rebuild`): ``fn(node)`` sees each node
+    rebuilt over its rewritten inputs and returns new values for its outputs (None entries
+    keep an output) or None to keep the node. ``on_rebuild(old, new)`` hears of every node
+    rebuilt that way. Returns ``graph`` itself when nothing changed."""
+    def step(node: Node, inputs: tuple) -> Sequence[Value | None] | None:
         cur = node
-        if mapping and node.inputs:
-            new_inputs = tuple(mapping.get(id(v), v) for v in node.inputs)
-            if any(a is not b for a, b in zip(new_inputs, node.inputs)):
-                cur = Node(node.op, new_inputs, node.attrs, node.types, node.name, node.site)
-                if on_rebuild is not None:
-                    on_rebuild(node, cur)
+        if inputs is not node.inputs and any(a is not b for a, b in zip(inputs, node.inputs)):
+            cur = Node(node.op, inputs, node.attrs, node.types, node.name, node.site)
+            if on_rebuild is not None:
+                on_rebuild(node, cur)
         outs = fn(cur)
         if outs is None:
-            if cur is not node:
-                for old, new in zip(node.outputs, cur.outputs):
-                    mapping[id(old)] = new
-            continue
-        for old, here, new in zip(node.outputs, cur.outputs, outs):
-            new = here if new is None else new
-            if new is old:
-                continue
-            if new.type != old.type:
-                raise GraphError(f"internal: rewriting {node.op} (made at {node.site}) changed "
-                                 f"its type from {old.type} to {new.type}")
-            mapping[id(old)] = new
-    if not mapping:
-        return graph
-    return Graph(graph.inputs, [mapping.get(id(v), v) for v in graph.outputs],
-                 [(var, mapping.get(id(v), v)) for var, v in graph.updates], graph.name)
+            return None if cur is node else cur.outputs
+        return [here if new is None else new for here, new in zip(cur.outputs, outs)]
+
+    return rebuild(graph, step)
 
 
 def index_rules(rules: Iterable[Rule]) -> dict[str | None, list[Rule]]:
@@ -420,23 +418,8 @@ def replace_nodes(graph: Graph, builders: dict[int, Callable[[Callable[[Value], 
     def remap(v: Value) -> Value:
         return mapping.get(id(v), v)
 
-    for node in graph.nodes:
+    def step(node: Node, inputs: tuple) -> Sequence[Value] | None:
         builder = builders.get(id(node))
-        if builder is not None:
-            for old, new in zip(node.outputs, builder(remap)):
-                if new is not None and new is not old:
-                    if new.type != old.type:
-                        raise GraphError(f"internal: fusing {node.op} (made at {node.site}) "
-                                         f"changed its type from {old.type} to {new.type}")
-                    mapping[id(old)] = new
-            continue
-        if mapping and node.inputs:
-            new_inputs = tuple(remap(v) for v in node.inputs)
-            if any(a is not b for a, b in zip(new_inputs, node.inputs)):
-                cur = Node(node.op, new_inputs, node.attrs, node.types, node.name, node.site)
-                for old, new in zip(node.outputs, cur.outputs):
-                    mapping[id(old)] = new
-    if not mapping:
-        return graph
-    return Graph(graph.inputs, [remap(v) for v in graph.outputs],
-                 [(var, remap(v)) for var, v in graph.updates], graph.name)
+        return None if builder is None else builder(remap)
+
+    return rebuild(graph, step, mapping)

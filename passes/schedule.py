@@ -21,7 +21,7 @@ from typing import Mapping
 
 from graphdl.ir import Graph, Node, toposort
 from graphdl.ops.registry import get_op
-from graphdl.passes.memory import VIEW_OPS, node_facts, schedule_peak
+from graphdl.passes.memory import node_facts, schedule_peak
 
 
 class _Dag:
@@ -39,7 +39,8 @@ class _Dag:
             for v in node.inputs:
                 seen.setdefault(id(v.node), v.node)
             self.producers[id(node)] = list(seen.values())
-            source = get_op(node.op).source or node.op in VIEW_OPS
+            opdef = get_op(node.op)
+            source = opdef.source or opdef.view
             self.size[id(node)] = 0 if source else sum(t.nbytes(bindings) for t in node.types)
 
 

@@ -9,17 +9,17 @@ from __future__ import annotations
 import numpy as np
 
 from graphdl.ir import FLOAT_DTYPES, Graph, Value
+from graphdl.ops.registry import INPUT, get_op
 from graphdl.passes.rewrite import Match, Rule, any_value, apply_rules, const, constant_array, \
     op, uniform_value
 
 _X = any_value("x")
-_RESHAPES = ("Reshape", "Flatten", "Squeeze", "Unsqueeze", "ReshapeLike")
-_EXPANDS = ("Expand", "ExpandAs")
-BROADCASTING_OPS = ("Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Where", "Equal", "Less",
-                    "Greater", "LessOrEqual", "GreaterOrEqual")
-_BINARY_ARITH = ("Add", "Sub", "Mul", "Div", "Pow", "Max", "Min")
-_UNARY_ELEMENTWISE = ("Neg", "Exp", "Log", "Sqrt", "Abs", "Sign", "Relu", "Sigmoid", "Tanh",
-                      "Erf", "Gelu", "Softplus", "LeakyRelu", "Clip", "Cast")
+# kinds of op, by what each op declares (graphdl.ops.registry.OpDef); no lists of names
+_RESHAPES = lambda d: d.reshape  # noqa: E731  (data, like the rules)
+_EXPANDS = lambda d: d.expand  # noqa: E731
+_SHAPE_NOOPS = lambda d: d.reshape or d.expand  # noqa: E731
+_BROADCASTING = lambda d: d.broadcasting  # noqa: E731
+_ELEMENTWISE = lambda d: d.elementwise and not d.holds_program  # noqa: E731
 
 
 def _keep_x(m: Match):
@@ -82,7 +82,7 @@ IDENTITY_RULES = [
     Rule("pow_one", op("Pow", _X, const(value=1)), _keep_x),  # x**1 -> x
     Rule("identity", op("Identity", _X), _keep_x),  # identity(x) -> x
     Rule("cast_same", op("Cast", _X), _keep_x),  # cast(x, x.dtype) -> x
-    Rule("shape_noop", op(_RESHAPES + _EXPANDS, _X), _keep_x),
+    Rule("shape_noop", op(_SHAPE_NOOPS, _X), _keep_x),
     # ^ reshape(x, x.shape) -> x, expand(x, x.shape) -> x
     Rule("transpose_noop", op("Transpose", _X), _identity_perm),  # transpose(x, id) -> x
     Rule("shape_noop_like", op(("ReshapeLike", "ExpandAs"), _X, any_value()), _keep_x),
@@ -223,7 +223,7 @@ SHAPE_RULES = [
 
 def _broadcast_source(v: Value) -> Value | None:
     """What ``v`` is a broadcast of: the input of an Expand, or a scalar 0 for ZerosLike."""
-    if v.node.op in _EXPANDS:
+    if get_op(v.node.op).expand:
         return v.node.inputs[0]
     return None
 
@@ -235,8 +235,8 @@ def _absorb_expand(m: Match):
         src = _broadcast_source(v)
         if src is not None:
             swaps.append((i, src))
-        elif v.node.op == "ZerosLike":
-            swaps.append((i, m.const(np.zeros((), v.dtype))))
+        elif get_op(v.node.op).fill is not None:
+            swaps.append((i, m.const(np.full((), get_op(v.node.op).fill, v.dtype))))
     if not swaps:
         return None
     for chosen in (swaps, *([s] for s in swaps)) if len(swaps) > 1 else (swaps,):
@@ -251,7 +251,7 @@ def _absorb_expand(m: Match):
 
 def _sink_expand(m: Match):
     root = m.root
-    pos = [i for i, v in enumerate(root.inputs) if v.node.op in _EXPANDS]
+    pos = [i for i, v in enumerate(root.inputs) if get_op(v.node.op).expand]
     if len(pos) != 1:
         return None
     i = pos[0]
@@ -282,7 +282,7 @@ def _relu_mask(m: Match):
 
 def _numel_from_input(m: Match):
     x, axes = m["x"], m.root.attrs["axes"]
-    if x.node.op == "Input" or m.ctx is None:
+    if x.node.op == INPUT or m.ctx is None:
         return None
     dims = [x.shape[a] for a in axes]
     symbols = [d for d in dims if isinstance(d, str)]
@@ -298,8 +298,8 @@ def _numel_from_input(m: Match):
 
 
 GRADIENT_RULES = [
-    Rule("absorb_expand", op(BROADCASTING_OPS), _absorb_expand),  # a*expand(b) -> a*b
-    Rule("sink_expand", op(_BINARY_ARITH + _UNARY_ELEMENTWISE), _sink_expand),
+    Rule("absorb_expand", op(_BROADCASTING), _absorb_expand),  # a*expand(b) -> a*b
+    Rule("sink_expand", op(_ELEMENTWISE), _sink_expand),
     # ^ expand(a)*b -> expand(a*b) when b is as small as a
     Rule("relu_mask", op("Greater", _X, const(value=0)), _relu_mask),
     # ^ x > 0 -> relu(x) > 0 where relu(x) is computed anyway

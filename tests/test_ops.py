@@ -95,7 +95,7 @@ def test_inferred_type_matches_kernel(op, case, float_dtype):
     _, outs = _build(op, case, arrays)
     opdef = get_op(op)
     copies = [a.copy() for a in arrays]
-    results = _as_tuple(opdef.kernel(arrays, dict(case.attrs), None))
+    results = _as_tuple(opdef.kernel(arrays, dict(outs[0].node.attrs), None))
     assert len(results) == len(outs), f"{op}: kernel gave {len(results)} outputs, " \
         f"inference {len(outs)}"
     for i, (r, v) in enumerate(zip(results, outs)):
@@ -106,7 +106,7 @@ def test_inferred_type_matches_kernel(op, case, float_dtype):
         np.testing.assert_array_equal(a, c, err_msg=f"{op}'s kernel modified its input")
     if len(outs) == 1:  # the kernel may write into a preallocated output buffer
         buf = np.full(tuple(outs[0].shape), 7, dtype=outs[0].dtype)
-        into = opdef.kernel(arrays, dict(case.attrs), buf)
+        into = opdef.kernel(arrays, dict(outs[0].node.attrs), buf)
         np.testing.assert_array_equal(np.asarray(into), np.asarray(results[0]),
                                       err_msg=f"{op}: kernel with out= differs")
 
@@ -207,11 +207,12 @@ def test_matches_torch(op, case):
 def test_onnx_lowering_is_well_formed(op, case):
     arrays = _arrays(case, "float32")
     ins, outs = _build(op, case, arrays)
+    attrs = dict(outs[0].node.attrs)
     if get_op(op).collective:  # no single-process ONNX form: the lowering refuses by name
         with pytest.raises(LoweringError, match=f"{op} is a collective"):
-            get_op(op).onnx(dict(case.attrs), [v.type for v in ins], [v.type for v in outs], 17)
+            get_op(op).onnx(attrs, [v.type for v in ins], [v.type for v in outs], 17)
         return
-    lowering = get_op(op).onnx(dict(case.attrs), [v.type for v in ins],
+    lowering = get_op(op).onnx(attrs, [v.type for v in ins],
                                [v.type for v in outs], case.opset)
     assert isinstance(lowering, OnnxLowering)
     defined = {f"in{i}" for i in range(len(ins))} | set(lowering.consts) | {""}

@@ -6,8 +6,8 @@ import pytest
 
 import graphdl as gd
 from graphdl.ir import ShapeError, TensorType
-from graphdl.ops.registry import (REGISTRY, OnnxLowering, UnsupportedOpError, apply, constant,
-                                  fail, get_op, lower, register)
+from graphdl.ops.registry import (REGISTRY, Attr, AttrError, OnnxLowering, UnsupportedOpError,
+                                  apply, constant, fail, get_op, lower, ops_where, register)
 
 
 def test_names_are_camel_case_keys():
@@ -109,3 +109,53 @@ def test_gemm_bias_must_broadcast_to_the_output():
     with pytest.raises(ShapeError, match="does not broadcast to the output shape"):
         gd.gemm(a, b, gd.input("c", (2, 3, 5)))
     assert gd.gemm(a, b, gd.input("c2", (5,))).shape == (3, 5)
+
+
+# ---- declared attributes: validated once in apply, defaults filled in ----------------------
+
+def test_every_op_declares_its_attributes():
+    undeclared = sorted(name for name, op in REGISTRY.items() if op.attrs is None)
+    assert not undeclared, f"ops without an attribute schema (OpDef.attrs): {undeclared}"
+
+
+def test_attribute_defaults_are_filled_in_once():
+    x = gd.input("x", (2, 3))
+    node = apply("LeakyRelu", x).node
+    assert node.attrs == {"alpha": 0.01}
+    bn = gd.batch_norm(gd.input("y", (2, 3)), *[gd.param(n, np.ones(3, np.float32))
+                                                 for n in ("s", "b", "m", "v")])
+    assert bn.node.attrs["eps"] == 1e-5 and bn.node.attrs["momentum"] == 0.1
+
+
+def test_unknown_attribute_names_the_op_and_the_call_site():
+    x = gd.input("x", (2, 3))
+    with pytest.raises(AttrError, match=r"Relu: unknown attribute 'alpha'.*\n.*test_registry"):
+        apply("Relu", x, alpha=0.2)
+
+
+def test_attribute_of_the_wrong_type_is_an_error():
+    x = gd.input("x", (2, 3))
+    with pytest.raises(AttrError, match=r"LeakyRelu: attribute 'alpha' must be float, got str"):
+        apply("LeakyRelu", x, alpha="steep")
+    with pytest.raises(AttrError, match=r"Transpose: attribute 'perm' must be tuple"):
+        apply("Transpose", x, perm=1)
+
+
+def test_missing_required_attribute_is_an_error():
+    x = gd.input("x", (2, 3))
+    with pytest.raises(AttrError, match=r"Concat: missing required attribute 'axis' \(int\)"):
+        apply("Concat", x, x)
+
+
+def test_attr_types_accept_what_python_code_passes():
+    assert Attr(float, 1.0).accepts(2) and Attr(float, 1.0).accepts(np.float32(2))
+    assert Attr(int, 0).accepts(np.int64(3)) and not Attr(int, 0).accepts(2.5)
+    assert Attr(tuple, ()).accepts([1, 2]) and Attr(float, None).accepts(None)
+    assert not Attr(float, 0.0).accepts(None) and Attr(float).required
+
+
+def test_ops_where_selects_by_declared_property():
+    commutative = ops_where(lambda d: d.commutative)
+    assert {"Add", "Mul", "Max", "Min", "Equal"} <= commutative
+    assert "Sub" not in commutative and "Div" not in commutative
+    assert {"Reshape", "Flatten", "Transpose"} <= ops_where(lambda d: d.view)

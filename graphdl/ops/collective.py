@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from graphdl.ir import FLOAT_DTYPES, TensorType
 from graphdl.ops.infer import check_arity
-from graphdl.ops.registry import LoweringError, OpDef, apply, fail, register
+from graphdl.ops.registry import Attr, LoweringError, OpDef, apply, fail, register
 
 __all__ = ["all_reduce", "broadcast", "reduce_to_root", "all_gather", "reduce_scatter"]
 
@@ -184,6 +184,18 @@ def _refuse(name: str):
     return lowering
 
 
+_COMM = Attr(object, None, "the communicator, bound at compile time")
+_ROOT = Attr(int, 0, "the root rank")
+_WORLD = Attr(int, None, "the number of ranks (checked by inference)")
+_COLLECTIVE_ATTRS = {
+    "AllReduce": {"comm": _COMM, "reduction": Attr(str, "sum", "how ranks combine"),
+                  "bucket": Attr(bool, False, "the bucketing pass may pack it with others")},
+    "Broadcast": {"comm": _COMM, "root": _ROOT},
+    "Reduce": {"comm": _COMM, "root": _ROOT},
+    "AllGather": {"comm": _COMM, "world_size": _WORLD},
+    "ReduceScatter": {"comm": _COMM, "world_size": _WORLD},
+}
+
 for _name, _infer, _kernel, _vjp, _doc in (
         ("AllReduce", _same_infer("AllReduce"), _allreduce_kernel, _allreduce_vjp,
          "sum or mean of x over the ranks, on every rank"),
@@ -195,4 +207,5 @@ for _name, _infer, _kernel, _vjp, _doc in (
          "the ranks' x concatenated along axis 0"),
         ("ReduceScatter", _scatter_infer, _scatter_kernel, _scatter_vjp,
          "block r (axis 0) of the sum over the ranks, on rank r")):
-    register(OpDef(_name, _infer, _kernel, _vjp, _refuse(_name), collective=True, doc=_doc))
+    register(OpDef(_name, _infer, _kernel, _vjp, _refuse(_name), collective=True, doc=_doc,
+                   attrs=_COLLECTIVE_ATTRS[_name]))

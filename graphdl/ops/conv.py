@@ -18,17 +18,24 @@ from graphdl.ir import TensorType
 from graphdl.ops._conv_kernels import conv2d_forward, conv2d_grad_input, conv2d_grad_weight
 from graphdl.ops._windows import four_pads, output_size, pair, same_pads
 from graphdl.ops.infer import check_arity, require_float, same_dtype
-from graphdl.ops.registry import OnnxLowering, OnnxNode, OpDef, apply, fail, register, split_along
+from graphdl.ops.registry import REQUIRED, Attr, OnnxLowering, OnnxNode, OpDef, apply, fail, \
+    register, split_along
 
 __all__ = ["conv2d"]
 
 
 def _conv_attrs(attrs) -> dict:
     """The shared convolution attributes of a node, with defaults filled in."""
-    return {"strides": tuple(attrs.get("strides", (1, 1))),
-            "pads": tuple(attrs.get("pads", (0, 0, 0, 0))),
-            "dilations": tuple(attrs.get("dilations", (1, 1))),
-            "group": int(attrs.get("group", 1))}
+    return {"strides": tuple(attrs["strides"]), "pads": tuple(attrs["pads"]),
+            "dilations": tuple(attrs["dilations"]), "group": int(attrs["group"])}
+
+
+CONV_ATTRS = {  # shared by Conv and its two gradients (and the ONNX importer's Conv)
+    "strides": Attr(tuple, (1, 1), "(sh, sw)"),
+    "pads": Attr(tuple, (0, 0, 0, 0), "(top, left, bottom, right)"),
+    "dilations": Attr(tuple, (1, 1), "(dh, dw)"),
+    "group": Attr(int, 1, "channel groups"),
+}
 
 
 def _static_hw(op, t: TensorType, what: str, types) -> tuple[int, int]:
@@ -122,7 +129,8 @@ def _conv_onnx(attrs, tin, tout, opset):
 
 
 register(OpDef(name="Conv", infer=_conv_infer, kernel=_conv_kernel, vjp=_conv_vjp,
-               onnx=_conv_onnx, split=split_along((0, None, None), (0,)),  # by image
+               onnx=_conv_onnx, attrs=CONV_ATTRS, epilogue="FusedConv",
+               split=split_along((0, None, None), (0,)),  # by image
                doc="2-D convolution: x (N, C, H, W), w (O, C/group, kh, kw), optional b (O,)."))
 
 
@@ -194,6 +202,7 @@ def _grad_input_onnx(attrs, tin, tout, opset):
 
 register(OpDef(name="ConvGradInput", infer=_grad_input_infer, kernel=_grad_input_kernel,
                vjp=_grad_input_vjp, onnx=_grad_input_onnx, split=split_along((0, None), (0,)),
+               attrs=dict(CONV_ATTRS, input_hw=Attr(tuple, REQUIRED, "the input's (H, W)")),
                doc="Gradient of Conv with respect to x: a transposed convolution of dy."))
 
 
@@ -265,6 +274,7 @@ def _grad_weight_onnx(attrs, tin, tout, opset):
 
 register(OpDef(name="ConvGradWeight", infer=_grad_weight_infer, kernel=_grad_weight_kernel,
                vjp=_grad_weight_vjp, onnx=_grad_weight_onnx,
+               attrs=dict(CONV_ATTRS, kernel_shape=Attr(tuple, REQUIRED, "the weight's (kh, kw)")),
                # a sum over the batch: parts over slices of it, their results added
                split=split_along((0, 0), (None,)),
                doc="Gradient of Conv with respect to its weight."))

@@ -16,7 +16,7 @@ import numpy as np
 
 from graphdl.ir import Dim, TensorType
 from graphdl.ops.infer import check_arity
-from graphdl.ops.registry import OpDef, apply, fail, lower, register
+from graphdl.ops.registry import REQUIRED, Attr, OpDef, apply, fail, lower, register
 
 UNKNOWN_PREFIX = "?"
 
@@ -42,23 +42,24 @@ def _shape_input(op: str, t: TensorType, n: int, types) -> None:
 def _shape_of_infer(types, attrs):
     check_arity("ShapeOf", types, 1)
     rank = types[0].rank
-    start, end = attrs.get("start", 0), attrs.get("end", rank)
+    start, end = attrs["start"], attrs["end"]  # end None: to the last dim
     n = len(range(rank)[slice(start, end)])
     return [TensorType((n,), "int64")]
 
 
 def _shape_of_kernel(xs, attrs, out):
-    shape = xs[0].shape[attrs.get("start", 0):attrs.get("end", xs[0].ndim)]
+    shape = xs[0].shape[attrs["start"]:attrs["end"]]
     return np.array(shape, np.int64)
 
 
 def _shape_of_onnx(attrs, tin, tout, opset):
-    extra = {k: attrs[k] for k in ("start", "end") if k in attrs}
+    extra = {k: attrs[k] for k in ("start", "end") if attrs[k] is not None}
     return lower("Shape", **extra)
 
 
 register(OpDef(name="ShapeOf", infer=_shape_of_infer, kernel=_shape_of_kernel, vjp=None,
                onnx=_shape_of_onnx, differentiable=False,
+               attrs={"start": Attr(int, 0, "first dim"), "end": Attr(int, None, "past the last")},
                doc="The shape of a tensor as an int64 tensor (ONNX Shape)."))
 
 
@@ -79,7 +80,9 @@ def _dyn_reshape_kernel(xs, attrs, out):
     return np.reshape(x, target)
 
 
+_OUT_SHAPE = Attr(tuple, REQUIRED, "the output's shape as inference knows it (symbols)")
 register(OpDef(name="DynReshape", infer=_dyn_reshape_infer, kernel=_dyn_reshape_kernel,
+               attrs={"out_shape": _OUT_SHAPE, "allowzero": Attr(int, 0, "0 means a 0 dim")},
                vjp=lambda F, n, g: [F.reshape_like(g[0], n.inputs[0]), None],
                onnx=lambda a, ti, to, o: lower("Reshape", 2, allowzero=int(a.get("allowzero",
                                                                                   0))),
@@ -116,6 +119,7 @@ def _dyn_expand_vjp(F, n, g):
 
 
 register(OpDef(name="DynExpand", infer=_dyn_expand_infer, kernel=_dyn_expand_kernel,
+               attrs={"out_shape": _OUT_SHAPE},
                vjp=_dyn_expand_vjp, onnx=lambda a, ti, to, o: lower("Expand", 2),
                doc="Broadcast to a shape given as a run-time int64 tensor (ONNX Expand)."))
 
@@ -139,6 +143,7 @@ def _dyn_fill_kernel(xs, attrs, out):
 
 
 register(OpDef(name="DynConstantOfShape", infer=_dyn_fill_infer, kernel=_dyn_fill_kernel,
+               attrs={"out_shape": _OUT_SHAPE, "value": Attr(object, REQUIRED, "the fill")},
                vjp=None, differentiable=False,
                onnx=lambda a, ti, to, o: lower("ConstantOfShape",
                                                value=np.asarray(a["value"]).reshape(1)),
@@ -159,6 +164,7 @@ def _nonzero_kernel(xs, attrs, out):
 
 
 register(OpDef(name="NonZero", infer=_nonzero_infer, kernel=_nonzero_kernel, vjp=None,
+               attrs={"count": Attr(object, REQUIRED, "how many (a symbol: at run time)")},
                differentiable=False, onnx=lambda a, ti, to, o: lower("NonZero"),
                doc="Indices of the non-zero elements, (rank, count); count is data-dependent."))
 

@@ -13,7 +13,7 @@ import numpy as np
 
 from graphdl.ir import GraphError, TensorType
 from graphdl.ops.infer import same_dtype
-from graphdl.ops.registry import OpDef, apply, fail, lower, register
+from graphdl.ops.registry import REQUIRED, Attr, OpDef, apply, fail, lower, register
 
 __all__ = ["einsum"]
 
@@ -107,6 +107,7 @@ def _einsum_vjp(F, node, grads):
 
 
 register(OpDef(name="Einsum", infer=_einsum_infer, kernel=_einsum_kernel, vjp=_einsum_vjp,
+               attrs={"equation": Attr(str, REQUIRED, "the einsum subscripts")},
                onnx=lambda a, ti, to, o: lower("Einsum", len(ti), equation=a["equation"]),
                doc="Einstein summation over the operands (ONNX Einsum, numpy.einsum)."))
 

@@ -11,8 +11,8 @@ import numpy as np
 from graphdl.ir import ShapeError, TensorType, Value, normalize_dtype
 from graphdl.ops._cast_kernels import ROUND_MODES, cast_kernel
 from graphdl.ops.infer import broadcast_shapes, check_arity, require_float, same_dtype
-from graphdl.ops.registry import OnnxLowering, OnnxNode, OpDef, apply, as_value, fail, lower, \
-    register
+from graphdl.ops.registry import REQUIRED, Attr, OnnxDType, OnnxLowering, OnnxNode, OpDef, \
+    apply, as_value, fail, lower, register
 
 def _erf(x, out=None):
     """The error function as a ufunc (SciPy's: exact in float64, vectorized, takes out=)."""
@@ -60,7 +60,7 @@ def _relu_kernel(xs, attrs, out):
 
 def _leaky_kernel(xs, attrs, out):
     x = xs[0]
-    return np.where(x > 0, x, x * np.asarray(attrs.get("alpha", 0.01), x.dtype))
+    return np.where(x > 0, x, x * np.asarray(attrs["alpha"], x.dtype))
 
 
 def _sigmoid_kernel(xs, attrs, out):
@@ -179,13 +179,18 @@ UNARY_RULES = {
 }
 NON_DIFFERENTIABLE_UNARY = ("Sign", "Floor")  # derivative zero almost everywhere
 
+_UNARY_ATTRS = {"Gelu": {"approximate": Attr(str, "none", "'none' (erf form) or 'tanh'")}}
+
 for _name, (_kernel, _vjp, _onnx, _float) in UNARY_RULES.items():
     register(OpDef(
         name=_name,
         infer=(_float_same_type if _float else _same_type)(_name),
         kernel=_kernel, vjp=_vjp,
         onnx=_onnx if callable(_onnx) else (lambda a, ti, to, o, _t=_onnx: lower(_t)),
-        differentiable=_name not in NON_DIFFERENTIABLE_UNARY, elementwise=_name != "Identity",
+        differentiable=_name not in NON_DIFFERENTIABLE_UNARY, attrs=_UNARY_ATTRS.get(_name, {}),
+        # Identity's kernel returns its input: a view, not an elementwise computation
+        elementwise=_name != "Identity", inplace=_name != "Identity",
+        view=_name == "Identity", reshape=_name == "Identity",
     ))
 
 
@@ -245,9 +250,13 @@ BINARY_RULES = {
     "Min": (np.minimum, _minmax_vjp(lambda F, a, b: a < b), "Min"),
 }
 
+COMMUTATIVE_BINARY = ("Add", "Mul", "Max", "Min")  # a op b = b op a
+
 for _name, (_fn, _vjp, _onnx) in BINARY_RULES.items():
     register(OpDef(name=_name, infer=_broadcast(_name), kernel=_ufunc(_fn), vjp=_vjp,
-                   onnx=lambda a, ti, to, o, _t=_onnx: lower(_t, 2), elementwise=True))
+                   onnx=lambda a, ti, to, o, _t=_onnx: lower(_t, 2), attrs={},
+                   elementwise=True, broadcasting=True, inplace=True,
+                   commutative=_name in COMMUTATIVE_BINARY))
 
 COMPARISON_RULES = {
     "Equal": np.equal, "Less": np.less, "Greater": np.greater,
@@ -257,7 +266,8 @@ COMPARISON_RULES = {
 for _name, _fn in COMPARISON_RULES.items():
     register(OpDef(name=_name, infer=_broadcast(_name, out_dtype="bool"), kernel=_ufunc(_fn),
                    vjp=None, onnx=lambda a, ti, to, o, _t=_name: lower(_t, 2),
-                   differentiable=False))
+                   differentiable=False, attrs={}, elementwise=True, broadcasting=True,
+                   commutative=_name == "Equal", inplace=False))
 
 
 def _where_infer(types, attrs):
@@ -279,6 +289,7 @@ register(OpDef(
     name="Where", infer=_where_infer,
     kernel=lambda xs, a, out: np.where(*xs),
     vjp=_where_vjp, onnx=lambda a, ti, to, o: lower("Where", 3),
+    attrs={}, elementwise=True, broadcasting=True, inplace=False,
 ))
 
 
@@ -295,19 +306,20 @@ def _cast_vjp(F, n, g):
     return [None]
 
 
-_ONNX_DTYPE_CODES = {"float32": 1, "int32": 6, "int64": 7, "bool": 9, "float16": 10,
-                     "float64": 11}
-
 register(OpDef(
     name="Cast", infer=_cast_infer,
     kernel=cast_kernel, vjp=_cast_vjp,
-    onnx=lambda a, ti, to, o: lower("Cast", to=_ONNX_DTYPE_CODES[a["to"]], **(
-        {"saturate": int(a["saturate"])} if "saturate" in a else {})),
+    onnx=lambda a, ti, to, o: lower("Cast", to=OnnxDType(a["to"]), **(
+        {} if a["saturate"] else {"saturate": 0})),
+    attrs={"to": Attr(str, REQUIRED, "the target dtype's name"),
+           "saturate": Attr(bool, True, "float8 targets clamp out-of-range values"),
+           "round_mode": Attr(str, "up", "float8_e8m0fnu rounding: up, nearest or down")},
+    elementwise=True, inplace=False,
 ))
 
 
 def _clip_kernel(xs, attrs, out):
-    lo, hi = attrs.get("min"), attrs.get("max")
+    lo, hi = attrs["min"], attrs["max"]
     # bounds take the input's dtype (as the ONNX lowering's constants do), so ints stay ints
     lo = None if lo is None else np.asarray(lo).astype(xs[0].dtype)
     hi = None if hi is None else np.asarray(hi).astype(xs[0].dtype)
@@ -316,7 +328,7 @@ def _clip_kernel(xs, attrs, out):
 
 def _clip_vjp(F, n, g):
     x = n.inputs[0]
-    lo, hi = n.attrs.get("min"), n.attrs.get("max")
+    lo, hi = n.attrs["min"], n.attrs["max"]
     gx = g[0]
     # d clip = 1 inside [min, max], 0 outside (torch's convention at the bounds)
     if lo is not None:
@@ -330,7 +342,7 @@ def _clip_onnx(attrs, tin, tout, opset):
     dt = np.dtype(tin[0].dtype)
     consts, names = {}, ["in0"]
     for key in ("min", "max"):
-        if attrs.get(key) is None:
+        if attrs[key] is None:
             names.append("")
         else:
             consts[key] = np.array(attrs[key], dt)
@@ -341,17 +353,20 @@ def _clip_onnx(attrs, tin, tout, opset):
 
 
 register(OpDef(name="Clip", infer=_same_type("Clip"), kernel=_clip_kernel, vjp=_clip_vjp,
-               onnx=_clip_onnx, elementwise=True))
+               onnx=_clip_onnx, elementwise=True, inplace=True,
+               attrs={"min": Attr(float, None, "lower bound (None: unbounded)"),
+                      "max": Attr(float, None, "upper bound (None: unbounded)")}))
 
 
 def _leaky_vjp(F, n, g):
-    return [F.where(n.inputs[0] > 0, g[0], g[0] * n.attrs.get("alpha", 0.01))]
+    return [F.where(n.inputs[0] > 0, g[0], g[0] * n.attrs["alpha"])]
 
 
 register(OpDef(name="LeakyRelu", infer=_float_same_type("LeakyRelu"), kernel=_leaky_kernel,
                vjp=_leaky_vjp,
-               onnx=lambda a, ti, to, o: lower("LeakyRelu", alpha=float(a.get("alpha", 0.01))),
-               elementwise=True))
+               onnx=lambda a, ti, to, o: lower("LeakyRelu", alpha=float(a["alpha"])),
+               attrs={"alpha": Attr(float, 0.01, "slope for x < 0")},
+               elementwise=True, inplace=True))
 
 
 def _zeros_like_onnx(attrs, tin, tout, opset):
@@ -364,7 +379,8 @@ def _zeros_like_onnx(attrs, tin, tout, opset):
 
 register(OpDef(name="ZerosLike", infer=_same_type("ZerosLike"),
                kernel=lambda xs, a, out: np.zeros_like(xs[0]),
-               vjp=lambda F, n, g: [None], onnx=_zeros_like_onnx, differentiable=False))
+               vjp=lambda F, n, g: [None], onnx=_zeros_like_onnx, differentiable=False,
+               attrs={}, fill=0.0))
 
 
 # ---- builders (the functional API; graphdl.tensor re-exports them) -------------------------

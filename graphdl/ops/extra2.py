@@ -9,7 +9,7 @@ import numpy as np
 from graphdl.ir import Dim, TensorType
 from graphdl.ops.dynamic import unknown_dim
 from graphdl.ops.infer import check_arity
-from graphdl.ops.registry import OpDef, apply, fail, lower, register
+from graphdl.ops.registry import REQUIRED, Attr, OpDef, apply, fail, lower, register
 
 __all__ = ["arange_dyn", "center_crop_pad", "range_count", "reverse_sequence"]
 
@@ -46,6 +46,7 @@ def _range_kernel(xs, attrs, out):
 
 
 register(OpDef(name="Range", infer=_range_infer, kernel=_range_kernel, vjp=None,
+               attrs={"count": Attr(object, REQUIRED, "the length (a symbol: at run time)")},
                differentiable=False, onnx=lambda a, ti, to, o: lower("Range", 3),
                doc="start, start + delta, ... while before limit (ONNX Range)."))
 
@@ -100,6 +101,8 @@ def _ccp_vjp(F, n, g):
 
 register(OpDef(name="CenterCropPad", infer=_ccp_infer, kernel=_ccp_kernel, vjp=_ccp_vjp,
                onnx=lambda a, ti, to, o: lower("CenterCropPad", 2, axes=list(a["axes"])),
+               attrs={"axes": Attr(tuple, REQUIRED, "the cropped or padded axes"),
+                      "out_shape": Attr(tuple, REQUIRED, "the output's shape (symbols)")},
                doc="Centre-crop or zero-pad the given axes to a run-time shape (ONNX)."))
 
 

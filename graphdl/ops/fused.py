@@ -20,14 +20,9 @@ from typing import Any, Sequence
 import numpy as np
 
 from graphdl.ir import FLOAT_DTYPES, TensorType
-from graphdl.ops.registry import OnnxLowering, OnnxNode, OpDef, apply, fail, get_op, register
+from graphdl.ops.registry import REQUIRED, Attr, OnnxLowering, OnnxNode, OpDef, apply, fail, \
+    get_op, register
 
-# Ops a program may contain: each maps inputs elementwise (with broadcasting) to one output.
-FUSIBLE_OPS = frozenset({
-    "Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Neg", "Exp", "Log", "Sqrt", "Abs", "Sign",
-    "Erf", "Relu", "Sigmoid", "Tanh", "Gelu", "Softplus", "Clip", "LeakyRelu", "Where", "Cast",
-    "Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual",
-})
 
 Instruction = tuple  # (op, args, attrs)
 _COMPARISONS = frozenset({"Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual"})
@@ -52,12 +47,13 @@ def program_types(program: Sequence[Instruction], in_types: Sequence[TensorType]
     """Types of the program's inputs followed by each instruction's result."""
     types = list(in_types)
     for i, (op, args, attrs) in enumerate(program):
-        if op not in FUSIBLE_OPS:
+        opdef = get_op(op)
+        if not opdef.elementwise or opdef.holds_program:
             raise fail(op_name, f"instruction {i} runs {op}, which is not fusible")
         if any(a < 0 or a >= len(types) for a in args):
             raise fail(op_name, f"instruction {i} reads {args}, beyond the "
                        f"{len(types)} values defined before it")
-        types.append(get_op(op).infer([types[a] for a in args], dict(attrs))[0])
+        types.append(opdef.infer([types[a] for a in args], dict(attrs))[0])
     return types
 
 
@@ -322,6 +318,8 @@ def _append(nodes, consts, low: OnnxLowering, rename: dict, local: str) -> None:
 
 # ---- FusedElementwise ----------------------------------------------------------------------
 
+_PROGRAM = Attr(tuple, REQUIRED, "the elementwise program: ((op, args, attrs), ...)")
+
 def _elementwise_infer(types, attrs):
     program = _check_program("FusedElementwise", attrs)
     return [program_types(program, types)[-1]]
@@ -344,7 +342,8 @@ def _elementwise_onnx(attrs, tin, tout, opset):
 
 register(OpDef(
     name="FusedElementwise", infer=_elementwise_infer, kernel=_elementwise_kernel,
-    vjp=_elementwise_vjp, onnx=_elementwise_onnx, elementwise=True,
+    vjp=_elementwise_vjp, onnx=_elementwise_onnx, elementwise=True, inplace=True,
+    holds_program=True, attrs={"program": _PROGRAM},
     doc="A chain of elementwise ops run as one kernel over one output buffer (attr program).",
 ))
 
@@ -398,6 +397,9 @@ def _register_epilogue_op(name: str, main_op: str) -> None:
         return OnnxLowering(tuple(nodes + more), consts)
 
     register(OpDef(name=name, infer=infer, kernel=kernel, vjp=vjp, onnx=onnx,
+                   attrs={"main": Attr(tuple, REQUIRED, f"{main_op}'s attributes, frozen"),
+                          "n_main": Attr(int, REQUIRED, f"how many inputs {main_op} takes"),
+                          "program": _PROGRAM},
                    doc=f"{main_op} followed by an elementwise epilogue program (bias, residual "
                        "add, activation) applied in place on its output."))
 

@@ -16,8 +16,8 @@ import numpy as np
 
 from graphdl.ir import Dim, ShapeError, TensorType, Value, user_call_site
 from graphdl.ops.infer import check_arity, norm_axis, same_dtype
-from graphdl.ops.registry import (OnnxLowering, OnnxNode, OpDef, apply, constant, fail, lower,
-                                  register)
+from graphdl.ops.registry import (REQUIRED, Attr, OnnxLowering, OnnxNode, OpDef, apply, constant,
+                                  fail, lower, register)
 from graphdl.ops.shape import reshape
 
 __all__ = ["concat", "split", "slice", "pad", "gather", "take", "getitem"]
@@ -67,6 +67,7 @@ def _concat_vjp(F, n, g):
 
 register(OpDef(name="Concat", infer=_concat_infer, kernel=_concat_kernel, vjp=_concat_vjp,
                onnx=lambda a, ti, to, o: lower("Concat", len(ti), axis=int(a["axis"])),
+               attrs={"axis": Attr(int, REQUIRED, "the axis to join along")},
                doc="Join inputs along an axis."))
 
 
@@ -108,6 +109,8 @@ def _split_onnx(attrs, tin, tout, opset):
 
 register(OpDef(name="Split", infer=_split_infer, kernel=_split_kernel, vjp=_split_vjp,
                onnx=_split_onnx, n_outputs=-1,
+               attrs={"sizes": Attr(tuple, REQUIRED, "the pieces' sizes"),
+                      "axis": Attr(int, REQUIRED, "the axis to cut")},
                doc="Cut a tensor into consecutive pieces of the given sizes along an axis."))
 
 
@@ -179,6 +182,10 @@ def _slice_attrs(attrs) -> dict:
     return {k: tuple(attrs[k]) for k in ("starts", "ends", "axes", "steps")}
 
 
+SLICE_ATTRS = {k: Attr(tuple, REQUIRED, f"per sliced axis: the {k[:-1]}")
+               for k in ("starts", "ends", "axes", "steps")}
+
+
 def _slice_consts(attrs) -> dict:
     return {k: np.array(attrs[k], np.int64) for k in ("starts", "ends", "axes", "steps")}
 
@@ -188,7 +195,7 @@ register(OpDef(
     onnx=lambda a, ti, to, o: OnnxLowering(
         (OnnxNode("Slice", ("in0", "starts", "ends", "axes", "steps"), ("out0",)),),
         _slice_consts(a)),
-    doc="NumPy/ONNX strided slice along the given axes."))
+    attrs=SLICE_ATTRS, doc="NumPy/ONNX strided slice along the given axes."))
 
 
 # ---- Pad -----------------------------------------------------------------------------------
@@ -214,8 +221,8 @@ def _pad_kernel(xs, attrs, out):
     x = xs[0]
     pads = attrs["pads"]
     if out is None:
-        return np.pad(x, pads, mode="constant", constant_values=attrs.get("value", 0.0))
-    out.fill(attrs.get("value", 0.0))
+        return np.pad(x, pads, mode="constant", constant_values=attrs["value"])
+    out.fill(attrs["value"])
     out[tuple(_pyslice(b, b + d) for (b, _), d in zip(pads, x.shape))] = x
     return out
 
@@ -234,13 +241,15 @@ def _pad_vjp(F, n, g):
 def _pad_onnx(attrs, tin, tout, opset):
     pads = attrs["pads"]
     flat = [b for b, _ in pads] + [a for _, a in pads]  # ONNX order: all befores, then afters
-    value = np.array(attrs.get("value", 0.0)).astype(tin[0].dtype)
+    value = np.array(attrs["value"]).astype(tin[0].dtype)
     return OnnxLowering((OnnxNode("Pad", ("in0", "pads", "value"), ("out0",),
                                   {"mode": "constant"}),),
                         {"pads": np.array(flat, np.int64), "value": value})
 
 
 register(OpDef(name="Pad", infer=_pad_infer, kernel=_pad_kernel, vjp=_pad_vjp, onnx=_pad_onnx,
+               attrs={"pads": Attr(tuple, REQUIRED, "((before, after), ...) per axis"),
+                      "value": Attr(float, 0.0, "the fill value")},
                doc="Constant padding; attr pads is ((before, after), ...) per axis."))
 
 
@@ -274,6 +283,7 @@ def _gather_vjp(F, n, g):
 
 register(OpDef(name="Gather", infer=_gather_infer, kernel=_gather_kernel, vjp=_gather_vjp,
                onnx=lambda a, ti, to, o: lower("Gather", 2, axis=int(a["axis"])),
+               attrs={"axis": Attr(int, REQUIRED, "the axis the indices pick along")},
                doc="Take entries along an axis at integer indices (any rank)."))
 
 

@@ -11,7 +11,7 @@ import numpy as np
 
 from graphdl.ir import GraphError, TensorType
 from graphdl.ops.infer import check_arity, norm_axis, same_dtype
-from graphdl.ops.registry import OpDef, apply, fail, lower, register
+from graphdl.ops.registry import Attr, OpDef, apply, fail, lower, register
 
 __all__ = ["gather_elements", "scatter_elements", "gather_nd", "scatter_nd"]
 
@@ -101,7 +101,9 @@ def _gather_elements_vjp(F, n, g):
             None]
 
 
-register(OpDef(name="GatherElements", infer=_gather_elements_infer,
+_AXIS0 = Attr(int, 0, "the indexed axis")
+_REDUCTION = Attr(str, "none", "how updates combine: none, add, mul, max or min")
+register(OpDef(name="GatherElements", infer=_gather_elements_infer, attrs={"axis": _AXIS0},
                kernel=_gather_elements_kernel, vjp=_gather_elements_vjp,
                onnx=lambda a, ti, to, o: lower("GatherElements", 2, axis=_axis(a, ti)),
                doc="out[i][j][k] = data[idx[i][j][k]][j][k] along axis (torch.gather)."))
@@ -145,6 +147,7 @@ def _scatter_vjp(gather, scatter, op):
 
 
 register(OpDef(name="ScatterElements", infer=_scatter_elements_infer,
+               attrs={"axis": _AXIS0, "reduction": _REDUCTION},
                kernel=_scatter_elements_kernel,
                vjp=_scatter_vjp(lambda g, i, axis=0: gather_elements(g, i, axis),
                                 lambda d, i, u, axis=0: scatter_elements(d, i, u, axis),
@@ -192,6 +195,7 @@ def _gather_nd_vjp(F, n, g):
 
 
 register(OpDef(name="GatherND", infer=_gather_nd_infer, kernel=_gather_nd_kernel,
+               attrs={"batch_dims": Attr(int, 0, "leading axes shared by data and indices")},
                vjp=_gather_nd_vjp,
                onnx=lambda a, ti, to, o: lower("GatherND", 2,
                                                batch_dims=int(a.get("batch_dims", 0))),
@@ -226,6 +230,7 @@ def _scatter_nd_kernel(xs, attrs, out):
 
 
 register(OpDef(name="ScatterND", infer=_scatter_nd_infer, kernel=_scatter_nd_kernel,
+               attrs={"reduction": _REDUCTION},
                vjp=_scatter_vjp(lambda g, i: gather_nd(g, i),
                                 lambda d, i, u: scatter_nd(d, i, u), "ScatterND"),
                onnx=lambda a, ti, to, o: lower("ScatterND", 3, **_reduction_attr(a)),

@@ -8,11 +8,11 @@ import builtins
 import numpy as np
 
 from graphdl.ir import TensorType
-from graphdl.ops.indexing import (INT64_MAX, _INT_DTYPES, _index_tuple, _slice_attrs,
-                                  _slice_consts, _slice_infer, _slice_spec, gather)
+from graphdl.ops.indexing import (INT64_MAX, SLICE_ATTRS, _INT_DTYPES, _index_tuple,
+                                  _slice_attrs, _slice_consts, _slice_infer, _slice_spec, gather)
 from graphdl.ops.infer import check_arity
-from graphdl.ops.registry import LoweringError, OnnxLowering, OnnxNode, OpDef, apply, fail, \
-    register
+from graphdl.ops.registry import (REQUIRED, Attr, LoweringError, OnnxDType, OnnxLowering,
+                                  OnnxNode, OpDef, apply, fail, register)
 
 _pyslice = builtins.slice
 
@@ -94,6 +94,7 @@ register(OpDef(
     name="SliceGrad", infer=_slice_grad_infer, kernel=_slice_grad_kernel,
     vjp=lambda F, n, g: [apply("Slice", g[0], **_slice_attrs(n.attrs))],  # adjoint of adjoint
     onnx=_slice_grad_onnx,
+    attrs=dict(SLICE_ATTRS, shape=Attr(tuple, REQUIRED, "the sliced input's shape")),
     doc="Zeros of attr shape with the input written where Slice (same attrs) would read."))
 
 
@@ -168,7 +169,7 @@ def _gather_grad_onnx(attrs, tin, tout, opset):
         OnnxNode("Concat", ("dim", "pre", "post"), ("zshape",), {"axis": 0}),
         OnnxNode("ConstantOfShape", ("zshape",), ("zeros",),
                  {"value": np.zeros(1, np.dtype(tout[0].dtype))}),
-        OnnxNode("Cast", ("in1",), ("idx64",), {"to": 7}),
+        OnnxNode("Cast", ("in1",), ("idx64",), {"to": OnnxDType("int64")}),
         # negative indices count from the end, as in Gather
         OnnxNode("Less", ("idx64", "izero"), ("neg",)),
         OnnxNode("Add", ("idx64", "dim0"), ("wrapped",)),
@@ -183,5 +184,7 @@ def _gather_grad_onnx(attrs, tin, tout, opset):
 
 register(OpDef(name="GatherGrad", infer=_gather_grad_infer, kernel=_gather_grad_kernel,
                vjp=_gather_grad_vjp, onnx=_gather_grad_onnx,
+               attrs={"axis": Attr(int, REQUIRED, "the gathered axis (non-negative)"),
+                      "dim": Attr((int, str), REQUIRED, "its size (symbolic: from input 2)")},
                doc="Scatter-add of a gather's cotangent into zeros of size attr dim along "
                    "attr axis (input 2, when present, gives a symbolic dim's size)."))

@@ -5,7 +5,7 @@ import numpy as np
 
 from graphdl.ir import TensorType
 from graphdl.ops.infer import broadcast_shapes, check_arity, same_dtype
-from graphdl.ops.registry import OpDef, apply, fail, lower, register
+from graphdl.ops.registry import Attr, OpDef, apply, fail, lower, register
 
 
 def _matmul_infer(types, attrs):
@@ -34,7 +34,8 @@ def _matmul_vjp(F, n, g):
 
 
 register(OpDef(name="MatMul", infer=_matmul_infer, kernel=_matmul_kernel, vjp=_matmul_vjp,
-               onnx=lambda a, ti, to, o: lower("MatMul", 2)))
+               onnx=lambda a, ti, to, o: lower("MatMul", 2), attrs={},
+               epilogue="FusedMatMul"))
 
 
 def _gemm_infer(types, attrs):
@@ -93,7 +94,11 @@ def _gemm_onnx(attrs, tin, tout, opset):
 
 
 register(OpDef(name="Gemm", infer=_gemm_infer, kernel=_gemm_kernel, vjp=_gemm_vjp,
-               onnx=_gemm_onnx))
+               onnx=_gemm_onnx, epilogue="FusedGemm",
+               attrs={"transA": Attr(int, 0, "1: use A transposed"),
+                      "transB": Attr(int, 0, "1: use B transposed"),
+                      "alpha": Attr(float, 1.0, "scale of A' @ B'"),
+                      "beta": Attr(float, 1.0, "scale of C")}))
 
 
 def matmul(a, b):

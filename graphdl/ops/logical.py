@@ -7,7 +7,7 @@ import numpy as np
 
 from graphdl.ir import TensorType, normalize_dtype
 from graphdl.ops.infer import broadcast_shapes, check_arity, same_dtype
-from graphdl.ops.registry import OpDef, apply, fail, lower, register
+from graphdl.ops.registry import REQUIRED, Attr, OpDef, apply, fail, lower, register
 
 __all__ = ["logical_and", "logical_or", "logical_xor", "logical_not", "bitwise_and",
            "bitwise_or", "bitwise_xor", "bitwise_not", "bit_shift", "bitcast"]
@@ -98,6 +98,7 @@ for _name, (_fn, _logical) in BINARY_LOGICAL_RULES.items():
         name=_name, infer=_binary_infer(_name, _logical),
         kernel=lambda xs, a, out, _f=_fn: _into(out, _f(xs[0], xs[1], a)),
         vjp=None, differentiable=False, elementwise=True,
+        attrs={"direction": Attr(str, None, "LEFT or RIGHT")} if _name == "BitShift" else {},
         onnx=lambda a, ti, to, o, _t=_name: lower(_t, 2, **(
             {"direction": a["direction"]} if _t == "BitShift" else {}))))
 
@@ -105,7 +106,7 @@ for _name, _logical in (("Not", True), ("BitwiseNot", False)):
     register(OpDef(
         name=_name, infer=_unary_infer(_name, _logical),
         kernel=lambda xs, a, out: _into(out, np.invert(xs[0])),
-        vjp=None, differentiable=False, elementwise=True,
+        vjp=None, differentiable=False, elementwise=True, attrs={},
         onnx=lambda a, ti, to, o, _t=_name: lower(_t)))
 
 
@@ -128,6 +129,7 @@ def _bitcast_infer(types, attrs):
 
 
 register(OpDef(name="BitCast", infer=_bitcast_infer,
+               attrs={"to": Attr(str, REQUIRED, "the dtype whose bits it reads")},
                kernel=lambda xs, a, out: _into(out, np.ascontiguousarray(xs[0]).view(
                    dtype_of(a["to"]))),
                vjp=None, differentiable=False,

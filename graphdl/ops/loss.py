@@ -11,12 +11,12 @@ from __future__ import annotations
 import numpy as np
 
 from graphdl.ir import TensorType
-from graphdl.ops.elementwise import _ONNX_DTYPE_CODES
 from graphdl.ops.infer import check_arity, require_float
-from graphdl.ops.registry import LoweringError, OnnxLowering, OnnxNode, OpDef, apply, fail, \
-    lower, register
+from graphdl.ops.registry import (Attr, LoweringError, OnnxDType, OnnxLowering, OnnxNode, OpDef,
+                                  apply, fail, lower, register)
 
 REDUCTIONS = ("mean", "sum", "none")
+_LOSS_ATTRS = {"reduction": Attr(str, "mean", "'mean', 'sum' or 'none'")}
 _LABEL_DTYPES = ("int64", "int32")
 
 
@@ -34,7 +34,7 @@ def _check_logits_labels(op: str, types: list[TensorType], attrs: dict) -> None:
     n_logits, n_labels = logits.shape[0], labels.shape[0]
     if isinstance(n_logits, int) and isinstance(n_labels, int) and n_logits != n_labels:
         raise fail(op, f"{n_logits} rows of logits but {n_labels} labels", types)
-    if attrs.get("reduction", "mean") not in REDUCTIONS:
+    if attrs["reduction"] not in REDUCTIONS:
         raise fail(op, f"reduction must be one of {REDUCTIONS}, got {attrs['reduction']!r}")
 
 
@@ -45,7 +45,7 @@ def _loss_type(logits: TensorType, reduction: str) -> TensorType:
 def _sce_infer(types, attrs):
     check_arity("SoftmaxCrossEntropy", types, 2)
     _check_logits_labels("SoftmaxCrossEntropy", types, attrs)
-    return [_loss_type(types[0], attrs.get("reduction", "mean"))]
+    return [_loss_type(types[0], attrs["reduction"])]
 
 
 def _check_label_values(labels: np.ndarray, classes: int) -> None:
@@ -64,7 +64,7 @@ def _sce_kernel(xs, attrs, out):
     _check_label_values(labels, z.shape[1])
     # loss_i = logsumexp(z_i) - z_i[y_i] = -log_softmax(z_i)[y_i]
     per_row = -_log_softmax_rows(z)[np.arange(len(labels)), labels]
-    reduction = attrs.get("reduction", "mean")
+    reduction = attrs["reduction"]
     if reduction == "none":
         return per_row
     total = per_row.mean() if reduction == "mean" else per_row.sum()
@@ -74,18 +74,18 @@ def _sce_kernel(xs, attrs, out):
 def _sce_vjp(F, node, grads):
     z, labels = node.inputs
     return [apply("SoftmaxCrossEntropyGrad", z, labels, grads[0],
-                  reduction=node.attrs.get("reduction", "mean")), None]
+                  reduction=node.attrs["reduction"]), None]
 
 
 def _sce_onnx(attrs, tin, tout, opset):
     if opset < 12:
         raise LoweringError(f"SoftmaxCrossEntropy needs ONNX opset >= 12, asked for {opset}")
-    return lower("SoftmaxCrossEntropyLoss", 2, 1, reduction=attrs.get("reduction", "mean"))
+    return lower("SoftmaxCrossEntropyLoss", 2, 1, reduction=attrs["reduction"])
 
 
 register(OpDef(
     name="SoftmaxCrossEntropy", infer=_sce_infer, kernel=_sce_kernel, vjp=_sce_vjp,
-    onnx=_sce_onnx,
+    onnx=_sce_onnx, attrs=_LOSS_ATTRS,
     doc="Cross-entropy of softmax(logits) (N, C) against integer labels (N,); reduction "
         "'mean' (default), 'sum' or 'none'.",
 ))
@@ -95,7 +95,7 @@ def _grad_infer(types, attrs):
     op = "SoftmaxCrossEntropyGrad"
     check_arity(op, types, 3)
     _check_logits_labels(op, types[:2], attrs)
-    want = _loss_type(types[0], attrs.get("reduction", "mean"))
+    want = _loss_type(types[0], attrs["reduction"])
     g = types[2]
     if g.dtype != want.dtype or g.rank != want.rank:
         raise fail(op, f"the incoming gradient must be {want}, got {g}", types)
@@ -109,7 +109,7 @@ def _grad_kernel(xs, attrs, out):
     p = np.exp(shifted)
     p /= p.sum(axis=1, keepdims=True)
     p[np.arange(len(labels)), labels] -= 1  # d loss_i / d z_i = softmax(z_i) - onehot(y_i)
-    reduction = attrs.get("reduction", "mean")
+    reduction = attrs["reduction"]
     if reduction == "none":
         p *= g[:, None]
     elif reduction == "mean":
@@ -121,7 +121,7 @@ def _grad_kernel(xs, attrs, out):
 
 def _grad_vjp(F, node, grads):
     z, labels, g = node.inputs
-    reduction = node.attrs.get("reduction", "mean")
+    reduction = node.attrs["reduction"]
     u = grads[0]
     p = F.softmax(z, 1)
     if reduction == "none":
@@ -145,13 +145,13 @@ def _grad_onnx(attrs, tin, tout, opset):
         raise LoweringError("SoftmaxCrossEntropyGrad needs a static number of classes, got "
                             f"{classes!r}")
     dt = np.dtype(tin[0].dtype)
-    reduction = attrs.get("reduction", "mean")
+    reduction = attrs["reduction"]
     # onehot(y) = Cast(Unsqueeze(y, 1) == arange(C)); grad = (Softmax(z) - onehot) * scale
     nodes = [
         OnnxNode("Softmax", ("in0",), ("p",), {"axis": 1}),
         OnnxNode("Unsqueeze", ("in1", "axis1"), ("y2",)),
         OnnxNode("Equal", ("y2", "classes"), ("hot",)),
-        OnnxNode("Cast", ("hot",), ("onehot",), {"to": _onnx_float_code(dt)}),
+        OnnxNode("Cast", ("hot",), ("onehot",), {"to": OnnxDType(dt.name)}),
         OnnxNode("Sub", ("p", "onehot"), ("d",)),
     ]
     consts = {"axis1": np.array([1], np.int64),
@@ -164,20 +164,16 @@ def _grad_onnx(attrs, tin, tout, opset):
     else:
         nodes += [OnnxNode("Shape", ("in0",), ("shape",)),
                   OnnxNode("Gather", ("shape", "zero"), ("n",), {"axis": 0}),
-                  OnnxNode("Cast", ("n",), ("nf",), {"to": _onnx_float_code(dt)}),
+                  OnnxNode("Cast", ("n",), ("nf",), {"to": OnnxDType(dt.name)}),
                   OnnxNode("Div", ("in2", "nf"), ("scale",)),
                   OnnxNode("Mul", ("d", "scale"), ("out0",))]
         consts["zero"] = np.array(0, np.int64)
     return OnnxLowering(tuple(nodes), consts)
 
 
-def _onnx_float_code(dt: np.dtype) -> int:
-    return _ONNX_DTYPE_CODES[dt.name]
-
-
 register(OpDef(
     name="SoftmaxCrossEntropyGrad", infer=_grad_infer, kernel=_grad_kernel, vjp=_grad_vjp,
-    onnx=_grad_onnx,
+    onnx=_grad_onnx, attrs=_LOSS_ATTRS,
     doc="(softmax(logits) - onehot(labels)) * g, divided by N for the mean: the gradient of "
         "SoftmaxCrossEntropy.",
 ))

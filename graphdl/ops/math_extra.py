@@ -11,7 +11,8 @@ import numpy as np
 
 from graphdl.ir import FLOAT_DTYPES, TensorType
 from graphdl.ops.infer import broadcast_shapes, check_arity, require_float, same_dtype
-from graphdl.ops.registry import OnnxLowering, OnnxNode, OpDef, apply, fail, lower, register
+from graphdl.ops.registry import (Attr, OnnxLowering, OnnxNode, OpDef, apply, fail, lower,
+                                  register)
 
 __all__ = ["reciprocal", "tan", "acos", "asin", "atan", "sinh", "cosh", "asinh", "acosh",
            "atanh", "ceil", "round", "softsign", "mish", "hard_sigmoid", "hard_swish", "elu",
@@ -227,6 +228,17 @@ UNARY_MATH_RULES = {
 }
 
 
+_F = Attr(float, 1.0, "the activation's parameter")
+_UNARY_MATH_ATTRS = {  # the attributes of the ops above that take any (ONNX's defaults)
+    "HardSigmoid": {"alpha": Attr(float, 0.2, "slope"), "beta": Attr(float, 0.5, "offset")},
+    "Elu": {"alpha": _F}, "Celu": {"alpha": _F}, "ThresholdedRelu": {"alpha": _F},
+    "Swish": {"alpha": _F},
+    "Selu": {"alpha": Attr(float, _SELU_ALPHA, "scale of the negative part"),
+             "gamma": Attr(float, _SELU_GAMMA, "overall scale")},
+    "Shrink": {"bias": Attr(float, 0.0, "shift"), "lambd": Attr(float, 0.5, "threshold")},
+}
+
+
 def _unary_infer(op):
     def infer(types, attrs):
         check_arity(op, types, 1)
@@ -238,7 +250,8 @@ def _unary_infer(op):
 for _name, (_fn, _vjp, _onnx) in UNARY_MATH_RULES.items():
     register(OpDef(name=_name, infer=_unary_infer(_name), kernel=_float_kernel(_fn),
                    vjp=_vjp or (lambda F, n, g: [None]), onnx=_onnx,
-                   differentiable=_vjp is not None, elementwise=True))
+                   differentiable=_vjp is not None, elementwise=True,
+                   attrs=_UNARY_MATH_ATTRS.get(_name, {})))
 
 
 def _test_infer(op):
@@ -249,10 +262,12 @@ def _test_infer(op):
     return infer
 
 
-register(OpDef(name="IsNaN", infer=_test_infer("IsNaN"),
+register(OpDef(name="IsNaN", infer=_test_infer("IsNaN"), attrs={},
                kernel=lambda xs, a, out: _into(out, np.isnan(xs[0]), bool),
                vjp=None, onnx=lambda a, ti, to, o: lower("IsNaN"), differentiable=False))
 register(OpDef(name="IsInf", infer=_test_infer("IsInf"),
+               attrs={"detect_negative": Attr(int, 1, "flag -inf"),
+                      "detect_positive": Attr(int, 1, "flag +inf")},
                kernel=lambda xs, a, out: _into(out, _isinf(xs[0], a), bool),
                vjp=None, onnx=_isinf_onnx, differentiable=False))
 
@@ -277,7 +292,7 @@ def _prelu_vjp(F, n, g):
     return [F.where(neg, g[0] * slope, g[0]), F.sum_to(F.where(neg, g[0] * x, 0.0), slope.shape)]
 
 
-register(OpDef(name="PRelu", infer=_prelu_infer,
+register(OpDef(name="PRelu", infer=_prelu_infer, attrs={},
                kernel=lambda xs, a, out: _into(out, np.where(xs[0] < 0, xs[0] * xs[1], xs[0]),
                                                xs[0].dtype),
                vjp=_prelu_vjp, onnx=lambda a, ti, to, o: lower("PRelu", 2), elementwise=True))
@@ -319,7 +334,7 @@ def _mod_onnx(attrs, tin, tout, opset):
 
 
 register(OpDef(name="Mod", infer=_mod_infer, kernel=_mod_kernel, vjp=_mod_vjp,
-               onnx=_mod_onnx,
+               onnx=_mod_onnx, attrs={"fmod": Attr(int, 0, "1: C fmod (sign of a)")},
                elementwise=True))
 
 

@@ -15,8 +15,8 @@ import numpy as np
 from graphdl.ir import TensorType, Value
 from graphdl.ops import _norm_kernels as K
 from graphdl.ops.infer import check_arity, norm_axis, require_float, same_dtype
-from graphdl.ops.registry import OnnxLowering, OnnxNode, OpDef, apply, constant, fail, register, \
-    split_along
+from graphdl.ops.registry import (Attr, OnnxDType, OnnxLowering, OnnxNode, OpDef, apply, constant,
+                                  fail, onnx_reduce, register, split_along)
 
 __all__ = ["batch_norm", "layer_norm", "dropout"]
 
@@ -56,19 +56,19 @@ def _first_out(out):
 
 
 def _bn_kernel(xs, attrs, out):
-    eps = float(attrs.get("eps", 1e-5))
-    if attrs.get("training", True):
-        return K.batch_norm_train(*xs, eps, float(attrs.get("momentum", 0.1)), _first_out(out))
+    eps = float(attrs["eps"])
+    if attrs["training"]:
+        return K.batch_norm_train(*xs, eps, float(attrs["momentum"]), _first_out(out))
     return K.batch_norm_infer(*xs, eps, _first_out(out))
 
 
 def _bn_vjp(F, node, grads):
     x, scale, bias, running_mean, running_var = node.inputs
     gy, g_mean, g_var = grads
-    eps, m = float(node.attrs.get("eps", 1e-5)), float(node.attrs.get("momentum", 0.1))
+    eps, m = float(node.attrs["eps"]), float(node.attrs["momentum"])
     rank, axes = x.ndim, _reduce_axes(x.ndim)
     gx = gscale = gbias = gmean = gvar = None
-    if node.attrs.get("training", True):
+    if node.attrs["training"]:
         if gy is not None:
             gx, gscale, gbias = apply("BatchNormGrad", x, scale, gy, eps=eps)
         # running stats: new = (1 - m) old + m batch; d batch mean / dx = 1/n,
@@ -103,8 +103,8 @@ def _bn_vjp(F, node, grads):
 
 
 def _bn_onnx(attrs, tin, tout, opset):
-    eps = float(attrs.get("eps", 1e-5))
-    if not attrs.get("training", True):
+    eps = float(attrs["eps"])
+    if not attrs["training"]:
         return OnnxLowering((
             OnnxNode("BatchNormalization", ("in0", "in1", "in2", "in3", "in4"), ("out0",),
                      {"epsilon": eps}),
@@ -115,13 +115,12 @@ def _bn_onnx(attrs, tin, tout, opset):
     # variance and weights momentum the other way round, so lower torch's rule with primitives.
     dt = np.dtype(tin[0].dtype)
     rank = tin[0].rank
-    m = float(attrs.get("momentum", 0.1))
+    m = float(attrs["momentum"])
     axes = list(_reduce_axes(rank))
+    consts: dict = {}
 
     def reduce_mean(src, dst):
-        if opset >= 18:
-            return OnnxNode("ReduceMean", (src, "axes"), (dst,), {"keepdims": 1})
-        return OnnxNode("ReduceMean", (src,), (dst,), {"keepdims": 1, "axes": axes})
+        return onnx_reduce("ReduceMean", src, dst, axes, opset, True, consts)
 
     nodes = (
         reduce_mean("in0", "mean"),
@@ -140,7 +139,7 @@ def _bn_onnx(attrs, tin, tout, opset):
         OnnxNode("Shape", ("in0",), ("shape",)),
         OnnxNode("Gather", ("shape", "one_i"), ("channels",), {"axis": 0}),
         OnnxNode("Div", ("size", "channels"), ("count_i",)),
-        OnnxNode("Cast", ("count_i",), ("count",), {"to": _ONNX_CODES[dt.name]}),
+        OnnxNode("Cast", ("count_i",), ("count",), {"to": OnnxDType(dt.name)}),
         OnnxNode("Sub", ("count", "one"), ("count_1",)),
         OnnxNode("Div", ("count", "count_1"), ("unbias",)),
         OnnxNode("Reshape", ("mean", "flat"), ("mean_c",)),
@@ -153,19 +152,20 @@ def _bn_onnx(attrs, tin, tout, opset):
         OnnxNode("Mul", ("in4", "keep"), ("old_var",)),
         OnnxNode("Add", ("old_var", "new_var"), ("out2",)),
     )
-    consts = {"eps": np.array(eps, dt), "cshape": np.array(_channel_shape(rank), np.int64),
-              "one_i": np.array(1, np.int64), "one": np.array(1.0, dt),
-              "flat": np.array([-1], np.int64), "keep": np.array(1.0 - m, dt),
-              "mom": np.array(m, dt)}
-    if opset >= 18:
-        consts["axes"] = np.array(axes, np.int64)
+    consts.update({"eps": np.array(eps, dt), "cshape": np.array(_channel_shape(rank), np.int64),
+                   "one_i": np.array(1, np.int64), "one": np.array(1.0, dt),
+                   "flat": np.array([-1], np.int64), "keep": np.array(1.0 - m, dt),
+                   "mom": np.array(m, dt)})
     return OnnxLowering(nodes, consts)
 
 
-_ONNX_CODES = {"float32": 1, "float16": 10, "float64": 11}
+_EPS = Attr(float, 1e-5, "added to the variance")
+_TRAINING = Attr(bool, True, "training form (batch statistics, state updates)")
 
 register(OpDef(name="BatchNorm", infer=_bn_infer, kernel=_bn_kernel, vjp=_bn_vjp,
                onnx=_bn_onnx, n_outputs=3, state_outputs={1: 3, 2: 4},
+               attrs={"eps": _EPS, "momentum": Attr(float, 0.1, "weight of the batch statistics"),
+                      "training": _TRAINING},
                # channels are independent: x and y split along axis 1, the rest along 0
                split=split_along((1, 0, 0, 0, 0), (1, 0, 0)),
                doc="Batch normalization over axis 1 (torch conventions); outputs y and the "
@@ -185,7 +185,7 @@ def _bn_grad_infer(types, attrs):
 
 
 def _bn_grad_kernel(xs, attrs, out):
-    return K.batch_norm_grad(xs[0], xs[1], xs[2], float(attrs.get("eps", 1e-5)),
+    return K.batch_norm_grad(xs[0], xs[1], xs[2], float(attrs["eps"]),
                              _first_out(out))
 
 
@@ -204,7 +204,7 @@ def bn_grad_composed(F, x, scale, dy, eps: float):
 def _bn_grad_vjp(F, node, grads):
     # Second derivatives: reverse-mode through the primitive form of the first derivative.
     x, scale, dy = node.inputs
-    outs = bn_grad_composed(F, x, scale, dy, float(node.attrs.get("eps", 1e-5)))
+    outs = bn_grad_composed(F, x, scale, dy, float(node.attrs["eps"]))
     total = None
     for value, g in zip(outs, grads):
         if g is not None:
@@ -218,11 +218,10 @@ def _bn_grad_onnx(attrs, tin, tout, opset):
     rank = tin[0].rank
     axes = list(_reduce_axes(rank))
     sum_axes = np.array(axes, np.int64)
+    consts: dict = {}
 
     def mean(src, dst):
-        if opset >= 18:
-            return OnnxNode("ReduceMean", (src, "axes"), (dst,), {"keepdims": 1})
-        return OnnxNode("ReduceMean", (src,), (dst,), {"keepdims": 1, "axes": axes})
+        return onnx_reduce("ReduceMean", src, dst, axes, opset, True, consts)
 
     nodes = (
         mean("in0", "mu"),
@@ -244,15 +243,13 @@ def _bn_grad_onnx(attrs, tin, tout, opset):
         OnnxNode("ReduceSum", ("dy_xhat", "sum_axes"), ("out1",), {"keepdims": 0}),
         OnnxNode("ReduceSum", ("in2", "sum_axes"), ("out2",), {"keepdims": 0}),
     )
-    consts = {"eps": np.array(float(attrs.get("eps", 1e-5)), dt), "sum_axes": sum_axes,
-              "cshape": np.array(_channel_shape(rank), np.int64)}
-    if opset >= 18:
-        consts["axes"] = sum_axes
+    consts.update({"eps": np.array(float(attrs["eps"]), dt), "sum_axes": sum_axes,
+                   "cshape": np.array(_channel_shape(rank), np.int64)})
     return OnnxLowering(nodes, consts)
 
 
 register(OpDef(name="BatchNormGrad", infer=_bn_grad_infer, kernel=_bn_grad_kernel,
-               vjp=_bn_grad_vjp, onnx=_bn_grad_onnx, n_outputs=3,
+               vjp=_bn_grad_vjp, onnx=_bn_grad_onnx, n_outputs=3, attrs={"eps": _EPS},
                split=split_along((1, 0, 1), (1, 0, 0)),  # channels are independent
                doc="(dx, dscale, dbias) of training-mode BatchNorm, through the batch "
                    "statistics."))
@@ -265,7 +262,7 @@ def _ln_infer(types, attrs):
     dt = same_dtype("LayerNorm", types)
     x = types[0]
     require_float("LayerNorm", x)
-    axis = norm_axis("LayerNorm", int(attrs.get("axis", -1)), x.rank)
+    axis = norm_axis("LayerNorm", int(attrs["axis"]), x.rank)
     want = tuple(x.shape[axis:])
     for name, t in zip(("scale", "bias"), types[1:]):
         if tuple(t.shape) != want:
@@ -276,18 +273,18 @@ def _ln_infer(types, attrs):
 
 def _ln_kernel(xs, attrs, out):
     x = xs[0]
-    axis = int(attrs.get("axis", -1)) % x.ndim
-    return K.layer_norm(x, xs[1], xs[2], axis, float(attrs.get("eps", 1e-5)), out)
+    axis = int(attrs["axis"]) % x.ndim
+    return K.layer_norm(x, xs[1], xs[2], axis, float(attrs["eps"]), out)
 
 
 def _ln_vjp(F, node, grads):
     x, scale, bias = node.inputs
     g = grads[0]
-    axis = int(node.attrs.get("axis", -1)) % x.ndim
+    axis = int(node.attrs["axis"]) % x.ndim
     axes, lead = tuple(range(axis, x.ndim)), tuple(range(axis))
     centred = x - F.mean(x, axes, keepdims=True)
     inv = 1.0 / F.sqrt(F.mean(centred * centred, axes, keepdims=True)
-                       + float(node.attrs.get("eps", 1e-5)))
+                       + float(node.attrs["eps"]))
     xhat = centred * inv
     gxhat = g * scale
     # dx = inv (gxhat - mean(gxhat) - xhat mean(gxhat xhat)) over the normalized axes
@@ -301,7 +298,8 @@ def _ln_vjp(F, node, grads):
 register(OpDef(name="LayerNorm", infer=_ln_infer, kernel=_ln_kernel, vjp=_ln_vjp,
                onnx=lambda a, ti, to, o: OnnxLowering((OnnxNode(
                    "LayerNormalization", ("in0", "in1", "in2"), ("out0",),
-                   {"axis": int(a.get("axis", -1)), "epsilon": float(a.get("eps", 1e-5))}),)),
+                   {"axis": int(a["axis"]), "epsilon": float(a["eps"])}),)),
+               attrs={"axis": Attr(int, -1, "the first normalized axis"), "eps": _EPS},
                doc="Normalize over the axes from ``axis`` on, then scale and shift."))
 
 
@@ -313,7 +311,7 @@ def _dropout_infer(types, attrs):
     require_float("Dropout", x)
     if seed.dtype != "int64" or seed.shape != ():
         raise fail("Dropout", f"seed must be an int64 scalar, got {seed}", types)
-    rate = float(attrs.get("rate", 0.5))
+    rate = float(attrs["rate"])
     if not 0.0 <= rate <= 1.0:
         raise fail("Dropout", f"rate must be in [0, 1], got {rate}", types)
     return [x, TensorType(x.shape, "bool"), seed]
@@ -321,8 +319,8 @@ def _dropout_infer(types, attrs):
 
 def _dropout_kernel(xs, attrs, out):
     x, seed = xs
-    if attrs.get("training", True):
-        return K.dropout_train(x, seed, float(attrs.get("rate", 0.5)), _first_out(out))
+    if attrs["training"]:
+        return K.dropout_train(x, seed, float(attrs["rate"]), _first_out(out))
     return x, np.ones(x.shape, bool), np.asarray(seed, np.int64)
 
 
@@ -330,20 +328,20 @@ def _dropout_vjp(F, node, grads):
     g = grads[0]
     if g is None:
         return [None, None]
-    rate = float(node.attrs.get("rate", 0.5))
-    if not node.attrs.get("training", True):
+    rate = float(node.attrs["rate"])
+    if not node.attrs["training"]:
         return [g, None]
     mask = F.cast(node.outputs[1], g.dtype)
     return [g * mask * (0.0 if rate >= 1.0 else 1.0 / (1.0 - rate)), None]
 
 
 def _dropout_onnx(attrs, tin, tout, opset):
-    if attrs.get("training", True):
+    if attrs["training"]:
         dt = np.dtype(tin[0].dtype)
         return OnnxLowering((
             OnnxNode("Dropout", ("in0", "ratio", "train"), ("out0", "out1")),
             OnnxNode("Add", ("in1", "one"), ("out2",)),
-        ), {"ratio": np.array(float(attrs.get("rate", 0.5)), dt), "train": np.array(True),
+        ), {"ratio": np.array(float(attrs["rate"]), dt), "train": np.array(True),
             "one": np.array(1, np.int64)})
     return OnnxLowering((
         OnnxNode("Identity", ("in0",), ("out0",)),
@@ -355,6 +353,8 @@ def _dropout_onnx(attrs, tin, tout, opset):
 
 register(OpDef(name="Dropout", infer=_dropout_infer, kernel=_dropout_kernel,
                vjp=_dropout_vjp, onnx=_dropout_onnx, n_outputs=3, state_outputs={2: 1},
+               attrs={"rate": Attr(float, 0.5, "probability of zeroing an element"),
+                      "training": _TRAINING},
                doc="Inverted dropout with an explicit seed; outputs (y, mask, next_seed)."))
 
 

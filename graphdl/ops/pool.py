@@ -20,21 +20,29 @@ from graphdl.ops import _pool_kernels as K
 from graphdl.ops._windows import Window2d, four_pads, pair, window2d
 from graphdl.ops.conv import transpose_pads
 from graphdl.ops.infer import check_arity, require_float, same_dtype
-from graphdl.ops.registry import (OnnxLowering, OnnxNode, OpDef, apply, fail, lower, register,
-                                  split_along)
+from graphdl.ops.registry import (REQUIRED, Attr, OnnxLowering, OnnxNode, OpDef, apply, fail,
+                                  lower, register, split_along)
 
 __all__ = ["max_pool2d", "avg_pool2d", "global_avg_pool"]
 
 # windows never cross images: a kernel call splits into calls on slices of the batch
 BY_IMAGE = split_along((0,), (0,))
 
-_ELEMENT_CODES = {"float32": 1, "float16": 10, "float64": 11}
+POOL_ATTRS = {
+    "kernel_shape": Attr(tuple, REQUIRED, "window (kh, kw)"),
+    "strides": Attr(tuple, (1, 1), "(sh, sw)"),
+    "pads": Attr(tuple, (0, 0, 0, 0), "(top, left, bottom, right)"),
+    "dilations": Attr(tuple, (1, 1), "(dh, dw); max pooling only"),
+    "ceil_mode": Attr(bool, False, "round the output size up (torch's ceil_mode)"),
+}
+AVG_POOL_ATTRS = dict(POOL_ATTRS, count_include_pad=Attr(bool, True, "padded zeros count"))
+_GRAD_ATTRS = {"input_hw": Attr(tuple, REQUIRED, "the pooled input's (H, W)")}
 
 
 def _geometry(attrs, in_hw) -> Window2d:
     return window2d(tuple(in_hw), tuple(attrs["kernel_shape"]),
-                    tuple(attrs.get("strides", (1, 1))), tuple(attrs.get("pads", (0, 0, 0, 0))),
-                    tuple(attrs.get("dilations", (1, 1))), bool(attrs.get("ceil_mode", False)))
+                    tuple(attrs["strides"]), tuple(attrs["pads"]), tuple(attrs["dilations"]),
+                    bool(attrs["ceil_mode"]))
 
 
 def _pool_type(op, x: TensorType, attrs, types) -> tuple[int, int]:
@@ -46,9 +54,8 @@ def _pool_type(op, x: TensorType, attrs, types) -> tuple[int, int]:
     if not (isinstance(h, int) and isinstance(w, int)):
         raise fail(op, f"needs static spatial dims, got {tuple(x.shape)}", types)
     kernel = tuple(attrs["kernel_shape"])
-    strides = tuple(attrs.get("strides", (1, 1)))
-    pads = tuple(attrs.get("pads", (0, 0, 0, 0)))
-    dilations = tuple(attrs.get("dilations", (1, 1)))
+    strides, pads = tuple(attrs["strides"]), tuple(attrs["pads"])
+    dilations = tuple(attrs["dilations"])
     if len(kernel) != 2 or min(kernel) < 1 or len(strides) != 2 or min(strides) < 1 or \
             len(dilations) != 2 or min(dilations) < 1:
         raise fail(op, f"kernel {kernel}, strides {strides} and dilations {dilations} must "
@@ -121,12 +128,12 @@ def _floor_pads(attrs, in_hw) -> list[int]:
 
 def _onnx_attrs(attrs, in_hw, max_pool: bool) -> dict:
     out = {"kernel_shape": list(attrs["kernel_shape"]),
-           "strides": list(attrs.get("strides", (1, 1))),
+           "strides": list(attrs["strides"]),
            "pads": _floor_pads(attrs, in_hw)}
     if max_pool:
-        out["dilations"] = list(attrs.get("dilations", (1, 1)))
+        out["dilations"] = list(attrs["dilations"])
     else:
-        out["count_include_pad"] = int(bool(attrs.get("count_include_pad", True)))
+        out["count_include_pad"] = int(bool(attrs["count_include_pad"]))
     return out
 
 
@@ -145,7 +152,7 @@ def _max_pool_onnx(attrs, tin, tout, opset):
 
 
 register(OpDef(name="MaxPool", infer=_pool_infer("MaxPool"), kernel=_max_pool_kernel,
-               split=BY_IMAGE,
+               split=BY_IMAGE, attrs=POOL_ATTRS,
                vjp=_max_pool_vjp, onnx=_max_pool_onnx,
                doc="Max over 2-D windows of an NCHW input (padding is -inf)."))
 
@@ -183,7 +190,7 @@ def _max_grad_onnx(attrs, tin, tout, opset):
 
 
 register(OpDef(name="MaxPoolGrad", infer=_grad_infer("MaxPoolGrad", 2), kernel=_max_grad_kernel,
-               split=split_along((0, 0), (0,)),
+               split=split_along((0, 0), (0,)), attrs=POOL_ATTRS,
                vjp=_max_grad_vjp, onnx=_max_grad_onnx,
                doc="Gradient of MaxPool: dy added at each window's first maximum of x."))
 
@@ -204,7 +211,7 @@ def _gather_onnx(attrs, tin, tout, opset):
 
 
 register(OpDef(name="MaxPoolGather", infer=_gather_infer, kernel=_gather_kernel,
-               vjp=_gather_vjp, onnx=_gather_onnx,
+               vjp=_gather_vjp, onnx=_gather_onnx, attrs=POOL_ATTRS,
                doc="g read at each max-pool window's first maximum of x (MaxPoolGrad's "
                    "adjoint)."))
 
@@ -213,7 +220,7 @@ register(OpDef(name="MaxPoolGather", infer=_gather_infer, kernel=_gather_kernel,
 
 def _avg_kernel(xs, attrs, out):
     return K.avg_pool(xs[0], _geometry(attrs, xs[0].shape[2:]),
-                      bool(attrs.get("count_include_pad", True)), out)
+                      bool(attrs["count_include_pad"]), out)
 
 
 def _avg_vjp(F, node, grads):
@@ -222,14 +229,14 @@ def _avg_vjp(F, node, grads):
 
 
 def _avg_onnx(attrs, tin, tout, opset):
-    if not attrs.get("ceil_mode", False):
+    if not attrs["ceil_mode"]:
         return lower("AveragePool", **_onnx_attrs(attrs, tin[0].shape[2:], False))
     # ceil mode: zero-pad explicitly, average full windows, then rescale each window from
     # kh*kw to torch's divisor
     geo = _geometry(attrs, tin[0].shape[2:])
     dt = np.dtype(tin[0].dtype)
     pads = _floor_pads(attrs, geo.in_hw)
-    divisor = K.avg_divisor(geo, bool(attrs.get("count_include_pad", True)), np.float64)
+    divisor = K.avg_divisor(geo, bool(attrs["count_include_pad"]), np.float64)
     scale = np.asarray(geo.kernel[0] * geo.kernel[1] / np.asarray(divisor), dt)
     return OnnxLowering((
         OnnxNode("Pad", ("in0", "pads"), ("padded",)),
@@ -241,7 +248,7 @@ def _avg_onnx(attrs, tin, tout, opset):
 
 
 register(OpDef(name="AveragePool", infer=_pool_infer("AveragePool"), kernel=_avg_kernel,
-               split=BY_IMAGE,
+               split=BY_IMAGE, attrs=AVG_POOL_ATTRS,
                vjp=_avg_vjp, onnx=_avg_onnx,
                doc="Mean over 2-D windows of an NCHW input (torch's count_include_pad)."))
 
@@ -250,7 +257,7 @@ def _avg_grad_kernel(xs, attrs, out):
     dy = xs[0]
     shape = dy.shape[:2] + tuple(attrs["input_hw"])
     return K.avg_pool_grad(dy, shape, _geometry(attrs, attrs["input_hw"]),
-                           bool(attrs.get("count_include_pad", True)), out)
+                           bool(attrs["count_include_pad"]), out)
 
 
 def _avg_grad_vjp(F, node, grads):
@@ -266,7 +273,7 @@ def _avg_grad_onnx(attrs, tin, tout, opset):
     (kh, kw), (sh, sw), (pt, pl) = geo.kernel, geo.strides, geo.pads[:2]
     pb, oph = transpose_pads(h, ho, kh, sh, 1, pt)
     pr, opw = transpose_pads(w, wo, kw, sw, 1, pl)
-    divisor = K.avg_divisor(geo, bool(attrs.get("count_include_pad", True)), dt)
+    divisor = K.avg_divisor(geo, bool(attrs["count_include_pad"]), dt)
     nodes = (
         OnnxNode("Div", ("in0", "divisor"), ("scaled",)),
         OnnxNode("Reshape", ("scaled", "planes"), ("flat",)),
@@ -286,6 +293,7 @@ def _avg_grad_onnx(attrs, tin, tout, opset):
 
 register(OpDef(name="AveragePoolGrad", infer=_grad_infer("AveragePoolGrad", 1),
                kernel=_avg_grad_kernel, vjp=_avg_grad_vjp, onnx=_avg_grad_onnx, split=BY_IMAGE,
+               attrs=dict(AVG_POOL_ATTRS, **_GRAD_ATTRS),
                doc="Gradient of AveragePool: dy / divisor spread over each window."))
 
 
@@ -319,7 +327,7 @@ def _global_vjp(F, node, grads):
 
 
 register(OpDef(name="GlobalAveragePool", infer=_global_infer, kernel=_global_kernel,
-               vjp=_global_vjp, onnx=lambda a, ti, to, o: lower("GlobalAveragePool"),
+               vjp=_global_vjp, onnx=lambda a, ti, to, o: lower("GlobalAveragePool"), attrs={},
                doc="Mean over all spatial axes: (N, C, H, W) -> (N, C, 1, 1)."))
 
 

@@ -6,9 +6,9 @@ import math
 import numpy as np
 
 from graphdl.ir import FLOAT_DTYPES, TensorType
-from graphdl.ops.elementwise import _ONNX_DTYPE_CODES
 from graphdl.ops.infer import check_arity, norm_axes, norm_axis, require_float
-from graphdl.ops.registry import OnnxLowering, OnnxNode, OpDef, apply, fail, lower, register
+from graphdl.ops.registry import REQUIRED, Attr, OnnxDType, OnnxLowering, OnnxNode, OpDef, \
+    apply, fail, lower, onnx_reduce, register
 
 
 def _reduced_shape(shape, axes, keepdims):
@@ -22,27 +22,27 @@ def _reduce_infer(op):
         t = types[0]
         if t.dtype == "bool" or (op == "ReduceMean" and t.dtype not in FLOAT_DTYPES):
             raise fail(op, f"cannot reduce {t.dtype} values; cast them first", types)
-        axes = norm_axes(op, attrs.get("axes"), t.rank)
-        return [TensorType(_reduced_shape(t.shape, axes, attrs.get("keepdims", False)), t.dtype)]
+        axes = norm_axes(op, attrs["axes"], t.rank)
+        return [TensorType(_reduced_shape(t.shape, axes, attrs["keepdims"]), t.dtype)]
     return infer
 
 
 def _np_axes(attrs):
-    axes = attrs.get("axes")
+    axes = attrs["axes"]
     return None if axes is None else tuple(axes)
 
 
 def _reduce_kernel(fn):
     def kernel(xs, attrs, out):
-        return fn(xs[0], axis=_np_axes(attrs), keepdims=attrs.get("keepdims", False), out=out)
+        return fn(xs[0], axis=_np_axes(attrs), keepdims=attrs["keepdims"], out=out)
     return kernel
 
 
 def _keep(F, g, node):
     """The gradient reshaped so it broadcasts against the reduced input."""
-    if node.attrs.get("keepdims", False):
+    if node.attrs["keepdims"]:
         return g
-    axes = norm_axes(node.op, node.attrs.get("axes"), node.inputs[0].ndim)
+    axes = norm_axes(node.op, node.attrs["axes"], node.inputs[0].ndim)
     return F.unsqueeze(g, axes) if axes else g
 
 
@@ -52,7 +52,7 @@ def _sum_vjp(F, n, g):
 
 def _mean_vjp(F, n, g):
     x = n.inputs[0]
-    axes = norm_axes("ReduceMean", n.attrs.get("axes"), x.ndim)
+    axes = norm_axes("ReduceMean", n.attrs["axes"], x.ndim)
     return [F.expand_as(_keep(F, g[0], n), x) / F.numel(x, axes)]  # d mean = broadcast / count
 
 
@@ -60,7 +60,7 @@ def _extreme_vjp(F, n, g):
     x = n.inputs[0]
     y = _keep(F, n.outputs[0], n)
     mask = F.cast(F.equal(x, F.expand_as(y, x)), x.dtype)
-    axes = norm_axes(n.op, n.attrs.get("axes"), x.ndim)
+    axes = norm_axes(n.op, n.attrs["axes"], x.ndim)
     ties = F.sum(mask, axes, keepdims=True)
     # the gradient goes to the arg-extreme entries, split evenly among ties (torch's amax rule)
     return [F.expand_as(_keep(F, g[0], n) / ties, x) * mask]
@@ -68,16 +68,12 @@ def _extreme_vjp(F, n, g):
 
 def _reduce_onnx(onnx_op):
     def lowering(attrs, tin, tout, opset):
-        keep = int(bool(attrs.get("keepdims", False)))
-        axes = norm_axes(onnx_op, attrs.get("axes"), tin[0].rank)
+        axes = norm_axes(onnx_op, attrs["axes"], tin[0].rank)
         if not axes:
             return lower("Identity")
-        # ReduceSum takes axes as an input since opset 13, the others since opset 18
-        if onnx_op == "ReduceSum" or opset >= 18:
-            return OnnxLowering((OnnxNode(onnx_op, ("in0", "axes"), ("out0",),
-                                          {"keepdims": keep}),),
-                                {"axes": np.array(axes, np.int64)})
-        return lower(onnx_op, keepdims=keep, axes=list(axes))
+        consts: dict = {}
+        node = onnx_reduce(onnx_op, "in0", "out0", axes, opset, attrs["keepdims"], consts)
+        return OnnxLowering((node,), consts)
     return lowering
 
 
@@ -100,9 +96,12 @@ REDUCE_RULES = {
     "ReduceMin": (np.minimum.reduce, _extreme_vjp),
 }
 
+_REDUCE_ATTRS = {"axes": Attr((int, tuple), None, "axes to reduce (None: all)"),
+                 "keepdims": Attr(bool, False, "keep reduced axes with size 1")}
+
 for _name, (_fn, _vjp) in REDUCE_RULES.items():
     register(OpDef(name=_name, infer=_reduce_infer(_name), kernel=_reduce_kernel(_fn),
-                   vjp=_vjp, onnx=_reduce_onnx(_name)))
+                   vjp=_vjp, onnx=_reduce_onnx(_name), attrs=_REDUCE_ATTRS))
 
 
 def _numel_infer(types, attrs):
@@ -120,16 +119,14 @@ def _numel_onnx(attrs, tin, tout, opset):
         OnnxNode("Shape", ("in0",), ("s",)),
         OnnxNode("Gather", ("s", "axes"), ("d",), {"axis": 0}),
         OnnxNode("ReduceProd", ("d",), ("p",), {"keepdims": 0}),
-        OnnxNode("Cast", ("p",), ("out0",), {"to": _onnx_code(tin[0].dtype)}),
+        OnnxNode("Cast", ("p",), ("out0",), {"to": OnnxDType(tin[0].dtype)}),
     ), {"axes": np.array(attrs["axes"], np.int64)})
-
-
-def _onnx_code(dtype):
-    return _ONNX_DTYPE_CODES[dtype]
 
 
 register(OpDef(name="Numel", infer=_numel_infer, kernel=_numel_kernel,
                vjp=lambda F, n, g: [None], onnx=_numel_onnx, differentiable=False,
+               attrs={"axes": Attr(tuple, REQUIRED, "the axes whose sizes multiply")},
+               shape_only=True,
                doc="Number of elements along the given axes, as a scalar of the input dtype."))
 
 
@@ -137,19 +134,19 @@ def _softmax_infer(op):
     def infer(types, attrs):
         check_arity(op, types, 1)
         require_float(op, types[0])
-        norm_axis(op, attrs.get("axis", -1), types[0].rank)
+        norm_axis(op, attrs["axis"], types[0].rank)
         return [types[0]]
     return infer
 
 
 def _softmax_kernel(xs, attrs, out):
-    x, axis = xs[0], attrs.get("axis", -1)
+    x, axis = xs[0], attrs["axis"]
     e = np.exp(x - np.maximum.reduce(x, axis=axis, keepdims=True))
     return np.divide(e, np.add.reduce(e, axis=axis, keepdims=True), out=e)
 
 
 def _log_softmax_kernel(xs, attrs, out):
-    x, axis = xs[0], attrs.get("axis", -1)
+    x, axis = xs[0], attrs["axis"]
     z = np.subtract(x, np.maximum.reduce(x, axis=axis, keepdims=True), out=out)
     # log softmax = z - log(sum(exp(z))), z = x - max(x)
     lse = np.log(np.add.reduce(np.exp(z), axis=axis, keepdims=True))
@@ -157,21 +154,24 @@ def _log_softmax_kernel(xs, attrs, out):
 
 
 def _softmax_vjp(F, n, g):
-    y, axis = n.outputs[0], n.attrs.get("axis", -1)
+    y, axis = n.outputs[0], n.attrs["axis"]
     return [y * (g[0] - F.sum(g[0] * y, axis, keepdims=True))]  # J^T g = y (g - <g, y>)
 
 
 def _log_softmax_vjp(F, n, g):
-    y, axis = n.outputs[0], n.attrs.get("axis", -1)
+    y, axis = n.outputs[0], n.attrs["axis"]
     return [g[0] - F.exp(y) * F.sum(g[0], axis, keepdims=True)]  # g - softmax * sum g
 
 
+_SOFTMAX_ATTRS = {"axis": Attr(int, -1, "the axis that sums to one")}
 register(OpDef(name="Softmax", infer=_softmax_infer("Softmax"), kernel=_softmax_kernel,
                vjp=_softmax_vjp,
-               onnx=lambda a, ti, to, o: lower("Softmax", axis=int(a.get("axis", -1)))))
+               onnx=lambda a, ti, to, o: lower("Softmax", axis=int(a["axis"])),
+               attrs=_SOFTMAX_ATTRS))
 register(OpDef(name="LogSoftmax", infer=_softmax_infer("LogSoftmax"),
                kernel=_log_softmax_kernel, vjp=_log_softmax_vjp,
-               onnx=lambda a, ti, to, o: lower("LogSoftmax", axis=int(a.get("axis", -1)))))
+               onnx=lambda a, ti, to, o: lower("LogSoftmax", axis=int(a["axis"])),
+               attrs=_SOFTMAX_ATTRS))
 
 
 # ---- builders ------------------------------------------------------------------------------

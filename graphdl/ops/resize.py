@@ -19,7 +19,8 @@ import numpy as np
 
 from graphdl.ir import TensorType
 from graphdl.ops.infer import check_arity
-from graphdl.ops.registry import OnnxLowering, OnnxNode, OpDef, apply, fail, register
+from graphdl.ops.registry import (REQUIRED, Attr, OnnxLowering, OnnxNode, OpDef, apply, fail,
+                                  register)
 
 __all__ = ["resize"]
 
@@ -214,6 +215,17 @@ def _resize_onnx(attrs, tin, tout, opset):
 
 
 register(OpDef(name="Resize", infer=_resize_infer, kernel=_resize_kernel, vjp=_resize_vjp,
+               attrs={"sizes": Attr(tuple, REQUIRED, "output size per axis"),
+                      "scales": Attr(tuple, REQUIRED, "scale per axis"),
+                      "roi": Attr(tuple, None, "crop box (tf_crop_and_resize)"),
+                      "mode": Attr(str, "nearest", "nearest, linear or cubic"),
+                      "coordinate_transformation_mode": Attr(str, "half_pixel", "ONNX's"),
+                      "nearest_mode": Attr(str, "round_prefer_floor", "ONNX's"),
+                      "cubic_coeff_a": Attr(float, -0.75, "cubic kernel parameter"),
+                      "exclude_outside": Attr(int, 0, "drop weights outside the input"),
+                      "extrapolation_value": Attr(float, 0.0, "fill outside the roi"),
+                      "antialias": Attr(int, 0, "antialiased down-scaling (opset 18)"),
+                      "use_scales": Attr(bool, False, "lower with scales, not sizes")},
                onnx=_resize_onnx,
                doc="Nearest/linear/cubic resize to a static output shape (ONNX Resize)."))
 

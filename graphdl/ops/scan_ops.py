@@ -13,8 +13,8 @@ import numpy as np
 from graphdl.ir import TensorType
 from graphdl.ops.indexing_extra import scatter_elements
 from graphdl.ops.infer import check_arity, norm_axes, norm_axis
-from graphdl.ops.registry import (LoweringError, OnnxLowering, OnnxNode, OpDef, apply, fail,
-                                  lower, register)
+from graphdl.ops.registry import (REQUIRED, Attr, LoweringError, OnnxLowering, OnnxNode, OpDef,
+                                  apply, fail, lower, register)
 
 __all__ = ["cumsum", "cumprod", "argmax", "argmin", "topk", "trilu", "prod"]
 
@@ -102,13 +102,16 @@ def _scan_onnx(op, min_opset):
     return lowering
 
 
+_SCAN_ATTRS = {"axis": Attr(int, 0, "the scanned axis (input 1 overrides)"),
+               "exclusive": Attr(int, 0, "1: combine the entries strictly before"),
+               "reverse": Attr(int, 0, "1: scan from the end")}
 register(OpDef(name="CumSum", infer=_scan_infer("CumSum"),
                kernel=_scan_kernel("CumSum", np.cumsum, 0), vjp=_cumsum_vjp,
-               onnx=_scan_onnx("CumSum", 11),
+               onnx=_scan_onnx("CumSum", 11), attrs=_SCAN_ATTRS,
                doc="Running sum along axis (exclusive/reverse flags)."))
 register(OpDef(name="CumProd", infer=_scan_infer("CumProd"),
                kernel=_scan_kernel("CumProd", np.cumprod, 1), vjp=_cumprod_vjp,
-               onnx=_scan_onnx("CumProd", 26),
+               onnx=_scan_onnx("CumProd", 26), attrs=_SCAN_ATTRS,
                doc="Running product along axis (exclusive/reverse flags)."))
 
 
@@ -152,6 +155,9 @@ def _arg_onnx(op):
 for _name, _fn in (("ArgMax", np.argmax), ("ArgMin", np.argmin)):
     register(OpDef(name=_name, infer=_arg_infer(_name), kernel=_arg_kernel(_fn), vjp=None,
                    onnx=_arg_onnx(_name), differentiable=False,
+                   attrs={"axis": Attr(int, 0, "the searched axis"),
+                          "keepdims": Attr(int, 1, "keep it with size 1"),
+                          "select_last_index": Attr(int, 0, "1: the last of tied extremes")},
                    doc="Index of the extreme along axis (int64); ties pick the first."))
 
 
@@ -201,6 +207,8 @@ def _topk_onnx(attrs, tin, tout, opset):
 
 register(OpDef(name="TopK", infer=_topk_infer, kernel=_topk_kernel, vjp=_topk_vjp,
                onnx=_topk_onnx, n_outputs=2,
+               attrs={"k": Attr(int, REQUIRED, "how many"), "axis": Attr(int, -1, "the axis"),
+                      "largest": Attr(int, 1, "1: largest, 0: smallest")},
                doc="The k largest (or smallest) entries along axis, sorted, and their indices."))
 
 
@@ -230,6 +238,8 @@ def _trilu_onnx(attrs, tin, tout, opset):
 
 
 register(OpDef(name="Trilu", infer=_trilu_infer, kernel=_trilu_kernel,
+               attrs={"upper": Attr(int, 1, "1: keep the upper triangle"),
+                      "k": Attr(int, 0, "diagonal offset (input 1 overrides)")},
                # a mask is its own adjoint
                vjp=lambda F, n, g: [apply("Trilu", g[0], *n.inputs[1:], **n.attrs), None][
                    :len(n.inputs)],
@@ -274,7 +284,10 @@ def _prod_onnx(attrs, tin, tout, opset):
 
 
 register(OpDef(name="ReduceProd", infer=_prod_infer, kernel=_prod_kernel, vjp=_prod_vjp,
-               onnx=_prod_onnx, doc="Product over axes (all when None)."))
+               onnx=_prod_onnx,
+               attrs={"axes": Attr((int, tuple), None, "axes to multiply over (None: all)"),
+                      "keepdims": Attr(bool, False, "keep them with size 1")},
+               doc="Product over axes (all when None)."))
 
 
 # ---- builders ------------------------------------------------------------------------------

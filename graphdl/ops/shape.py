@@ -9,7 +9,8 @@ from graphdl import dims
 from graphdl.ir import Dim, TensorType
 from graphdl.ops.infer import broadcast_shapes, check_arity, norm_axes
 from graphdl.ops.reduce import sum as reduce_sum
-from graphdl.ops.registry import OnnxLowering, OnnxNode, OpDef, apply, fail, lower, register
+from graphdl.ops.registry import REQUIRED, Attr, OnnxLowering, OnnxNode, OpDef, apply, fail, \
+    lower, register
 
 
 def dim_product(op: str, dims) -> Dim:
@@ -61,13 +62,15 @@ register(OpDef(
     onnx=lambda a, ti, to, o: OnnxLowering(
         (OnnxNode("Reshape", ("in0", "shape"), ("out0",)),),
         {"shape": np.array(a["shape"], np.int64)}),
+    attrs={"shape": Attr(tuple, REQUIRED, "target dims; 0 copies the input's, -1 is inferred")},
+    view=True, reshape=True,
 ))
 
 
 def _flatten_infer(types, attrs):
     check_arity("Flatten", types, 1)
     t = types[0]
-    axis = attrs.get("axis", 1)
+    axis = attrs["axis"]
     if not 0 <= axis <= t.rank:
         raise fail("Flatten", f"axis {axis} is out of range for rank {t.rank}", types)
     return [TensorType((dim_product("Flatten", t.shape[:axis]),
@@ -75,13 +78,15 @@ def _flatten_infer(types, attrs):
 
 
 def _flatten_kernel(xs, attrs, out):
-    x, axis = xs[0], attrs.get("axis", 1)
+    x, axis = xs[0], attrs["axis"]
     return x.reshape(int(np.prod(x.shape[:axis])), -1) if x.size else x.reshape(
         int(np.prod(x.shape[:axis])), int(np.prod(x.shape[axis:])))
 
 
 register(OpDef(name="Flatten", infer=_flatten_infer, kernel=_flatten_kernel, vjp=_reshape_back,
-               onnx=lambda a, ti, to, o: lower("Flatten", axis=int(a.get("axis", 1)))))
+               onnx=lambda a, ti, to, o: lower("Flatten", axis=int(a["axis"])),
+               attrs={"axis": Attr(int, 1, "dims before it form the rows, the rest the columns")},
+               view=True, reshape=True))
 
 
 def _transpose_infer(types, attrs):
@@ -102,7 +107,9 @@ def _transpose_vjp(F, n, g):
 register(OpDef(name="Transpose", infer=_transpose_infer,
                kernel=lambda xs, a, out: np.transpose(xs[0], a["perm"]),
                vjp=_transpose_vjp,
-               onnx=lambda a, ti, to, o: lower("Transpose", perm=list(a["perm"]))))
+               onnx=lambda a, ti, to, o: lower("Transpose", perm=list(a["perm"])),
+               attrs={"perm": Attr(tuple, REQUIRED, "output axis i is input axis perm[i]")},
+               view=True))
 
 
 def _squeeze_infer(types, attrs):
@@ -131,7 +138,11 @@ def _axes_input_lowering(op):
 
 register(OpDef(name="Squeeze", infer=_squeeze_infer,
                kernel=lambda xs, a, out: np.squeeze(xs[0], tuple(a["axes"])),
-               vjp=_reshape_back, onnx=_axes_input_lowering("Squeeze")))
+               vjp=_reshape_back, onnx=_axes_input_lowering("Squeeze"),
+               attrs={"axes": Attr(tuple, REQUIRED, "size-1 axes to drop")},
+               view=True, reshape=True))
+
+
 def _unsqueeze_kernel(xs, attrs, out):
     x = xs[0]
     shape = list(x.shape)
@@ -142,7 +153,9 @@ def _unsqueeze_kernel(xs, attrs, out):
 
 register(OpDef(name="Unsqueeze", infer=_unsqueeze_infer,
                kernel=_unsqueeze_kernel,
-               vjp=_reshape_back, onnx=_axes_input_lowering("Unsqueeze")))
+               vjp=_reshape_back, onnx=_axes_input_lowering("Unsqueeze"),
+               attrs={"axes": Attr(tuple, REQUIRED, "positions of new size-1 axes (output)")},
+               view=True, reshape=True))
 
 
 def _expand_infer(types, attrs):
@@ -167,6 +180,7 @@ register(OpDef(
     onnx=lambda a, ti, to, o: OnnxLowering(
         (OnnxNode("Expand", ("in0", "shape"), ("out0",)),),
         {"shape": np.array(a["shape"], np.int64)}),
+    attrs={"shape": Attr(tuple, REQUIRED, "the shape to broadcast to")}, expand=True,
 ))
 
 
@@ -201,12 +215,12 @@ def _shape_of_lowering(op):
 
 register(OpDef(name="ExpandAs", infer=_like_infer("ExpandAs", True), kernel=_expand_as_kernel,
                vjp=lambda F, n, g: [F.sum_to(g[0], n.inputs[0].shape), None],
-               onnx=_shape_of_lowering("Expand"),
+               onnx=_shape_of_lowering("Expand"), attrs={}, expand=True,
                doc="Broadcast input 0 to the shape of input 1 (known at run time)."))
 register(OpDef(name="ReshapeLike", infer=_like_infer("ReshapeLike", False),
                kernel=lambda xs, a, out: np.reshape(xs[0], xs[1].shape),
                vjp=lambda F, n, g: [F.reshape_like(g[0], n.inputs[0]), None],
-               onnx=_shape_of_lowering("Reshape"),
+               onnx=_shape_of_lowering("Reshape"), attrs={}, view=True, reshape=True,
                doc="Reshape input 0 to the shape of input 1 (known at run time)."))
 
 

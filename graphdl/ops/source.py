@@ -5,7 +5,10 @@ constants, and the ONNX exporter turns them into graph inputs and initializers.
 """
 from __future__ import annotations
 
-from graphdl.ops.registry import OnnxLowering, OpDef, register
+import numpy as np
+
+from graphdl.ir import Variable
+from graphdl.ops.registry import REQUIRED, Attr, OnnxLowering, OpDef, register
 
 
 def _no_infer(op):
@@ -18,7 +21,13 @@ def _no_kernel(xs, attrs, out):
     raise TypeError("source nodes are filled by the executor, not computed")
 
 
-for _name in ("Input", "Param", "Const"):
+_SOURCE_ATTRS = {
+    "Input": {},
+    "Param": {"variable": Attr(Variable, REQUIRED, "the state variable it reads")},
+    "Const": {"value": Attr(np.ndarray, REQUIRED, "the read-only value")},
+}
+
+for _name, _attrs in _SOURCE_ATTRS.items():
     register(OpDef(name=_name, infer=_no_infer(_name), kernel=_no_kernel,
                    vjp=lambda F, n, g: [], onnx=lambda a, ti, to, o: OnnxLowering(()),
-                   source=True, differentiable=False))
+                   source=True, differentiable=False, attrs=_attrs))
