@@ -144,6 +144,8 @@ def _revseq_vjp(F, n, g):
 
 register(OpDef(name="ReverseSequence", infer=_revseq_infer, kernel=_revseq_kernel,
                vjp=_revseq_vjp,
+               attrs={"batch_axis": Attr(int, 1, "the batch axis (0 or 1)"),
+                      "time_axis": Attr(int, 0, "the time axis (1 or 0)")},
                onnx=lambda a, ti, to, o: lower("ReverseSequence", 2,
                                                batch_axis=a["batch_axis"],
                                                time_axis=a["time_axis"]),
