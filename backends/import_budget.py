@@ -357,4 +357,7 @@ def over_budget(imp: Any, node: "onnx.NodeProto", attrs: dict, err: BudgetExceed
     rule = rules.get(node.op_type)
     if rule is None:
         raise refusal
-    return list(rule(imp, node, attrs))
+    try:
+        return list(rule(imp, node, attrs))
+    except BudgetExceeded:  # the rule itself builds something over the cap at import
+        raise refusal from None

@@ -43,6 +43,8 @@ def _dft(imp, node, a):
     if inverse and onesided:
         return [_inverse_onesided(imp, node, re, im, perm, back, n_in)]
     m = n // 2 + 1 if onesided else n
+    # the DFT matrix is built here, at import: its size is checked against the budget first
+    imp.meter.check_result_bytes(max(m, 0) * max(n_in, 0) * 8, node, "its DFT matrix")
     k = np.arange(m)[None, :]
     t = np.arange(n_in)[:, None]
     theta = 2 * np.pi * k * t / n  # samples past dft_length are cut, short ones zero-padded
@@ -71,6 +73,7 @@ def _inverse_onesided(imp, node, re, im, perm, back, m_in: int):
     """The real signal whose one-sided spectrum (m_in = n // 2 + 1 bins) is given: the
     missing bins are the conjugates of the given ones (Hermitian symmetry)."""
     n = int(imp.ints(node.input[1])[0]) if _input(node, 1) else 2 * (m_in - 1)
+    imp.meter.check_result_bytes(max(m_in, 0) * max(n, 0) * 8, node, "its DFT matrix")
     k = np.arange(m_in)[:, None]
     t = np.arange(n)[None, :]
     # every bin but 0 and n/2 stands for itself and its mirror: weight 2

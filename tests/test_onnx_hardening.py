@@ -444,3 +444,13 @@ def test_absurd_declared_dims_are_refused_not_planned(tmp_path):
     path = _write(tmp_path, model)
     with pytest.raises(OnnxImportError, match=r"beyond any real model"):
         from_onnx(path)
+
+
+@pytest.mark.parametrize("attrs", [{}, {"inverse": 1, "onesided": 1}])
+def test_dft_bomb_is_refused_before_its_matrix_is_built(tmp_path, attrs):
+    """A DFT whose constant dft_length is 2^31 would build a 64 GiB matrix at import."""
+    n = numpy_helper.from_array(np.array(2 ** 31, np.int64), "n")
+    node = helper.make_node("DFT", ["x", "n"], ["y"], name="dft_bomb", **attrs)
+    model = _model([node], [_vi("x", [1, 4, 2])], [_vi("y", None)], [n])
+    with pytest.raises(OnnxImportError, match=r"'dft_bomb' \(DFT\).*max_fold_bytes"):
+        from_onnx(_write(tmp_path, model))
