@@ -22,6 +22,10 @@ def _range(imp, node, a):
             count = F.range_count(start, limit, delta)
         except ValueError as err:
             raise OnnxImportError(f"{imp.where()}: {err}") from None
+        # a static length is a promise the importer builds on (a Reshape reading this Range
+        # makes one dim per element): check it against the budget before anything uses it
+        itemsize = imp.const(names[0]).dtype.itemsize
+        imp.meter.check_result_bytes(max(count, 0) * itemsize, node, "its result")
     return [F.arange_dyn(*(imp.value(n) for n in names), count=count)]
 
 
