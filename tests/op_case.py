@@ -42,6 +42,34 @@ def rng(seed: int = 0) -> np.random.Generator:
     return np.random.default_rng(seed)
 
 
+def torch_module():
+    """The torch module, imported when a case's reference first runs (torch is optional)."""
+    import torch
+    return torch
+
+
+def torch_fn(name: str, **kw):
+    """A torch reference ``torch.<name>(*inputs, **kw)``, resolved at call time."""
+    return lambda *xs: getattr(torch_module(), name)(*xs, **kw)
+
+
+def torch_nnf(name: str, **kw):
+    """A torch reference ``torch.nn.functional.<name>(*inputs, **kw)``."""
+    return lambda *xs: getattr(torch_module().nn.functional, name)(*xs, **kw)
+
+
+def randn(shape, seed: int, scale: float = 1.0) -> np.ndarray:
+    """Standard normal float64 values."""
+    return rng(seed).standard_normal(shape) * scale
+
+
+def distinct(shape, seed: int) -> np.ndarray:
+    """Values at least 0.1 apart in random order: no ties inside a pooling window."""
+    n = int(np.prod(shape))
+    g = rng(seed)
+    return (g.permutation(n) * 0.1 - 0.05 * n + g.uniform(0, 0.02, n)).reshape(shape)
+
+
 def load_cases() -> dict[str, list[OpCase]]:
     """CASES from every tests/op_cases*.py table (core, nn, loss, fused, ...), merged."""
     cases: dict[str, list[OpCase]] = {}

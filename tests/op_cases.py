@@ -10,29 +10,13 @@ import numpy as np
 
 from tests._indexing_cases import INDEXING_CASES
 from tests.op_case import OpCase, rng
-
-
-def _torch():
-    import torch
-    return torch
-
-
-def _tfn(name: str, **kw):
-    """A torch reference ``torch.<name>(*inputs, **kw)``, resolved at call time."""
-    return lambda *xs: getattr(_torch(), name)(*xs, **kw)
-
-
-def _nnf(name: str, **kw):
-    """A torch reference ``torch.nn.functional.<name>(*inputs, **kw)``."""
-    return lambda *xs: getattr(_torch().nn.functional, name)(*xs, **kw)
+from tests.op_case import distinct, randn
+from tests.op_case import torch_fn as _tfn
+from tests.op_case import torch_module as _torch
+from tests.op_case import torch_nnf as _nnf
 
 
 # ---- input generators ----------------------------------------------------------------------
-
-def randn(shape, seed: int, scale: float = 1.0) -> np.ndarray:
-    """Standard normal float64 values."""
-    return rng(seed).standard_normal(shape) * scale
-
 
 def away(shape, seed: int, lo: float = 0.25, hi: float = 1.5) -> np.ndarray:
     """Values with |x| in [lo, hi], random sign: far from a kink at 0."""
@@ -43,13 +27,6 @@ def away(shape, seed: int, lo: float = 0.25, hi: float = 1.5) -> np.ndarray:
 def positive(shape, seed: int, lo: float = 0.5, hi: float = 2.0) -> np.ndarray:
     """Values in [lo, hi]."""
     return rng(seed).uniform(lo, hi, size=shape)
-
-
-def distinct(shape, seed: int) -> np.ndarray:
-    """Values at least 0.1 apart (no ties for max/min), in random order."""
-    n = int(np.prod(shape))
-    g = rng(seed)
-    return (g.permutation(n) * 0.1 - 0.05 * n + g.uniform(0, 0.02, n)).reshape(shape)
 
 
 def separated(shape_a, shape_b, seed: int):

@@ -9,23 +9,8 @@ from __future__ import annotations
 import numpy as np
 
 from tests.op_case import OpCase, rng
-
-
-def _torch():
-    import torch
-    return torch
-
-
-def randn(shape, seed: int, scale: float = 1.0) -> np.ndarray:
-    """Standard normal float64 values."""
-    return rng(seed).standard_normal(shape) * scale
-
-
-def distinct(shape, seed: int) -> np.ndarray:
-    """Values at least 0.1 apart in random order (no ties)."""
-    n = int(np.prod(shape))
-    g = rng(seed)
-    return (g.permutation(n) * 0.1 - 0.05 * n + g.uniform(0, 0.02, n)).reshape(shape)
+from tests.op_case import distinct, randn
+from tests.op_case import torch_module as _torch
 
 
 def unique_rows(shape, dim: int, axis: int, seed: int) -> np.ndarray:

@@ -10,24 +10,10 @@ from __future__ import annotations
 import numpy as np
 
 from tests.op_case import OpCase, rng
-
-
-def _torch():
-    import torch
-    return torch
-
-
-def _tfn(name: str, **kw):
-    return lambda *xs: getattr(_torch(), name)(*xs, **kw)
-
-
-def _nnf(name: str, **kw):
-    return lambda *xs: getattr(_torch().nn.functional, name)(*xs, **kw)
-
-
-def randn(shape, seed: int, scale: float = 1.0) -> np.ndarray:
-    """Standard normal float64 values."""
-    return rng(seed).standard_normal(shape) * scale
+from tests.op_case import randn
+from tests.op_case import torch_fn as _tfn
+from tests.op_case import torch_module as _torch
+from tests.op_case import torch_nnf as _nnf
 
 
 def away(shape, seed: int, lo: float = 0.25, hi: float = 1.5, kinks=(0.0,)) -> np.ndarray:

@@ -12,27 +12,12 @@ from __future__ import annotations
 import numpy as np
 
 from tests.op_case import OpCase, rng
-
-
-def _torch():
-    import torch
-    return torch
+from tests.op_case import distinct, randn
+from tests.op_case import torch_module as _torch
 
 
 def _nnf():
     return _torch().nn.functional
-
-
-def randn(shape, seed: int, scale: float = 1.0) -> np.ndarray:
-    """Standard normal float64 values."""
-    return rng(seed).standard_normal(shape) * scale
-
-
-def distinct(shape, seed: int) -> np.ndarray:
-    """Values at least 0.1 apart in random order: no ties inside a pooling window."""
-    n = int(np.prod(shape))
-    g = rng(seed)
-    return (g.permutation(n) * 0.1 - 0.05 * n + g.uniform(0, 0.02, n)).reshape(shape)
 
 
 def out_size(size, k, s, p0, p1, d=1, ceil=False) -> int:
