@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from graphdl import tensor as F
+from graphdl.ir import numpy_dtype
 
 # onnx is imported where it is used, so ``gd.ImportBudget`` costs nothing to import
 if TYPE_CHECKING:
@@ -300,6 +301,29 @@ def _fmt_bytes(n: int) -> str:
         if n >= size:
             return f"{n / size:,.1f} {unit}"
     return f"{n} bytes"
+
+
+# no real tensor is this big; beyond it sizes stop fitting the planner's int64 arithmetic
+MAX_TENSOR_BYTES = 1 << 48
+
+
+def check_graph_sizes(graph: Any) -> None:
+    """Refuse an imported graph that declares a tensor of ``MAX_TENSOR_BYTES`` or more
+    (symbolic dims counted as 1): a corrupt or hostile file, not a model."""
+    from graphdl.backends.onnx_import import OnnxImportError  # lazy: it imports this module
+
+    for node in graph.nodes:
+        for t in node.types:
+            count = 1
+            for d in t.shape:
+                count *= d if isinstance(d, int) else 1
+            nbytes = count * numpy_dtype(t.dtype).itemsize
+            if nbytes >= MAX_TENSOR_BYTES:
+                raise OnnxImportError(f"{node.op} node {node.name or '(unnamed)'!r} declares a "
+                                      f"tensor of shape {tuple(t.shape)} "
+                                      f"({_fmt_bytes(nbytes)}), beyond any real model "
+                                      "(graphdl reads tensors under "
+                                      f"{_fmt_bytes(MAX_TENSOR_BYTES)})")
 
 
 def over_budget(imp: Any, node: "onnx.NodeProto", attrs: dict, err: BudgetExceeded,

@@ -108,6 +108,7 @@ class NumpyExecutor:
         self._views: list | None = None
         self._modes: list[int] | None = None
         self._parts: list = []
+        self._feed_shapes: tuple | None = None  # of the feeds the arena was prepared for
         self._copy_out: list[bool] = []
         self.stats: dict = {}
 
@@ -170,7 +171,9 @@ class NumpyExecutor:
                 modes.append(_FREE)
         # outputs still in (or viewing) the arena are copied out: the next run reuses those
         # bytes (the run checks: fresh outputs are handed over as they are)
-        self._copy_out = [kinds.get(s) in (ARENA, VIEW) for s in self.output_slots]
+        fresh = {step[3][0] for step, mode in zip(self.steps, modes) if mode == _OUTPUT}
+        self._copy_out = [kinds.get(s) in (ARENA, VIEW) and s not in fresh
+                          for s in self.output_slots]
         self._parts = [self._split_parts(i, bindings) if mode in (_ARENA, _OUTPUT, _MULTI)
                        and all(views[s] is not None for s in self.steps[i][3]) else None
                        for i, mode in enumerate(modes)]
@@ -211,13 +214,12 @@ class NumpyExecutor:
         return [(tuple(cut(a, k) for a in in_axes), tuple(cut(a, k) for a in out_axes))
                 for k in range(count)]
 
-    def _run_split(self, kernel, vals, ins, attrs, outs: tuple, parts, node, multi: bool):
+    def _run_split(self, kernel, args, attrs, outs: tuple, parts, multi: bool):
         """One kernel call as independent calls on slices, all but one on the pool; each
         part writes its slice of ``outs`` (or, for a summed output, the first part writes it
         and the others' results are added to it, in part order)."""
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.threads - 1, thread_name_prefix="graphdl")
-        args = [vals[i] for i in ins]
 
         def part(index, first: bool):
             in_index, out_index = index
@@ -231,16 +233,15 @@ class NumpyExecutor:
                     np.copyto(buf, r)
             return [r for r, buf in zip(got, bufs) if buf is None]  # partial sums
 
+        futures = [self._pool.submit(part, p, False) for p in parts[1:]]
         try:
-            futures = [self._pool.submit(part, p, False) for p in parts[1:]]
             part(parts[0], True)  # the calling thread takes a part too
-            summed = [o for o, k in zip(outs, parts[0][1]) if k is None]
-            for f in futures:
-                for total, r in zip(summed, f.result()):
-                    np.add(total, r, out=total)
-        except Exception as err:
-            raise ExecutionError(_describe_failure(node, args, err)) from err
-        return outs if multi else outs[0]
+        finally:
+            results = [f.result() for f in futures]  # raises a part's failure, after all end
+        summed = [o for o, k in zip(outs, parts[0][1]) if k is None]
+        for partials in results:
+            for total, r in zip(summed, partials):
+                np.add(total, r, out=total)
 
     # ---- running -------------------------------------------------------------------------
 
@@ -255,7 +256,10 @@ class NumpyExecutor:
             vals[s] = arr
         if not self.use_plan:
             return self._run_unplanned(vals)
-        self._prepare(self.bindings_for(feeds))
+        shapes = tuple(a.shape if isinstance(a, np.ndarray) else np.shape(a) for a in feeds)
+        if shapes != self._feed_shapes:  # the same shapes as last time: the same arena
+            self._prepare(self.bindings_for(feeds))
+            self._feed_shapes = shapes
         return self._run_planned(vals)
 
     def _run_unplanned(self, vals: list) -> list[np.ndarray]:
@@ -277,58 +281,66 @@ class NumpyExecutor:
         check = self.check_finite
         views, arena = self._views, self._arena
         written = copied = fresh = 0  # bytes written into arena views / copied in / outputs
-        for (kernel, attrs, ins, outs, frees, node), mode, parts in zip(
-                self.steps, self._modes, self._parts):
-            if parts is not None:  # split over the threads, straight into the buffers
-                bufs = tuple(views[s] if mode != _OUTPUT else np.empty_like(views[s])
-                             for s in outs)
-                self._run_split(kernel, vals, ins, attrs, bufs, parts, node, mode == _MULTI)
-                for s, buf in zip(outs, bufs):
-                    vals[s] = buf
-                if mode == _OUTPUT:
-                    fresh += bufs[0].nbytes
-                else:
-                    written += sum(b.nbytes for b in bufs)
-            elif mode == _ARENA:
-                out = views[outs[0]]
-                result = _call(kernel, vals, ins, attrs, out, node)
-                if result is out:
-                    written += out.nbytes
-                else:
-                    np.copyto(out, result)  # a kernel that allocated: keep the plan's bytes
-                    copied += out.nbytes
-                vals[outs[0]] = out
-            elif mode == _OUTPUT:
-                out = np.empty_like(views[outs[0]])
-                result = _call(kernel, vals, ins, attrs, out, node)
-                if result is not out:
-                    if isinstance(result, np.ndarray) and result.shape == out.shape and \
-                            result.dtype == out.dtype and not np.may_share_memory(result, arena):
-                        out = result  # already a fresh array of the right type
+        node, args = None, []
+        try:  # one handler for the whole walk (it names the failing node): no per-step cost
+            for (kernel, attrs, ins, outs, frees, node), mode, parts in zip(
+                    self.steps, self._modes, self._parts):
+                args = [vals[i] for i in ins]
+                if parts is not None:  # split over the threads, straight into the buffers
+                    bufs = tuple(views[s] if mode != _OUTPUT else np.empty_like(views[s])
+                                 for s in outs)
+                    self._run_split(kernel, args, attrs, bufs, parts, mode == _MULTI)
+                    for s, buf in zip(outs, bufs):
+                        vals[s] = buf
+                    if mode == _OUTPUT:
+                        fresh += bufs[0].nbytes
                     else:
-                        np.copyto(out, result)
-                fresh += out.nbytes
-                vals[outs[0]] = out
-            elif mode == _MULTI:
-                # multi-output kernels get one buffer (or None) per output, as a tuple
-                results = _call(kernel, vals, ins, attrs, tuple(views[s] for s in outs), node)
-                for s, r in zip(outs, results):
-                    view = views[s]
-                    if view is None:
-                        vals[s] = r
-                    elif r is view:
-                        vals[s] = view
-                        written += view.nbytes
+                        written += sum(b.nbytes for b in bufs)
+                elif mode == _ARENA:
+                    out = views[outs[0]]
+                    result = kernel(args, attrs, out)
+                    if result is out:
+                        written += out.nbytes
                     else:
-                        np.copyto(view, r)
-                        vals[s] = view
-                        copied += view.nbytes
-            else:  # views of an input's storage, or a value with no arena bytes
-                vals[outs[0]] = _call(kernel, vals, ins, attrs, None, node)
-            if check:
-                _check_finite(node, [vals[s] for s in outs])
-            for s in frees:
-                vals[s] = None
+                        np.copyto(out, result)  # a kernel that allocated: keep the plan's bytes
+                        copied += out.nbytes
+                    vals[outs[0]] = out
+                elif mode == _OUTPUT:
+                    out = np.empty_like(views[outs[0]])
+                    result = kernel(args, attrs, out)
+                    if result is not out:
+                        if isinstance(result, np.ndarray) and result.shape == out.shape and \
+                                result.dtype == out.dtype and \
+                                not np.may_share_memory(result, arena):
+                            out = result  # already a fresh array of the right type
+                        else:
+                            np.copyto(out, result)
+                    fresh += out.nbytes
+                    vals[outs[0]] = out
+                elif mode == _MULTI:
+                    # multi-output kernels get one buffer (or None) per output, as a tuple
+                    results = kernel(args, attrs, tuple(views[s] for s in outs))
+                    for s, r in zip(outs, results):
+                        view = views[s]
+                        if view is None:
+                            vals[s] = r
+                        elif r is view:
+                            vals[s] = view
+                            written += view.nbytes
+                        else:
+                            np.copyto(view, r)
+                            vals[s] = view
+                            copied += view.nbytes
+                else:  # views of an input's storage, or a value with no arena bytes
+                    vals[outs[0]] = kernel(args, attrs, None)
+                if check:
+                    _check_finite(node, [vals[s] for s in outs])
+                for s in frees:
+                    vals[s] = None
+        except ExecutionError:
+            raise
+        except Exception as err:  # add the op and the user's call site to any failure
+            raise ExecutionError(_describe_failure(node, args, err)) from err
         self.stats = {"bytes_written_in_arena": written, "bytes_copied_into_arena": copied,
                       "output_bytes_written_fresh": fresh}
         return [vals[s].copy() if copy and np.may_share_memory(vals[s], arena) else vals[s]
@@ -338,6 +350,7 @@ class NumpyExecutor:
         """Free the arena and stop the kernel threads (the next run starts them again;
         cached plans stay)."""
         self._arena_key = self._arena = self._views = self._modes = None
+        self._feed_shapes = None
         if self._pool is not None:
             self._pool.shutdown(wait=False)
             self._pool = None

@@ -17,10 +17,9 @@ from __future__ import annotations
 
 import os
 import stat
-from typing import Iterator
+from typing import Any, Iterator
 
 import onnx
-from google.protobuf.message import DecodeError, Message
 from onnx import TensorProto
 
 from graphdl.backends.onnx_external import UnsafeExternalData, graph_tensors, node_tensors, \
@@ -71,7 +70,7 @@ def decode(data: bytes, shown: str) -> onnx.ModelProto:
     model = onnx.ModelProto()
     try:
         model.ParseFromString(data)
-    except (DecodeError, RuntimeError, ValueError) as err:
+    except Exception as err:  # noqa: BLE001  (protobuf's DecodeError; protobuf is onnx's)
         raise OnnxFileError(f"{shown}: not an ONNX model (the bytes do not decode as an ONNX "
                             f"protobuf: {err})") from None
     check_header(model, shown)
@@ -199,7 +198,7 @@ def check_model_proto(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-def _non_utf8(msg: Message, where: str) -> Iterator[str]:
+def _non_utf8(msg: Any, where: str) -> Iterator[str]:
     """Paths of string fields that did not decode as UTF-8 (protobuf hands back bytes)."""
     for field, value in msg.ListFields():
         if field.type == field.TYPE_MESSAGE:

@@ -27,11 +27,15 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from graphdl import dims
 from graphdl import tensor as F
 from graphdl.backends.numpy_executor import NumpyExecutor
-from graphdl.backends.import_budget import BudgetExceeded, FoldMeter, ImportBudget, over_budget
+from graphdl.backends.import_budget import BudgetExceeded, FoldMeter, ImportBudget, \
+    check_graph_sizes, over_budget
 from graphdl.backends.onnx_export import live_nodes
+from graphdl.dims import DimExpr, parse as parse_dim
 from graphdl.ir import DTYPES, FLOAT_DTYPES, Graph, GraphError, Node, Value, rebuild
+from graphdl.ops.dynamic import shape_of
 
 
 class OnnxImportError(GraphError, ValueError):
@@ -63,10 +67,12 @@ class Importer:
         self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),
                           1)
         g = model.graph
-        self.initializers = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+        self.initializers = {t.name: _initializer_array(t) for t in g.initializer}
         self.env: dict[str, Any] = dict(self.initializers)  # Value | np.ndarray
         self.params: dict[str, Value] = {}
         self.const_values: dict[str, Value] = {}  # constants used as tensors: their Const
+        # symbol -> (a value with that dim, its axis): where a run-time shape reads a symbol
+        self.symbol_sources: dict[str, tuple[Value, int]] = {}
         self.node_names: dict[int, str] = {}
         self.node: onnx.NodeProto | None = None
 
@@ -101,6 +107,9 @@ class Importer:
         if is_symbolic(arr):
             raise OnnxImportError(f"{self.where()}: input {name!r} depends on a symbolic "
                                   f"dimension ({list(arr)}); graphdl needs it static here")
+        if arr.dtype.kind not in "iub":
+            raise OnnxImportError(f"{self.where()}: input {name!r} must hold integers (axes, "
+                                  f"pads, sizes), got dtype {arr.dtype}")
         return tuple(int(v) for v in arr.reshape(-1))
 
     def is_weight(self, name: str) -> bool:
@@ -118,11 +127,8 @@ class Importer:
         if value is None:
             raise OnnxImportError(f"{self.where()}: input {name!r} is not defined (or is an "
                                   "output graphdl does not produce)")
-        if is_symbolic(value):
-            raise OnnxImportError(f"{self.where()}: {name!r} holds a shape with symbolic "
-                                  f"dimensions {list(value.reshape(-1))}, used as a "
-                                  "tensor; graphdl "
-                                  "supports shape arithmetic only into Reshape/Expand")
+        if is_symbolic(value):  # dims used as data (a count, a mean's divisor): run time
+            return self.shape_value(name)
         if value.dtype.name not in DTYPES:
             raise OnnxImportError(f"{self.where()}: {name!r} has dtype {value.dtype}, which "
                                   f"graphdl does not support ({', '.join(DTYPES)})")
@@ -136,6 +142,42 @@ class Importer:
         if const is None:  # the array stays in env: later rules may still read it as constant
             const = self.const_values[name] = F.const(value, dtype=value.dtype, name=name)
         return const
+
+    # ---- run-time shapes -----------------------------------------------------------------
+    def note_symbols(self, v: Value) -> None:
+        """Remember where each plain symbolic dim of ``v`` can be read at run time."""
+        for axis, d in enumerate(v.shape):
+            if isinstance(d, str) and not isinstance(d, DimExpr):
+                self.symbol_sources.setdefault(str(d), (v, axis))
+
+    def shape_value(self, name: str) -> Value:
+        """A shape input as a run-time int64 tensor: a run-time value as it is, an
+        import-time array with symbolic dims computed from the dims of values that carry
+        them (``ShapeOf``, then products and sums), a static array as a constant."""
+        value = self.env.get(name)
+        if isinstance(value, Value):
+            return value if value.dtype == "int64" else F.cast(value, "int64")
+        if not is_symbolic(value):
+            return F.const(np.asarray(value, np.int64))
+        parts = []
+        for d in value.reshape(-1):
+            if not isinstance(d, str):
+                parts.append(F.const(np.array([int(d)], np.int64)))
+                continue
+            total = None
+            for mono, coef in dims.poly_of(d).items():
+                term = F.const(np.array([coef], np.int64)) if coef != 1 or not mono else None
+                for sym in mono:
+                    if sym not in self.symbol_sources:
+                        raise OnnxImportError(f"{self.where()}: dim {sym!r} (in {d}) is not "
+                                              "the size of any value here")
+                    src, axis = self.symbol_sources[sym]
+                    read = shape_of(src, axis, axis + 1)
+                    term = read if term is None else term * read
+                total = term if total is None else total + term
+            parts.append(total)
+        flat = parts[0] if len(parts) == 1 else F.concat(parts, 0)
+        return flat if value.ndim == 1 else F.reshape(flat, value.shape)
 
     def attrs(self, node: onnx.NodeProto) -> dict[str, Any]:
         """The node's attributes as Python values (strings decoded, tensors as arrays)."""
@@ -162,6 +204,7 @@ class Importer:
                 continue  # IR < 4 lists initializers among the inputs
             v = F.input(vi.name, _shape_of(vi), _dtype_of(vi))
             self.env[vi.name] = v
+            self.note_symbols(v)
             inputs.append(v)
         for node in live_nodes(g.node, [v.name for v in g.output])[0]:
             self.node = node
@@ -182,6 +225,8 @@ class Importer:
                 if not out_name:
                     continue
                 self.env[out_name] = out
+                if isinstance(out, Value):
+                    self.note_symbols(out)
                 if isinstance(out, Value) and out.node.op not in ("Input", "Param", "Const") \
                         and id(out.node) not in self.node_names:
                     self.node_names[id(out.node)] = out_name
@@ -212,7 +257,7 @@ class Importer:
         foldable = node.op_type != "Constant" and ins and all(
             not n or (self.is_const(n) and not self.is_weight(n)) for n in ins)
         arrays = [self.env[n] if n else None for n in ins]
-        if foldable and shapes.applies(node.op_type, arrays):
+        if foldable and shapes.applies(node.op_type, arrays, attrs):
             try:
                 self.meter.precheck(node, arrays)  # Range and broadcasts can explode
             except BudgetExceeded as err:
@@ -253,8 +298,7 @@ class Importer:
         kernels (so folding never runs an op graphdl lacks); shape arithmetic over symbolic
         dims goes through :mod:`graphdl.backends.onnx_import_shapes`."""
         if any(n and is_symbolic(self.env[n]) for n in node.input):
-            raise OnnxImportError(f"{self.where()}: {node.op_type} over a symbolic shape is "
-                                  "not supported")
+            return list(rule(self, node, attrs))  # a shape known only as symbols: run time
         self.meter.precheck(node, [self.env[n] if n else None for n in node.input])
         outs = list(rule(self, node, attrs))
         values = [o for o in outs if isinstance(o, Value)]
@@ -278,7 +322,16 @@ class SymDim(str):
 def is_symbolic(arr: Any) -> bool:
     """Whether an import-time array holds symbolic dims (an object array with SymDims)."""
     return isinstance(arr, np.ndarray) and arr.dtype == object and any(
-        isinstance(d, SymDim) for d in arr.reshape(-1))
+        isinstance(d, (SymDim, DimExpr)) for d in arr.reshape(-1))
+
+
+def _initializer_array(t: onnx.TensorProto) -> np.ndarray:
+    """An initializer's data as an array; data that does not decode names the tensor."""
+    try:
+        return numpy_helper.to_array(t)
+    except (ValueError, TypeError, KeyError, OverflowError) as err:
+        raise OnnxImportError(f"initializer {t.name!r} (dims {list(t.dims)}, element type "
+                              f"{t.data_type}): its data cannot be read ({err})") from None
 
 
 def _check_tensor(vi: onnx.ValueInfoProto, role: str) -> None:
@@ -297,7 +350,8 @@ def _shape_of(vi: onnx.ValueInfoProto) -> tuple:
         if d.HasField("dim_value"):
             dims.append(int(d.dim_value))
         else:
-            dims.append(d.dim_param or ("N" if i == 0 else f"{vi.name}_dim{i}"))
+            dims.append(parse_dim(d.dim_param) if d.dim_param else
+                        ("N" if i == 0 else f"{vi.name}_dim{i}"))
     return tuple(dims)
 
 
@@ -344,14 +398,18 @@ def from_onnx(model_or_path: onnx.ModelProto | str | os.PathLike,
     else:
         model = read_model(model_or_path)  # header rules, external data under the path policy
         shown = os.fspath(model_or_path)
-    importer = Importer(model, as_params, budget)
+    importer = None
     try:
-        return importer.run(name)
+        importer = Importer(model, as_params, budget)
+        graph = importer.run(name)
+        check_graph_sizes(graph)
+        return graph
     except GraphError as err:  # OnnxImportError included: one line, naming the file
         text = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
         raise OnnxImportError(f"{shown}: {text}") from None
     except (KeyError, IndexError, TypeError, ValueError, AttributeError, ArithmeticError,
             UnicodeError, RecursionError) as err:
         # outside any one node's rule: a malformed graph (dangling names, odd types)
-        raise OnnxImportError(f"{shown}: {importer.where()}: malformed model "
+        where = importer.where() if importer is not None else "initializers"
+        raise OnnxImportError(f"{shown}: {where}: malformed model "
                               f"({type(err).__name__}: {err})") from None

@@ -13,10 +13,13 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from graphdl import dims as D
 from graphdl import tensor as F
 from graphdl.backends.onnx_import import (BINARY_IMPORTS, UNARY_IMPORTS, VARIADIC_IMPORTS,
                                           Importer, OnnxImportError, SymDim, is_symbolic)
 from graphdl.ir import Value
+from graphdl.ops.dynamic import (dyn_expand, dyn_fill, dyn_reshape, is_unknown, nonzero,
+                                  unknown_dim)
 
 Rule = Callable[[Importer, onnx.NodeProto, dict], list]
 
@@ -99,8 +102,15 @@ def _clip(imp, node, a):
     if imp.opset < 11:
         lo, hi = a.get("min"), a.get("max")
     else:
-        lo = float(imp.const(_input(node, 1))) if _input(node, 1) else None
-        hi = float(imp.const(_input(node, 2))) if _input(node, 2) else None
+        bounds = [_input(node, 1), _input(node, 2)]
+        if any(b and not imp.is_const(b) for b in bounds):
+            # run-time bounds: max(x, min) then min(., max), as ONNX defines Clip
+            for b, fn in zip(bounds, (F.maximum, F.minimum)):
+                if b:
+                    x = fn(x, imp.value(b))
+            return [x]
+        lo = float(imp.const(bounds[0])) if bounds[0] else None
+        hi = float(imp.const(bounds[1])) if bounds[1] else None
     return [F.clip(x, lo, hi)]
 
 
@@ -150,40 +160,73 @@ def _flatten(imp, node, a):
 
 def _reshape(imp, node, a):
     x = imp.value(node.input[0])
-    shape = imp.const(node.input[1])
-    if a.get("allowzero", 0) and any(not isinstance(d, str) and int(d) == 0 for d in shape):
-        raise OnnxImportError(f"{imp.where()}: Reshape with allowzero=1 and a 0 in the shape "
-                              "is not supported")
-    return [F.reshape(x, _static_shape(imp, x, shape))]
+    allowzero = bool(a.get("allowzero", 0))
+    if imp.is_const(node.input[1]):
+        shape = imp.const(node.input[1])
+        if allowzero and any(not isinstance(d, str) and int(d) == 0 for d in shape.reshape(-1)):
+            raise OnnxImportError(f"{imp.where()}: Reshape with allowzero=1 and a 0 in the "
+                                  "shape is not supported")
+        static = _static_shape(x, shape)
+        out = _reshape_dims(x, list(shape.reshape(-1)))
+        if static is None and not any(is_unknown(d) for d in out):
+            static = _static_shape(x, np.array(out, dtype=object))  # the -1 resolved
+        if static is not None:
+            return [F.reshape(x, static)]
+    else:
+        out = _unknown_dims(imp, node, 1)
+    return [dyn_reshape(x, imp.shape_value(node.input[1]), out, allowzero)]
 
 
-def _static_shape(imp, x: Value, shape: np.ndarray) -> tuple:
-    """A target shape with symbolic entries turned into 0 (copy the input dim) or -1."""
+def _static_shape(x: Value, shape: np.ndarray) -> tuple | None:
+    """A target shape with symbolic entries turned into 0 (copy the input dim) or -1, or
+    None when more than one entry would need -1 (then the shape is computed at run time)."""
     dims = []
     for i, d in enumerate(shape.reshape(-1)):
         if isinstance(d, str):
             dims.append(0 if i < x.ndim and x.shape[i] == d else -1)
         else:
             dims.append(int(d))
-    if dims.count(-1) > 1:
-        raise OnnxImportError(f"{imp.where()}: target shape {list(shape)} has more than one "
-                              "unknown dimension")
-    return tuple(dims)
+    return tuple(dims) if dims.count(-1) <= 1 else None
+
+
+def _reshape_dims(x: Value, target: list) -> tuple:
+    """The output dims of a Reshape to ``target`` (ints and symbolic dims, ONNX 0 and -1)."""
+    out = [x.shape[i] if not isinstance(d, str) and int(d) == 0 else d
+           for i, d in enumerate(target)]
+    out = [d if isinstance(d, str) else int(d) for d in out]
+    if -1 in out:
+        known = D.product(d for d in out if d != -1)
+        fill = D.floordiv(D.product(x.shape), known)
+        out = [(fill if fill is not None else unknown_dim("reshape")) if d == -1 else d
+               for d in out]
+    return tuple(out)
+
+
+def _unknown_dims(imp, node, slot: int) -> tuple:
+    """One unknown-until-run-time dim per entry of the run-time shape input ``slot``."""
+    t = imp.value(node.input[slot]).type
+    if t.rank != 1 or not isinstance(t.shape[0], int):
+        raise OnnxImportError(f"{imp.where()}: the shape input has type {t}; graphdl needs "
+                              "its length (the output rank) known")
+    return tuple(unknown_dim(f"{node.output[0]}:{i}") for i in range(t.shape[0]))
 
 
 def _expand(imp, node, a):
     x = imp.value(node.input[0])
-    shape = imp.const(node.input[1])
+    if imp.is_const(node.input[1]):
+        shape = tuple(imp.const(node.input[1]).reshape(-1))
+    else:
+        shape = _unknown_dims(imp, node, 1)
     rank = max(x.ndim, len(shape))
     xs = (1,) * (rank - x.ndim) + tuple(x.shape)
     ts = (1,) * (rank - len(shape)) + tuple(shape)
-    out = tuple(b if a_ == 1 else a_ for a_, b in zip(xs, ts))
+    out = tuple(b if not isinstance(a_, str) and a_ == 1 else a_ for a_, b in zip(xs, ts))
+    out = tuple(d if isinstance(d, str) else int(d) for d in out)
     if out == tuple(x.shape):
         return [x]
-    if any(isinstance(d, str) for d in out):
-        raise OnnxImportError(f"{imp.where()}: Expand to a symbolic shape {out} is not "
-                              "supported")
-    return [F.broadcast_to(x, tuple(int(d) for d in out))]
+    if all(isinstance(d, int) for d in out):
+        return [F.broadcast_to(x, out)]
+    return [dyn_expand(x, imp.shape_value(node.input[1]), out)]
 
 
 def _transpose(imp, node, a):
@@ -272,9 +315,18 @@ def _gather(imp, node, a):
 
 
 def _constant_of_shape(imp, node, a):
-    shape = imp.ints(node.input[0])
     value = a.get("value", np.zeros(1, np.float32))
-    return [np.full(shape, value.reshape(-1)[0], value.dtype)]
+    name = node.input[0]
+    if imp.is_const(name) and not is_symbolic(imp.const(name)):
+        return [np.full(imp.ints(name), value.reshape(-1)[0], value.dtype)]
+    out = tuple(imp.const(name).reshape(-1)) if imp.is_const(name) else \
+        _unknown_dims(imp, node, 0)
+    out = tuple(d if isinstance(d, str) else int(d) for d in out)
+    return [dyn_fill(imp.shape_value(name), value.reshape(-1)[0], out)]
+
+
+def _nonzero(imp, node, a):
+    return [nonzero(imp.value(node.input[0]), unknown_dim(f"{node.output[0]}:1"))]
 
 
 def _layer_norm(imp, node, a):
@@ -393,10 +445,10 @@ def _shape(imp, node, a):
 
 def _size(imp, node, a):
     x = imp.env[node.input[0]]
-    if any(isinstance(d, str) for d in x.shape):
-        raise OnnxImportError(f"{imp.where()}: Size of a value with symbolic dims {x.shape} "
-                              "is not supported yet")
-    return [np.array(int(np.prod(x.shape, dtype=np.int64)), np.int64)]
+    n = D.product(x.shape)  # an int, or an expression of the symbolic dims (N*32*8*8)
+    if isinstance(n, str):
+        return [np.array(SymDim(n) if not isinstance(n, D.DimExpr) else n, dtype=object)]
+    return [np.array(int(n), np.int64)]
 
 
 IMPORT_RULES: dict[str, Rule] = {
@@ -413,7 +465,7 @@ IMPORT_RULES: dict[str, Rule] = {
     "Pad": _pad, "Gather": _gather, "ConstantOfShape": _constant_of_shape,
     "LayerNormalization": _layer_norm, "BatchNormalization": _batch_norm, "Conv": _conv,
     "MaxPool": _max_pool, "AveragePool": _avg_pool, "GlobalAveragePool": _global_avg_pool,
-    "GlobalMaxPool": _global_max_pool, "Shape": _shape, "Size": _size,
+    "GlobalMaxPool": _global_max_pool, "Shape": _shape, "Size": _size, "NonZero": _nonzero,
 }
 
 # Op families with their rules in their own modules, graphdl.backends.onnx_import_rules_<f>;

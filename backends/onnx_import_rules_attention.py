@@ -1,4 +1,5 @@
-"""Import rules for ONNX's Attention (opset 23) and RMSNormalization, built from graph ops.
+"""Import rules for ONNX's Attention, RotaryEmbedding and RMSNormalization (opset 23),
+built from graph ops.
 
 Both are composite ONNX ops (ONNX defines them by function bodies); graphdl imports them as
 the same composition of its own ops, so they optimize, differentiate and export like any
@@ -140,4 +141,35 @@ def _rms_norm(imp, node, a):
     return [y * scale]
 
 
-RULES = {"Attention": _attention, "RMSNormalization": _rms_norm}
+def _rotary(imp, node, a):
+    x, cos, sin = (imp.value(n) for n in node.input[:3])
+    three_d = x.ndim == 3
+    if three_d:
+        if not a.get("num_heads"):
+            raise OnnxImportError(f"{imp.where()}: 3-D RotaryEmbedding needs num_heads")
+        xs = F.reshape(x, (0, 0, int(a["num_heads"]), -1))  # (B, S, H, D)
+    else:
+        xs = F.transpose(x, (0, 2, 1, 3))
+    head = xs.shape[3]
+    rot = int(a.get("rotary_embedding_dim", 0)) or head
+    if _input(node, 3):  # caches indexed by position: (B, S, rot / 2)
+        ids = imp.value(node.input[3])
+        cos, sin = F.gather(cos, ids, 0), F.gather(sin, ids, 0)
+    cos, sin = F.unsqueeze(cos, cos.ndim - 1), F.unsqueeze(sin, sin.ndim - 1)
+    x_rot = F.slice(xs, (0,), (rot,), (3,)) if rot < head else xs
+    if a.get("interleaved", 0):
+        x1 = F.slice(x_rot, (0,), (rot,), (3,), (2,))
+        x2 = F.slice(x_rot, (1,), (rot,), (3,), (2,))
+    else:
+        x1, x2 = F.split(x_rot, 2, 3)
+    real, imag = cos * x1 - sin * x2, sin * x1 + cos * x2  # (x1 + i x2) e^{i theta}
+    if a.get("interleaved", 0):
+        y = F.reshape_like(F.concat([F.unsqueeze(real, 4), F.unsqueeze(imag, 4)], 4), x_rot)
+    else:
+        y = F.concat([real, imag], 3)
+    if rot < head:
+        y = F.concat([y, F.slice(xs, (rot,), (head,), (3,))], 3)
+    return [F.reshape_like(y, x) if three_d else F.transpose(y, (0, 2, 1, 3))]
+
+
+RULES = {"Attention": _attention, "RMSNormalization": _rms_norm, "RotaryEmbedding": _rotary}

@@ -79,7 +79,13 @@ def _if(imp, node, a):
     return outs
 
 
+def _precheck(imp, node):
+    """The import budget's trip-count and length limits, before anything is unrolled."""
+    imp.meter.precheck(node, [imp.env.get(n) if n else None for n in node.input])
+
+
 def _loop(imp, node, a):
+    _precheck(imp, node)
     body = a["body"]
     trip = _input(node, 0)
     if not trip or not imp.is_const(trip):
@@ -144,6 +150,7 @@ def _scan_steps(imp, body, state, seqs, in_axes, in_dirs, out_axes, out_dirs):
 
 
 def _scan(imp, node, a):
+    _precheck(imp, node)
     body = a["body"]
     n_scan_in = int(a["num_scan_inputs"])
     batched = imp.opset < 9  # Scan-8: sequence_lens first, a leading batch axis everywhere

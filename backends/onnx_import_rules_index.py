@@ -46,6 +46,11 @@ def _cumsum(imp, node, a):
                      bool(a.get("exclusive", 0)), bool(a.get("reverse", 0)))]
 
 
+def _cumprod(imp, node, a):
+    return [F.cumprod(imp.value(node.input[0]), _const_or_value(imp, node.input[1]),
+                      bool(a.get("exclusive", 0)), bool(a.get("reverse", 0)))]
+
+
 def _arg(fn):
     def rule(imp, node, a):
         return [fn(imp.value(node.input[0]), a.get("axis", 0), bool(a.get("keepdims", 1)),
@@ -199,7 +204,7 @@ RULES = {
     "Einsum": _einsum,
     "GatherElements": _gather_elements, "ScatterElements": _scatter_elements,
     "Scatter": _scatter_elements, "GatherND": _gather_nd, "ScatterND": _scatter_nd,
-    "CumSum": _cumsum, "ArgMax": _arg(F.argmax), "ArgMin": _arg(F.argmin), "TopK": _topk,
+    "CumSum": _cumsum, "CumProd": _cumprod, "ArgMax": _arg(F.argmax), "ArgMin": _arg(F.argmin), "TopK": _topk,
     "Trilu": _trilu,
     **{f"Reduce{k}": _composite_reduce(k) for k in ("L1", "L2", "SumSquare", "LogSum",
                                                     "LogSumExp", "Prod")},

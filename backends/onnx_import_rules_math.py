@@ -4,6 +4,7 @@ CastLike, Gelu's tanh form)."""
 from __future__ import annotations
 
 import numpy as np
+from onnx import helper
 
 from graphdl import tensor as F
 from graphdl.backends.onnx_import import OnnxImportError
@@ -45,6 +46,11 @@ def _bit_shift(imp, node, a):
     return [F.bit_shift(imp.value(node.input[0]), imp.value(node.input[1]), a["direction"])]
 
 
+def _bitcast(imp, node, a):
+    dtype = np.dtype(helper.tensor_dtype_to_np_dtype(a["to"])).name
+    return [F.bitcast(imp.value(node.input[0]), dtype)]
+
+
 def _mod(imp, node, a):
     return [F.mod(imp.value(node.input[0]), imp.value(node.input[1]),
                   bool(a.get("fmod", 0)))]
@@ -81,6 +87,6 @@ RULES = {
     "And": _binary("And"), "Or": _binary("Or"), "Xor": _binary("Xor"), "Not": _simple("Not"),
     "BitwiseAnd": _binary("BitwiseAnd"), "BitwiseOr": _binary("BitwiseOr"),
     "BitwiseXor": _binary("BitwiseXor"), "BitwiseNot": _simple("BitwiseNot"),
-    "BitShift": _bit_shift, "Mean": _mean, "CastLike": _cast_like,
+    "BitShift": _bit_shift, "BitCast": _bitcast, "Mean": _mean, "CastLike": _cast_like,
     "Gelu": _gelu,
 }

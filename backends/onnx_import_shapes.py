@@ -29,16 +29,13 @@ class _NotExact(Exception):
 
 
 def _dim(d):
-    """A dim as a SymDim-marked DimExpr, or an int."""
+    """A dim as an int, a DimExpr, or a plain symbol marked as a SymDim."""
     if isinstance(d, str):
-        return d if isinstance(d, SymDim) else SymDim(d)
+        return d if isinstance(d, (SymDim, dims.DimExpr)) else SymDim(d)
     return int(d)
 
 
-def _wrap(v):
-    if isinstance(v, str):
-        return SymDim(v) if not isinstance(v, SymDim) else v
-    return int(v)
+_wrap = _dim
 
 
 def _div(a, b):
@@ -65,6 +62,15 @@ def _cmp(fn):
             return fn(a, b)
         if fn is operator.eq and a == b:
             return True
+        # a dim is never negative: N == -1 is False (torch writes expand(N, -1) that way)
+        for sym, num in ((a, b), (b, a)):
+            if isinstance(num, int) and num < 0 and isinstance(sym, str):
+                if fn is operator.eq:
+                    return False
+                if sym is a and fn in (operator.gt, operator.ge):
+                    return True
+                if sym is a and fn in (operator.lt, operator.le):
+                    return False
         raise _NotExact(f"cannot compare symbolic dims {a} and {b}")
     return run
 
@@ -116,13 +122,15 @@ def _finish(out: np.ndarray, like: np.ndarray | None = None) -> np.ndarray:
     return out.astype(dtype)
 
 
-def applies(op: str, arrays: list) -> bool:
+def applies(op: str, arrays: list, attrs: dict | None = None) -> bool:
     """Whether a node of ``op`` over these import-time arrays is shape arithmetic."""
     if op not in SHAPE_RULES:
         return False
     present = [a for a in arrays if a is not None]
     if any(is_symbolic(a) for a in present):
-        return True
+        # a Cast of dims to a float makes data (a mean's divisor): the Cast rule runs it
+        return op != "Cast" or np.dtype(helper.tensor_dtype_to_np_dtype(
+            (attrs or {}).get("to", 7))).kind in "iu"
     return all(a.dtype.kind in "iub" and a.size <= MAX_ELEMENTS for a in present)
 
 
@@ -134,7 +142,8 @@ def evaluate(imp, node, attrs: dict, arrays: list) -> list:
     except _NotExact as err:
         raise OnnxImportError(f"{imp.where()}: shape arithmetic cannot be resolved at import "
                               f"({err})") from None
-    return [_finish(out, arrays[0] if arrays and arrays[0] is not None else None)]
+    like = arrays[1] if op == "Where" else arrays[0]  # the dtype the result keeps
+    return [_finish(out, like)]
 
 
 def _binary(op):
@@ -187,10 +196,9 @@ def _slice(attrs, arrays):
 
 
 def _cast(attrs, arrays):
-    x = arrays[0]
-    if is_symbolic(x):
-        return x
-    return x.astype(helper.tensor_dtype_to_np_dtype(attrs["to"]))
+    if is_symbolic(arrays[0]):  # to an integer type (applies() sends float casts away)
+        return arrays[0]
+    return arrays[0].astype(helper.tensor_dtype_to_np_dtype(attrs["to"]))
 
 
 def _range(attrs, arrays):

@@ -82,19 +82,22 @@ class DataParallel:
 
     # ---- the train step -----------------------------------------------------------------
 
-    def train_step_graph(self, model, loss, optimizer) -> Graph:
+    def train_step_graph(self, model, loss, optimizer, precision: str = "float32") -> Graph:
         """The model's train step with gradient all-reduces (and synchronized BN)."""
         forward = (lambda g: synchronize_batchnorm(g, self.size)) if self.sync_batchnorm \
             else None
+        extra = {} if precision == "float32" else {"precision": precision}
         return model.train_step_graph(loss, optimizer, forward_hook=forward,
-                                      grad_hook=average_gradients)
+                                      grad_hook=average_gradients, **extra)
 
-    def compile_train_step(self, model, loss, optimizer, compile_fn=None):
+    def compile_train_step(self, model, loss, optimizer, compile_fn=None,
+                           precision: str = "float32"):
         """Optimize the data-parallel train step (bucketing included), bind the communicator
         and return the compiled :class:`graphdl.function.Function`; with ``host_reduce`` (or
         a ``compile_fn(graph)`` for each half, e.g. an ONNX Runtime session) a
         :class:`graphdl.split_step.SplitStep`."""
-        graph, self.report = self.optimize(self.train_step_graph(model, loss, optimizer))
+        graph, self.report = self.optimize(
+            self.train_step_graph(model, loss, optimizer, precision))
         if self.host_reduce or compile_fn is not None:
             step = SplitStep(graph, self.comm, compile_fn)
             step.report = self.report

@@ -5,6 +5,7 @@ Every node carries the types of its outputs and the call site in the user's code
 """
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from dataclasses import dataclass
@@ -123,6 +124,7 @@ _PACKAGE_DIRS = tuple(os.path.normpath(os.path.join(_HERE, d)) + os.sep
                       for d in (".", "../passes", "../backends"))
 
 
+@functools.lru_cache(maxsize=4096)  # one answer per file name: building a node asks per frame
 def _inside_graphdl(filename: str) -> bool:
     return os.path.abspath(filename).startswith(_PACKAGE_DIRS)
 

@@ -52,15 +52,23 @@ def split_train_step(graph: Graph) -> SplitGraphs:
             raise GraphError(f"cannot split a train step at {node.op} (made at {node.site}); "
                              "only AllReduce is reduced on the host")
     cut_ids = {id(n) for n in cut}
+    fed = {id(v.node) for v in graph.inputs}
+    after_cut = _downstream(graph, cut_ids)  # the cut nodes and everything computed from them
+    from_batch = _downstream(graph, fed)
     for node in cut:
-        if _reaches(node.inputs[0].node, cut_ids):
+        if any(id(v.node) in after_cut for v in node.inputs):
             raise GraphError("this train step all-reduces inside its forward pass "
                              "(synchronized BatchNorm?): it cannot be split into one gradient "
                              "graph and one apply graph; use the NumPy executor")
     reduced = {id(n): gd_input(f"reduced_{i}", n.types[0].shape, n.types[0].dtype)
                for i, n in enumerate(cut)}
-    apply_side = [(var, v) for var, v in graph.updates if _reaches(v.node, cut_ids)]
-    grad_side = [(var, v) for var, v in graph.updates if not _reaches(v.node, cut_ids)]
+    # the gradient graph keeps the forward pass's own state (BatchNorm statistics: they read
+    # the batch and no reduced value); everything else (parameters, moments, the optimizer's
+    # step counter) is the apply graph's
+    forward_state = [id(v.node) in from_batch and id(v.node) not in after_cut
+                     for _, v in graph.updates]
+    apply_side = [u for u, fwd in zip(graph.updates, forward_state) if not fwd]
+    grad_side = [u for u, fwd in zip(graph.updates, forward_state) if fwd]
     gradient = Graph(graph.inputs, list(graph.outputs) + [n.inputs[0] for n in cut],
                      grad_side, name=f"{graph.name}_gradients")
     new_values = _substitute([v for _, v in apply_side], reduced)
@@ -73,18 +81,13 @@ def split_train_step(graph: Graph) -> SplitGraphs:
                        len(graph.outputs))
 
 
-def _reaches(start: Node, targets: set[int]) -> bool:
-    """Whether ``start`` is, or depends on, a node in ``targets``."""
-    stack, seen = [start], set()
-    while stack:
-        node = stack.pop()
-        if id(node) in targets:
-            return True
-        if id(node) in seen:
-            continue
-        seen.add(id(node))
-        stack.extend(v.node for v in node.inputs)
-    return False
+def _downstream(graph: Graph, sources: set[int]) -> set[int]:
+    """Ids of the nodes in ``sources`` and of every node computed from one of them."""
+    found = set(sources)
+    for node in graph.nodes:  # a topological order: inputs are decided first
+        if id(node) not in found and any(id(v.node) in found for v in node.inputs):
+            found.add(id(node))
+    return found
 
 
 def _substitute(values: list[Value], replace: dict[int, Value]) -> list[Value]:

@@ -114,9 +114,22 @@ class TrainingMixin:
 
     # ---- compiled functions --------------------------------------------------------------
 
+    def _ort_half(self, graph):
+        """An ONNX Runtime session for one half of a split step (already optimized)."""
+        from graphdl.backends.ort_train import OrtFunction  # lazy: onnxruntime loads slowly
+
+        fn = OrtFunction(graph, state=self._device_state, **self._ort_options)
+        self._device_state = fn.state  # both halves, eval and predict share the buffers
+        return fn
+
     def _train_function(self):
         if self._train_fn is None and self.distributed is not None:
-            self._train_fn = self.distributed.compile_train_step(self, self.loss, self.optimizer)
+            # on ONNX Runtime: a gradient session and an apply session sharing the device
+            # state, with the all-reduce between them on host buffers (graphdl.split_step)
+            onnxruntime = getattr(self, "backend", "numpy") == "onnxruntime"
+            self._train_fn = self.distributed.compile_train_step(
+                self, self.loss, self.optimizer, self._ort_half if onnxruntime else None,
+                precision=getattr(self, "precision", "float32"))
         if self._train_fn is None:
             g = self.train_step_graph(self.loss, self.optimizer)
             self._train_fn = function(g.inputs, list(g.outputs), g.updates, training=True)

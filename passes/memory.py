@@ -22,7 +22,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from graphdl.dims import evaluate
+from graphdl.dims import DimExpr, evaluate
 from graphdl.ir import Graph
 from graphdl.ops.registry import get_op
 
@@ -233,8 +233,10 @@ def node_facts(nodes: Sequence, bindings: Mapping[str, int],
         opdef = get_op(n.op)
         kind = 0 if opdef.source else 1 if n.op in VIEW_OPS and len(n.types) == 1 else 2
         inplace = (opdef.elementwise or n.op in INPLACE_OPS) and len(n.types) == 1
-        outs = tuple((_aligned(t.nbytes(bindings), alignment), (t.dtype, _dims(t, bindings)))
-                     for t in n.types)
+        # a value whose size the bindings do not determine (a dim unknown until run time)
+        # gets -1 bytes: it stays out of the arena and its kernel allocates it
+        outs = tuple((_aligned(t.nbytes(bindings), alignment) if _planned(t, bindings) else -1,
+                      (t.dtype, _dims(t, bindings))) for t in n.types)
         facts[id(n)] = (kind, inplace, outs)
     return facts
 
@@ -278,7 +280,7 @@ def liveness(nodes: Sequence, outputs: Sequence, bindings: Mapping[str, int],
             continue
         for i, (nbytes, type_key) in enumerate(outs):
             key = (nid, i)
-            if exclude and key in exclude:
+            if (exclude and key in exclude) or nbytes < 0:
                 plans[key] = (pos, i, EXTERNAL, 0, -1, -1, -1, False)
                 continue
             no_reuse += nbytes
@@ -317,8 +319,22 @@ def _dying_input(node, step, plans, storages, facts, type_key):
     return None
 
 
+def _planned(t, bindings) -> bool:
+    """Whether the type's size is known from the bindings: no dim is unknown until run time
+    (a ``?`` symbol, graphdl.ops.dynamic) unless a binding gives it."""
+    for d in t.shape:
+        if isinstance(d, str):
+            names = d.symbols if isinstance(d, DimExpr) else {d}
+            if any(s.startswith("?") and s not in bindings for s in names):
+                return False
+    return True
+
+
 def _dims(t, bindings) -> tuple[int, ...]:
-    return tuple(d if isinstance(d, int) else evaluate(d, bindings, default=1) for d in t.shape)
+    shape = t.shape
+    if all(type(d) is int for d in shape):  # noqa: E721  (the common, static case)
+        return shape
+    return tuple(d if isinstance(d, int) else evaluate(d, bindings, default=1) for d in shape)
 
 
 def peak_summary(graph: Graph, bindings: Mapping[str, int] | None = None) -> dict:

@@ -55,7 +55,7 @@ class StepLosses(Callback):
         self.losses.append(float(logs["loss"]))
 
 
-def fit(model, opt, batch_size, distributed=None, callbacks=()):
+def fit(model, opt, batch_size, distributed=None, callbacks=(), backend=None):
     """Fit one epoch; returns weights and step losses flattened into one vector."""
     r = np.random.default_rng(1)  # the same start everywhere, whatever the layer names
     model.set_weights([np.ones(w.shape) if v.name.endswith("running_var") else
@@ -64,7 +64,7 @@ def fit(model, opt, batch_size, distributed=None, callbacks=()):
                        for v, w in zip(model.variables, model.get_weights())])
     rec = StepLosses()
     model.compile(OPTIMIZERS[opt](), "cross_entropy", metrics=["accuracy"],
-                  distributed=distributed)
+                  distributed=distributed, **({"backend": backend} if backend else {}))
     X, y = data()
     model.fit(X, y, epochs=1, batch_size=batch_size, seed=3, verbose=0,
               callbacks=[rec, *callbacks])
@@ -88,6 +88,17 @@ def train(out: str) -> None:
                            dp.comm.stats.calls] if rows else [-1, -1, dp.comm.stats.calls])
         np.save(os.path.join(out, f"{name}_{dp.rank}.npy"), result)
         np.save(os.path.join(out, f"{name}_counts_{dp.rank}.npy"), counts)
+    if ort_training():  # the split step on ONNX Runtime sessions sharing the device state
+        dp = DataParallel("mpi", timeout=60.0, bucket_bytes=700)
+        result = fit(mlp(), "adam", B, dp, backend="onnxruntime")
+        np.save(os.path.join(out, f"adam_ort_{dp.rank}.npy"), result)
+
+
+def ort_training() -> bool:
+    """Whether this build trains on ONNX Runtime (issue 10's backends/ort_train.py)."""
+    import importlib.util
+
+    return importlib.util.find_spec("graphdl.backends.ort_train") is not None
 
 
 class Fault(Callback):

@@ -150,6 +150,35 @@ _add("CumSum",
      OpCase([rng(64).integers(-5, 5, (3, 4))], {"axis": 0}, torch=_cumsum_ref(0), id="int"),
      OpCase([randn((3, 4), 65), np.array(1)], torch=_cumsum_ref(1), id="run-time-axis"))
 
+def _cumprod_ref(axis, exclusive=False, reverse=False):
+    def ref(x, *rest):
+        torch = _torch()
+        y = torch.flip(x, (axis,)) if reverse else x
+        c = torch.cumprod(y, axis)
+        if exclusive:
+            c = c / y
+        return torch.flip(c, (axis,)) if reverse else c
+    return ref
+
+
+def _nonzero(shape, seed):
+    """Values with |x| in [0.5, 1.5] (CumProd's gradient divides by x)."""
+    g = rng(seed)
+    return g.choice([-1.0, 1.0], size=shape) * g.uniform(0.5, 1.5, size=shape)
+
+
+# CumProd is ONNX opset 26
+_add("CumProd",
+     OpCase([_nonzero((3, 4), 66)], {"axis": 1}, torch=_cumprod_ref(1), opset=26, id="axis1"),
+     OpCase([_nonzero((3, 4, 2), 67)], {"axis": 0, "exclusive": 1},
+            torch=_cumprod_ref(0, True), opset=26, id="exclusive"),
+     OpCase([_nonzero((2, 5), 68)], {"axis": -1, "exclusive": 1, "reverse": 1},
+            torch=_cumprod_ref(1, True, True), opset=26, id="reverse-exclusive"),
+     OpCase([rng(69).integers(-3, 4, (3, 4))], {"axis": 0}, torch=_cumprod_ref(0),
+            opset=26, id="int"),
+     OpCase([_nonzero((3, 4), 65), np.array(0)], torch=_cumprod_ref(0), opset=26,
+            id="run-time-axis"))
+
 for _op, _fn in (("ArgMax", "argmax"), ("ArgMin", "argmin")):
     _add(_op,
          OpCase([distinct((3, 4), 70)], {"axis": 1, "keepdims": 0},
@@ -197,11 +226,6 @@ def _prod_ref(axes, keepdims):
             y = _torch().prod(y, a, keepdim=keepdims)
         return y
     return ref
-
-
-def _nonzero(shape, seed):
-    g = rng(seed)
-    return g.choice([-1.0, 1.0], size=shape) * g.uniform(0.5, 1.5, size=shape)
 
 
 _add("ReduceProd",

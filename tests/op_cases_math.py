@@ -189,3 +189,13 @@ _add("BitShift",
      OpCase([rng(1293).integers(0, 200, (3, 4)).astype(np.uint8),
              rng(1294).integers(0, 5, (4,)).astype(np.uint8)], {"direction": "RIGHT"},
             torch=lambda a, b: _torch().bitwise_right_shift(a, b), id="right-uint8-broadcast"))
+
+# BitCast is ONNX opset 26; torch's Tensor.view(dtype) is the same reinterpretation. Float
+# inputs are left out: the op tests run every float input as float32 and float64 alike.
+_add("BitCast",
+     OpCase([rng(1300).integers(1 << 20, 1 << 30, (3, 4)).astype(np.int32)], {"to": "float32"},
+            torch=lambda x: x.view(_torch().float32), opset=26, id="int32-to-float32"),
+     OpCase([rng(1301).integers(-1000, 1000, (2, 3))], {"to": "float64"},
+            torch=lambda x: x.view(_torch().float64), opset=26, id="int64-to-float64"),
+     OpCase([rng(1302).integers(0, 255, (5,)).astype(np.uint8)], {"to": "int8"},
+            torch=lambda x: x.view(_torch().int8), opset=26, id="uint8-to-int8"))

@@ -63,6 +63,14 @@ def test_gradient_and_apply_graphs_with_a_host_all_reduce_give_the_same_training
     np.testing.assert_array_equal(trained("adam_host", 0), trained("adam_host", 1))
 
 
+@pytest.mark.skipif(not W.ort_training(), reason="this build has no ONNX Runtime training "
+                    "(graphdl/backends/ort_train.py, issue 10)")
+def test_onnx_runtime_sessions_with_a_host_all_reduce_train_like_one_process(trained):
+    want = W.fit(W.mlp(), "adam", 2 * W.B)
+    for rank in (0, 1):
+        np.testing.assert_allclose(trained("adam_ort", rank), want, rtol=0, atol=1e-12)
+
+
 def test_synchronized_batchnorm_equals_one_process_on_the_full_batch(trained):
     want = W.fit(W.bn_mlp(), "adam", 2 * W.B)  # weights include the running statistics
     np.testing.assert_allclose(trained("syncbn", 0), want, rtol=0, atol=1e-12)

@@ -10,6 +10,7 @@ import graphdl as gd
 import graphdl.backends.numpy_executor as numpy_executor
 import graphdl.passes.memory as memory
 from graphdl.backends.numpy_executor import ExecutionError, NumpyExecutor
+from graphdl.feeds import FeedError
 from graphdl.ir import Graph
 from graphdl.passes import plan_memory
 
@@ -148,3 +149,16 @@ def test_compile_numpy_passes_threads_to_the_executor():
     run = gd.compile(Graph([x], [gd.relu(x)]), backend="numpy", threads=3)
     assert run.executor.threads == 3
     np.testing.assert_array_equal(run(np.full((2, 4), -1.0, np.float32)), np.zeros((2, 4)))
+
+
+def test_feeds_of_the_same_types_skip_revalidation_but_new_ones_are_checked():
+    x, w, loss, gw = _mlp()
+    f = gd.function([x], loss)
+    ok = np.ones((3, 6), np.float32)
+    f(ok)
+    f(ok)  # the same types: the fast path
+    with pytest.raises(FeedError, match="float32"):
+        f(np.ones((3, 6), np.float64))
+    with pytest.raises(FeedError, match="shape"):
+        f(np.ones((3, 5), np.float32))
+    np.testing.assert_allclose(f(x=ok), f(ok))

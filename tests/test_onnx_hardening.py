@@ -424,3 +424,13 @@ def test_cli_exit_statuses(tmp_path, capsys):
     lines = [line for line in err.splitlines() if line]
     assert len(lines) == 5 and all(line.startswith("graphdl ") for line in lines)
     assert "Traceback" not in err
+
+
+def test_absurd_declared_dims_are_refused_not_planned(tmp_path):
+    """A graph input of 2^62 x 2^62 floats imports as a refusal naming the node, not an
+    overflow deep in the memory planner."""
+    model = _model([helper.make_node("Relu", ["x"], ["y"], name="r")],
+                   [_vi("x", [2 ** 62, 2 ** 62])], [_vi("y", [2 ** 62, 2 ** 62])])
+    path = _write(tmp_path, model)
+    with pytest.raises(OnnxImportError, match=r"beyond any real model"):
+        from_onnx(path)

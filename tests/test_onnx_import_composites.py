@@ -55,7 +55,9 @@ COMPOSITE_CASES = [
     "test_simple_rnn_batchwise", "test_gru_batchwise", "test_lstm_batchwise",
     # control flow, inlined and unrolled
     "test_if", "test_scan_sum", "test_scan9_sum", "test_loop11",
-    # attention and RMS norm
+    # attention, rotary embeddings and RMS norm
+    "test_rotary_embedding_3d_input", "test_rotary_embedding_with_interleaved_rotary_dim",
+    "test_rotary_embedding_no_position_ids_rotary_dim",
     "test_attention_4d", "test_attention_3d_gqa_causal", "test_attention_4d_attn_mask_bool",
     "test_attention_4d_with_past_and_present_qk_matmul_bias_4d_mask_causal",
     "test_attention_4d_softcap", "test_attention_local_window_with_past",

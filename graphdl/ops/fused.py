@@ -122,46 +122,73 @@ def run_program(program: tuple, inputs: Sequence[np.ndarray], out: np.ndarray | 
     """Evaluate ``program`` over ``inputs``; the result is written into ``out`` when given."""
     n_in = len(inputs)
     steps, last = _compiled(program, n_in)
-    vals: list = list(inputs)
-    vals.extend([None] * len(steps))
-    owned = [False] * len(vals)  # buffers this call allocated (or ``out``) may be reused
     out_free_at = 0  # ``out`` may hold intermediates once aliased inputs are read for good
     if out is not None:
-        shape, dtype = out.shape, out.dtype
+        shape = out.shape
         for k, a in enumerate(inputs):
             # only a same-sized input can alias out (the planner's in-place reuse)
             if getattr(a, "shape", None) == shape and np.may_share_memory(a, out):
                 out_free_at = max(out_free_at, last[k])
-    out_busy_until = -1
-    final = len(steps) - 1
-    for i, (fn, op, args, attrs, dtype_rule) in enumerate(steps):
-        argv = [vals[a] for a in args]
-        shape = _broadcast([a.shape for a in argv])
-        dtype = dtype_rule if isinstance(dtype_rule, np.dtype) else argv[dtype_rule].dtype
-        dest = None
-        if i == final:
-            if out is not None and out.shape == shape and out.dtype == dtype:
-                dest = out
-        else:
-            for a in args:  # a temporary that dies here takes the result
-                if owned[a] and last[a] == i and vals[a].shape == shape \
-                        and vals[a].dtype == dtype:
-                    dest = vals[a]
-                    break
-            if dest is None and out is not None and i >= out_free_at and i >= out_busy_until \
-                    and out.shape == shape and out.dtype == dtype:
-                dest = out
-        if dest is None:
-            dest = np.empty(shape, dtype)
-        elif dest is out:
-            out_busy_until = last[n_in + i]
-        vals[n_in + i] = fn(op, argv, attrs, dest)
-        owned[n_in + i] = True
+    key = (id(program), n_in, out_free_at,
+           None if out is None else (out.shape, out.dtype),
+           tuple((a.shape, a.dtype) for a in inputs))
+    hit = _DESTS.get(key)
+    if hit is None or hit[0] is not program:
+        if len(_DESTS) > 4096:
+            _DESTS.clear()
+        hit = (program, _destinations(steps, last, key[4], n_in, key[3], out_free_at))
+        _DESTS[key] = hit
+    vals: list = list(inputs)
+    for (fn, op, args, attrs, _), (kind, where) in zip(steps, hit[1]):
+        # where each result goes: 0 out, 1 the buffer of a dead temporary, 2 a new buffer
+        dest = out if kind == 0 else vals[where] if kind == 1 else np.empty(*where)
+        vals.append(fn(op, [vals[a] for a in args], attrs, dest))
     result = vals[-1]
     if out is not None and result is not out:
         np.copyto(out, result)
         return out
     return result
+
+
+# (id(program), input and output signature) -> (program, destinations); a memo of what
+# _destinations decides, as _COMPILED is of _compile (the program guards id reuse)
+_DESTS: dict[tuple, tuple] = {}
+
+
+def _destinations(steps, last, in_types, n_in, out_type, out_free_at) -> tuple:
+    """Where each instruction writes, decided once per signature: the output buffer for the
+    last one (when its type fits); else a temporary that dies there and has the result's
+    type; else ``out`` while no live value needs it; else a new buffer."""
+    types = list(in_types)
+    owned = [False] * (n_in + len(steps))  # buffers the program allocated (or ``out``)
+    in_out = [False] * (n_in + len(steps))  # values that live in ``out``
+    out_busy_until = -1
+    dests = []
+    final = len(steps) - 1
+    for i, (fn, op, args, attrs, dtype_rule) in enumerate(steps):
+        shape = _broadcast([types[a][0] for a in args])
+        dtype = dtype_rule if isinstance(dtype_rule, np.dtype) else types[args[dtype_rule]][1]
+        dest = None
+        fits_out = out_type is not None and out_type == (shape, dtype)
+        if i == final:
+            if fits_out:
+                dest = (0, None)
+        else:
+            for a in args:  # a temporary that dies here takes the result
+                if owned[a] and last[a] == i and types[a] == (shape, dtype):
+                    dest = (1, a)
+                    break
+            if dest is None and fits_out and i >= out_free_at and i >= out_busy_until:
+                dest = (0, None)
+        if dest is None:
+            dest = (2, (shape, dtype))
+        elif dest[0] == 0 or in_out[dest[1]]:
+            in_out[n_in + i] = True
+            out_busy_until = last[n_in + i]
+        dests.append(dest)
+        types.append((shape, dtype))
+        owned[n_in + i] = True
+    return tuple(dests)
 
 
 def _ufunc(fn):
@@ -200,7 +227,9 @@ def _where(op, a, attrs, out):
 
 
 def _finite(x) -> bool:
-    return bool(np.isfinite(x).all())
+    # the sum is finite only if every element is (an inf or NaN makes it inf or NaN): one
+    # pass, no temporary; a sum that overflows only sends the caller down the exact path
+    return bool(np.isfinite(np.add.reduce(x, axis=None)))
 
 
 def _cast(op, a, attrs, out):

@@ -22,11 +22,19 @@ def broadcast_shapes(op: str, types: Sequence[TensorType]) -> tuple[Dim, ...]:
                 continue
             if dim == 1:
                 dim = d
+            elif _unknown(d) or _unknown(dim):
+                # a dim unknown until run time broadcasts against anything: the known one
+                # wins (the run-time sizes must agree, as NumPy checks then)
+                dim = dim if _unknown(d) else d
             else:
                 raise fail(op, "cannot broadcast shapes " + " and ".join(
                     str(tuple(t.shape)) for t in types), list(types))
         out.append(dim)
     return tuple(out)
+
+
+def _unknown(d) -> bool:
+    return isinstance(d, str) and d.startswith("?")
 
 
 def same_dtype(op: str, types: Sequence[TensorType]) -> str:

@@ -1,15 +1,30 @@
 """Logical ops on bool tensors (And, Or, Xor, Not) and bitwise ops on integers (BitwiseAnd,
-BitwiseOr, BitwiseXor, BitwiseNot, and BitShift on unsigned integers, as ONNX defines it). None is differentiable."""
+BitwiseOr, BitwiseXor, BitwiseNot, and BitShift, as ONNX defines it), and BitCast, which
+reads the bytes as another dtype. None is differentiable."""
 from __future__ import annotations
 
 import numpy as np
 
-from graphdl.ir import TensorType
+from graphdl.ir import TensorType, normalize_dtype
 from graphdl.ops.infer import broadcast_shapes, check_arity, same_dtype
 from graphdl.ops.registry import OpDef, apply, fail, lower, register
 
 __all__ = ["logical_and", "logical_or", "logical_xor", "logical_not", "bitwise_and",
-           "bitwise_or", "bitwise_xor", "bitwise_not", "bit_shift"]
+           "bitwise_or", "bitwise_xor", "bitwise_not", "bit_shift", "bitcast"]
+
+
+def dtype_of(name: str) -> np.dtype:
+    """The NumPy dtype of a graphdl dtype name (ml_dtypes provides the narrow floats)."""
+    try:
+        return np.dtype(name)
+    except TypeError:
+        import ml_dtypes  # lazy: narrow floats only when one is asked for
+        return np.dtype(getattr(ml_dtypes, name))
+
+
+def dtype_size(name: str) -> int:
+    """Bytes per element of a graphdl dtype."""
+    return dtype_of(name).itemsize
 
 
 def _into(out, result):
@@ -33,8 +48,6 @@ def _binary_infer(op, logical):
         dt = same_dtype(op, types)
         _kind_check(op, types, logical)
         if op == "BitShift":
-            if not dt.startswith("uint"):
-                raise fail(op, f"needs unsigned integers, got {dt}", list(types))
             if attrs.get("direction") not in ("LEFT", "RIGHT"):
                 raise fail(op, f"direction must be 'LEFT' or 'RIGHT', got "
                            f"{attrs.get('direction')!r}", list(types))
@@ -50,6 +63,25 @@ def _unary_infer(op, logical):
     return infer
 
 
+def _shift(a, b, direction: str):
+    """a << b or a >> b; shifts by the bit width or more give 0 (-1 for a negative a shifted
+    right), and signed left shifts wrap as unsigned ones do (ONNX's definition)."""
+    a, b = np.broadcast_arrays(a, b)
+    bits = np.iinfo(a.dtype).bits
+    valid = (b >= 0) & (b < bits)
+    safe = np.where(valid, b, 0).astype(a.dtype)
+    if direction == "RIGHT":
+        out = np.right_shift(a, safe)
+        fill = np.where(a < 0, -1, 0).astype(a.dtype) if a.dtype.kind == "i" else 0
+    else:
+        unsigned = np.dtype(f"u{a.dtype.itemsize}")
+        out = np.left_shift(a.view(unsigned) if a.dtype.kind == "i" else a,
+                            safe.astype(unsigned) if a.dtype.kind == "i" else safe)
+        out = out.view(a.dtype) if a.dtype.kind == "i" else out
+        fill = 0
+    return np.where(valid, out, fill).astype(a.dtype)
+
+
 # name: (numpy function of (a, b, attrs), logical?)
 BINARY_LOGICAL_RULES = {
     "And": (lambda a, b, at: np.logical_and(a, b), True),
@@ -58,8 +90,7 @@ BINARY_LOGICAL_RULES = {
     "BitwiseAnd": (lambda a, b, at: np.bitwise_and(a, b), False),
     "BitwiseOr": (lambda a, b, at: np.bitwise_or(a, b), False),
     "BitwiseXor": (lambda a, b, at: np.bitwise_xor(a, b), False),
-    "BitShift": (lambda a, b, at: (np.left_shift if at["direction"] == "LEFT"
-                                   else np.right_shift)(a, b), False),
+    "BitShift": (lambda a, b, at: _shift(a, b, at["direction"]), False),
 }
 
 for _name, (_fn, _logical) in BINARY_LOGICAL_RULES.items():
@@ -76,6 +107,32 @@ for _name, _logical in (("Not", True), ("BitwiseNot", False)):
         kernel=lambda xs, a, out: _into(out, np.invert(xs[0])),
         vjp=None, differentiable=False, elementwise=True,
         onnx=lambda a, ti, to, o, _t=_name: lower(_t)))
+
+
+# ONNX TensorProto element codes of the dtypes BitCast may produce (only backends/ imports onnx)
+ONNX_CODES = {"float32": 1, "uint8": 2, "int8": 3, "uint16": 4, "int16": 5, "int32": 6,
+              "int64": 7, "bool": 9, "float16": 10, "float64": 11, "uint32": 12, "uint64": 13,
+              "bfloat16": 16, "float8_e4m3fn": 17, "float8_e4m3fnuz": 18, "float8_e5m2": 19,
+              "float8_e5m2fnuz": 20}
+
+
+def _bitcast_infer(types, attrs):
+    check_arity("BitCast", types, 1)
+    src, dst = types[0].dtype, normalize_dtype(attrs["to"])
+    if dst not in ONNX_CODES or src not in ONNX_CODES:
+        raise fail("BitCast", f"cannot reinterpret {src} as {dst}", list(types))
+    if dtype_size(src) != dtype_size(dst):
+        raise fail("BitCast", f"{src} and {dst} differ in bit width; BitCast keeps the bytes "
+                   "and the shape", list(types))
+    return [TensorType(types[0].shape, dst)]
+
+
+register(OpDef(name="BitCast", infer=_bitcast_infer,
+               kernel=lambda xs, a, out: _into(out, np.ascontiguousarray(xs[0]).view(
+                   dtype_of(a["to"]))),
+               vjp=None, differentiable=False,
+               onnx=lambda a, ti, to, o: lower("BitCast", to=ONNX_CODES[a["to"]]),
+               doc="Reinterpret the bytes of x as another dtype of the same width."))
 
 
 def _binary(op, doc, **fixed):
@@ -104,5 +161,11 @@ def bitwise_not(x):
 
 
 def bit_shift(a, b, direction: str = "LEFT"):
-    """a << b (``direction='LEFT'``) or a >> b ('RIGHT'), elementwise on unsigned integers."""
+    """a << b (``direction='LEFT'``) or a >> b ('RIGHT'), elementwise on integers (ONNX
+    before opset 26 takes unsigned ones only)."""
     return apply("BitShift", a, b, direction=direction)
+
+
+def bitcast(x, dtype):
+    """The bytes of ``x`` read as ``dtype`` (same width; no conversion)."""
+    return apply("BitCast", x, to=normalize_dtype(dtype))

@@ -1,6 +1,8 @@
 """Reductions (sum, mean, max, min), the softmax family, and the element-count helper."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from graphdl.ir import FLOAT_DTYPES, TensorType
@@ -79,10 +81,21 @@ def _reduce_onnx(onnx_op):
     return lowering
 
 
+def _mean(x, axis=None, keepdims=False, out=None):
+    """np.mean without its Python-level wrapper: the sum, divided in place by the count
+    (float16 keeps np.mean, which sums in float32)."""
+    if x.dtype == np.float16:
+        return np.mean(x, axis=axis, keepdims=keepdims, out=out)
+    total = np.add.reduce(x, axis=axis, keepdims=keepdims, out=out)
+    count = x.size // total.size if total.size else 0
+    in_place = out is not None or (isinstance(total, np.ndarray) and total.ndim > 0)
+    return np.true_divide(total, count, out=total if in_place else None)
+
+
 # name: (numpy reduction, vjp); the ufuncs' own reduce skips np.sum's Python-level wrapper
 REDUCE_RULES = {
     "ReduceSum": (np.add.reduce, _sum_vjp),
-    "ReduceMean": (np.mean, _mean_vjp),
+    "ReduceMean": (_mean, _mean_vjp),
     "ReduceMax": (np.maximum.reduce, _extreme_vjp),
     "ReduceMin": (np.minimum.reduce, _extreme_vjp),
 }
@@ -99,7 +112,7 @@ def _numel_infer(types, attrs):
 
 def _numel_kernel(xs, attrs, out):
     shape = xs[0].shape
-    return np.array(np.prod([shape[a] for a in attrs["axes"]]), xs[0].dtype)
+    return np.array(math.prod(shape[a] for a in attrs["axes"]), xs[0].dtype)
 
 
 def _numel_onnx(attrs, tin, tout, opset):

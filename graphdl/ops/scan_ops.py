@@ -1,6 +1,8 @@
-"""Ops that scan or rank along an axis: CumSum, ArgMax/ArgMin, TopK, Trilu and ReduceProd.
+"""Ops that scan or rank along an axis: CumSum, CumProd, ArgMax/ArgMin, TopK, Trilu and
+ReduceProd.
 
-CumSum differentiates into a CumSum running the other way; TopK's values into a scatter-add
+CumSum differentiates into a CumSum running the other way (CumProd into one of g * y, over
+x); TopK's values into a scatter-add
 of the cotangent at the chosen indices; Trilu into the same mask; ReduceProd into
 ``g * prod / x`` (inputs with zeros have no gradient there: x must be nonzero).
 """
@@ -11,9 +13,10 @@ import numpy as np
 from graphdl.ir import TensorType
 from graphdl.ops.indexing_extra import scatter_elements
 from graphdl.ops.infer import check_arity, norm_axes, norm_axis
-from graphdl.ops.registry import OnnxLowering, OnnxNode, OpDef, apply, fail, lower, register
+from graphdl.ops.registry import (LoweringError, OnnxLowering, OnnxNode, OpDef, apply, fail,
+                                  lower, register)
 
-__all__ = ["cumsum", "argmax", "argmin", "topk", "trilu", "prod"]
+__all__ = ["cumsum", "cumprod", "argmax", "argmin", "topk", "trilu", "prod"]
 
 
 def _into(out, result, dtype=None):
@@ -31,7 +34,7 @@ def _numeric(op, types):
         raise fail(op, "needs numbers, got bool; cast first", list(types))
 
 
-# ---- CumSum --------------------------------------------------------------------------------
+# ---- CumSum / CumProd ------------------------------------------------------------------------
 
 def _scalar_input(op, what, types, i):
     """An optional run-time scalar int input (CumSum's axis, Trilu's k)."""
@@ -40,30 +43,34 @@ def _scalar_input(op, what, types, i):
                    f"{types[i]}", list(types))
 
 
-def _cumsum_infer(types, attrs):
-    check_arity("CumSum", types, 1, 2)
-    _numeric("CumSum", types)
-    if types[0].rank == 0:
-        raise fail("CumSum", "needs rank >= 1", list(types))
-    _scalar_input("CumSum", "axis", types, 1)
-    if len(types) == 1:
-        norm_axis("CumSum", attrs.get("axis", 0), types[0].rank)
-    return [types[0]]
+def _scan_infer(op):
+    def infer(types, attrs):
+        check_arity(op, types, 1, 2)
+        _numeric(op, types)
+        if types[0].rank == 0:
+            raise fail(op, "needs rank >= 1", list(types))
+        _scalar_input(op, "axis", types, 1)
+        if len(types) == 1:
+            norm_axis(op, attrs.get("axis", 0), types[0].rank)
+        return [types[0]]
+    return infer
 
 
-def _cumsum_kernel(xs, attrs, out):
-    x = xs[0]
-    axis = int(np.asarray(xs[1]).reshape(-1)[0]) if len(xs) > 1 else attrs.get("axis", 0)
-    if not -x.ndim <= axis < x.ndim:
-        raise IndexError(f"CumSum: axis {axis} is out of range for rank {x.ndim}")
-    axis %= x.ndim
-    rev = bool(attrs.get("reverse", 0))
-    y = np.flip(x, axis) if rev else x
-    c = np.cumsum(y, axis=axis, dtype=x.dtype)
-    if attrs.get("exclusive", 0):  # shift by one: the sum of the entries strictly before
-        c = np.concatenate([np.zeros_like(np.take(c, [0], axis)),
-                            np.take(c, np.arange(c.shape[axis] - 1), axis)], axis)
-    return _into(out, np.flip(c, axis) if rev else c)
+def _scan_kernel(op, fn, identity):
+    def kernel(xs, attrs, out):
+        x = xs[0]
+        axis = int(np.asarray(xs[1]).reshape(-1)[0]) if len(xs) > 1 else attrs.get("axis", 0)
+        if not -x.ndim <= axis < x.ndim:
+            raise IndexError(f"{op}: axis {axis} is out of range for rank {x.ndim}")
+        axis %= x.ndim
+        rev = bool(attrs.get("reverse", 0))
+        y = np.flip(x, axis) if rev else x
+        c = fn(y, axis=axis, dtype=x.dtype)
+        if attrs.get("exclusive", 0):  # shift by one: the entries strictly before
+            c = np.concatenate([np.full_like(np.take(c, [0], axis), identity),
+                                np.take(c, np.arange(c.shape[axis] - 1), axis)], axis)
+        return _into(out, np.flip(c, axis) if rev else c)
+    return kernel
 
 
 def _cumsum_vjp(F, n, g):
@@ -73,16 +80,36 @@ def _cumsum_vjp(F, n, g):
     return [apply("CumSum", g[0], *n.inputs[1:], **a)] + [None] * (len(n.inputs) - 1)
 
 
-def _cumsum_onnx(attrs, tin, tout, opset):
-    flags = {"exclusive": int(attrs.get("exclusive", 0)), "reverse": int(attrs.get("reverse", 0))}
-    if len(tin) > 1:
-        return lower("CumSum", 2, **flags)
-    return OnnxLowering((OnnxNode("CumSum", ("in0", "axis"), ("out0",), flags),),
-                        {"axis": np.array(int(attrs.get("axis", 0)), np.int64)})
+def _cumprod_vjp(F, n, g):
+    a = dict(n.attrs)
+    a["reverse"] = int(not a.get("reverse", 0))
+    x, y = n.inputs[0], n.outputs[0]
+    # d y_i / d x_j = y_i / x_j for every y_i that includes x_j (x nonzero)
+    back = apply("CumSum", g[0] * y, *n.inputs[1:], **a)
+    return [back / x] + [None] * (len(n.inputs) - 1)
 
 
-register(OpDef(name="CumSum", infer=_cumsum_infer, kernel=_cumsum_kernel, vjp=_cumsum_vjp,
-               onnx=_cumsum_onnx, doc="Running sum along axis (exclusive/reverse flags)."))
+def _scan_onnx(op, min_opset):
+    def lowering(attrs, tin, tout, opset):
+        if opset < min_opset:
+            raise LoweringError(f"{op} needs ONNX opset >= {min_opset}, exporting at {opset}")
+        flags = {"exclusive": int(attrs.get("exclusive", 0)),
+                 "reverse": int(attrs.get("reverse", 0))}
+        if len(tin) > 1:
+            return lower(op, 2, **flags)
+        return OnnxLowering((OnnxNode(op, ("in0", "axis"), ("out0",), flags),),
+                            {"axis": np.array(int(attrs.get("axis", 0)), np.int64)})
+    return lowering
+
+
+register(OpDef(name="CumSum", infer=_scan_infer("CumSum"),
+               kernel=_scan_kernel("CumSum", np.cumsum, 0), vjp=_cumsum_vjp,
+               onnx=_scan_onnx("CumSum", 11),
+               doc="Running sum along axis (exclusive/reverse flags)."))
+register(OpDef(name="CumProd", infer=_scan_infer("CumProd"),
+               kernel=_scan_kernel("CumProd", np.cumprod, 1), vjp=_cumprod_vjp,
+               onnx=_scan_onnx("CumProd", 26),
+               doc="Running product along axis (exclusive/reverse flags)."))
 
 
 # ---- ArgMax / ArgMin -----------------------------------------------------------------------
@@ -259,6 +286,14 @@ def cumsum(x, axis=0, exclusive: bool = False, reverse: bool = False):
     if isinstance(axis, (int, np.integer)):
         return apply("CumSum", x, axis=int(axis), **flags)
     return apply("CumSum", x, axis, **flags)
+
+
+def cumprod(x, axis=0, exclusive: bool = False, reverse: bool = False):
+    """Running product along ``axis`` (an int, or an int value known at run time)."""
+    flags = {"exclusive": int(exclusive), "reverse": int(reverse)}
+    if isinstance(axis, (int, np.integer)):
+        return apply("CumProd", x, axis=int(axis), **flags)
+    return apply("CumProd", x, axis, **flags)
 
 
 def argmax(x, axis: int = 0, keepdims: bool = False, select_last_index: bool = False):

@@ -132,8 +132,16 @@ def _axes_input_lowering(op):
 register(OpDef(name="Squeeze", infer=_squeeze_infer,
                kernel=lambda xs, a, out: np.squeeze(xs[0], tuple(a["axes"])),
                vjp=_reshape_back, onnx=_axes_input_lowering("Squeeze")))
+def _unsqueeze_kernel(xs, attrs, out):
+    x = xs[0]
+    shape = list(x.shape)
+    for a in sorted(d % (x.ndim + len(attrs["axes"])) for d in attrs["axes"]):
+        shape.insert(a, 1)
+    return x.reshape(shape)  # a view, as np.expand_dims (without its Python-level checks)
+
+
 register(OpDef(name="Unsqueeze", infer=_unsqueeze_infer,
-               kernel=lambda xs, a, out: np.expand_dims(xs[0], tuple(a["axes"])),
+               kernel=_unsqueeze_kernel,
                vjp=_reshape_back, onnx=_axes_input_lowering("Unsqueeze")))
 
 
