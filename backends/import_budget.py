@@ -140,6 +140,13 @@ class FoldMeter:
                                  f"{self.budget.max_seconds:g} s (ImportBudget.max_seconds)",
                                  node)
 
+    def check_iterations(self, node: "onnx.NodeProto | None", count: int, what: str) -> None:
+        """Refuse a Loop trip count or Scan length over the budget, before unrolling."""
+        cap = self.budget.max_loop_iterations
+        if count > cap:
+            raise BudgetExceeded(f"its {what} {count:,} exceeds the {cap:,} iterations "
+                                 "allowed at import (ImportBudget.max_loop_iterations)", node)
+
     def precheck(self, node: onnx.NodeProto, inputs: list) -> None:
         """Size and trip-count checks from the node's inputs, before it runs."""
         self.tick(node)

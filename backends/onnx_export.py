@@ -101,12 +101,16 @@ def choose_ir_version(opset: int, requested: int | None = None) -> int:
 
 
 def to_onnx(graph: Any, opset: int = DEFAULT_OPSET, ir_version: int | None = None,
-            dtype: str | None = None, name: str | None = None) -> onnx.ModelProto:
+            dtype: str | None = None, name: str | None = None,
+            params_as_inputs: bool = False) -> onnx.ModelProto:
     """Lower a graph (or a Model's inference graph) to an ONNX ModelProto.
 
     ``dtype="float16"`` converts float parameters, constants, inputs and outputs (and the
-    whole computation) to that float type. Raises :class:`LoweringError` naming the op, its
-    call site and the opset when a node cannot be lowered.
+    whole computation) to that float type. ``params_as_inputs=True`` makes every Variable a
+    graph input (updated ones first, in update order, then the others in
+    :func:`state_variables` order) instead of an initializer, so a runtime can bind them to
+    device buffers. Raises :class:`LoweringError` naming the op, its call site and the opset
+    when a node cannot be lowered.
     """
     graph = as_graph(graph, what="ONNX export")
     newest = onnx.defs.onnx_opset_version()
@@ -117,11 +121,27 @@ def to_onnx(graph: Any, opset: int = DEFAULT_OPSET, ir_version: int | None = Non
         raise ExportError(f"dtype={dtype!r}: the export dtype must be a float type "
                           f"({', '.join(FLOAT_DTYPES)})")
     builder = _Builder(graph, int(opset), None if dtype is None else np.dtype(dtype).name)
+    builder.params_as_inputs = bool(params_as_inputs)
     return builder.build(choose_ir_version(int(opset), ir_version), name or graph.name)
+
+
+def state_variables(graph: Graph) -> list:
+    """Every Variable ``graph`` reads or updates, in its ONNX input order: updated Variables in
+    update order, then the Variables its Param nodes read, in schedule order."""
+    seen: dict[int, Any] = {}
+    for var, _ in graph.updates:
+        seen.setdefault(id(var), var)
+    for node in graph.nodes:
+        if node.op == "Param":
+            var = node.attrs["variable"]
+            seen.setdefault(id(var), var)
+    return list(seen.values())
 
 
 class _Builder:
     """Walks the schedule once, naming values and lowering nodes."""
+
+    params_as_inputs = False
 
     def __init__(self, graph: Graph, opset: int, dtype: str | None):
         self.graph = graph
@@ -181,10 +201,12 @@ class _Builder:
                                   "be unique")
             self.names[v] = self.unique(v.name)
             self.inputs.append(self.value_info(self.names[v], v.type))
-        for var, _ in graph.updates:  # state inputs follow the user inputs, in update order
+        state = state_variables(graph) if self.params_as_inputs else \
+            [var for var, _ in graph.updates]
+        for var in state:  # state inputs follow the user inputs, in update order
             if id(var) not in var_names:
                 var_names[id(var)] = self.unique(var.name)
-                t = TensorType(tuple(var.value.shape), var.value.dtype.name)
+                t = TensorType(tuple(var._value.shape), var._value.dtype.name)
                 self.inputs.append(self.value_info(var_names[id(var)], t))
         for node in graph.nodes:
             if node.op == "Param":

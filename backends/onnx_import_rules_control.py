@@ -92,6 +92,7 @@ def _loop(imp, node, a):
         raise OnnxImportError(f"{imp.where()}: Loop needs a trip count known at import (it "
                               "is unrolled); this one is computed at run time")
     count = int(np.asarray(imp.const(trip)).reshape(-1)[0])
+    imp.meter.check_iterations(node, count, "trip count")  # before unrolling one iteration
     cond_name = _input(node, 1)
     if cond_name and not (imp.is_const(cond_name) and bool(imp.const(cond_name))):
         if imp.is_const(cond_name):
@@ -131,6 +132,7 @@ def _scan_steps(imp, body, state, seqs, in_axes, in_dirs, out_axes, out_dirs):
         raise OnnxImportError(f"{imp.where()}: Scan needs one static sequence length, got "
                               f"{sorted(map(str, lengths))}")
     steps = next(iter(lengths))
+    imp.meter.check_iterations(imp.node, steps, "sequence length")
     n_state = len(state)
     per_step: list[list] = []
     for t in range(steps):

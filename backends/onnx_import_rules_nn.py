@@ -1,4 +1,5 @@
-"""Import rules for Resize/Upsample (graphdl/ops/resize.py), ConvTranspose (graphdl's ``ConvGradInput``: a transposed convolution is
+"""Import rules for Resize/Upsample (graphdl/ops/resize.py), CausalConvWithState (a
+depthwise 1-D conv over the past state and the input), ConvTranspose (graphdl's ``ConvGradInput``: a transposed convolution is
 the gradient of a convolution with respect to its input) and for 1-D Conv, ConvTranspose,
 MaxPool and AveragePool, which import as their 2-D forms over a unit height axis."""
 from __future__ import annotations
@@ -162,4 +163,30 @@ def _resize(imp, node, a):
                   use_scales=sizes is None, **attrs)]
 
 
-RULES.update({"Resize": _resize, "Upsample": _resize})
+def _causal_conv_with_state(imp, node, a):
+    x, w = imp.value(node.input[0]), imp.value(node.input[1])
+    k, c = int(w.shape[2]), x.shape[1]
+    if not isinstance(c, int):
+        raise OnnxImportError(f"{imp.where()}: CausalConvWithState needs static channels")
+    if _input(node, 3):
+        past = imp.value(node.input[3])
+    else:
+        past = F.const(np.zeros((x.shape[0], c, k - 1), np.dtype(x.dtype))) \
+            if isinstance(x.shape[0], int) else None
+        if past is None:
+            raise OnnxImportError(f"{imp.where()}: CausalConvWithState with a symbolic batch "
+                                  "needs past_state")
+    padded = F.concat([past, x], 2) if k > 1 else x  # the k - 1 previous steps, then x
+    b = imp.value(node.input[2]) if _input(node, 2) else None
+    y = F.squeeze(F.conv2d(F.unsqueeze(padded, 2), F.unsqueeze(w, 2), b, groups=c), (2,))
+    if a.get("activation", "none") in ("silu", "swish"):
+        # x sigmoid(x), in float32 for float16 as ONNX's definition does
+        y = F.cast(F.swish(F.cast(y, "float32")), y.dtype) if y.dtype == "float16" else \
+            F.swish(y)
+    length = padded.shape[2]
+    state = F.slice(padded, (length - (k - 1),), (length,), (2,))
+    return [y, state][:len(node.output)]
+
+
+RULES.update({"Resize": _resize, "Upsample": _resize,
+              "CausalConvWithState": _causal_conv_with_state})

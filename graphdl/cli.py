@@ -56,6 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--threads", type=int, default=1,
                       help="BLAS threads while training (default 1: the digits model's "
                       "matrices are too small to gain from more; 0 leaves BLAS alone)")
+    demo.add_argument("--backend", choices=("numpy", "onnxruntime"), default="numpy",
+                      help="train on the NumPy executor (default) or on ONNX Runtime")
+    demo.add_argument("--providers", choices=("auto", "cpu", "cuda"), default="auto",
+                      help="ONNX Runtime providers with --backend onnxruntime (default auto)")
     demo.add_argument("--quick", action="store_true",
                       help="2 epochs: a fast end-to-end smoke run")
     demo.add_argument("--quiet", action="store_true", help="no per-epoch progress")
@@ -143,7 +147,8 @@ def _dispatch(args: argparse.Namespace, extra: list[str]) -> int:
         results = run_demo(epochs=2 if args.quick else args.epochs, out_dir=args.out,
                            seed=args.seed, batch_size=args.batch_size,
                            verbose=0 if args.quiet else 1, threads=args.threads,
-                           distributed=args.distributed)
+                           distributed=args.distributed, backend=args.backend,
+                           providers=args.providers)
         if results is None:  # a rank other than 0: it trained; rank 0 reports
             return 0
         failed = [part for part in ("onnx", "optimize")

@@ -80,18 +80,21 @@ def blas_threads(count: int | None):
 
 def train_digits(epochs: int = DEFAULT_EPOCHS, batch_size: int = DEFAULT_BATCH_SIZE,
                  seed: int = 0, verbose: int = 0, console=None, threads: int | None = 1,
-                 distributed: Any = None):
+                 distributed: Any = None, backend: str = "numpy", providers: str = "auto"):
     """Train the demo model on the digits' training split, validating on the hold-out.
 
     ``distributed`` (e.g. ``"mpi"`` under ``mpiexec -n K``) trains data-parallel with the same
     global batch: each rank takes ``batch_size // K`` samples per step.
+    ``backend="onnxruntime"`` trains on ONNX Runtime (``providers``: auto, cpu, cuda).
     Returns (model, history, fit_seconds, (x_test, y_test)).
     """
     x_train, y_train, x_test, y_test = load_digits_split()
     model = build_model(seed)
     steps = -(-len(y_train) // batch_size)
+    ort_threads = (threads or None) if backend == "onnxruntime" else None
     model.compile(optimizer=make_optimizer(epochs, steps), loss="cross_entropy",
-                  metrics=["accuracy"], distributed=distributed)
+                  metrics=["accuracy"], distributed=distributed, backend=backend,
+                  providers=providers, threads=ort_threads)
     if model.distributed is not None:
         batch_size = max(1, batch_size // model.distributed.size)
     with blas_threads(threads):
@@ -105,10 +108,12 @@ def train_digits(epochs: int = DEFAULT_EPOCHS, batch_size: int = DEFAULT_BATCH_S
 
 def run_demo(epochs: int = DEFAULT_EPOCHS, out_dir: str = "graphdl_demo_out", seed: int = 0,
              batch_size: int = DEFAULT_BATCH_SIZE, verbose: int = 1, console=None,
-             threads: int | None = 1, distributed: bool = False) -> dict | None:
+             threads: int | None = 1, distributed: bool = False, backend: str = "numpy",
+             providers: str = "auto") -> dict | None:
     """Run the whole demo; returns the results it also writes to ``out_dir/results.json``.
 
-    ``threads`` limits BLAS threads while training (see :func:`blas_threads`).
+    ``threads`` limits BLAS threads while training (see :func:`blas_threads`), or ORT's
+    intra-op threads with ``backend="onnxruntime"``.
     ``distributed=True`` (one rank of ``mpiexec -n K graphdl demo --distributed``) trains
     data-parallel; rank 0 reports and writes, the other ranks return None after evaluating.
     """
@@ -129,11 +134,18 @@ def run_demo(epochs: int = DEFAULT_EPOCHS, out_dir: str = "graphdl_demo_out", se
                   f"held-out 8x8 digits (scikit-learn load_digits, split seed {SPLIT_SEED})"
                   + (f", data-parallel on {dp.size} MPI ranks" if dp else ""))
     model, history, fit_seconds, _ = train_digits(epochs, batch_size, seed, verbose, console,
-                                                  threads, dp)
+                                                  threads, dp, backend, providers)
     test_loss, test_accuracy = model.evaluate(x_test, y_test)  # all-reduced under MPI
     if dp is not None and dp.rank != 0:
         return None
+    trained_on = backend
+    if backend == "onnxruntime":
+        providers_used = model._train_function().providers
+        trained_on = f"onnxruntime ({providers_used[0]})"
+        console.print(f"trained on ONNX Runtime, provider [bold]{providers_used[0]}[/bold]",
+                      highlight=False)
     results: dict[str, Any] = {
+        "backend": trained_on,
         "model": model.name, "params": model.num_params(), "epochs": epochs,
         "batch_size": batch_size, "seed": seed, "train_samples": int(len(y_train)),
         "test_samples": int(len(y_test)), "test_accuracy": float(test_accuracy),

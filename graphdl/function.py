@@ -22,8 +22,8 @@ class Function:
                  single_output: bool = False, report=None, threads: int = 1,
                  memory_plan=None):
         if backend != "numpy":
-            raise ValueError(f"gd.function backend must be 'numpy' (use gd.compile for "
-                             f"'onnxruntime'), got {backend!r}")
+            raise ValueError(f"Function runs the NumPy executor; got backend={backend!r} "
+                             "(gd.function(..., backend='onnxruntime') builds an OrtFunction)")
         self.graph = graph
         self.report = report
         self.single_output = single_output
@@ -76,14 +76,18 @@ class Function:
 def function(inputs: Sequence[Value], outputs: Sequence[Value] | Value,
              updates: Sequence[tuple[Any, Value]] = (), backend: str = "numpy",
              optimize: bool = True, training: bool = True, check_finite: bool = False,
-             passes: Sequence[str] | None = None, threads: int = 1) -> Function:
+             passes: Sequence[str] | None = None, threads: int | None = None,
+             providers: Any = "auto") -> Function:
     """Compile ``outputs`` as a function of ``inputs``; passes run once, here.
 
     ``updates`` pairs state (``gd.param`` values or Variables) with their new values, written
     back after every call. ``check_finite=True`` raises on the first NaN/Inf, naming the op.
-    ``threads`` > 1 splits large kernels (convolutions, pooling, batch norm, elementwise
-    chains) over that many threads; run BLAS on one thread then
+    ``threads`` (NumPy backend; default 1) > 1 splits large kernels (convolutions, pooling,
+    batch norm, elementwise chains) over that many threads; run BLAS on one thread then
     (``threadpoolctl.threadpool_limits(1, "blas")``), or its spinning threads take the cores.
+    ``backend="onnxruntime"`` runs on ONNX Runtime (``providers``: "auto", "cpu", "cuda";
+    ``threads``: ORT's intra-op threads, default ORT's own) with the state kept in device
+    buffers and synced lazily (see :mod:`graphdl.backends.ort_train`).
     """
     single = isinstance(outputs, Value)
     outs = [outputs] if single else list(outputs)
@@ -96,8 +100,17 @@ def function(inputs: Sequence[Value], outputs: Sequence[Value] | Value,
     report = None
     if optimize:
         graph, report = _passes.optimize_graph(graph, training=training, passes=passes)
+    if backend == "onnxruntime":
+        from graphdl.backends.ort_train import OrtFunction  # lazy: onnxruntime loads slowly
+
+        return OrtFunction(graph, providers=providers, threads=threads,
+                           single_output=single, report=report)
+    if backend != "numpy":
+        raise ValueError(f"gd.function backend must be 'numpy' or 'onnxruntime', got "
+                         f"{backend!r}")
     return Function(graph, backend=backend, check_finite=check_finite, single_output=single,
-                    report=report, threads=threads, memory_plan=report and report.plan)
+                    report=report, threads=1 if threads is None else threads,
+                    memory_plan=report and report.plan)
 
 
 def _as_variable(state: Any) -> Variable:

@@ -133,17 +133,40 @@ class Variable:
     """A named piece of state (a parameter, a running statistic, an optimizer moment).
 
     The graph reads it through a ``Param`` node; a compiled function writes its new value back.
+
+    Lazy device sync: a backend that keeps the state in device buffers between steps (ONNX
+    Runtime training, :mod:`graphdl.backends.ort_train`) attaches itself as ``device`` and marks
+    the host copy stale after each committed step. Reading ``value`` then copies the device
+    buffer back once (``device.pull(var)``); assigning ``value`` tells the device to upload the
+    new array before its next step (``device.forget(var)``). Mutating the array in place
+    (``var.value[...] = x``) bypasses this: assign a new array instead.
     """
 
-    __slots__ = ("name", "value", "trainable", "__weakref__")
+    __slots__ = ("name", "_value", "trainable", "device", "stale", "__weakref__")
 
     def __init__(self, name: str, value: np.ndarray, trainable: bool = True):
         self.name = name
-        self.value = np.asarray(value)
+        self.device = None  # a holder with pull(var)/forget(var), when state lives on a device
+        self.stale = False  # True when the device holds a newer value than ``_value``
+        self._value = np.asarray(value)
         self.trainable = trainable
 
+    @property
+    def value(self) -> np.ndarray:
+        """The current value (copied back from the device first when the host copy is stale)."""
+        if self.stale:
+            self.device.pull(self)
+        return self._value
+
+    @value.setter
+    def value(self, new: np.ndarray) -> None:
+        self._value = new
+        self.stale = False
+        if self.device is not None:
+            self.device.forget(self)
+
     def __repr__(self) -> str:
-        return f"Variable({self.name!r}, {self.value.dtype}{list(self.value.shape)})"
+        return f"Variable({self.name!r}, {self._value.dtype}{list(self._value.shape)})"
 
 
 class Node:

@@ -14,10 +14,12 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from graphdl import autodiff, compiler, losses as _losses, optim as _optim
+from graphdl.amp import LossScaler
 from graphdl.ir import Graph, GraphError, Value, Variable
 from graphdl.model_io import (  # noqa: F401  (re-exported)
     ModelFileError, WeightsMismatchError, load_weights, model_arrays, save_weights)
 from graphdl.modes import set_training, state_updates
+from graphdl.passes.mixed_precision import autocast
 from graphdl.summary import print_summary
 from graphdl.tensor import input as gd_input
 from graphdl.training import TrainingMixin
@@ -115,7 +117,8 @@ class Model(TrainingMixin):
 
     def train_step_graph(self, loss: Any, optimizer: Any,
                          forward_hook: Callable[[Graph], Graph] | None = None,
-                         grad_hook: Callable[[list], list] | None = None) -> Graph:
+                         grad_hook: Callable[[list], list] | None = None,
+                         precision: str = "float32") -> Graph:
         """One graph for a whole train step.
 
         Inputs: the model inputs and the targets ``y``; outputs: the scalar loss and the model
@@ -124,12 +127,23 @@ class Model(TrainingMixin):
         ``forward_hook`` rewrites the training-form forward graph before differentiation and
         ``grad_hook`` maps the parameter gradients before the optimizer reads them (the
         data-parallel step uses both: synchronized BatchNorm, gradient all-reduces).
+        ``precision="mixed"``: convolutions and matrix products in float16 over float32
+        master weights, with dynamic loss scaling that skips overflowing steps in the graph
+        (:mod:`graphdl.amp`; its state is ``model.loss_scaler``).
         """
         loss_obj = _losses.get(loss)
         opt = _optim.get(optimizer)
         forward = self.graph(training=True)
         if forward_hook is not None:
             forward = forward_hook(forward)
+        scaler = None
+        if precision == "mixed":
+            forward = autocast(forward)
+            if getattr(self, "loss_scaler", None) is None:
+                self.loss_scaler = LossScaler()
+            scaler = self.loss_scaler
+        elif precision != "float32":
+            raise ValueError(f"precision={precision!r}: use 'float32' or 'mixed'")
         out = _single(list(forward.outputs), "output",
                       "; build multi-output train steps with gd.grad and gd.function")
         targets = self.target_input(loss_obj)
@@ -144,7 +158,12 @@ class Model(TrainingMixin):
             if var.trainable:
                 groups.setdefault(id(var), []).append(node.outputs[0])
         reads = [v for vs in groups.values() for v in vs]
-        grads = autodiff.grad(loss_value, reads) if reads else []
+        seed = loss_value
+        if scaler is not None:
+            seed, scale = scaler.scaled(loss_value)
+        grads = autodiff.grad(seed, reads) if reads else []
+        if scaler is not None:
+            grads = scaler.unscale(grads, scale)
         params, param_grads, i = [], [], 0
         for vs in groups.values():
             total = grads[i]
@@ -156,6 +175,8 @@ class Model(TrainingMixin):
         if grad_hook is not None:
             param_grads = list(grad_hook(param_grads))
         updates = opt.updates(params, param_grads) + list(forward.updates)
+        if scaler is not None and param_grads:
+            updates = scaler.guard(updates, param_grads, scale)
         _check_unique_updates(updates)
         return Graph(list(forward.inputs) + [targets], [loss_value, out], updates,
                      name=f"{self.name}_train_step")

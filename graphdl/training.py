@@ -18,7 +18,7 @@ from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
-from graphdl import losses as _losses, optim as _optim
+from graphdl import losses as _losses, optim as _optim, passes as _passes
 from graphdl.callbacks import Callback, History
 from graphdl.distributed import DataParallel, broadcast_variables
 from graphdl.function import function
@@ -60,10 +60,11 @@ class TrainableModel(Protocol):
         updates."""
 
     def train_step_graph(self, loss: Any, optimizer: Any, forward_hook: Any = None,
-                         grad_hook: Any = None) -> Graph:
+                         grad_hook: Any = None, precision: str = "float32") -> Graph:
         """One graph for a train step: inputs (model inputs, targets), outputs (loss, output),
         updates (parameters, optimizer and layer state); the hooks rewrite the forward graph
-        and map the gradients (the data-parallel step uses them)."""
+        and map the gradients (the data-parallel step uses them); ``precision`` is "float32"
+        or "mixed"."""
 
     def eval_graph(self, loss: Any) -> Graph:
         """The inference graph with the targets as an extra input: outputs (loss, output)."""
@@ -82,6 +83,10 @@ class TrainingMixin:
         self.optimizer: _optim.Optimizer | None = None
         self.loss: _losses.Loss | None = None
         self.metrics: list[tuple[str, Callable]] = []
+        self.backend = "numpy"
+        self.precision = "float32"
+        self._ort_options: dict[str, Any] = {}
+        self._device_state = None
         self.distributed = None  # a graphdl.distributed.DataParallel when compiled with one
         self._reset_compiled_functions()
 
@@ -89,30 +94,72 @@ class TrainingMixin:
         self._train_fn = None
         self._eval_fn = None
         self._predict_fn = None
+        state = getattr(self, "_device_state", None)
+        if state is not None:  # hand the state back to the host before the sessions go
+            state.release()
+            self._device_state = None
+
+    def sync_weights(self) -> None:
+        """Copy state kept on a device (``backend="onnxruntime"``) back into the Variables.
+
+        Not needed for correctness: reading a Variable's ``value`` (``get_weights``, ``save``,
+        callbacks, another backend) copies it back lazily. ``fit`` calls this when it ends.
+        """
+        if self._device_state is not None:
+            self._device_state.sync()
 
     def _ensure_built(self, sample_shape=None) -> None:
         """Functional models are always built; Sequential overrides this."""
 
     def compile(self, optimizer: Any = "adam", loss: Any = None,
-                metrics: Sequence[str | Callable] | None = None, distributed: Any = None) -> None:
+                metrics: Sequence[str | Callable] | None = None, distributed: Any = None,
+                backend: str = "numpy", providers: Any = "auto", precision: str = "float32",
+                threads: int | None = None) -> None:
         """Choose the optimizer (an optimizer or "sgd"/"adam"/"adamw"), the loss (a name such
         as "cross_entropy", a Loss, or ``fn(outputs, targets)``) and host-side metrics
         ("accuracy", "mae", "mse" or ``fn(outputs, y) -> per-sample values``).
 
         ``distributed="mpi"`` (or a :class:`graphdl.distributed.DataParallel` with options:
         bucket size, synchronized BatchNorm, timeout) trains data-parallel over the ranks of
-        ``mpiexec -n K``; ``fit``'s batch size is then per rank."""
+        ``mpiexec -n K``; ``fit``'s batch size is then per rank.
+
+        ``backend="onnxruntime"`` runs fit/evaluate/predict on ONNX Runtime (``providers``:
+        "auto", "cpu", "cuda"; ``threads``: intra-op threads) with the whole state kept in
+        device buffers between steps (see :meth:`sync_weights`). ``precision="mixed"``
+        computes convolutions and matrix products in float16 (bfloat16 where the provider
+        prefers it) with float32 master weights and dynamic loss scaling in the graph.
+        """
         if loss is None:
             raise ValueError("compile needs a loss, e.g. loss='cross_entropy'")
+        if backend not in ("numpy", "onnxruntime"):
+            raise ValueError(f"backend={backend!r}: use 'numpy' or 'onnxruntime'")
+        if precision not in ("float32", "mixed"):
+            raise ValueError(f"precision={precision!r}: use 'float32' or 'mixed'")
         opt, loss_obj = _optim.get(optimizer), _losses.get(loss)
         chosen = [_metric(m, loss_obj) for m in (metrics or [])]
+        if backend == "onnxruntime":
+            from graphdl.backends.ort import resolve_providers  # lazy: onnxruntime loads slowly
+
+            resolve_providers(providers)  # a clear error now, not at the first fit
         if distributed is not None:
             distributed = DataParallel.of(distributed)
+        self._reset_compiled_functions()
         self.optimizer, self.loss, self.metrics = opt, loss_obj, chosen
         self.distributed = distributed
-        self._reset_compiled_functions()
+        self.backend, self.precision = backend, precision
+        self._ort_options = {"providers": providers, "threads": threads}
 
     # ---- compiled functions --------------------------------------------------------------
+
+    def _compile_graph(self, g, training: bool):
+        if self.backend != "onnxruntime":
+            return function(g.inputs, list(g.outputs), g.updates, training=training)
+        from graphdl.backends.ort_train import OrtFunction  # lazy: onnxruntime loads slowly
+
+        graph, report = _passes.optimize_graph(g, training=training)
+        fn = OrtFunction(graph, state=self._device_state, report=report, **self._ort_options)
+        self._device_state = fn.state  # train, eval and predict share the device buffers
+        return fn
 
     def _ort_half(self, graph):
         """An ONNX Runtime session for one half of a split step (already optimized)."""
@@ -131,20 +178,18 @@ class TrainingMixin:
                 self, self.loss, self.optimizer, self._ort_half if onnxruntime else None,
                 precision=getattr(self, "precision", "float32"))
         if self._train_fn is None:
-            g = self.train_step_graph(self.loss, self.optimizer)
-            self._train_fn = function(g.inputs, list(g.outputs), g.updates, training=True)
+            g = self.train_step_graph(self.loss, self.optimizer, precision=self.precision)
+            self._train_fn = self._compile_graph(g, training=True)
         return self._train_fn
 
     def _eval_function(self, loss):
         if self._eval_fn is None or self._eval_fn[0] is not loss:
-            g = self.eval_graph(loss)
-            self._eval_fn = (loss, function(g.inputs, list(g.outputs), training=False))
+            self._eval_fn = (loss, self._compile_graph(self.eval_graph(loss), training=False))
         return self._eval_fn[1]
 
     def _predict_function(self):
         if self._predict_fn is None:
-            g = self.graph(training=False)
-            self._predict_fn = function(g.inputs, list(g.outputs), training=False)
+            self._predict_fn = self._compile_graph(self.graph(training=False), training=False)
         return self._predict_fn
 
     # ---- the loop ------------------------------------------------------------------------
@@ -238,6 +283,7 @@ class TrainingMixin:
             raise
         finally:
             progress.close()
+            self.sync_weights()
         return history
 
     def _run_epoch(self, step, xs, targets, order, batch_size, epoch, epochs, cbs, progress):
@@ -247,13 +293,19 @@ class TrainingMixin:
         sums = {"loss": 0.0, **{name: 0.0 for name, _ in self.metrics}}
         seen = 0
         seconds = 0.0
-        for b in range(steps):
-            idx = slice(b * batch_size, (b + 1) * batch_size) if order is None else \
-                order[b * batch_size:(b + 1) * batch_size]
-            xb = [a[idx] for a in xs]
-            yb = targets[idx]
+
+        def batches():
+            for b in range(steps):
+                idx = slice(b * batch_size, (b + 1) * batch_size) if order is None else \
+                    order[b * batch_size:(b + 1) * batch_size]
+                yield [a[idx] for a in xs] + [targets[idx]]
+
+        staged = _staged_batches(step, batches())
+        for b, (args, ready) in enumerate(staged):
+            yb = args[-1]
             start = time.perf_counter()
-            outs, new_state = step.run_uncommitted(*xb, yb)
+            outs, new_state = step.run_staged(ready) if ready is not None else \
+                step.run_uncommitted(*args)
             loss = float(outs[0])
             bad = None if np.isfinite(loss) else f"the loss became {loss}"
             if bad is None:  # a step may check its own pending state (a split step does)
@@ -397,6 +449,16 @@ def _check_input_array(a: np.ndarray, inp, label: str) -> np.ndarray:
                              f"{inp.dtype}")
         a = a.astype(inp.dtype, copy=False)
     return a
+
+
+def _staged_batches(step, batches):
+    """(args, staged) per batch: staged by a helper thread one batch ahead when the step can
+    stage inputs (ONNX Runtime), else (args, None)."""
+    if hasattr(step, "stage"):
+        from graphdl.backends.ort_train import Prefetcher  # lazy: onnxruntime loads slowly
+
+        return Prefetcher(step, batches)
+    return ((args, None) for args in batches)
 
 
 def _non_finite_update(pairs) -> str | None:

@@ -201,9 +201,19 @@ def test_loop_bomb_is_refused_at_once(tmp_path):
     path = _write(tmp_path, _loop_bomb())
     assert path.stat().st_size < 600
     start = time.monotonic()
-    with pytest.raises(OnnxImportError, match=r"'bomb' \(Loop\)"):
+    with pytest.raises(OnnxImportError, match=r"'bomb' \(Loop\).*trip count "
+                                              r"4,611,686,018,427,387,904.*max_loop_iterations"):
         from_onnx(path)
     assert time.monotonic() - start < 5
+
+
+def test_small_loops_unroll_within_the_budget(tmp_path):
+    path = _write(tmp_path, _loop_bomb(trip=50))
+    graph = from_onnx(path)
+    np.testing.assert_array_equal(NumpyExecutor(graph).run([np.zeros(1, np.float32)])[0],
+                                  [50.0])
+    with pytest.raises(OnnxImportError, match="max_loop_iterations"):
+        from_onnx(path, budget=ImportBudget(max_loop_iterations=10))
 
 
 def test_loop_and_scan_budgets_are_checked_before_a_first_iteration():

@@ -53,6 +53,11 @@ COMPOSITE_CASES = [
     # recurrent ops, unrolled
     "test_rnn_seq_length", "test_gru_with_initial_bias", "test_lstm_with_peepholes",
     "test_simple_rnn_batchwise", "test_gru_batchwise", "test_lstm_batchwise",
+    "test_causal_conv_with_state_with_bias_and_past_state",
+    "test_causal_conv_with_state_kernel_size_one", "test_causal_conv_with_state_silu",
+    # DFT as matmuls
+    "test_dft_opset19", "test_dft_axis_opset19", "test_dft_rfft_opset19",
+    "test_dft_irfft_opset19", "test_dft", "test_dft_irfft",
     # control flow, inlined and unrolled
     "test_if", "test_scan_sum", "test_scan9_sum", "test_loop11",
     # attention, rotary embeddings and RMS norm
@@ -63,7 +68,8 @@ COMPOSITE_CASES = [
     "test_attention_4d_softcap", "test_attention_local_window_with_past",
     "test_rms_normalization_4d_axis_negative_2", "test_rms_normalization_3d_axis0_epsilon",
 ]
-FROZEN = {"axes", "y", "depth", "k", "scales", "sizes", "roi", "trip_count", "cond"}
+FROZEN = {"axes", "y", "depth", "k", "scales", "sizes", "roi", "trip_count", "cond",
+          "axis"}
 _CASES = {t.name: t for t in load_model_tests(kind="node") if t.name in COMPOSITE_CASES}
 
 

@@ -1,0 +1,335 @@
+"""Benchmark: train steps on ONNX Runtime (state on the device) vs the NumPy executor and torch.
+
+CPU mode (default), one run, contenders interleaved in alternating blocks, medians:
+- ``cnn`` (3x32x32, batch 64), ``resnet18`` (64x64, batch 16), ``resnet50`` (224x224, batch 8),
+  one SGD-momentum step each (forward, cross-entropy, backward, update, BatchNorm statistics);
+- ``graphdl_ort``: ``model.compile(..., backend="onnxruntime", providers="cpu")``'s train step
+  (``OrtFunction``: state bound in device buffers, commit-by-swap, only the batch in and
+  the scalars out); ``graphdl_numpy``: the NumPy executor; ``torch``: torch eager, the same
+  architecture, the same thread count;
+- per model: ms per step, ratios to torch, first-step losses, and the host<->device bytes
+  per step measured by the runner's counters (batch in, outputs out, state moved);
+- the ORT per-op profile (``SessionOptions.enable_profiling``) of the slowest model.
+
+CUDA mode (``--cuda``): ResNet-50 at batch 64 on the ORT CUDA provider in fp32 and with
+``precision="mixed"``, against torch eager fp32 and bf16 autocast in the same run; JSON goes
+to ``$OUT/bench_ort_train_cuda.json``. ``--cuda --dry-run`` runs the same code on the CPU
+with a small input to check its logic. On the GPU machine (recipe: ../shared/gpu/README.md;
+after the three calls that carry ``.ortgpu/p0..p2``), one call carrying ``.ortgpu/p3`` and
+``.ortgpu/sha256`` with ``timeout_s`` about 540 runs::
+
+    cp .ortgpu/p3 /tmp/ortparts/ && mkdir -p /tmp/ort && cat /tmp/ortparts/p0 \
+      /tmp/ortparts/p1 /tmp/ortparts/p2 /tmp/ortparts/p3 | xz -d -T8 | tar xf - -C /tmp/ort \
+      && export PYTHONPATH=/tmp/ort && python3 -m pip install -q --no-deps --no-index \
+      --no-build-isolation . && python3 benchmarks/bench_ort_train.py --cuda
+
+Run on CPU with ``env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python
+benchmarks/bench_ort_train.py`` (``--quick`` for smaller repeats).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections import Counter
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+CPU_MODELS = {  # name: (input shape, batch)
+    "cnn": ((3, 32, 32), 64),
+    "resnet18": ((3, 64, 64), 16),
+    "resnet50": ((3, 224, 224), 8),
+}
+LR, MOMENTUM = 0.01, 0.9
+
+
+def build_model(name: str, shape, dtype="float32"):
+    """The graphdl zoo model (10 classes for cnn, 1000 for the ResNets)."""
+    import graphdl as gd
+
+    if name == "cnn":
+        return gd.models.cnn(num_classes=10, input_shape=shape, seed=0)
+    return getattr(gd.models, name)(num_classes=1000, input_shape=shape, seed=0)
+
+
+def torch_model(name: str, gd_model):
+    """The same architecture in torch (weights copied where the names match)."""
+    if name == "cnn":
+        from bench_cnn_train import torch_twin
+
+        return torch_twin(gd_model)
+    from onnx_bench_common import copy_weights, torch_resnet
+
+    if name == "resnet18":
+        net = torch_resnet18()
+    else:
+        net = torch_resnet(name)
+    copy_weights(gd_model, net)
+    return net
+
+
+def torch_resnet18(num_classes: int = 1000):
+    """A torchvision-compatible basic-block ResNet-18 (same state-dict names)."""
+    from torch import nn
+
+    class Basic(nn.Module):
+        def __init__(self, cin, planes, stride):
+            super().__init__()
+            self.conv1 = nn.Conv2d(cin, planes, 3, stride, 1, bias=False)
+            self.bn1 = nn.BatchNorm2d(planes)
+            self.relu = nn.ReLU(inplace=True)
+            self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+            self.bn2 = nn.BatchNorm2d(planes)
+            self.downsample = None
+            if stride != 1 or cin != planes:
+                self.downsample = nn.Sequential(nn.Conv2d(cin, planes, 1, stride, bias=False),
+                                                nn.BatchNorm2d(planes))
+
+        def forward(self, x):
+            idt = x if self.downsample is None else self.downsample(x)
+            out = self.relu(self.bn1(self.conv1(x)))
+            return self.relu(self.bn2(self.conv2(out)) + idt)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
+            self.bn1 = nn.BatchNorm2d(64)
+            self.relu = nn.ReLU(inplace=True)
+            self.maxpool = nn.MaxPool2d(3, 2, 1)
+            cin, layers = 64, []
+            for i, planes in enumerate((64, 128, 256, 512)):
+                stride = 1 if i == 0 else 2
+                layers.append(nn.Sequential(Basic(cin, planes, stride), Basic(planes, planes, 1)))
+                cin = planes
+            self.layer1, self.layer2, self.layer3, self.layer4 = layers
+            self.avgpool = nn.AdaptiveAvgPool2d(1)
+            self.fc = nn.Linear(512, num_classes)
+
+        def forward(self, x):
+            x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+            x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+            return self.fc(self.avgpool(x).flatten(1))
+
+    return Net()
+
+
+def graphdl_step(model, backend: str, threads: int, providers: str = "cpu",
+                 precision: str = "float32", profile: bool = False):
+    """The compiled train step of ``model`` on ``backend`` (an OrtFunction or a Function)."""
+    import graphdl as gd
+
+    model.compile(gd.optim.SGD(LR, momentum=MOMENTUM), "cross_entropy", backend=backend,
+                  providers=providers, threads=threads, precision=precision)
+    if profile:
+        from graphdl.backends.ort_train import OrtFunction
+        from graphdl.passes import optimize_graph
+
+        g = model.train_step_graph(model.loss, model.optimizer, precision=precision)
+        graph, _ = optimize_graph(g, training=True)
+        return OrtFunction(graph, providers=providers, threads=threads, profile=True)
+    return model._train_function()
+
+
+def run_step(step):
+    """A callable doing one committed step on (x, y) staged once (device-resident batch)."""
+    def call(staged):
+        outs, pending = step.run_staged(staged) if hasattr(step, "run_staged") else \
+            step.run_uncommitted(*staged)
+        step.commit(pending)
+        return float(outs[0])
+    return call
+
+
+def ort_profile(step, x, y, steps: int = 3) -> dict:
+    """Per-op ms per step from ORT's profiler trace (kernel time, summed by op type)."""
+    staged = step.stage(x, y)
+    call = run_step(step)
+    for _ in range(steps):
+        call(staged)
+    path = step.end_profiling()
+    with open(path) as f:
+        events = json.load(f)
+    os.remove(path)
+    spent, calls = Counter(), Counter()
+    for e in events:
+        if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time"):
+            op = e.get("args", {}).get("op_name", "?")
+            spent[op] += e.get("dur", 0)
+            calls[op] += 1
+    total = sum(spent.values())
+    return {"steps": steps, "kernel_ms_per_step": total / 1e3 / steps,
+            "by_op": {op: {"ms": us / 1e3 / steps, "share": us / total,
+                           "calls": calls[op] // steps}
+                      for op, us in spent.most_common()}}
+
+
+def bench_cpu(args) -> dict:
+    """CPU mode: every model, three contenders, interleaved."""
+    import torch
+    from onnx_bench_common import time_interleaved
+
+    torch.set_num_threads(args.threads)
+    results = {}
+    for name in args.models:
+        shape, batch = CPU_MODELS[name]
+        if args.quick and name != "cnn":
+            batch = max(2, batch // 2)
+        r = np.random.default_rng(0)
+        x = r.normal(size=(batch, *shape)).astype(np.float32)
+        classes = 10 if name == "cnn" else 1000
+        y = r.integers(0, classes, batch)
+        m_ort, m_np = build_model(name, shape), build_model(name, shape)
+        net = torch_model(name, m_ort)
+        net.train()
+        topt = torch.optim.SGD(net.parameters(), lr=LR, momentum=MOMENTUM)
+        tx, ty = torch.from_numpy(x), torch.from_numpy(y)
+        t0 = time.perf_counter()
+        ort_step = graphdl_step(m_ort, "onnxruntime", args.threads)
+        compile_s = time.perf_counter() - t0
+        np_step = graphdl_step(m_np, "numpy", args.threads)
+        staged_ort = ort_step.stage(x, y)
+        call_ort, call_np = run_step(ort_step), run_step(np_step)
+
+        def torch_step():
+            topt.zero_grad(set_to_none=True)
+            loss = torch.nn.functional.cross_entropy(net(tx), ty)
+            loss.backward()
+            topt.step()
+            return loss.item()
+
+        first = {"graphdl_ort": call_ort(staged_ort), "graphdl_numpy": call_np([x, y]),
+                 "torch": torch_step()}
+        fns = {"graphdl_ort": lambda: call_ort(staged_ort), "torch": torch_step}
+        if not args.skip_numpy:
+            fns["graphdl_numpy"] = lambda: call_np([x, y])
+        before = (ort_step.bytes_in, ort_step.bytes_out, ort_step.runs,
+                  ort_step.state.bytes_to_device, ort_step.state.bytes_to_host)
+        reps = args.repeats if name == "cnn" else max(2, args.repeats // 3)
+        timing = time_interleaved(fns, repeats=reps, warmup=1, rounds=2 if args.quick else 3)
+        runs = ort_step.runs - before[2]
+        traffic = {"batch_in_bytes_per_step": (ort_step.bytes_in - before[0]) / runs,
+                   "outputs_out_bytes_per_step": (ort_step.bytes_out - before[1]) / runs,
+                   "state_to_device_bytes_per_step":
+                       (ort_step.state.bytes_to_device - before[3]) / runs,
+                   "state_to_host_bytes_per_step":
+                       (ort_step.state.bytes_to_host - before[4]) / runs,
+                   "state_bytes_resident": int(sum(
+                       v.value.nbytes for v in ort_step.variables)) * 1,
+                   "note": "on CPU the batch is bound without a copy (the provider reads host "
+                           "memory); on CUDA these bytes cross PCIe"}
+        ref = timing["torch"]["median_ms"]
+        results[name] = {
+            "input": list(shape), "batch": batch, "params": m_ort.num_params(),
+            "compile_seconds_ort": compile_s, "ms": timing,
+            "ratio_to_torch": {k: v["median_ms"] / ref for k, v in timing.items()},
+            "first_step_loss": first, "traffic": traffic,
+            "providers": ort_step.providers}
+        print(f"{name}: " + ", ".join(f"{k} {v['median_ms']:.1f} ms" for k, v in
+                                      timing.items()), flush=True)
+        del np_step, m_np
+    slowest = max(results, key=lambda k: results[k]["ms"]["graphdl_ort"]["median_ms"])
+    shape, batch = CPU_MODELS[slowest]
+    if args.quick and slowest != "cnn":
+        batch = max(2, batch // 2)
+    r = np.random.default_rng(0)
+    x = r.normal(size=(batch, *shape)).astype(np.float32)
+    y = r.integers(0, 10 if slowest == "cnn" else 1000, batch)
+    prof = graphdl_step(build_model(slowest, shape), "onnxruntime", args.threads, profile=True)
+    return {"models": results, "ort_profile": {"model": slowest, **ort_profile(prof, x, y)}}
+
+
+def bench_cuda(args) -> dict:
+    """CUDA mode: ResNet-50 fp32 and mixed on ORT CUDA vs torch eager fp32 and bf16."""
+    import onnxruntime as ort
+    import torch
+
+    if hasattr(ort, "preload_dlls") and not args.dry_run:
+        ort.preload_dlls()
+    from onnx_bench_common import time_interleaved
+
+    dry = args.dry_run
+    device = "cpu" if dry else "cuda"
+    providers = "cpu" if dry else "cuda"
+    shape, batch = ((3, 64, 64), 2) if dry else ((3, 224, 224), 64)
+    r = np.random.default_rng(0)
+    x = r.normal(size=(batch, *shape)).astype(np.float32)
+    y = r.integers(0, 1000, batch)
+    steps = {}
+    for precision in ("float32", "mixed"):
+        model = build_model("resnet50", shape)
+        steps[precision] = graphdl_step(model, "onnxruntime", None, providers, precision)
+    net = torch_model("resnet50", build_model("resnet50", shape)).to(device)
+    net.train()
+    topt = torch.optim.SGD(net.parameters(), lr=LR, momentum=MOMENTUM)
+    tx, ty = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
+    if not dry:
+        torch.backends.cudnn.benchmark = True
+
+    def torch_step(autocast: bool):
+        def run():
+            topt.zero_grad(set_to_none=True)
+            with torch.autocast(device, dtype=torch.bfloat16, enabled=autocast):
+                loss = torch.nn.functional.cross_entropy(net(tx), ty)
+            loss.backward()
+            topt.step()
+            return loss.item()  # synchronizes, as the ORT step returns its loss to the host
+        return run
+
+    fns = {}
+    for precision, step in steps.items():
+        staged = step.stage(x, y)
+        call = run_step(step)
+        fns[f"graphdl_ort_{precision}"] = (lambda c=call, s=staged: c(s))
+    fns["torch_eager_fp32"] = torch_step(False)
+    fns["torch_eager_bf16_autocast"] = torch_step(True)
+    timing = time_interleaved(fns, repeats=args.repeats, warmup=2, rounds=3)
+    ref = timing["torch_eager_fp32"]["median_ms"]
+    return {"model": "resnet50", "input": list(shape), "batch": batch, "dry_run": dry,
+            "providers": {k: s.providers for k, s in steps.items()}, "ms": timing,
+            "ratio_to_torch_fp32": {k: v["median_ms"] / ref for k, v in timing.items()},
+            "targets": {"graphdl_ort_float32": 1.0, "graphdl_ort_mixed": 0.8}}
+
+
+def main(argv=None) -> dict:
+    """Parse options, run the chosen mode, write the JSON atomically."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=None)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--models", nargs="+", default=list(CPU_MODELS), choices=CPU_MODELS)
+    parser.add_argument("--quick", action="store_true", help="fewer repeats, smaller batches")
+    parser.add_argument("--skip-numpy", action="store_true",
+                        help="time only ORT and torch (the NumPy executor is slow on ResNets)")
+    parser.add_argument("--cuda", action="store_true", help="the H200 mode (see docstring)")
+    parser.add_argument("--dry-run", action="store_true", help="--cuda logic on the CPU")
+    args = parser.parse_args(argv)
+    import onnxruntime as ort
+    import torch
+
+    started = time.time()
+    data = bench_cuda(args) if args.cuda else bench_cpu(args)
+    data.update({"benchmark": "ort_train_step", "mode": "cuda" if args.cuda else "cpu",
+                 "seconds": time.time() - started, "threads": args.threads,
+                 "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                             "onnxruntime": ort.__version__, "torch": torch.__version__,
+                             "numpy": np.__version__, "load_average": os.getloadavg()[0],
+                             "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE")}})
+    name = "bench_ort_train_cuda.json" if args.cuda else "bench_ort_train.json"
+    out = args.out or os.path.join(os.environ.get("OUT") or "bench_out", name)
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with open(out + ".tmp", "w") as f:
+        json.dump(data, f, indent=2)
+    os.replace(out + ".tmp", out)
+    print(f"wrote {out}")
+    return data
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,325 @@
+"""Training on ONNX Runtime (CPU): parity with the NumPy executor and torch, the NaN guard,
+lazy device sync, save/load mid-training, dropout seeds and ``gd.function`` on ORT.
+
+Parity runs 50 steps through ``fit`` on both backends from the same initial weights and the
+same batches (no shuffling): float32 losses must agree to 1e-5 relative, and so must the
+BatchNorm running statistics and the weights at the end. Inputs are small to keep CI fast.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import graphdl as gd
+from graphdl.callbacks import Callback
+from graphdl.training import NonFiniteLossError
+
+STEPS = 50
+RTOL = 1e-5
+
+
+class _BatchLosses(Callback):
+    def __init__(self):
+        self.losses = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.losses.append(logs["loss"])
+
+
+def _cnn(dtype="float32"):
+    return gd.models.cnn(num_classes=10, input_shape=(3, 8, 8), channels=(4, 8), hidden=16,
+                         seed=0, dtype=dtype)
+
+
+def _resnet18(dtype="float32"):
+    return gd.models.resnet18(num_classes=10, input_shape=(3, 32, 32), seed=0, dtype=dtype)
+
+
+# (builder, batch, steps, lr scale): resnet18 has 11M parameters whatever the input size, so
+# its NumPy reference costs ~1-3 s per step on this CI, and at 32x32 its last BatchNorms
+# normalize over 1x1 maps (batch values): float32 training is chaotic there (at batch 4, after
+# 6 SGD steps NumPy float32 is 13 % away from NumPy float64, so no float32 backend can match
+# another to 1e-5 for long). It runs 3 steps at batch 8 here, with small learning rates (Adam's first steps move every weight by
+# about lr whatever its gradient's size, so float32 noise in tiny gradients shows up as lr).
+MODELS = {"cnn": (_cnn, 8, STEPS, 1.0), "resnet18": (_resnet18, 8, 3, 0.01)}
+OPTIMIZERS = {"sgd_momentum": lambda scale=1.0: gd.optim.SGD(0.02 * scale, momentum=0.9),
+              "adam": lambda scale=1.0: gd.optim.Adam(1e-3 * scale)}
+
+
+def _data(model, batch, steps, seed=0):
+    r = np.random.default_rng(seed)
+    shape = tuple(model.input.shape[1:])
+    x = r.normal(size=(steps * batch, *shape)).astype(model.dtype)
+    return x, r.integers(0, 10, steps * batch)
+
+
+def _train(make, batch, steps, optimizer, backend, **fit):
+    model = make()
+    x, y = _data(model, batch, steps)
+    model.compile(optimizer, "cross_entropy", backend=backend, providers="cpu")
+    record = _BatchLosses()
+    model.fit(x, y, epochs=1, batch_size=batch, shuffle=False, callbacks=[record], verbose=0,
+              **fit)
+    return model, np.array(record.losses)
+
+
+@pytest.mark.parametrize("opt", sorted(OPTIMIZERS))
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_fit_on_ort_matches_numpy_executor(name, opt):
+    make, batch, steps, scale = MODELS[name]
+    ref, ours_np = _train(make, batch, steps, OPTIMIZERS[opt](scale), "numpy")
+    model, ours_ort = _train(make, batch, steps, OPTIMIZERS[opt](scale), "onnxruntime")
+    assert len(ours_ort) == steps
+    rel = np.abs(ours_ort - ours_np) / np.abs(ours_np)
+    worst = int(rel.argmax())
+    assert rel.max() <= RTOL, f"step {worst}: ORT {ours_ort[worst]}, NumPy {ours_np[worst]}"
+    stats = [v for v in ref.variables if "running" in v.name]
+    assert stats, "the model has BatchNorm statistics to compare"
+    # an Adam step moves each weight by about lr whatever its gradient's size, so a gradient
+    # at float32 noise level (a BatchNorm bias deep in resnet18) may step either way
+    atol = 2e-3 * scale * steps if opt == "adam" else 1e-6
+    for a, b in zip(ref.variables, model.variables):  # weights and BatchNorm statistics
+        size = float(np.abs(a.value).max())
+        assert float(np.abs(a.value - b.value).max()) <= 1e-4 * size + atol, a.name
+
+
+@pytest.mark.parametrize("opt", sorted(OPTIMIZERS))
+def test_fit_on_ort_float64_matches_torch(opt):
+    """Where ORT runs float64 (Gemm, Relu, the loss; its CPU provider has no float64 Conv, so
+    the cnn cannot run there in float64), 50 fit steps match torch within 1e-4."""
+    torch = pytest.importorskip("torch")
+    from graphdl import layers as L
+
+    with L.name_scope():
+        x_in = gd.input("x", (None, 12), "float64")
+        h = L.Dense(32, activation="relu", name="fc1", seed=0, dtype="float64")(x_in)
+        out = L.Dense(10, name="fc2", seed=1, dtype="float64")(h)
+    model = gd.Model(x_in, out)
+    net = torch.nn.Sequential(torch.nn.Linear(12, 32), torch.nn.ReLU(),
+                              torch.nn.Linear(32, 10)).double()
+    values = {v.name: v.value for v in model.variables}
+    with torch.no_grad():
+        for k, name in ((0, "fc1"), (2, "fc2")):
+            net[k].weight.copy_(torch.from_numpy(values[f"{name}.weight"].copy()))
+            net[k].bias.copy_(torch.from_numpy(values[f"{name}.bias"]))
+    r = np.random.default_rng(0)
+    batch = 16
+    x, y = r.normal(size=(STEPS * batch, 12)), r.integers(0, 10, STEPS * batch)
+    model.compile(OPTIMIZERS[opt](), "cross_entropy", backend="onnxruntime", providers="cpu")
+    record = _BatchLosses()
+    model.fit(x, y, epochs=1, batch_size=batch, shuffle=False, callbacks=[record], verbose=0)
+    topt = torch.optim.SGD(net.parameters(), lr=0.02, momentum=0.9) if opt == "sgd_momentum" \
+        else torch.optim.Adam(net.parameters(), lr=1e-3)
+    theirs = []
+    for i in range(0, len(y), batch):
+        topt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(net(torch.from_numpy(x[i:i + batch])),
+                                                 torch.from_numpy(y[i:i + batch]))
+        loss.backward()
+        topt.step()
+        theirs.append(loss.item())
+    ours = np.array(record.losses)
+    assert np.max(np.abs(ours - theirs) / np.abs(theirs)) <= 1e-4
+    assert ours[-1] < ours[0]
+    trained = {v.name: v.value for v in model.variables}
+    np.testing.assert_allclose(trained["fc1.weight"], net[0].weight.detach().numpy(),
+                               rtol=1e-6, atol=1e-9)
+
+
+def _mlp(seed=0, dropout=0.0):
+    from graphdl import layers as L
+
+    with L.name_scope():
+        x = gd.input("x", (None, 6))
+        h = L.Dense(16, activation="relu", name="fc1", seed=seed)(x)
+        if dropout:
+            h = L.Dropout(dropout, name="drop", seed=seed)(h)
+        out = L.Dense(3, name="fc2", seed=seed + 1)(h)
+    return gd.Model(x, out, name="mlp")
+
+
+def _blobs(n=64, seed=0):
+    r = np.random.default_rng(seed)
+    y = r.integers(0, 3, n)
+    return (r.normal(size=(3, 6))[y] * 3 + r.normal(size=(n, 6))).astype(np.float32), y
+
+
+class _Weights(Callback):
+    """Reads the weights after every committed step (each read pulls from the device)."""
+
+    def __init__(self):
+        self.weights = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.weights.append(self.model.get_weights())
+
+
+def test_nan_guard_on_ort_keeps_the_weights_and_moments_before_the_bad_step():
+    x, y = _blobs()
+    m = _mlp()
+    opt = gd.optim.Adam(1e25)  # overflows within a few steps
+    m.compile(opt, "cross_entropy", backend="onnxruntime", providers="cpu")
+    recorder = _Weights()
+    with pytest.raises(NonFiniteLossError) as err:
+        m.fit(x, y, epochs=3, batch_size=8, callbacks=[recorder], verbose=0, shuffle=False)
+    committed = len(recorder.weights)
+    assert 0 < committed < 3 * 8
+    epoch, batch = divmod(committed, 8)
+    assert f"epoch {epoch + 1}/3, batch {batch + 1}/8" in str(err.value)
+    for kept, want in zip(m.get_weights(), recorder.weights[-1]):
+        np.testing.assert_array_equal(kept, want)
+    assert opt.iterations == committed
+    for var in opt.variables:
+        assert np.isfinite(var.value).all(), var.name
+
+
+def test_state_stays_on_device_and_syncs_lazily():
+    x, y = _blobs()
+    m = _mlp()
+    m.compile(gd.optim.SGD(0.1, momentum=0.9), "cross_entropy", backend="onnxruntime",
+              providers="cpu")
+    before = m.get_weights()
+    step = m._train_function()
+    outs, pending = step.run_uncommitted(x[:8], y[:8])
+    step.commit(pending)
+    stale = [v for v in m.variables if v.stale]
+    assert stale and all(v.device is step.state for v in stale)  # host copies are stale
+    pulled = step.state.bytes_to_host
+    after = m.get_weights()  # reading pulls them back, once
+    assert step.state.bytes_to_host > pulled and not any(v.stale for v in m.variables)
+    assert any(not np.array_equal(a, b) for a, b in zip(before, after))
+    # per step only the batch goes in and the small outputs come out
+    bytes_in, bytes_out = step.bytes_in, step.bytes_out
+    up = step.state.bytes_to_device
+    step.commit(step.run_uncommitted(x[:8], y[:8])[1])
+    assert step.bytes_in - bytes_in == x[:8].nbytes + y[:8].astype(np.int64).nbytes
+    assert step.bytes_out - bytes_out == 4 + 8 * 3 * 4 + 8  # loss, logits, guard
+    assert step.state.bytes_to_device == up  # no state upload
+    # set_weights uploads before the next step: training restarts from these weights
+    m.set_weights(before)
+    np.testing.assert_array_equal(m.get_weights()[0], before[0])
+    first = float(step.run_uncommitted(x[:8], y[:8])[0][0])
+    ref = _mlp()
+    ref.set_weights(before)
+    ref.compile(gd.optim.SGD(0.1, momentum=0.9), "cross_entropy")
+    assert first == pytest.approx(float(ref._train_function().run_uncommitted(
+        x[:8], y[:8])[0][0]), rel=1e-6)
+
+
+def test_save_and_load_mid_training_on_ort(tmp_path):
+    x, y = _blobs()
+    m = _mlp()
+    m.compile(gd.optim.Adam(1e-2), "cross_entropy", metrics=["accuracy"],
+              backend="onnxruntime", providers="cpu")
+    m.fit(x, y, epochs=2, batch_size=8, verbose=0)
+    path = tmp_path / "mid.npz"
+    m.save(path)
+    saved = m.get_weights()
+    m.fit(x, y, epochs=1, batch_size=8, verbose=0)
+    assert any(not np.array_equal(a, b) for a, b in zip(saved, m.get_weights()))
+    m.load(path)
+    for a, b in zip(saved, m.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    # evaluate on ORT reads the loaded weights from the device; the NumPy executor agrees
+    ort_eval = m.evaluate(x, y)
+    other = _mlp()
+    other.load(path)
+    other.compile(gd.optim.Adam(1e-2), "cross_entropy", metrics=["accuracy"])
+    np.testing.assert_allclose(ort_eval, other.evaluate(x, y), rtol=1e-5)
+    np.testing.assert_allclose(m.predict(x), other.predict(x), rtol=1e-5, atol=1e-6)
+
+
+def test_dropout_seed_advances_each_step_on_ort():
+    x, y = _blobs()
+    m = _mlp(dropout=0.3)
+    m.compile(gd.optim.SGD(0.0), "cross_entropy", backend="onnxruntime", providers="cpu")
+    seed = next(v for v in m.variables if v.name == "drop.seed")
+    start = int(seed.value)
+    step = m._train_function()
+    losses = []
+    for _ in range(3):
+        outs, pending = step.run_uncommitted(x[:8], y[:8])
+        step.commit(pending)
+        losses.append(float(outs[0]))
+    assert int(seed.value) == start + 3
+    assert len(set(losses)) == 3  # lr 0: only the dropout mask changes the loss
+
+
+def test_low_level_function_on_ort_matches_numpy():
+    r = np.random.default_rng(0)
+    x, t = gd.input("x", (None, 4)), gd.input("t", (None, 3))
+    w = gd.param("w", r.normal(size=(4, 3)).astype(np.float32))
+    loss = gd.mean(gd.square(x @ w - t))
+    (gw,) = gd.grad(loss, [w])
+    X, T = r.normal(size=(8, 4)).astype(np.float32), r.normal(size=(8, 3)).astype(np.float32)
+    var = w.node.attrs["variable"]
+    start = var.value.copy()
+    f = gd.function([x, t], loss, updates=[(w, w - 0.1 * gw)], backend="onnxruntime",
+                    providers="cpu")
+    ours = [float(f(X, T)) for _ in range(5)]
+    end = var.value.copy()
+    var.value = start
+    g = gd.function([x, t], loss, updates=[(w, w - 0.1 * gw)])
+    ref = [float(g(X, T)) for _ in range(5)]
+    np.testing.assert_allclose(ours, ref, rtol=1e-6)
+    np.testing.assert_allclose(end, var.value, rtol=1e-6)
+
+
+# ---- mixed precision -------------------------------------------------------------------------
+
+def _mixed_losses(precision, steps=30, batch=16, scaler=None):
+    model = _cnn()
+    if scaler is not None:
+        model.loss_scaler = scaler
+    x, y = _data(model, batch, steps)
+    model.compile(gd.optim.SGD(0.02, momentum=0.9), "cross_entropy", backend="onnxruntime",
+                  providers="cpu", precision=precision)
+    record = _BatchLosses()
+    model.fit(x, y, epochs=1, batch_size=batch, shuffle=False, callbacks=[record], verbose=0)
+    return model, np.array(record.losses)
+
+
+def test_mixed_precision_tracks_float32():
+    _, ref = _mixed_losses("float32")
+    model, mixed = _mixed_losses("mixed")
+    assert not np.array_equal(ref, mixed)  # float16 really ran
+    assert np.max(np.abs(mixed - ref) / ref) < 0.05
+    assert int(model.loss_scaler.skipped.value) == 0
+    ops = {n.op_type for n in _onnx_nodes(model._train_function())
+           if n.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul")}
+    assert ops, "the heavy ops are exported"
+    assert all(v.value.dtype == np.float32 for v in model.variables
+               if v.value.dtype.kind == "f")  # float32 master weights
+
+
+def _onnx_nodes(fn):
+    from graphdl.backends.onnx_export import to_onnx
+
+    return to_onnx(fn.graph, params_as_inputs=True).graph.node
+
+
+def test_mixed_precision_skips_overflowing_steps_in_the_graph():
+    from graphdl.amp import LossScaler
+
+    model = _cnn()
+    model.loss_scaler = LossScaler(init_scale=2.0 ** 40)  # float16 gradients overflow
+    x, y = _data(model, 16, 4)
+    opt = gd.optim.SGD(0.02, momentum=0.9)
+    model.compile(opt, "cross_entropy", backend="onnxruntime", providers="cpu",
+                  precision="mixed")
+    before = model.get_weights()
+    step = model._train_function()
+    outs, pending = step.run_uncommitted(x[:16], y[:16])
+    assert np.isfinite(outs[0]) and step.non_finite(pending) is None  # a skip, not an error
+    step.commit(pending)
+    assert int(model.loss_scaler.skipped.value) == 1
+    assert float(model.loss_scaler.scale.value) == 2.0 ** 39
+    assert opt.iterations == 0
+    for a, b in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    # the scale halves on every overflow until the gradients fit, then training proceeds
+    for _ in range(40):
+        step.commit(step.run_uncommitted(x[:16], y[:16])[1])
+    skipped = int(model.loss_scaler.skipped.value)
+    assert 1 < skipped < 41 and opt.iterations == 41 - skipped
+    assert float(model.loss_scaler.scale.value) == 2.0 ** (40 - skipped)
