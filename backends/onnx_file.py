@@ -171,6 +171,8 @@ def check_tensor_data(model: onnx.ModelProto) -> None:
         want = count * per
         if field == "int32_data" and name in ("INT4", "UINT4", "FLOAT4E2M1"):
             want = (count + 1) // 2
+        elif field == "int32_data" and name in ("INT2", "UINT2"):
+            want = (count + 3) // 4
         if have != want and not (have == 0 and want == 0):
             raise UnsafeExternalData(f"tensor {t.name!r}: {have:,} values in {field} for dims "
                                      f"{list(t.dims)} of {name} ({want:,} expected)")

@@ -94,7 +94,12 @@ def _dropout(imp, node, a):
 
 def _cast(imp, node, a):
     dtype = np.dtype(helper.tensor_dtype_to_np_dtype(a["to"])).name
-    return [F.cast(imp.value(node.input[0]), dtype)]
+    return [F.cast(imp.value(node.input[0]), dtype, saturate=bool(a.get("saturate", 1)),
+                   round_mode=_text(a.get("round_mode", "up")))]
+
+
+def _text(v):
+    return v.decode() if isinstance(v, bytes) else v
 
 
 def _clip(imp, node, a):
@@ -471,7 +476,7 @@ IMPORT_RULES: dict[str, Rule] = {
 # Op families with their rules in their own modules, graphdl.backends.onnx_import_rules_<f>;
 # each module's RULES table joins IMPORT_RULES here.
 RULE_FAMILIES = ("math", "index", "loss", "attention", "nn", "norm", "quant", "rnn",
-                 "control", "signal")
+                 "control", "signal", "extra")
 for _family in RULE_FAMILIES:
     IMPORT_RULES.update(importlib.import_module(
         f"graphdl.backends.onnx_import_rules_{_family}").RULES)

@@ -71,7 +71,9 @@ def _cast_like(imp, node, a):
     if target is None:
         raise OnnxImportError(f"{imp.where()}: input {node.input[1]!r} is not defined")
     dtype = np.dtype(target.dtype).name
-    return [F.cast(imp.value(node.input[0]), dtype)]
+    mode = a.get("round_mode", "up")
+    return [F.cast(imp.value(node.input[0]), dtype, saturate=bool(a.get("saturate", 1)),
+                   round_mode=mode.decode() if isinstance(mode, bytes) else mode)]
 
 
 def _gelu(imp, node, a):

@@ -18,6 +18,7 @@ from graphdl.backends.onnx_import_rules import IMPORT_RULES
 
 _INT_RANGES = {"int8": (-128, 127), "uint8": (0, 255), "int16": (-32768, 32767),
                "uint16": (0, 65535), "int4": (-8, 7), "uint4": (0, 15),
+               "int2": (-2, 1), "uint2": (0, 3),
                "int32": (-2 ** 31, 2 ** 31 - 1)}
 
 

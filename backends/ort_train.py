@@ -142,7 +142,7 @@ def finite_guard(graph: Graph) -> Graph:
     It is finite exactly when no update holds a NaN or Inf (barring a float64 overflow of
     the sum), so the host checks one scalar instead of copying the state back.
     """
-    def total_of(v):  # a scalar as is: ORT's ReduceSum over a rank-0 tensor gives shape [1]
+    def total_of(v):  # a scalar needs no reduction
         s = F.sum(v) if v.shape else v
         return F.cast(s, "float64") if v.dtype != "float64" else s
 

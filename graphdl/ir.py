@@ -22,7 +22,7 @@ FLOAT_DTYPES = ("float32", "float64", "float16")
 NARROW_FLOAT_DTYPES = ("bfloat16", "float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2",
                        "float8_e5m2fnuz", "float8_e8m0fnu", "float4_e2m1fn")
 INT_DTYPES = ("int64", "int32", "int16", "int8", "uint64", "uint32", "uint16", "uint8",
-              "int4", "uint4")
+              "int4", "uint4", "int2", "uint2")
 # strings are NumPy object arrays of str (ONNX's string tensors)
 DTYPES = FLOAT_DTYPES + NARROW_FLOAT_DTYPES + INT_DTYPES + ("bool", "string")
 

@@ -8,7 +8,8 @@ import math
 
 import numpy as np
 
-from graphdl.ir import TensorType, Value, normalize_dtype
+from graphdl.ir import ShapeError, TensorType, Value, normalize_dtype
+from graphdl.ops._cast_kernels import ROUND_MODES, cast_kernel
 from graphdl.ops.infer import broadcast_shapes, check_arity, require_float, same_dtype
 from graphdl.ops.registry import OnnxLowering, OnnxNode, OpDef, apply, as_value, fail, lower, \
     register
@@ -299,8 +300,9 @@ _ONNX_DTYPE_CODES = {"float32": 1, "int32": 6, "int64": 7, "bool": 9, "float16":
 
 register(OpDef(
     name="Cast", infer=_cast_infer,
-    kernel=lambda xs, a, out: xs[0].astype(a["to"]),
-    vjp=_cast_vjp, onnx=lambda a, ti, to, o: lower("Cast", to=_ONNX_DTYPE_CODES[a["to"]]),
+    kernel=cast_kernel, vjp=_cast_vjp,
+    onnx=lambda a, ti, to, o: lower("Cast", to=_ONNX_DTYPE_CODES[a["to"]], **(
+        {"saturate": int(a["saturate"])} if "saturate" in a else {})),
 ))
 
 
@@ -448,9 +450,16 @@ def _like(x, like):
     return x if isinstance(x, Value) else as_value(x, like=like)
 
 
-def cast(x, dtype):
-    """Convert to another dtype."""
-    return apply("Cast", x, to=normalize_dtype(dtype))
+def cast(x, dtype, saturate: bool = True, round_mode: str = "up"):
+    """Convert to another dtype; float8 targets clamp out-of-range values to +/-max unless
+    ``saturate=False`` (ONNX's rule), and float8_e8m0fnu rounds by ``round_mode``
+    ('up', 'nearest' or 'down')."""
+    if round_mode not in ROUND_MODES:
+        raise ShapeError(f"cast: round_mode {round_mode!r} is not one of {ROUND_MODES}")
+    extra = {} if saturate else {"saturate": False}
+    if round_mode != "up":
+        extra["round_mode"] = round_mode
+    return apply("Cast", x, to=normalize_dtype(dtype), **extra)
 
 
 def clip(x, min=None, max=None):
