@@ -39,7 +39,7 @@ def bucket_gradients(graph: Graph, bucket_bytes: int = DEFAULT_BUCKET_BYTES,
         raise ValueError(f"bucket_bytes must be > 0, got {bucket_bytes}")
     before = collective_stats(graph)
     position = {id(n): i for i, n in enumerate(graph.nodes)}
-    members = [n for n in graph.nodes if n.op == "AllReduce" and n.attrs.get("bucket")
+    members = [n for n in graph.nodes if get_op(n.op).collective and n.attrs.get("bucket")
                and n.inputs[0].type.is_static]
     # ready order: when the gradient feeding the all-reduce is computed
     members.sort(key=lambda n: position[id(n.inputs[0].node)])
