@@ -280,6 +280,10 @@ def _split(imp, node, a):
         sizes = imp.ints(node.input[1])
     else:
         sizes = int(a.get("num_outputs", len(node.output)))
+        d = x.shape[axis]
+        if isinstance(d, int) and sizes and d % sizes:  # opset 18: the last part is smaller
+            chunk = -(-d // sizes)
+            sizes = (chunk,) * (sizes - 1) + (d - chunk * (sizes - 1),)
     outs = F.split(x, sizes, axis)
     return list(outs)
 

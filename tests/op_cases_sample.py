@@ -2,7 +2,9 @@
 tests/test_ops.py and test_onnx_ops.py run them."""
 from __future__ import annotations
 
-from tests.op_case import OpCase, randn, rng, torch_nnf
+import numpy as np
+
+from tests.op_case import OpCase, randn, rng, torch_fn, torch_nnf
 
 
 def _grid(shape, seed: int, reach: float) -> object:
@@ -37,5 +39,13 @@ CASES = {
                id="bicubic_reflection_align"),
         OpCase([randn((1, 2, 3, 4, 3), 7), _grid((1, 2, 2, 3, 3), 8, 1.2)],
                **_gs("linear", "zeros", True), id="trilinear_5d"),
+    ],
+    "Det": [
+        OpCase([randn((3, 3), 9)], torch=torch_fn("det"), id="3x3"),
+        OpCase([randn((2, 3, 4, 4), 10)], torch=torch_fn("det"), id="batched_4x4"),
+        OpCase([randn((2, 1, 1), 11)], torch=torch_fn("det"), id="1x1"),
+        # rank 1: the cofactor gradient holds where an inverse would not exist
+        OpCase([np.outer([1.0, 2.0, -1.0], [0.5, -1.0, 2.0])], torch=torch_fn("det"),
+               id="singular"),
     ],
 }
