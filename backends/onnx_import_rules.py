@@ -367,8 +367,11 @@ def _batch_norm(imp, node, a):
     # ONNX: running = running * momentum + batch * (1 - momentum); graphdl follows torch
     momentum = 1.0 - a.get("momentum", 0.9)
     training = bool(a.get("training_mode", 0))
+    # a node that declares ONNX's training mode updates the running variance as ONNX defines
+    # (biased); an inference node keeps torch's rule when the model is fine-tuned
     y, new_mean, new_var = F.apply("BatchNorm", x, scale, bias, mean, var, training=training,
-                                   momentum=momentum, eps=float(a.get("epsilon", 1e-5)))
+                                   momentum=momentum, eps=float(a.get("epsilon", 1e-5)),
+                                   unbiased_var=not training)
     return [y, new_mean, new_var] if training else [y]
 
 
