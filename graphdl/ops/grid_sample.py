@@ -15,8 +15,8 @@ import numpy as np
 
 from graphdl.ir import FLOAT_DTYPES, TensorType
 from graphdl.ops.infer import check_arity
-from graphdl.ops.registry import Attr, OnnxLowering, OnnxNode, OpDef, apply, constant, fail, \
-    register
+from graphdl.ops.registry import Attr, LoweringError, OnnxLowering, OnnxNode, OpDef, apply, \
+    constant, fail, register
 
 __all__ = ["affine_grid", "grid_sample"]
 
@@ -216,7 +216,6 @@ def _onnx(attrs, tin, tout, opset):
     mode = attrs["mode"]
     if opset < 20:  # GridSample-16: 4-D only, modes named bilinear/bicubic
         if tin[0].rank != 4:
-            from graphdl.ops.registry import LoweringError
             raise LoweringError(f"GridSample on a rank-{tin[0].rank} image needs opset 20 "
                                 f"(got {opset})")
         mode = {"linear": "bilinear", "cubic": "bicubic"}.get(mode, mode)
