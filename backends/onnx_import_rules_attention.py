@@ -54,9 +54,10 @@ def _mask_bias(imp, mask, kv_len: int, dtype: str):
 
 def _attention(imp, node, a):
     q, k, v = (imp.value(n) for n in node.input[:3])
-    if _input(node, 6):
-        raise OnnxImportError(f"{imp.where()}: Attention with nonpad_kv_seqlen is not "
-                              "supported")
+    nonpad = F.cast(imp.value(node.input[6]), "int64") if _input(node, 6) else None
+    if nonpad is not None and _input(node, 4):
+        raise OnnxImportError(f"{imp.where()}: Attention's nonpad_kv_seqlen cannot be combined "
+                              "with a past key/value cache")
     if q.dtype not in FLOAT_DTYPES:
         raise OnnxImportError(f"{imp.where()}: Attention needs float inputs, got {q.dtype}")
     three_d = q.ndim == 3
@@ -105,7 +106,18 @@ def _attention(imp, node, a):
         # query i sits at position i + past_len: causal allows keys j <= it (bottom-right
         # aligned), the window keys within [pos - left, pos + right]
         diff = np.arange(q_len)[:, None] + past_len - np.arange(kv_len)[None, :]
-        term = F.const(np.where(allowed(diff), 0.0, -np.inf).astype(dt))
+        if nonpad is None:
+            term = F.const(np.where(allowed(diff), 0.0, -np.inf).astype(dt))
+        else:  # an external cache: batch b's queries end at key nonpad[b] (B, 1, q, kv)
+            term = _per_batch_term(nonpad, diff, q_len, on is a.get("is_causal", 0), left,
+                                   right, dt)
+        bias = term if bias is None else bias + term
+    if nonpad is not None:  # keys at or past nonpad[b] are padding: (B, 1, 1, kv)
+        if not isinstance(kv_len, int):
+            raise OnnxImportError(f"{imp.where()}: nonpad_kv_seqlen needs a static key length")
+        keep = F.less(F.const(np.arange(kv_len, dtype=np.int64)), F.reshape(nonpad, (-1, 1)))
+        term = F.reshape(F.where(keep, F.const(np.array(0.0, dt)),
+                                 F.const(np.array(-np.inf, dt))), (-1, 1, 1, kv_len))
         bias = term if bias is None else bias + term
     scores = qk if bias is None else qk + bias
     precision = a.get("softmax_precision")
@@ -125,6 +137,25 @@ def _attention(imp, node, a):
     mode = int(a.get("qk_matmul_output_mode", 0))
     qk_out = {2: scores, 3: probs}.get(mode, qk)
     return [y, present_k, present_v, qk_out][:len(node.output)]
+
+
+def _per_batch_term(nonpad, diff, q_len: int, causal: bool, left: int, right: int, dt: str):
+    """The causal (``causal``) or sliding-window bias (B, 1, q, kv) when batch b's query
+    block ends at key nonpad[b]: its offset is nonpad[b] - q_len instead of past_len."""
+    offset = F.reshape(F.sub(nonpad, F.const(np.array(q_len, np.int64))), (-1, 1, 1))
+    d = F.add(F.const(diff.astype(np.int64)), offset)  # (B, q, kv): pos - key
+    zero = F.const(np.array(0, np.int64))
+    if causal:
+        ok = F.greater_equal(d, zero)
+    else:
+        ok = None
+        if left >= 0:
+            ok = F.less_equal(d, F.const(np.array(left, np.int64)))
+        if right >= 0:
+            r = F.greater_equal(d, F.const(np.array(-right, np.int64)))
+            ok = r if ok is None else F.logical_and(ok, r)
+    term = F.where(ok, F.const(np.array(0.0, dt)), F.const(np.array(-np.inf, dt)))
+    return F.unsqueeze(term, 1)
 
 
 def _rms_norm(imp, node, a):
