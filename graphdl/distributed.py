@@ -95,7 +95,8 @@ class DataParallel:
             else None
         extra = {} if precision == "float32" else {"precision": precision}
         return model.train_step_graph(loss, optimizer, forward_hook=forward,
-                                      grad_hook=average_gradients, **extra)
+                                      grad_hook=lambda gs: average_gradients(gs, self.size),
+                                      **extra)
 
     def compile_train_step(self, model, loss, optimizer, compile_fn=None,
                            precision: str = "float32"):
@@ -216,11 +217,23 @@ class Checkpoint(Callback):
 
 # ---- graph rewrites ----------------------------------------------------------------------
 
-def average_gradients(grads: list[Value | None]) -> list[Value | None]:
-    """Each gradient averaged over the ranks by its own ``AllReduce(mean)`` (bucketable)."""
+def average_gradients(grads: list[Value | None], size: int | None = None
+                      ) -> list[Value | None]:
+    """Each gradient averaged over the ranks by its own all-reduce (bucketable): with the
+    rank count ``size`` known, a sum all-reduce times ``1 / size``, which fusion folds into
+    the optimizer's elementwise update (no pass over the buckets of its own); else
+    ``AllReduce(mean)``."""
     # bucket=True: the bucketing pass may pack these (they feed only the optimizer)
-    return [None if g is None else apply("AllReduce", g, reduction="mean", bucket=True)
+    if size is None:
+        return [None if g is None else apply("AllReduce", g, reduction="mean", bucket=True)
+                for g in grads]
+    return [None if g is None else
+            _scaled(apply("AllReduce", g, reduction="sum", bucket=True), 1.0 / size)
             for g in grads]
+
+
+def _scaled(x: Value, scale: float) -> Value:
+    return x if scale == 1.0 else x * scale
 
 
 def bind_communicator(graph: Graph, comm) -> Graph:
