@@ -320,6 +320,17 @@ class OrtFunction:
                 f"state={len(self.variables)} variables>")
 
 
+def pipeline_for(providers: str | Sequence[Any] = "auto", device_id: int = 0,
+                 training: bool = True) -> str:
+    """The pass pipeline for a graph ONNX Runtime will run on ``providers``: on the CPU
+    provider ``"onnxruntime_cpu"`` (its fastest kernel forms, passes/ort_forms.py), else the
+    executor's ``"training"``/``"inference"`` pipeline."""
+    chosen = resolve_providers(providers, device_id)
+    if chosen and _provider_name(chosen[0]) == CUDA:
+        return "training" if training else "inference"
+    return "onnxruntime_cpu"
+
+
 def _provider_name(p: Any) -> str:
     return p[0] if isinstance(p, tuple) else p
 

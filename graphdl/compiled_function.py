@@ -99,6 +99,10 @@ def function(inputs: Sequence[Value], outputs: Sequence[Value] | Value,
     graph = Graph(list(inputs), outs, pairs)
     report = None
     if optimize:
+        if passes is None and backend == "onnxruntime":
+            from graphdl.backends.ort_train import pipeline_for  # lazy: onnxruntime is slow
+
+            passes = pipeline_for(providers, training=training)
         graph, report = _passes.optimize_graph(graph, training=training, passes=passes)
     if backend == "onnxruntime":
         from graphdl.backends.ort_train import OrtFunction  # lazy: onnxruntime loads slowly
