@@ -128,11 +128,11 @@ def graphdl_step(model, backend: str, threads: int, providers: str = "cpu",
     model.compile(gd.optim.SGD(LR, momentum=MOMENTUM), "cross_entropy", backend=backend,
                   providers=providers, threads=threads, precision=precision)
     if profile:
-        from graphdl.backends.ort_train import OrtFunction
+        from graphdl.backends.ort_train import OrtFunction, pipeline_for
         from graphdl.passes import optimize_graph
 
         g = model.train_step_graph(model.loss, model.optimizer, precision=precision)
-        graph, _ = optimize_graph(g, training=True)
+        graph, _ = optimize_graph(g, training=True, passes=pipeline_for(providers))
         return OrtFunction(graph, providers=providers, threads=threads, profile=True)
     return model._train_function()
 

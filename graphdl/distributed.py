@@ -7,6 +7,10 @@ Run the same script on every rank (``mpiexec -n K python train.py``). Compiling 
   packs them into flat buckets of ``bucket_bytes``;
 - BatchNorm statistics are per rank by default; ``sync_batchnorm=True`` all-reduces the batch
   moments instead (the result equals one process's BatchNorm on the whole global batch);
+- with ``overlap`` (the default on the NumPy executor), each bucket's all-reduce is started as
+  soon as its last gradient exists and waited for right before the optimizer reads it
+  (:func:`graphdl.passes.bucket.overlap_collectives`), the executor polling MPI between
+  kernels so the reduction progresses while the backward pass goes on;
 - the communicator is bound to the collectives at compile time (no global).
 
 ``fit`` then shards each epoch with :class:`DistributedSampler` semantics, broadcasts the
@@ -30,12 +34,13 @@ import numpy as np
 from graphdl import tensor as F
 from graphdl.callbacks import Callback
 from graphdl.comm import DEFAULT_TIMEOUT_S, get_communicator
-from graphdl.function import Function
+from graphdl.compiled_function import Function
 from graphdl.ir import Graph, Node, Value, Variable, rebuild
 from graphdl.ops.collective import all_reduce
 from graphdl.ops.registry import apply, get_op
 from graphdl.passes import PIPELINES, Pass, Stage, optimize_graph
-from graphdl.passes.bucket import bucket_gradients
+from graphdl.passes.bucket import bucket_gradients, overlap_collectives
+from graphdl.passes.rewrite import match_value, op
 from graphdl.split_step import SplitStep
 
 __all__ = ["DataParallel", "DistributedSampler", "Checkpoint", "bind_communicator",
@@ -50,7 +55,9 @@ class DataParallel:
     (``None``: no bucketing), synchronized BatchNorm, the collective timeout (seconds),
     whether the last uneven samples are dropped (else padded from the epoch's start), and
     ``host_reduce``: run the step as a gradient graph and an apply graph with the all-reduce
-    between them on host buffers (:mod:`graphdl.split_step`; what ONNX Runtime needs)."""
+    between them on host buffers (:mod:`graphdl.split_step`; what ONNX Runtime needs), and
+    ``overlap``: start each bucket's all-reduce when its last gradient is ready and wait for
+    it only before the optimizer (NumPy executor; results are unchanged)."""
 
     comm: Any = "mpi"
     bucket_bytes: int | None = DEFAULT_BUCKET_BYTES
@@ -58,6 +65,7 @@ class DataParallel:
     timeout: float = DEFAULT_TIMEOUT_S
     drop_last: bool = False
     host_reduce: bool = False
+    overlap: bool = True
     report: Any = field(default=None, repr=False)
 
     def __post_init__(self):
@@ -88,25 +96,31 @@ class DataParallel:
             else None
         extra = {} if precision == "float32" else {"precision": precision}
         return model.train_step_graph(loss, optimizer, forward_hook=forward,
-                                      grad_hook=average_gradients, **extra)
+                                      grad_hook=lambda gs: average_gradients(gs, self.size),
+                                      **extra)
 
     def compile_train_step(self, model, loss, optimizer, compile_fn=None,
                            precision: str = "float32"):
         """Optimize the data-parallel train step (bucketing included), bind the communicator
-        and return the compiled :class:`graphdl.function.Function`; with ``host_reduce`` (or
-        a ``compile_fn(graph)`` for each half, e.g. an ONNX Runtime session) a
+        and return the compiled :class:`graphdl.compiled_function.Function`; with
+        ``host_reduce`` (or a ``compile_fn(graph)`` for each half, e.g. an ONNX Runtime
+        session) a
         :class:`graphdl.split_step.SplitStep`."""
+        split = self.host_reduce or compile_fn is not None
         graph, self.report = self.optimize(
-            self.train_step_graph(model, loss, optimizer, precision))
-        if self.host_reduce or compile_fn is not None:
+            self.train_step_graph(model, loss, optimizer, precision),
+            overlap=self.overlap and not split)  # a split step reduces between two graphs
+        if split:
             step = SplitStep(graph, self.comm, compile_fn)
             step.report = self.report
             return step
         return Function(bind_communicator(graph, self.comm), report=self.report)
 
-    def optimize(self, graph: Graph):
-        """The default pipeline with the bucketing stage before scheduling."""
-        return optimize_graph(graph, training=True, passes=pipeline(self.bucket_bytes))
+    def optimize(self, graph: Graph, overlap: bool = False):
+        """The default pipeline with the bucketing stage before scheduling (and with
+        ``overlap``, the start/done split after it)."""
+        return optimize_graph(graph, training=True,
+                              passes=pipeline(self.bucket_bytes, overlap))
 
     # ---- fit support --------------------------------------------------------------------
 
@@ -133,16 +147,20 @@ class DataParallel:
             self.comm.abort(f"{type(err).__name__}: {err}; aborting every rank")
 
 
-def pipeline(bucket_bytes: int | None):
-    """The default pass pipeline, plus gradient bucketing before the schedule stage."""
-    if bucket_bytes is None:
-        return PIPELINES["training"]
-    bucket = Pass("bucket_gradients",
-                  lambda g, ctx: bucket_gradients(g, bucket_bytes, ctx.stats),
-                  doc="pack gradient all-reduces into flat buckets")
+def pipeline(bucket_bytes: int | None, overlap: bool = False):
+    """The default pass pipeline, plus gradient bucketing before the schedule stage and, with
+    ``overlap``, the all-reduce start/done split after it (it keeps the schedule)."""
     stages = [s for s in PIPELINES["training"] if s.name != "schedule"]
-    stages.append(Stage("distributed", (bucket,), fixed_point=False))
+    if bucket_bytes is not None:
+        bucket = Pass("bucket_gradients",
+                      lambda g, ctx: bucket_gradients(g, bucket_bytes, ctx.stats),
+                      doc="pack gradient all-reduces into flat buckets")
+        stages.append(Stage("distributed", (bucket,), fixed_point=False))
     stages += [s for s in PIPELINES["training"] if s.name == "schedule"]
+    if overlap:
+        stages.append(Stage("overlap", (Pass(
+            "overlap_collectives", lambda g, ctx: overlap_collectives(g),
+            doc="start all-reduces early, wait for them late"),), fixed_point=False))
     return tuple(stages)
 
 
@@ -201,11 +219,23 @@ class Checkpoint(Callback):
 
 # ---- graph rewrites ----------------------------------------------------------------------
 
-def average_gradients(grads: list[Value | None]) -> list[Value | None]:
-    """Each gradient averaged over the ranks by its own ``AllReduce(mean)`` (bucketable)."""
+def average_gradients(grads: list[Value | None], size: int | None = None
+                      ) -> list[Value | None]:
+    """Each gradient averaged over the ranks by its own all-reduce (bucketable): with the
+    rank count ``size`` known, a sum all-reduce times ``1 / size``, which fusion folds into
+    the optimizer's elementwise update (no pass over the buckets of its own); else
+    ``AllReduce(mean)``."""
     # bucket=True: the bucketing pass may pack these (they feed only the optimizer)
-    return [None if g is None else apply("AllReduce", g, reduction="mean", bucket=True)
+    if size is None:
+        return [None if g is None else apply("AllReduce", g, reduction="mean", bucket=True)
+                for g in grads]
+    return [None if g is None else
+            _scaled(apply("AllReduce", g, reduction="sum", bucket=True), 1.0 / size)
             for g in grads]
+
+
+def _scaled(x: Value, scale: float) -> Value:
+    return x if scale == 1.0 else x * scale
 
 
 def bind_communicator(graph: Graph, comm) -> Graph:
@@ -216,7 +246,18 @@ def bind_communicator(graph: Graph, comm) -> Graph:
             return None
         return Node(node.op, inputs, {**node.attrs, "comm": comm}, node.types, node.name,
                     node.site).outputs
-    return rebuild(graph, bind)
+    mapping: dict[int, Value] = {}
+    out = rebuild(graph, bind, mapping)
+    if out is graph:
+        return graph
+    # keep the schedule (the overlap's placement of starts and dones is part of it)
+    order = [mapping.get(id(n.outputs[0]), n.outputs[0]).node if n.outputs else n
+             for n in graph.nodes]
+    return Graph(out.inputs, out.outputs, out.updates, out.name, order=order)
+
+
+_TRAINING_BATCHNORM = op("BatchNorm", where=lambda v: v.node.attrs["training"])
+# ^ batchnorm(x, scale, bias, mean, var) in training form: the nodes synchronize_batchnorm syncs
 
 
 def synchronize_batchnorm(graph: Graph, world_size: int) -> Graph:
@@ -224,11 +265,10 @@ def synchronize_batchnorm(graph: Graph, world_size: int) -> Graph:
     biased variance over every rank's batch (equal batches per rank), the running variance
     updated with the unbiased variance of ``world_size`` times the local count."""
     def sync(node: Node, inputs):
-        if node.op != "BatchNorm" or not node.attrs.get("training", True):
+        if match_value(_TRAINING_BATCHNORM, node.outputs[0], {}) is None:
             return None
         x, scale, bias, running_mean, running_var = inputs
-        eps = float(node.attrs.get("eps", 1e-5))
-        m = float(node.attrs.get("momentum", 0.1))
+        eps, m = float(node.attrs["eps"]), float(node.attrs["momentum"])  # filled in by apply
         axes = (0,) + tuple(range(2, x.ndim))
         cs = (1, -1) + (1,) * (x.ndim - 2)
         mean = all_reduce(F.mean(x, axes), "mean")  # mean of equal-sized means
