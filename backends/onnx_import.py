@@ -137,7 +137,7 @@ class Importer:
         # scalars and everything else are constants that passes may fold
         if self.is_weight(name):
             if name not in self.params:
-                self.params[name] = F.param(name, value.copy(), trainable=trainable)
+                self.params[name] = F.param(name, value, trainable=trainable)  # (copies)
             return self.params[name]
         const = self.const_values.get(name)
         if const is None:  # the array stays in env: later rules may still read it as constant
