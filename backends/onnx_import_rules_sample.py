@@ -1,4 +1,4 @@
-"""Import rules for GridSample, AffineGrid (a MatMul over a constant base grid), Det, and
+"""Import rules for GridSample, AffineGrid, Det, and
 ops rebuilt from existing ones: MaxUnpool and TensorScatter (one ScatterElements each) and
 SwiGLU (a * sigmoid(alpha * a) * b); and bfloat16 inputs of Softmax, Elu, Celu and Attention
 (computed in float32, rounded back)."""
@@ -10,6 +10,7 @@ from graphdl import tensor as F
 from graphdl.backends.onnx_import import OnnxImportError
 from graphdl.backends.onnx_import_rules import IMPORT_RULES
 from graphdl.ir import Value
+from graphdl.ops.dynamic import unknown_dim
 
 
 def _input(node, i: int) -> bool:
@@ -23,14 +24,16 @@ def _grid_sample(imp, node, a):
 
 
 def _affine_grid(imp, node, a):
-    theta = imp.value(node.input[0])
-    if not imp.is_const(node.input[1]):
-        raise OnnxImportError(f"{imp.where()}: AffineGrid needs a constant size input")
-    size = [int(s) for s in imp.const(node.input[1]).tolist()]
-    try:
-        return [F.affine_grid(theta, size, bool(a.get("align_corners", 0)))]
-    except ValueError as err:
-        raise OnnxImportError(f"{imp.where()}: {err}") from None
+    theta, name = imp.value(node.input[0]), node.input[1]
+    k = theta.shape[1]
+    if imp.is_const(name):
+        sizes = imp.ints(name)
+        out = (sizes[0], *sizes[2:], k)
+    else:  # the grid's dims come from a run-time size
+        out = (theta.shape[0], *(unknown_dim(f"{node.output[0]}:{i}") for i in range(1, k + 1)),
+               k)
+    size = F.cast(imp.value(name), "int64")
+    return [F.affine_grid(theta, size, bool(a.get("align_corners", 0)), out)]
 
 
 def _swiglu(imp, node, a):
