@@ -255,8 +255,12 @@ class Importer:
             if n and n not in self.env:
                 raise OnnxImportError(f"{self.where()}: input {n!r} is not defined by any "
                                       "earlier node, initializer or graph input")
+        # a node with a body (If, Loop, Scan) may read run-time outer values there: never
+        # folded whole (its body's nodes fold one by one)
         foldable = node.op_type != "Constant" and ins and all(
-            not n or (self.is_const(n) and not self.is_weight(n)) for n in ins)
+            not n or (self.is_const(n) and not self.is_weight(n)) for n in ins) and not any(
+            a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+            for a in node.attribute)
         arrays = [self.env[n] if n else None for n in ins]
         if foldable and shapes.applies(node.op_type, arrays, attrs):
             try:

@@ -127,3 +127,42 @@ def test_affine_grid_matches_torch_with_gradient(align):
     (want,) = torch.autograd.grad(ref, t, torch.tensor(cot))
     np.testing.assert_allclose(y, ref.detach().numpy(), rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(g, want.numpy(), rtol=1e-10, atol=1e-12)
+
+
+def test_if_body_reads_an_outer_value_nothing_else_reads():
+    # t = x * 2 is read only inside the branches: it stays live, and the If (constant
+    # condition, run-time captured value) is imported, not folded
+    def branch(name, op):
+        return helper.make_graph([helper.make_node(op, ["t", "t"], ["o"])], name, [],
+                                 [helper.make_tensor_value_info("o", TensorProto.DOUBLE, [3])])
+    nodes = [helper.make_node("Constant", [], ["two"], value=helper.make_tensor(
+                 "two", TensorProto.DOUBLE, [], [2.0])),
+             helper.make_node("Mul", ["x", "two"], ["t"]),
+             helper.make_node("Constant", [], ["c"], value=helper.make_tensor(
+                 "c", TensorProto.BOOL, [], [True])),
+             helper.make_node("If", ["c"], ["y"], then_branch=branch("then", "Mul"),
+                              else_branch=branch("else", "Add"))]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(
+        "x", TensorProto.DOUBLE, [3])], [helper.make_tensor_value_info(
+            "y", TensorProto.DOUBLE, [3])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    x = np.array([1.0, -2.0, 3.0])
+    (y,) = NumpyExecutor(from_onnx(model, as_params=False)).run([x])
+    np.testing.assert_allclose(y, (2 * x) ** 2)
+
+
+@pytest.mark.parametrize("mode,torch_mode", [("reflect", "reflect"), ("edge", "replicate"),
+                                             ("wrap", "circular")])
+def test_pad_modes_match_torch_with_gradient(mode, torch_mode):
+    torch = pytest.importorskip("torch")
+    x = np.random.default_rng(6).standard_normal((2, 3, 4, 5))
+    t = torch.tensor(x, requires_grad=True)
+    ref = torch.nn.functional.pad(t, (2, 1, 3, 0), mode=torch_mode)  # W: 2|1, H: 3|0
+    model = _single("Pad", {"x": x.shape}, tuple(ref.shape), opset=18,
+                    inits=[("pads", np.array([0, 0, 3, 2, 0, 0, 0, 1], np.int64))],
+                    mode=mode)
+    cot = np.random.default_rng(7).standard_normal(tuple(ref.shape))
+    y, gx = _value_and_grads(model, [x], cot)
+    (want,) = torch.autograd.grad(ref, t, torch.tensor(cot))
+    np.testing.assert_allclose(y, ref.detach().numpy())
+    np.testing.assert_allclose(gx, want.numpy(), rtol=1e-12, atol=1e-12)
