@@ -169,7 +169,7 @@ class Pending:
 class OrtFunction:
     """A graph compiled into an ONNX Runtime session whose Variables live in a DeviceState.
 
-    Call it like a NumPy :class:`graphdl.function.Function` (arrays by position or name): it
+    Call it like a NumPy :class:`graphdl.compiled_function.Function` (arrays by position or name): it
     runs and commits the state. ``run_uncommitted`` + ``commit`` let the caller check the step
     first (``non_finite``). ``profile=True`` turns on ORT's profiler (see :meth:`end_profiling`).
     """

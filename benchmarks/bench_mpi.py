@@ -95,7 +95,7 @@ def worker(out: str, steps: int, warmup: int) -> None:
     import graphdl as gd
     from graphdl.comm import LocalCommunicator
     from graphdl.distributed import DataParallel, bind_communicator
-    from graphdl.function import Function
+    from graphdl.compiled_function import Function
     from graphdl.passes.bucket import collective_stats
 
     threadpool_limits(1)  # one BLAS thread per rank, on 1 rank as on 2: weak scaling per core

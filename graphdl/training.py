@@ -21,7 +21,7 @@ import numpy as np
 from graphdl import losses as _losses, optim as _optim, passes as _passes
 from graphdl.callbacks import Callback, History
 from graphdl.distributed import DataParallel, broadcast_variables
-from graphdl.function import function
+from graphdl.compiled_function import function
 from graphdl.ir import Graph, GraphError, Value, Variable
 from graphdl.progress import FitProgress
 

@@ -46,7 +46,7 @@ def bucket_gradients(graph: Graph, bucket_bytes: int = DEFAULT_BUCKET_BYTES,
         raise ValueError(f"bucket_bytes must be > 0, got {bucket_bytes}")
     before = collective_stats(graph)
     position = {id(n): i for i, n in enumerate(graph.nodes)}
-    members = [n for n in graph.nodes if n.op == "AllReduce" and n.attrs.get("bucket")
+    members = [n for n in graph.nodes if get_op(n.op).collective and n.attrs.get("bucket")
                and n.inputs[0].type.is_static]
     # ready order: when the gradient feeding the all-reduce is computed
     members.sort(key=lambda n: position[id(n.inputs[0].node)])
@@ -93,8 +93,8 @@ def _record(stats, before, after) -> None:
 def overlap_collectives(graph: Graph) -> Graph:
     """Every collective that declares a start/done pair (``OpDef.overlap``: AllReduce) split
     into its start (moved, with what only feeds it: the packing and the gradients, each to
-    right after the last value it needs) and its done (moved to right before the first node that reads
-    it); the rest of the schedule is kept."""
+    right after the last value it needs) and its done (moved to right before the first node
+    that reads it); the rest of the schedule is kept."""
     if not any(get_op(n.op).overlap for n in graph.nodes):
         return graph
     mapping: dict[int, Any] = {}
@@ -122,9 +122,7 @@ def _is_start(node: Node) -> bool:
 
 
 def _is_done(node: Node) -> bool:
-    """Waits for a started collective: a collective that is a view of its input."""
-    opdef = get_op(node.op)
-    return opdef.collective and opdef.view
+    return get_op(node.op).waits
 
 
 def _start_early_done_late(order: list[Node]) -> list[Node]:

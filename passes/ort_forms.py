@@ -32,6 +32,11 @@ from graphdl.passes.rewrite import Match, Rule, apply_rules, op
 MAX_IM2COL_TAPS = 9
 # below this many output pixels per image, one GEMM over the whole batch beats one per image
 SMALL_MAP_PIXELS = 64
+# weight gradients: one GEMM over batch and pixels below this many pixels per image, else
+# one GEMM per image and a sum over the batch
+WEIGHT_GRAD_GEMM_PIXELS = SMALL_MAP_PIXELS
+# im2col by a grouped 0/1-kernel Conv from this many pixels per image (else Slice + Concat)
+IM2COL_CONV_PIXELS = SMALL_MAP_PIXELS
 
 
 def _geometry(node) -> tuple:
@@ -48,7 +53,7 @@ def _windows(m: Match, x: Value, kernel, out_hw, strides, pads, dilations,
     (kh, kw), (ho, wo), (sh, sw), (dh, dw) = kernel, out_hw, strides, dilations
     pt, pl, pb, pr = pads
     c = x.shape[1]
-    if ho * wo >= SMALL_MAP_PIXELS and kh * kw > 1:
+    if ho * wo >= IM2COL_CONV_PIXELS and kh * kw > 1:
         # one grouped Conv with a 0/1 kernel per channel copies the taps out in one kernel
         # (MLAS); the strided Slices + Concat measured 1.5-2x slower on large maps
         order = list(range(kh * kw))[::-1] if reverse else list(range(kh * kw))
@@ -92,7 +97,7 @@ def _conv_grad_weight_as_matmul(m: Match):
     c, (o, ho, wo) = x.shape[1], dy.shape[1:]
     cols = _windows(m, x, kernel, (ho, wo), strides, pads, dilations)
     d = m.op("Reshape", dy, shape=(0, o, ho * wo))
-    if ho * wo >= SMALL_MAP_PIXELS:
+    if ho * wo >= WEIGHT_GRAD_GEMM_PIXELS:
         # per image (N, O, P) @ (N, P, C*kk), then a sum over the batch
         s = m.op("ReduceSum", m.op("MatMul", d, _swap_last(m, cols)), axes=(0,),
                  keepdims=False)
