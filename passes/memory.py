@@ -235,7 +235,7 @@ def node_facts(nodes: Sequence, bindings: Mapping[str, int],
             continue
         opdef = get_op(n.op)
         # what the op declares: views own no buffer; in-place ops may overwrite a dying input
-        kind = 0 if opdef.source else 1 if opdef.view and len(n.types) == 1 else 2
+        kind = 0 if opdef.source else 1 if opdef.view else 2  # a view op's outputs: all views
         inplace = bool(opdef.inplace) and len(n.types) == 1
         # a value whose size the bindings do not determine (a dim unknown until run time)
         # gets -1 bytes: it stays out of the arena and its kernel allocates it
@@ -270,19 +270,20 @@ def liveness(nodes: Sequence, outputs: Sequence, bindings: Mapping[str, int],
                 plans[(nid, i)] = (pos, i, EXTERNAL, 0, -1, -1, -1, False)
             continue
         s = step_of[nid]
-        if kind == 1:
+        if kind == 1:  # every output views input 0's storage (Split: one part each)
             src = node.inputs[0]
-            key = (nid, 0)
             sid = storage_of.get((id(src.node), src.index))
-            last = last_use.get(key, s)
-            if sid is None:  # a view of an input, parameter or constant
-                plans[key] = (pos, 0, EXTERNAL, 0, -1, -1, -1, False)
-            else:
+            for i in range(len(outs)):
+                key = (nid, i)
+                last = last_use.get(key, s)
+                if sid is None:  # a view of an input, parameter or constant
+                    plans[key] = (pos, i, EXTERNAL, 0, -1, -1, -1, False)
+                    continue
                 st = storages[sid]
                 if last > st[1]:
                     st[1] = last
                 storage_of[key] = sid
-                plans[key] = (pos, 0, VIEW, 0, sid, s, last, False)
+                plans[key] = (pos, i, VIEW, 0, sid, s, last, False)
             continue
         for i, (nbytes, type_key) in enumerate(outs):
             key = (nid, i)
