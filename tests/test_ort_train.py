@@ -245,6 +245,51 @@ def test_dropout_seed_advances_each_step_on_ort():
     assert len(set(losses)) == 3  # lr 0: only the dropout mask changes the loss
 
 
+def _dropout_fit(backend, seed=0, epochs=3):
+    x, y = _blobs()
+    m = _mlp(seed=seed, dropout=0.3)
+    m.compile(gd.optim.Adam(1e-2), "cross_entropy", backend=backend, providers="cpu")
+    record = _BatchLosses()
+    m.fit(x, y, epochs=epochs, batch_size=8, shuffle=False, callbacks=[record], verbose=0)
+    return m, np.array(record.losses)
+
+
+def test_dropout_fit_on_ort_is_reproducible_from_the_seed_and_matches_numpy():
+    """The masks come from the counter-based RNG: the same seed gives the same run on ORT,
+    and the NumPy executor draws the same masks, so the losses agree to float32 noise."""
+    model, first = _dropout_fit("onnxruntime")
+    _, again = _dropout_fit("onnxruntime")
+    np.testing.assert_array_equal(first, again)
+    _, other_seed = _dropout_fit("onnxruntime", seed=5)
+    assert not np.array_equal(first, other_seed)
+    _, reference = _dropout_fit("numpy")
+    assert np.max(np.abs(first - reference) / np.abs(reference)) <= RTOL
+    seed = next(v for v in model.variables if v.name == "drop.seed")
+    assert int(seed.value) == 3 * 8  # Dropout(seed=0) advanced once per step
+
+
+def test_dropout_masks_on_ort_differ_per_step_and_keep_the_rate():
+    x = gd.input("x", (None, 64))
+    seed = gd.param("seed", np.array(123, np.int64), trainable=False)
+    y, mask, _ = gd.apply("Dropout", x, seed, rate=0.3, training=True)
+    updates = gd.state_updates([y])
+    f = gd.function([x], [y, mask], updates=updates, backend="onnxruntime", providers="cpu")
+    g = gd.function([x], [y, mask], updates=updates)  # the NumPy executor, same Variable
+    xv = np.random.default_rng(0).normal(size=(32, 64)).astype(np.float32)
+    masks = []
+    for _ in range(20):
+        out, keep = f(xv)
+        np.testing.assert_array_equal(out, xv * keep * np.float32(1 / 0.7))
+        masks.append(keep)
+    assert int(gd.variable_of(seed).value) == 143
+    assert len({m.tobytes() for m in masks}) == 20  # a new mask every step
+    kept = np.mean(masks)  # 20 * 2048 draws: std of the mean ~0.0023
+    assert abs(kept - 0.7) < 0.012
+    gd.variable_of(seed).value = np.array(123, np.int64)  # replay on NumPy from the seed
+    for want in masks[:3]:
+        np.testing.assert_array_equal(g(xv)[1], want)
+
+
 def test_low_level_function_on_ort_matches_numpy():
     r = np.random.default_rng(0)
     x, t = gd.input("x", (None, 4)), gd.input("t", (None, 3))
