@@ -63,11 +63,11 @@ def _torch_conv(attrs):
 
 
 def _conv_grad_input_ref(attrs, x_shape):
-    def ref(dy, w):
+    def ref(dy, w, b=None):
         torch = _torch()
         x0 = torch.zeros(x_shape, dtype=dy.dtype, requires_grad=True)
         (gx,) = torch.autograd.grad(_torch_conv(attrs)(x0, w), x0, dy, create_graph=True)
-        return gx
+        return gx if b is None else gx + b.reshape(1, -1, 1, 1)  # ConvTranspose's bias
     return ref
 
 
@@ -91,7 +91,8 @@ def _conv_cases():
         y_shape = (xs[0], o, out_size(xs[2], kern[0], st[0], pads[0], pads[2], dil[0]),
                    out_size(xs[3], kern[1], st[1], pads[1], pads[3], dil[1]))
         dy = randn(y_shape, 40 + k)
-        grad_input.append(OpCase([dy, w], dict(attrs, input_hw=xs[2:]),
+        grad_input.append(OpCase([dy, w] + ([randn((xs[1],), 50 + k)] if bias else []),
+                                 dict(attrs, input_hw=xs[2:]),
                                  torch=_conv_grad_input_ref(attrs, xs), id=cid))
         grad_weight.append(OpCase([x, dy], dict(attrs, kernel_shape=kern),
                                   torch=_conv_grad_weight_ref(attrs, w_shape), id=cid))
