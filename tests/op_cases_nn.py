@@ -248,6 +248,10 @@ def _norm_cases():
     # the running-statistics outputs are differentiable too (torch treats them as buffers)
     bn.append(OpCase(_bn_inputs((3, 2, 4, 3), 140), {"training": True, "momentum": 0.3},
                      id="train-state-gradients"))
+    # ONNX's training-mode rule: the running variance takes the biased batch variance
+    bn.append(OpCase(_bn_inputs((3, 2, 4, 3), 141), {"training": True, "momentum": 0.3,
+                                                     "unbiased_var": False},
+                     id="train-biased-running-var"))
     ln = []
     for k, (shape, axis) in enumerate([((3, 4, 5), -1), ((3, 4, 5), 1), ((5, 6), -1)]):
         norm_shape = shape[axis % len(shape):]
