@@ -486,4 +486,17 @@ def live_nodes(nodes, output_names) -> tuple[list, set[str]]:
         if any(o in needed for o in node.output):
             kept.append(node)
             needed.update(i for i in node.input if i)
+            needed.update(_subgraph_reads(node))  # If/Loop bodies read outer values by name
     return kept[::-1], needed
+
+
+def _subgraph_reads(node) -> set[str]:
+    """Every value name the node's subgraphs (If branches, Loop and Scan bodies) read,
+    recursively: a superset of the outer-scope values they capture."""
+    names: set[str] = set()
+    for attr in node.attribute:
+        for g in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+            for n in g.node:
+                names.update(i for i in n.input if i)
+                names.update(_subgraph_reads(n))
+    return names

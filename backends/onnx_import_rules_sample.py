@@ -1,12 +1,15 @@
 """Import rules for GridSample, AffineGrid (a MatMul over a constant base grid), Det, and
 ops rebuilt from existing ones: MaxUnpool and TensorScatter (one ScatterElements each) and
-SwiGLU (a * sigmoid(alpha * a) * b)."""
+SwiGLU (a * sigmoid(alpha * a) * b); and bfloat16 inputs of Softmax, Elu, Celu and Attention
+(computed in float32, rounded back)."""
 from __future__ import annotations
 
 import numpy as np
 
 from graphdl import tensor as F
 from graphdl.backends.onnx_import import OnnxImportError
+from graphdl.backends.onnx_import_rules import IMPORT_RULES
+from graphdl.ir import Value
 
 
 def _input(node, i: int) -> bool:
@@ -91,4 +94,33 @@ def _max_unpool(imp, node, a):
     return [F.reshape(flat, out)]
 
 
-RULES = {"Det": _det, "TensorScatter": _tensor_scatter, "MaxUnpool": _max_unpool, "GridSample": _grid_sample, "AffineGrid": _affine_grid, "SwiGLU": _swiglu}
+def _in_float32(op: str):
+    """The op's rule run on bfloat16 inputs cast to float32, its float32 outputs cast back
+    (ONNX runs these ops on bfloat16; graphdl's kernels compute them in float32)."""
+
+    def rule(imp, node, a):
+        base = _BASE[op]
+        narrow = [n for n in dict.fromkeys(node.input) if n and _dtype(imp.env.get(n)) ==
+                  "bfloat16"]
+        if not narrow:
+            return base(imp, node, a)
+        saved = {n: imp.env[n] for n in narrow}
+        try:
+            for n in narrow:  # the rule reads its inputs by name: widen them in place
+                imp.env[n] = F.cast(imp.value(n), "float32")
+            outs = base(imp, node, a)
+        finally:
+            imp.env.update(saved)
+        return [F.cast(o, "bfloat16") if isinstance(o, Value) and o.dtype == "float32" else o
+                for o in outs]
+    return rule
+
+
+def _dtype(v) -> str | None:
+    return v.dtype if isinstance(v, Value) else getattr(getattr(v, "dtype", None), "name", None)
+
+
+_WIDENED = ("Softmax", "LogSoftmax", "Elu", "Celu", "Attention")
+_BASE = {op: IMPORT_RULES[op] for op in _WIDENED}  # the rules these wrap
+
+RULES = {**{op: _in_float32(op) for op in _WIDENED}, "Det": _det, "TensorScatter": _tensor_scatter, "MaxUnpool": _max_unpool, "GridSample": _grid_sample, "AffineGrid": _affine_grid, "SwiGLU": _swiglu}
