@@ -306,6 +306,28 @@ def test_dropout_masks_on_ort_differ_per_step_and_keep_the_rate():
         np.testing.assert_array_equal(g(xv)[1], want)
 
 
+def _scheduled_losses(backend, lr):
+    x, y = _blobs()
+    m = _mlp()
+    opt = gd.optim.SGD(lr, momentum=0.9)
+    m.compile(opt, "cross_entropy", backend=backend, providers="cpu")
+    record = _BatchLosses()
+    m.fit(x, y, epochs=3, batch_size=8, shuffle=False, callbacks=[record], verbose=0)
+    return np.array(record.losses), opt
+
+
+def test_lr_schedule_runs_in_the_graph_on_ort():
+    """The schedule reads the step counter inside the exported step: ORT follows it exactly
+    as the NumPy executor does, and it really changes the run (vs the constant rate)."""
+    ours, opt = _scheduled_losses("onnxruntime", gd.optim.StepLR(0.1, step_size=4, gamma=0.3))
+    ref, _ = _scheduled_losses("numpy", gd.optim.StepLR(0.1, step_size=4, gamma=0.3))
+    np.testing.assert_allclose(ours, ref, rtol=RTOL)
+    constant, _ = _scheduled_losses("onnxruntime", 0.1)
+    np.testing.assert_array_equal(ours[:5], constant[:5])  # the same rate until step 4
+    assert not np.allclose(ours[6:], constant[6:], rtol=1e-3)
+    assert opt.iterations == 24
+
+
 def test_low_level_function_on_ort_matches_numpy():
     r = np.random.default_rng(0)
     x, t = gd.input("x", (None, 4)), gd.input("t", (None, 3))
