@@ -284,6 +284,23 @@ def test_dropout_fit_on_ort_is_reproducible_from_the_seed_and_matches_numpy():
     assert int(seed.value) == 3 * 8  # Dropout(seed=0) advanced once per step
 
 
+def test_resuming_from_a_save_replays_the_dropout_masks_on_ort(tmp_path):
+    """The seeds are saved with the weights: after ``load`` the next epoch draws the same
+    masks and gives the same losses as the epoch that followed the save."""
+    x, y = _blobs()
+    m = _mlp(dropout=0.5)
+    m.compile(gd.optim.SGD(0.1), "cross_entropy", backend="onnxruntime", providers="cpu")
+    m.fit(x, y, epochs=1, batch_size=8, shuffle=False, verbose=0)
+    m.save(tmp_path / "mid.npz")
+    runs = []
+    for _ in range(2):
+        record = _BatchLosses()
+        m.fit(x, y, epochs=1, batch_size=8, shuffle=False, callbacks=[record], verbose=0)
+        runs.append(record.losses)
+        m.load(tmp_path / "mid.npz")
+    assert runs[0] == runs[1]
+
+
 def test_dropout_masks_on_ort_differ_per_step_and_keep_the_rate():
     x = gd.input("x", (None, 64))
     seed = gd.param("seed", np.array(123, np.int64), trainable=False)
