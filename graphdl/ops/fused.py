@@ -103,15 +103,18 @@ def run_program(program: tuple, inputs: Sequence[np.ndarray], out: np.ndarray | 
     n_in = len(inputs)
     steps, last = _compiled(program, n_in)
     out_free_at = 0  # ``out`` may hold intermediates once aliased inputs are read for good
+    out_type = None
     if out is not None:
         shape = out.shape
+        out_type = (shape, out.dtype)
         for k, a in enumerate(inputs):
-            # only a same-sized input can alias out (the planner's in-place reuse)
-            if getattr(a, "shape", None) == shape and np.may_share_memory(a, out):
+            # only a same-sized input can alias out (the planner's in-place reuse, or an
+            # epilogue's producer result, which is out itself)
+            if a is out or (getattr(a, "shape", None) == shape and np.may_share_memory(a, out)):
                 out_free_at = max(out_free_at, last[k])
-    key = (id(program), n_in, out_free_at,
-           None if out is None else (out.shape, out.dtype),
-           tuple((a.shape, a.dtype) for a in inputs))
+    # (the signature is built with a list comprehension: measurably cheaper than a generator
+    # on a path that runs once per fused kernel call)
+    key = (id(program), n_in, out_free_at, out_type, tuple([(a.shape, a.dtype) for a in inputs]))
     hit = _DESTS.get(key)
     if hit is None or hit[0] is not program:
         if len(_DESTS) > 4096:
@@ -278,8 +281,10 @@ def _register_epilogue_op(name: str, main_op: str) -> None:
         main_in, extras = split(xs, attrs)
         # the producer writes straight into out (the fusion pass only fuses epilogues that
         # keep the producer's type); the epilogue then runs there, in place
-        into = out if out is not None and out.dtype == np.asarray(main_in[0]).dtype else None
-        y = get_op(main_op).kernel(list(main_in), dict(attrs["main"]), into)
+        first = main_in[0]
+        dtype = first.dtype if isinstance(first, np.ndarray) else np.asarray(first).dtype
+        into = out if out is not None and out.dtype == dtype else None
+        y = get_op(main_op).kernel(list(main_in), _main_attrs(attrs["main"]), into)
         if out is None:
             # a fresh result no input shares can carry the epilogue in place
             fresh = isinstance(y, np.ndarray) and y.flags.writeable and not any(
@@ -315,6 +320,22 @@ def _register_epilogue_op(name: str, main_op: str) -> None:
                           "program": _PROGRAM},
                    doc=f"{main_op} followed by an elementwise epilogue program (bias, residual "
                        "add, activation) applied in place on its output."))
+
+
+_MAIN_ATTRS: dict[int, tuple] = {}  # id(frozen attrs) -> (frozen attrs, dict); a memo
+
+
+def _main_attrs(main: tuple) -> dict:
+    """The producer's frozen attributes as the dict its kernel takes, built once per node
+    (looked up by identity, as :func:`_compiled` does; kernels only read their attrs)."""
+    hit = _MAIN_ATTRS.get(id(main))
+    if hit is not None and hit[0] is main:
+        return hit[1]
+    if len(_MAIN_ATTRS) > 4096:
+        _MAIN_ATTRS.clear()
+    attrs = dict(main)
+    _MAIN_ATTRS[id(main)] = (main, attrs)
+    return attrs
 
 
 def _shape_of(attrs, y, extras) -> tuple:
