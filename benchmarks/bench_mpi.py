@@ -322,7 +322,7 @@ def main(argv=None) -> int:
     """Run the benchmark (or, with --worker, one rank of it)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--worker", help=argparse.SUPPRESS)
-    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=2,
                         help="1-rank and 2-rank jobs alternate this many times")

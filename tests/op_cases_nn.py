@@ -156,7 +156,33 @@ def _max_cases():
     pool.append(OpCase([ties], attrs, torch=ref, fd=False, id="ties"))
     grad.append(OpCase([ties, randn((2, 2, 3, 4), 81)], attrs, torch=_max_grad_ref(ref),
                        grad_inputs=(1,), id="ties"))
+    pool += _indices_cases()
     return {"MaxPool": pool, "MaxPoolGrad": grad, "MaxPoolGather": gather}
+
+
+def _torch_indices(kern, st, pad, dil, ceil, column_major):
+    """torch's per-plane indices made ONNX's: flat over (N, C, H, W), H/W swapped if asked."""
+    def ref(x):
+        y, idx = _nnf().max_pool2d(x, kern, st, pad, dil, ceil_mode=ceil, return_indices=True)
+        n, c, h, w = x.shape
+        if column_major:
+            idx = (idx % w) * h + idx // w
+        planes = _torch().arange(n * c).reshape(n, c, 1, 1) * (h * w)
+        return y, idx + planes
+    return ref
+
+
+def _indices_cases():
+    """MaxPool with ONNX's Indices output (row and column major)."""
+    cases = []
+    for k, (xs, kern, st, pad, dil, ceil, cid) in enumerate(MAX_SETUPS):
+        for order in (0, 1) if k == 0 else (0,):
+            attrs = dict(_pool_attrs(kern, st, pad, ceil), dilations=dil, with_indices=True,
+                         storage_order=order)
+            cases.append(OpCase([distinct(xs, 90 + k)], attrs, grad_outputs=(0,),
+                                torch=_torch_indices(kern, st, pad, dil, ceil, order),
+                                id=f"{cid}-indices-order{order}"))
+    return cases
 
 
 # (x shape, kernel, strides, (pad h, pad w), ceil_mode, count_include_pad, id)
