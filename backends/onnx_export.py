@@ -486,4 +486,19 @@ def live_nodes(nodes, output_names) -> tuple[list, set[str]]:
         if any(o in needed for o in node.output):
             kept.append(node)
             needed.update(i for i in node.input if i)
+            needed.update(_subgraph_reads(node))  # If/Loop/Scan bodies read outer values
     return kept[::-1], needed
+
+
+def _subgraph_reads(node) -> set[str]:
+    """Every name the node's subgraphs (If branches, Loop/Scan bodies) read, nested ones
+    included: a superset of the outer-scope values they capture."""
+    out: set[str] = set()
+    for attr in node.attribute:
+        graphs = list(attr.graphs) + ([attr.g] if attr.HasField("g") else [])
+        for g in graphs:
+            for inner in g.node:
+                out.update(i for i in inner.input if i)
+                out.update(_subgraph_reads(inner))
+            out.update(o.name for o in g.output)
+    return out
