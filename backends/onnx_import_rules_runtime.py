@@ -11,6 +11,7 @@ the op types they name.
 from __future__ import annotations
 
 import numpy as np
+import onnx
 
 from graphdl import tensor as F
 from graphdl.backends.onnx_import_rules import IMPORT_RULES as _EARLIER
@@ -18,6 +19,7 @@ from graphdl.backends.onnx_import import OnnxImportError
 from graphdl.ops.dynamic import dyn_expand, dyn_reshape, nonzero, unknown_dim
 from graphdl.ops.data_dependent import non_max_suppression, unique
 from graphdl.ops.extra2 import arange_dyn
+from graphdl.ops.runtime_resize import dyn_resize
 from graphdl.ops.runtime_args import dyn_pad, dyn_reduce, dyn_slice, dyn_squeeze, \
     dyn_unsqueeze, keep_shape
 
@@ -284,6 +286,72 @@ def _pad(static):
     return rule
 
 
+def _resize(static):
+    """Resize/Upsample: the static rule, or DynResize when roi, scales or sizes are run-time
+    values."""
+    def rule(imp, node, a):
+        legacy = node.op_type == "Upsample" or imp.opset < 11
+        if "scales" in a or not _runtime(imp, node, *((1,) if legacy else (1, 2, 3))):
+            return static(imp, node, a)
+        x = imp.value(node.input[0])
+        attrs = {k: a[k] for k in ("mode", "coordinate_transformation_mode", "nearest_mode",
+                                   "cubic_coeff_a", "exclude_outside", "extrapolation_value",
+                                   "antialias", "axes", "keep_aspect_ratio_policy") if k in a}
+
+        def given(i, dtype):
+            if i is None or not _input(node, i):  # absent: empty, as ONNX writes it
+                return F.const(np.zeros(0, dtype))
+            v = imp.value(node.input[i])
+            return v if v.dtype == np.dtype(dtype).name else F.cast(v, np.dtype(dtype).name)
+        if legacy:  # Upsample and Resize-10: (X, scales), asymmetric, nearest rounds down
+            roi, scales, sizes = given(None, np.float32), given(1, np.float32), \
+                given(None, np.int64)
+            attrs["coordinate_transformation_mode"] = "asymmetric"
+            attrs["nearest_mode"] = "floor"
+            if attrs.get("mode", "nearest") == "bilinear":
+                attrs["mode"] = "linear"
+        else:
+            roi, scales, sizes = given(1, np.float32), given(2, np.float32), \
+                given(3, np.int64)
+        # sizes rule when given (opsets 11-12 also write an empty scales then)
+        attrs["by_sizes"] = not legacy and bool(_input(node, 3)) and not (
+            imp.is_const(node.input[3]) and imp.const(node.input[3]).size == 0)
+        axes = [ax % x.ndim for ax in attrs.get("axes", range(x.ndim))]
+        out = tuple(unknown_dim(_tag(node, i)) if i in axes else d
+                    for i, d in enumerate(x.shape))
+        return [dyn_resize(x, roi, scales, sizes, out, **attrs)]
+    return rule
+
+
+def _dft(static):
+    """DFT (opset 20) with a run-time axis: the static DFT along every axis the signal can
+    take, chosen at run time by Where (a differentiable selection); the candidates must
+    agree in shape."""
+    def rule(imp, node, a):
+        if imp.opset < 20 or not _runtime(imp, node, 2):
+            return static(imp, node, a)
+        x = imp.value(node.input[0])
+        axis = F.reshape(_ints(imp, node.input[2]), ())
+        axis = F.where(axis < 0, axis + x.ndim, axis)  # ONNX: negative counts from the end
+        outs = []
+        for ax in range(x.ndim - 1):  # the last axis holds (re, im)
+            name = f"{node.output[0]}::axis{ax}"
+            imp.env[name] = np.array([ax], np.int64)
+            fixed = onnx.NodeProto()
+            fixed.CopyFrom(node)
+            fixed.input[2] = name
+            outs.append((ax, static(imp, fixed, a)[0]))
+        shapes = {tuple(y.shape) for _, y in outs}
+        if len(shapes) != 1:
+            raise OnnxImportError(f"{imp.where()}: DFT with a run-time axis needs every "
+                                  f"possible axis to give one output shape, got {shapes}")
+        y = outs[-1][1]
+        for ax, cand in outs[-2::-1]:
+            y = F.where(F.equal(axis, F.const(np.array(ax, np.int64))), cand, y)
+        return [y]
+    return rule
+
+
 def _static(op: str):
     """The rule an earlier family registered for ``op`` (this family is registered last)."""
     rule = _EARLIER.get(op)
@@ -301,6 +369,7 @@ _WRAPPERS = {
        for k in ("L1", "L2", "SumSquare", "LogSum", "LogSumExp")},
     "Squeeze": _squeeze, "Unsqueeze": _unsqueeze, "Slice": _slice, "Split": _split,
     "TopK": _topk, "OneHot": _one_hot, "Compress": _compress, "Tile": _tile, "Pad": _pad,
+    "Resize": _resize, "Upsample": _resize, "DFT": _dft,
 }
 
 

@@ -98,3 +98,24 @@ CASES.update({
                {"center_point_box": 1, "count": 2}, id="center_boxes"),
     ],
 })
+
+_img = randn((1, 2, 3, 4), 6)
+_no_f, _no_i = np.zeros(0), np.zeros(0, np.int64)
+
+# DynResize has no VJP (its weights depend on run-time values; the static Resize has one):
+# fd=False, and tests/test_onnx_import_runtime.py checks the refusal names the op
+CASES.update({
+    "DynResize": [
+        OpCase([_img, _no_f, np.array([1.0, 1.0, 2.0, 1.5]), _no_i],
+               {"mode": "linear", "out_shape": (1, 2, 6, 6)}, fd=False, opset=18,
+               id="linear_scales"),
+        OpCase([_img, _no_f, _no_f, _i64(5, 2)],
+               {"mode": "nearest", "axes": (3, 2), "by_sizes": True, "out_shape": (1, 2, 2, 5)}, fd=False,
+               opset=18, id="nearest_sizes_axes"),
+        OpCase([randn((1, 1, 4, 4), 7), np.array([0.0, 0.0, 0.4, 0.6, 1.0, 1.0, 0.6, 0.8]),
+                _no_f, _i64(1, 1, 3, 3)],
+               {"mode": "linear", "coordinate_transformation_mode": "tf_crop_and_resize",
+                "by_sizes": True, "out_shape": (1, 1, 3, 3)}, fd=False, opset=18,
+               id="crop_and_resize"),
+    ],
+})

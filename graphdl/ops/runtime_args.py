@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from graphdl.ir import TensorType
+from graphdl.ir import GraphError, TensorType
 from graphdl.ops.dynamic import dyn_reshape, shape_of, unknown_dim
 from graphdl.ops.infer import check_arity
 from graphdl.ops.registry import REQUIRED, Attr, LoweringError, OnnxLowering, OnnxNode, OpDef, \
@@ -292,7 +292,7 @@ def _dyn_pad_vjp(F, n, g):
     if n.attrs["mode"] != "constant":
         # the adjoint of reflect/edge/wrap padding folds the border back in; only the
         # constant mode (the adjoint is a crop) is differentiable here
-        raise ValueError(f"DynPad: no gradient for mode {n.attrs['mode']!r} with run-time "
+        raise GraphError(f"DynPad: no gradient for mode {n.attrs['mode']!r} with run-time "
                          "pads (constant mode only)")
     zero = F.zeros_like(value)
     # the adjoint of padding by p is padding by -p (a crop); the fill gets the padded border
