@@ -98,6 +98,10 @@ class NumpyExecutor:
             for i, n in enumerate(compute)
         ]
         self._splits = [get_op(n.op).split for n in compute]
+        # communicators of nonblocking kernels (AllReduceStart): polled between kernels so
+        # their work progresses, drained when a run fails so nothing stays in flight
+        self._pollers = list({id(c): c for n in compute if get_op(n.op).nonblocking
+                              and (c := n.attrs.get("comm")) is not None}.values())
         self._plans: dict[tuple, object] = {}  # bindings -> MemoryPlan (plain data)
         if memory_plan is not None and memory_plan.alignment == (alignment or
                                                                   memory_plan.alignment):
@@ -262,7 +266,14 @@ class NumpyExecutor:
         return self._run_planned(vals)
 
     def _run_unplanned(self, vals: list) -> list[np.ndarray]:
-        check = self.check_finite
+        try:
+            return self._walk_unplanned(vals)
+        except BaseException:
+            self._drain()
+            raise
+
+    def _walk_unplanned(self, vals: list) -> list[np.ndarray]:
+        check, pollers = self.check_finite, self._pollers
         for kernel, attrs, ins, outs, frees, node in self.steps:
             result = _call(kernel, vals, ins, attrs, None, node)
             if len(outs) == 1:
@@ -274,10 +285,16 @@ class NumpyExecutor:
                 _check_finite(node, [vals[s] for s in outs])
             for s in frees:
                 vals[s] = None
+            for c in pollers:
+                c.poll()
         return [vals[s] for s in self.output_slots]
 
+    def _drain(self) -> None:
+        for c in self._pollers:
+            c.drain()
+
     def _run_planned(self, vals: list) -> list[np.ndarray]:
-        check = self.check_finite
+        check, pollers = self.check_finite, self._pollers
         views, arena = self._views, self._arena
         written = copied = fresh = 0  # bytes written into arena views / copied in / outputs
         node, args = None, []
@@ -336,10 +353,17 @@ class NumpyExecutor:
                     _check_finite(node, [vals[s] for s in outs])
                 for s in frees:
                     vals[s] = None
+                for c in pollers:
+                    c.poll()
         except ExecutionError:
+            self._drain()
             raise
         except Exception as err:  # add the op and the user's call site to any failure
+            self._drain()
             raise ExecutionError(_describe_failure(node, args, err)) from err
+        except BaseException:  # KeyboardInterrupt: nothing may stay in flight either
+            self._drain()
+            raise
         self.stats = {"bytes_written_in_arena": written, "bytes_copied_into_arena": copied,
                       "output_bytes_written_fresh": fresh}
         return [vals[s].copy() if copy and np.may_share_memory(vals[s], arena) else vals[s]

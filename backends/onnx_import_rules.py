@@ -280,6 +280,10 @@ def _split(imp, node, a):
         sizes = imp.ints(node.input[1])
     else:
         sizes = int(a.get("num_outputs", len(node.output)))
+        d = x.shape[axis]
+        if isinstance(d, int) and sizes and d % sizes:  # opset 18: the last part is smaller
+            chunk = -(-d // sizes)
+            sizes = (chunk,) * (sizes - 1) + (d - chunk * (sizes - 1),)
     outs = F.split(x, sizes, axis)
     return list(outs)
 
@@ -363,8 +367,11 @@ def _batch_norm(imp, node, a):
     # ONNX: running = running * momentum + batch * (1 - momentum); graphdl follows torch
     momentum = 1.0 - a.get("momentum", 0.9)
     training = bool(a.get("training_mode", 0))
+    # a node that declares ONNX's training mode updates the running variance as ONNX defines
+    # (biased); an inference node keeps torch's rule when the model is fine-tuned
     y, new_mean, new_var = F.apply("BatchNorm", x, scale, bias, mean, var, training=training,
-                                   momentum=momentum, eps=float(a.get("epsilon", 1e-5)))
+                                   momentum=momentum, eps=float(a.get("epsilon", 1e-5)),
+                                   unbiased_var=not training)
     return [y, new_mean, new_var] if training else [y]
 
 
@@ -476,7 +483,7 @@ IMPORT_RULES: dict[str, Rule] = {
 # Op families with their rules in their own modules, graphdl.backends.onnx_import_rules_<f>;
 # each module's RULES table joins IMPORT_RULES here.
 RULE_FAMILIES = ("math", "index", "loss", "attention", "nn", "norm", "quant", "rnn",
-                 "control", "signal", "extra",
+                 "control", "signal", "extra", "sample",
                  "runtime")  # last: its rules wrap the static rules registered before it
 for _family in RULE_FAMILIES:
     IMPORT_RULES.update(importlib.import_module(

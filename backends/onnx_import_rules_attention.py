@@ -1,4 +1,5 @@
-"""Import rules for ONNX's Attention, RotaryEmbedding and RMSNormalization (opset 23),
+"""Import rules for ONNX's Attention, RotaryEmbedding and RMSNormalization (opset 23) and
+LinearAttention (opset 26, unrolled over the sequence),
 built from graph ops.
 
 Both are composite ONNX ops (ONNX defines them by function bodies); graphdl imports them as
@@ -54,9 +55,10 @@ def _mask_bias(imp, mask, kv_len: int, dtype: str):
 
 def _attention(imp, node, a):
     q, k, v = (imp.value(n) for n in node.input[:3])
-    if _input(node, 6):
-        raise OnnxImportError(f"{imp.where()}: Attention with nonpad_kv_seqlen is not "
-                              "supported")
+    nonpad = F.cast(imp.value(node.input[6]), "int64") if _input(node, 6) else None
+    if nonpad is not None and _input(node, 4):
+        raise OnnxImportError(f"{imp.where()}: Attention's nonpad_kv_seqlen cannot be combined "
+                              "with a past key/value cache")
     if q.dtype not in FLOAT_DTYPES:
         raise OnnxImportError(f"{imp.where()}: Attention needs float inputs, got {q.dtype}")
     three_d = q.ndim == 3
@@ -105,7 +107,18 @@ def _attention(imp, node, a):
         # query i sits at position i + past_len: causal allows keys j <= it (bottom-right
         # aligned), the window keys within [pos - left, pos + right]
         diff = np.arange(q_len)[:, None] + past_len - np.arange(kv_len)[None, :]
-        term = F.const(np.where(allowed(diff), 0.0, -np.inf).astype(dt))
+        if nonpad is None:
+            term = F.const(np.where(allowed(diff), 0.0, -np.inf).astype(dt))
+        else:  # an external cache: batch b's queries end at key nonpad[b] (B, 1, q, kv)
+            term = _per_batch_term(nonpad, diff, q_len, on is a.get("is_causal", 0), left,
+                                   right, dt)
+        bias = term if bias is None else bias + term
+    if nonpad is not None:  # keys at or past nonpad[b] are padding: (B, 1, 1, kv)
+        if not isinstance(kv_len, int):
+            raise OnnxImportError(f"{imp.where()}: nonpad_kv_seqlen needs a static key length")
+        keep = F.less(F.const(np.arange(kv_len, dtype=np.int64)), F.reshape(nonpad, (-1, 1)))
+        term = F.reshape(F.where(keep, F.const(np.array(0.0, dt)),
+                                 F.const(np.array(-np.inf, dt))), (-1, 1, 1, kv_len))
         bias = term if bias is None else bias + term
     scores = qk if bias is None else qk + bias
     precision = a.get("softmax_precision")
@@ -125,6 +138,25 @@ def _attention(imp, node, a):
     mode = int(a.get("qk_matmul_output_mode", 0))
     qk_out = {2: scores, 3: probs}.get(mode, qk)
     return [y, present_k, present_v, qk_out][:len(node.output)]
+
+
+def _per_batch_term(nonpad, diff, q_len: int, causal: bool, left: int, right: int, dt: str):
+    """The causal (``causal``) or sliding-window bias (B, 1, q, kv) when batch b's query
+    block ends at key nonpad[b]: its offset is nonpad[b] - q_len instead of past_len."""
+    offset = F.reshape(F.sub(nonpad, F.const(np.array(q_len, np.int64))), (-1, 1, 1))
+    d = F.add(F.const(diff.astype(np.int64)), offset)  # (B, q, kv): pos - key
+    zero = F.const(np.array(0, np.int64))
+    if causal:
+        ok = F.greater_equal(d, zero)
+    else:
+        ok = None
+        if left >= 0:
+            ok = F.less_equal(d, F.const(np.array(left, np.int64)))
+        if right >= 0:
+            r = F.greater_equal(d, F.const(np.array(-right, np.int64)))
+            ok = r if ok is None else F.logical_and(ok, r)
+    term = F.where(ok, F.const(np.array(0.0, dt)), F.const(np.array(-np.inf, dt)))
+    return F.unsqueeze(term, 1)
 
 
 def _rms_norm(imp, node, a):
@@ -172,4 +204,61 @@ def _rotary(imp, node, a):
     return [F.reshape_like(y, x) if three_d else F.transpose(y, (0, 2, 1, 3))]
 
 
-RULES = {"Attention": _attention, "RMSNormalization": _rms_norm, "RotaryEmbedding": _rotary}
+def _step(x, i: int):
+    """x[:, :, i] of a (B, H, T, D) value, kept as (B, H, 1, D)."""
+    return F.slice(x, (i,), (i + 1,), (2,))
+
+
+def _linear_attention(imp, node, a):
+    """LinearAttention (opset 26), unrolled over the static sequence in float32: per step the
+    state S (B, H, dk, dv) decays by exp(g) (gated), takes the delta-rule correction
+    beta (v - k S) (delta), adds k^T v, and the output is scale * q S."""
+    q, k, v = (imp.value(n) for n in node.input[:3])
+    rule = a.get("update_rule", "gated_delta")
+    hq, hk = int(a["q_num_heads"]), int(a["kv_num_heads"])
+    gating, delta = rule in ("gated", "gated_delta"), rule in ("delta", "gated_delta")
+    if rule not in ("linear", "gated", "delta", "gated_delta") or hq % hk or q.ndim != 3 \
+            or gating != bool(_input(node, 4)) or delta != bool(_input(node, 5)):
+        raise OnnxImportError(f"{imp.where()}: LinearAttention needs rank-3 q/k/v, q heads a "
+                              f"multiple of kv heads and the decay/beta inputs update_rule "
+                              f"{rule!r} takes")
+    b, t = q.shape[0], q.shape[1]
+    if not all(isinstance(d, int) for d in (b, t, q.shape[2], v.shape[2])):
+        raise OnnxImportError(f"{imp.where()}: LinearAttention is unrolled over the sequence: "
+                              f"it needs static shapes, got {q.shape}")
+    dk, dv, group = q.shape[2] // hq, v.shape[2] // hk, hq // hk
+    wide = lambda x: F.cast(x, "float32") if x.dtype != "float32" else x  # noqa: E731
+    q4, k4, v4 = wide(_heads(q, hq)), wide(_heads(k, hk)), wide(_heads(v, hk))
+    if gating:
+        g = imp.value(node.input[4])
+        g4 = _heads(g, hk) if g.shape[-1] == hk * dk else \
+            F.transpose(F.reshape(g, (b, t, hk, 1)), (0, 2, 1, 3))
+        g4 = F.exp(wide(g4))  # (B, H, T, 1 or dk)
+    if delta:
+        beta = imp.value(node.input[5])
+        beta4 = wide(F.transpose(F.reshape(beta, (b, t, -1, 1)), (0, 2, 1, 3)))
+    if _input(node, 3):
+        past = imp.value(node.input[3])
+        state, state_dtype = wide(past), past.dtype
+    else:
+        state = F.const(np.zeros((b, hk, dk, dv), np.float32))
+        state_dtype = q.dtype
+    scale = float(a.get("scale", 0.0) or 0.0) or 1.0 / math.sqrt(dk)
+    outs = []
+    for i in range(t):
+        k_t, v_t = _step(k4, i), _step(v4, i)  # (B, H, 1, dk), (B, H, 1, dv)
+        if gating:
+            state = state * F.transpose(_step(g4, i), (0, 1, 3, 2))  # rows of S decay
+        if delta:
+            v_t = _step(beta4, i) * (v_t - F.matmul(k_t, state))
+        state = state + F.matmul(F.transpose(k_t, (0, 1, 3, 2)), v_t)
+        read = state if group == 1 else F.reshape(
+            F.broadcast_to(F.unsqueeze(state, 2), (b, hk, group, dk, dv)), (b, hq, dk, dv))
+        outs.append(F.matmul(_step(q4, i), read) * F.const(np.array(scale, np.float32)))
+    y = F.reshape(F.transpose(F.concat(outs, 2), (0, 2, 1, 3)), (b, t, hq * dv))
+    y = F.cast(y, q.dtype) if q.dtype != "float32" else y
+    present = F.cast(state, state_dtype) if state_dtype != "float32" else state
+    return [y, present][:len(node.output)]
+
+
+RULES = {"Attention": _attention, "LinearAttention": _linear_attention, "RMSNormalization": _rms_norm, "RotaryEmbedding": _rotary}

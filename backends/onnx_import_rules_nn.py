@@ -52,11 +52,9 @@ def _conv_transpose(imp, node, a):
     else:
         pads = tuple(a.get("pads", (0, 0, 0, 0)))
     out_hw = tuple(natural[i] - pads[i] - pads[i + 2] for i in range(2))
-    y = conv_grad_input(x, w, out_hw, strides=s, pads=pads, dilations=d,
-                          group=int(a.get("group", 1)))
-    if _input(node, 2):
-        y = y + F.reshape(imp.value(node.input[2]), (1, -1, 1, 1))
-    return [y]
+    bias = imp.value(node.input[2]) if _input(node, 2) else None
+    return [conv_grad_input(x, w, out_hw, strides=s, pads=pads, dilations=d,
+                            group=int(a.get("group", 1)), bias=bias)]
 
 
 # 1-D attributes -> 2-D ones over a unit height axis
@@ -129,8 +127,9 @@ def _resize(imp, node, a):
         sizes = _known(imp, node, 3) if len(node.input) > 3 else None
     axes = [ax % rank for ax in a.get("axes", range(rank))]
     shape = list(x.shape)
-    for ax in axes:
-        if not isinstance(shape[ax], int):
+    for i, ax in enumerate(axes):
+        kept = sizes is None and scales is not None and float(scales[i]) == 1.0
+        if not isinstance(shape[ax], int) and not kept:  # a symbolic axis may only stay
             raise OnnxImportError(f"{imp.where()}: Resize over the symbolic axis {ax} of "
                                   f"{x.shape} is not supported")
     full_scales = [1.0] * rank
@@ -149,7 +148,8 @@ def _resize(imp, node, a):
     elif scales is not None:
         for i, ax in enumerate(axes):
             full_scales[ax] = float(scales[i])
-            full_sizes[ax] = int(full_scales[ax] * shape[ax])
+            if full_scales[ax] != 1.0:
+                full_sizes[ax] = int(full_scales[ax] * shape[ax])
     else:
         raise OnnxImportError(f"{imp.where()}: Resize needs scales or sizes")
     full_roi = None

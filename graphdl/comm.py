@@ -10,8 +10,15 @@ returned as exceptions (``ERRORS_RETURN``) and turned into the same abort.
 :class:`LocalCommunicator` is the single-process communicator (size 1, rank 0): every
 collective is a copy. The registry's op tests run the collectives through it in-process.
 
+Overlap (XLA's all-reduce-start/-done): :meth:`~LocalCommunicator.allreduce_start` starts an
+in-place nonblocking all-reduce of a buffer and returns; :meth:`~LocalCommunicator.allreduce_done`
+waits for it under the watchdog. In between, the executor calls :meth:`~LocalCommunicator.poll`
+after every kernel (MPI libraries without a progress thread, MPICH's default, advance a
+nonblocking collective only inside MPI calls), and :meth:`~LocalCommunicator.drain` when a
+step fails, so no request outlives the step that started it.
+
 Each communicator counts its collectives, bytes and seconds in :attr:`stats` (for reports
-and benchmarks).
+and benchmarks; with overlap, the seconds are the exposed ones: starting, polling, waiting).
 """
 from __future__ import annotations
 
@@ -50,6 +57,8 @@ class LocalCommunicator:
         self.rank, self.size = 0, 1
         self.timeout = DEFAULT_TIMEOUT_S
         self.stats = CommStats()
+        # started all-reduces not yet done: buffer address -> (request or None, buffer)
+        self._pending: dict[int, tuple] = {}
 
     def __repr__(self) -> str:
         return "LocalCommunicator()"
@@ -57,6 +66,61 @@ class LocalCommunicator:
     def allreduce(self, x: np.ndarray, out: np.ndarray | None, op: str = "sum") -> np.ndarray:
         """Sum or mean over the ranks (here: a copy)."""
         return _copy(x, out)
+
+    def allreduce_start(self, x: np.ndarray, out: np.ndarray | None) -> np.ndarray:
+        """Start a sum all-reduce of ``x`` in ``out`` (a copy of ``x`` unless it is ``x``'s
+        own storage) and return the buffer; :meth:`allreduce_done` completes it."""
+        buf = _inplace_target(x, out)
+        self._track(buf, self._start(buf))
+        return buf
+
+    def allreduce_done(self, buf: np.ndarray, op: str = "sum") -> np.ndarray:
+        """Wait for the all-reduce started on ``buf``; divide by the rank count for a mean."""
+        entry = self._pending.pop(buf.ctypes.data, None)
+        if self.size > 1 and (entry is None or entry[1].nbytes != buf.nbytes):
+            raise RuntimeError(f"AllReduceDone on a buffer of {buf.dtype}{list(buf.shape)} "
+                               "that no AllReduceStart started (or it was completed already)")
+        if entry is not None and entry[0] is not None:
+            t0 = time.perf_counter()
+            self._wait("AllReduce (overlapped)", buf, entry[0])
+            self.stats.seconds += time.perf_counter() - t0
+        if op == "mean" and self.size > 1:
+            buf /= buf.dtype.type(self.size)
+        return buf
+
+    @property
+    def pending(self) -> int:
+        """How many started all-reduces are not done yet."""
+        return len(self._pending)
+
+    def poll(self) -> None:
+        """Let started all-reduces progress (MPI advances them only inside MPI calls)."""
+
+    def drain(self) -> None:
+        """Complete every started all-reduce (a step failed between start and done): the
+        buffers are free to reuse afterwards and no request leaks."""
+        while self._pending:
+            _, (request, buf) = self._pending.popitem()
+            if request is not None:
+                self._wait("AllReduce (drained)", buf, request)
+
+    def _start(self, buf: np.ndarray):
+        """The request of an in-place all-reduce of ``buf`` (None: complete already, as in one
+        process)."""
+        self.stats.calls += 1
+        self.stats.bytes += buf.nbytes
+        return None
+
+    def _track(self, buf: np.ndarray, request) -> None:
+        if request is None:  # one process: nothing outstanding
+            return
+        if buf.ctypes.data in self._pending:
+            raise RuntimeError(f"AllReduceStart on a buffer of {buf.dtype}{list(buf.shape)} "
+                               "that another started all-reduce still uses")
+        self._pending[buf.ctypes.data] = (request, buf)
+
+    def _wait(self, what: str, buf: np.ndarray, request) -> None:
+        """Complete ``request`` (nothing to wait for in one process)."""
 
     def broadcast(self, x: np.ndarray, out: np.ndarray | None, root: int = 0) -> np.ndarray:
         """Rank ``root``'s value (here: a copy)."""
@@ -191,6 +255,38 @@ class Communicator(LocalCommunicator):
         sys.stderr.flush()
         self.comm.Abort(code)
 
+    # ---- overlapped all-reduce -----------------------------------------------------------
+
+    def _start(self, buf):
+        if self.size == 1:
+            return super()._start(buf)
+        t0 = time.perf_counter()
+        try:
+            request = self.comm.Iallreduce(self.MPI.IN_PLACE, buf, self.MPI.SUM)
+        except self.MPI.Exception as err:
+            self._failed("AllReduce (overlapped)", buf, err)
+            raise
+        self.stats.calls += 1
+        self.stats.bytes += buf.nbytes
+        self.stats.seconds += time.perf_counter() - t0
+        return request
+
+    def poll(self) -> None:
+        """One ``MPI_Testall`` over the started all-reduces (completed ones stay tracked
+        until their done)."""
+        if not self._pending:
+            return
+        t0 = time.perf_counter()
+        requests = [r for r, _ in self._pending.values() if r is not None]
+        if requests:
+            try:
+                self.MPI.Request.Testall(requests)
+            except self.MPI.Exception as err:
+                self._failed("AllReduce (overlapped)", next(iter(self._pending.values()))[1],
+                             err)
+                raise
+        self.stats.seconds += time.perf_counter() - t0
+
     # ---- the watchdog -------------------------------------------------------------------
 
     def _run(self, what: str, buf: np.ndarray, start) -> None:
@@ -198,6 +294,17 @@ class Communicator(LocalCommunicator):
         t0 = time.perf_counter()
         try:
             request = start()
+        except self.MPI.Exception as err:
+            self._failed(what, buf, err)
+            raise
+        self._wait(what, buf, request)
+        self.stats.calls += 1
+        self.stats.bytes += buf.nbytes
+        self.stats.seconds += time.perf_counter() - t0
+
+    def _wait(self, what: str, buf: np.ndarray, request) -> None:
+        """Poll ``request`` to completion against the deadline; abort the job past it."""
+        try:
             deadline = time.monotonic() + self.timeout
             polls = 0
             while not request.Test():
@@ -207,12 +314,12 @@ class Communicator(LocalCommunicator):
                         self._timed_out(what, buf)
                     time.sleep(_SLEEP_S)
         except self.MPI.Exception as err:
-            self.abort(f"{what} of {buf.dtype}{list(buf.shape)} failed: "
-                       f"{err.Get_error_string()} (did another rank die?); aborting the job")
+            self._failed(what, buf, err)
             raise
-        self.stats.calls += 1
-        self.stats.bytes += buf.nbytes
-        self.stats.seconds += time.perf_counter() - t0
+
+    def _failed(self, what: str, buf: np.ndarray, err) -> None:
+        self.abort(f"{what} of {buf.dtype}{list(buf.shape)} failed: "
+                   f"{err.Get_error_string()} (did another rank die?); aborting the job")
 
     def _timed_out(self, what: str, buf: np.ndarray) -> None:
         message = (f"{what} of {buf.dtype}{list(buf.shape)} did not complete within "
@@ -265,6 +372,16 @@ def _copy(x: np.ndarray, out: np.ndarray | None) -> np.ndarray:
         return np.array(x, copy=True)
     np.copyto(out, x)
     return out
+
+
+def _inplace_target(x: np.ndarray, out: np.ndarray | None) -> np.ndarray:
+    """The buffer an in-place all-reduce of ``x`` runs on: ``out`` (holding ``x``'s values;
+    no copy when the memory plan put ``out`` over ``x``) or a new contiguous copy."""
+    buf = out if out is not None and out.flags.c_contiguous and out.shape == x.shape \
+        and out.flags.writeable else np.empty(x.shape, x.dtype)
+    if not (buf.ctypes.data == x.ctypes.data and x.flags.c_contiguous):
+        np.copyto(buf, x)
+    return buf
 
 
 def _target(out, like: np.ndarray) -> np.ndarray:

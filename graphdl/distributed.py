@@ -7,6 +7,10 @@ Run the same script on every rank (``mpiexec -n K python train.py``). Compiling 
   packs them into flat buckets of ``bucket_bytes``;
 - BatchNorm statistics are per rank by default; ``sync_batchnorm=True`` all-reduces the batch
   moments instead (the result equals one process's BatchNorm on the whole global batch);
+- with ``overlap`` (the default on the NumPy executor), each bucket's all-reduce is started as
+  soon as its last gradient exists and waited for right before the optimizer reads it
+  (:func:`graphdl.passes.bucket.overlap_collectives`), the executor polling MPI between
+  kernels so the reduction progresses while the backward pass goes on;
 - the communicator is bound to the collectives at compile time (no global).
 
 ``fit`` then shards each epoch with :class:`DistributedSampler` semantics, broadcasts the
@@ -35,7 +39,7 @@ from graphdl.ir import Graph, Node, Value, Variable, rebuild
 from graphdl.ops.collective import all_reduce
 from graphdl.ops.registry import apply, get_op
 from graphdl.passes import PIPELINES, Pass, Stage, optimize_graph
-from graphdl.passes.bucket import bucket_gradients
+from graphdl.passes.bucket import bucket_gradients, overlap_collectives
 from graphdl.split_step import SplitStep
 
 __all__ = ["DataParallel", "DistributedSampler", "Checkpoint", "bind_communicator",
@@ -50,7 +54,9 @@ class DataParallel:
     (``None``: no bucketing), synchronized BatchNorm, the collective timeout (seconds),
     whether the last uneven samples are dropped (else padded from the epoch's start), and
     ``host_reduce``: run the step as a gradient graph and an apply graph with the all-reduce
-    between them on host buffers (:mod:`graphdl.split_step`; what ONNX Runtime needs)."""
+    between them on host buffers (:mod:`graphdl.split_step`; what ONNX Runtime needs), and
+    ``overlap``: start each bucket's all-reduce when its last gradient is ready and wait for
+    it only before the optimizer (NumPy executor; results are unchanged)."""
 
     comm: Any = "mpi"
     bucket_bytes: int | None = DEFAULT_BUCKET_BYTES
@@ -58,6 +64,7 @@ class DataParallel:
     timeout: float = DEFAULT_TIMEOUT_S
     drop_last: bool = False
     host_reduce: bool = False
+    overlap: bool = True
     report: Any = field(default=None, repr=False)
 
     def __post_init__(self):
@@ -96,17 +103,21 @@ class DataParallel:
         and return the compiled :class:`graphdl.function.Function`; with ``host_reduce`` (or
         a ``compile_fn(graph)`` for each half, e.g. an ONNX Runtime session) a
         :class:`graphdl.split_step.SplitStep`."""
+        split = self.host_reduce or compile_fn is not None
         graph, self.report = self.optimize(
-            self.train_step_graph(model, loss, optimizer, precision))
-        if self.host_reduce or compile_fn is not None:
+            self.train_step_graph(model, loss, optimizer, precision),
+            overlap=self.overlap and not split)  # a split step reduces between two graphs
+        if split:
             step = SplitStep(graph, self.comm, compile_fn)
             step.report = self.report
             return step
         return Function(bind_communicator(graph, self.comm), report=self.report)
 
-    def optimize(self, graph: Graph):
-        """The default pipeline with the bucketing stage before scheduling."""
-        return optimize_graph(graph, training=True, passes=pipeline(self.bucket_bytes))
+    def optimize(self, graph: Graph, overlap: bool = False):
+        """The default pipeline with the bucketing stage before scheduling (and with
+        ``overlap``, the start/done split after it)."""
+        return optimize_graph(graph, training=True,
+                              passes=pipeline(self.bucket_bytes, overlap))
 
     # ---- fit support --------------------------------------------------------------------
 
@@ -133,16 +144,20 @@ class DataParallel:
             self.comm.abort(f"{type(err).__name__}: {err}; aborting every rank")
 
 
-def pipeline(bucket_bytes: int | None):
-    """The default pass pipeline, plus gradient bucketing before the schedule stage."""
-    if bucket_bytes is None:
-        return PIPELINES["training"]
-    bucket = Pass("bucket_gradients",
-                  lambda g, ctx: bucket_gradients(g, bucket_bytes, ctx.stats),
-                  doc="pack gradient all-reduces into flat buckets")
+def pipeline(bucket_bytes: int | None, overlap: bool = False):
+    """The default pass pipeline, plus gradient bucketing before the schedule stage and, with
+    ``overlap``, the all-reduce start/done split after it (it keeps the schedule)."""
     stages = [s for s in PIPELINES["training"] if s.name != "schedule"]
-    stages.append(Stage("distributed", (bucket,), fixed_point=False))
+    if bucket_bytes is not None:
+        bucket = Pass("bucket_gradients",
+                      lambda g, ctx: bucket_gradients(g, bucket_bytes, ctx.stats),
+                      doc="pack gradient all-reduces into flat buckets")
+        stages.append(Stage("distributed", (bucket,), fixed_point=False))
     stages += [s for s in PIPELINES["training"] if s.name == "schedule"]
+    if overlap:
+        stages.append(Stage("overlap", (Pass(
+            "overlap_collectives", lambda g, ctx: overlap_collectives(g),
+            doc="start all-reduces early, wait for them late"),), fixed_point=False))
     return tuple(stages)
 
 
@@ -216,7 +231,14 @@ def bind_communicator(graph: Graph, comm) -> Graph:
             return None
         return Node(node.op, inputs, {**node.attrs, "comm": comm}, node.types, node.name,
                     node.site).outputs
-    return rebuild(graph, bind)
+    mapping: dict[int, Value] = {}
+    out = rebuild(graph, bind, mapping)
+    if out is graph:
+        return graph
+    # keep the schedule (the overlap's placement of starts and dones is part of it)
+    order = [mapping.get(id(n.outputs[0]), n.outputs[0]).node if n.outputs else n
+             for n in graph.nodes]
+    return Graph(out.inputs, out.outputs, out.updates, out.name, order=order)
 
 
 def synchronize_batchnorm(graph: Graph, world_size: int) -> Graph:

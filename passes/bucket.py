@@ -9,7 +9,13 @@ bucket of its own), and replaces each bucket of two or more by
 exactly as before, so results do not change. A bucket can start as soon as its last gradient
 is ready. Buckets only group nodes with the same reduction, dtype and communicator.
 
-The pass counts, in its report row, the collectives and the bytes all-reduced per step before
+:func:`overlap_collectives` (run after the schedule) then turns every ``AllReduce`` into an
+``AllReduceStart`` placed as early as its input allows (a bucket's packing moves up to right
+after its last gradient) and an ``AllReduceDone`` placed right before the first node that
+reads the result (the optimizer), so the rest of the backward pass runs while the bucket is
+reduced (XLA's all-reduce-start/-done). Values are unchanged.
+
+The bucketing pass counts, in its report row, the collectives and the bytes all-reduced per step before
 and after (``collectives_before``/``collectives_after``/``bytes_per_step``).
 """
 from __future__ import annotations
@@ -18,6 +24,7 @@ from typing import Any
 
 from graphdl.ir import Graph, Node, rebuild
 from graphdl.ops.indexing import concat, split
+from graphdl.ops.collective import all_reduce_done, all_reduce_start
 from graphdl.ops.registry import apply, get_op
 from graphdl.ops.shape import reshape
 
@@ -26,7 +33,8 @@ DEFAULT_BUCKET_BYTES = 25 * 2 ** 20  # DDP's default bucket_cap_mb
 
 def collective_stats(graph: Graph, bindings: dict[str, int] | None = None) -> dict[str, int]:
     """How many collective nodes a run of ``graph`` executes and how many bytes they move."""
-    nodes = [n for n in graph.nodes if get_op(n.op).collective]
+    # AllReduceDone (a view) only waits: the bytes move in its AllReduceStart
+    nodes = [n for n in graph.nodes if get_op(n.op).collective and not get_op(n.op).view]
     return {"collectives": len(nodes),
             "bytes": sum(n.inputs[0].type.nbytes(bindings) for n in nodes)}
 
@@ -81,3 +89,109 @@ def _record(stats, before, after) -> None:
         stats["collectives_before"] = before["collectives"]
         stats["collectives_after"] = after["collectives"]
         stats["bytes_per_step"] = after["bytes"]
+
+
+def overlap_collectives(graph: Graph) -> Graph:
+    """Every ``AllReduce`` split into ``AllReduceStart`` (moved, with the views and the Concat
+    that pack its input, to right after the last value it needs) and ``AllReduceDone`` (moved
+    to right before the first node that reads it); the rest of the schedule is kept."""
+    if not any(n.op == "AllReduce" for n in graph.nodes):
+        return graph
+    mapping: dict[int, Any] = {}
+
+    def split_node(node: Node, inputs):
+        if node.op != "AllReduce":
+            return None
+        op, comm = node.attrs.get("reduction", "sum"), node.attrs.get("comm")
+        return [all_reduce_done(all_reduce_start(inputs[0], op, comm), op, comm)]
+
+    out = rebuild(graph, split_node, mapping)
+    order = []
+    for node in graph.nodes:  # the old schedule, in new nodes
+        new = mapping.get(id(node.outputs[0]), node.outputs[0]).node
+        if new.op == "AllReduceDone":
+            order.append(new.inputs[0].node)
+        order.append(new)
+    return Graph(out.inputs, out.outputs, out.updates, out.name,
+                 order=_start_early_done_late(order))
+
+
+def _start_early_done_late(order: list[Node]) -> list[Node]:
+    """``order`` with each AllReduceStart (and its packing: a Concat and views read only by
+    it) right after its last producer, and each AllReduceDone right before its first
+    consumer. Moving a node earlier to just after its inputs, or later to just before its
+    readers, keeps the order topological."""
+    readers: dict[int, int] = {}
+    for node in order:
+        for v in node.inputs:
+            readers[id(v.node)] = readers.get(id(v.node), 0) + 1
+    early: set[int] = set()
+    for node in order:
+        if node.op != "AllReduceStart":
+            continue
+        early.add(id(node))
+        stack = [node.inputs[0].node]
+        while stack:  # the packing chain: Concat / views read by nothing else
+            p = stack.pop()
+            opdef = get_op(p.op)
+            if readers.get(id(p)) == 1 and (opdef.view or p.op == "Concat") \
+                    and not opdef.source and id(p) not in early:
+                early.add(id(p))
+                stack.extend(v.node for v in p.inputs)
+    late = {id(n) for n in order if n.op == "AllReduceDone"}
+    rest = [n for n in order if id(n) not in early and id(n) not in late]
+    moved = [n for n in order if id(n) in early]  # already in dependency order
+    # early nodes: each goes right after the last of its producers in the growing order
+    slots: dict[int, list[Node]] = {}
+    head: list[Node] = []
+    placed = {id(n) for n in rest}
+    index = {id(n): i for i, n in enumerate(rest)}
+    anchor: dict[int, int] = {}
+    for n in moved:
+        deps = [anchor.get(id(v.node), index.get(id(v.node), -1)) for v in n.inputs
+                if id(v.node) in placed or id(v.node) in anchor]
+        at = max(deps, default=-1)
+        anchor[id(n)] = at
+        (slots.setdefault(at, []) if at >= 0 else head).append(n)
+    merged = list(head)
+    for i, n in enumerate(rest):
+        merged.append(n)
+        merged.extend(slots.get(i, ()))
+    # Done: right before its first reader
+    final: list[Node] = []
+    pending_done = {id(n): n for n in order if id(n) in late}
+    for n in merged:
+        for v in n.inputs:
+            d = pending_done.pop(id(v.node), None)
+            if d is not None:
+                final.append(d)
+        final.append(n)
+    final.extend(pending_done.values())  # a Done nobody reads (a graph output): at the end
+    return _defer_reduced(final)
+
+
+def _defer_reduced(order: list[Node]) -> list[Node]:
+    """Each AllReduceDone before the last AllReduceStart moved, with everything computed
+    from it (a bucket's optimizer updates), to right after that start: an earlier bucket
+    then reduces during the rest of the backward pass, and its update runs while the last
+    bucket reduces. A Done something started later depends on (synchronized BatchNorm's
+    moments) stays. Nodes keep their relative order, so the order stays topological."""
+    starts = [i for i, n in enumerate(order) if n.op == "AllReduceStart"]
+    if not starts:
+        return order
+    last = starts[-1]
+    deferred: set[int] = set()
+    for i, node in enumerate(order[:last]):
+        if node.op != "AllReduceDone" or id(node) in deferred:
+            continue
+        closure = {id(node)}
+        for n in order[i + 1:last + 1]:
+            if any(id(v.node) in closure for v in n.inputs):
+                closure.add(id(n))
+        if not any(order[j].op == "AllReduceStart" and id(order[j]) in closure
+                   for j in starts):
+            deferred |= closure
+    if not deferred:
+        return order
+    head = [n for n in order[:last + 1] if id(n) not in deferred]
+    return head + [n for n in order[:last] if id(n) in deferred] + order[last + 1:]

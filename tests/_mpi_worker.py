@@ -3,6 +3,8 @@
 ``python -m tests._mpi_worker train OUT``: data-parallel fits (SGD, Adam, bucketed and not,
 synchronized BatchNorm) whose weights and per-step losses go to ``OUT/<case>_<rank>.npy``.
 ``... raise|kill|hang OUT``: rank 1 raises, is killed, or hangs at step 3.
+``... leak OUT``: rank 1's step fails between an all-reduce's start and its done; both ranks
+save what was left in flight and the result of the next (good) step.
 The model builders and data are shared with the test, which runs the one-process references.
 """
 from __future__ import annotations
@@ -77,6 +79,7 @@ def train(out: str) -> None:
             ("sgd", mlp, "sgd", {"bucket_bytes": None}),
             ("adam", mlp, "adam", {"bucket_bytes": None}),
             ("adam_bucketed", mlp, "adam", {"bucket_bytes": 700}),
+            ("adam_serial", mlp, "adam", {"bucket_bytes": 700, "overlap": False}),
             ("adam_host", mlp, "adam", {"bucket_bytes": 700, "host_reduce": True}),
             ("syncbn", bn_mlp, "adam", {"sync_batchnorm": True})):
         dp = DataParallel("mpi", timeout=60.0, **options)
@@ -85,7 +88,8 @@ def train(out: str) -> None:
         result = fit(model, opt, B, dp)
         rows = [r.rules for r in dp.report.rows if r.name == "bucket_gradients"]
         counts = np.array([rows[0]["collectives_before"], rows[0]["collectives_after"],
-                           dp.comm.stats.calls] if rows else [-1, -1, dp.comm.stats.calls])
+                           dp.comm.stats.calls, dp.comm.pending] if rows else
+                          [-1, -1, dp.comm.stats.calls, dp.comm.pending])
         np.save(os.path.join(out, f"{name}_{dp.rank}.npy"), result)
         np.save(os.path.join(out, f"{name}_counts_{dp.rank}.npy"), counts)
     if ort_training():  # the split step on ONNX Runtime sessions sharing the device state
@@ -140,6 +144,39 @@ def nan(out: str) -> None:
     np.save(os.path.join(out, f"nan_{dp.rank}.npy"), np.r_[step, len(rec.losses), weights])
 
 
+def leak(out: str) -> None:
+    """A step whose all-reduce starts before a kernel that fails on rank 1 only (a NaN
+    under check_finite): rank 1 must complete the started all-reduce (so rank 0's step ends
+    too) and leave nothing in flight; then a good step runs on both."""
+    from graphdl.backends.numpy_executor import ExecutionError
+    from graphdl.distributed import bind_communicator
+    from graphdl.function import Function
+    from graphdl.ir import Graph
+    from graphdl.ops.collective import all_reduce
+    from graphdl.passes.bucket import overlap_collectives
+
+    dp = DataParallel("mpi", timeout=20.0)
+    a = gd.input("a", (1000,), "float64")
+    b = gd.input("b", (1000,), "float64")
+    graph = overlap_collectives(Graph([a, b], [all_reduce(a, "mean") + gd.exp(b) * 2.0]))
+    ops = [n.op for n in graph.nodes]
+    step = Function(bind_communicator(graph, dp.comm), check_finite=True)
+    x = np.full(1000, dp.rank + 1.0)
+    bad = np.full(1000, np.nan if dp.rank == 1 else 0.0)
+    try:
+        step(x, bad)
+        failed = 0
+    except ExecutionError as err:
+        failed = 1
+        print(f"rank {dp.rank}: {err}", flush=True)
+    left = dp.comm.pending
+    good = step(x, np.zeros(1000))[0]
+    np.save(os.path.join(out, f"leak_{dp.rank}.npy"),
+            np.r_[failed, left, dp.comm.pending,
+                  ops.index("AllReduceStart") < ops.index("Exp") < ops.index("AllReduceDone"),
+                  good])
+
+
 def fault(how: str) -> None:
     dp = DataParallel("mpi", timeout=5.0)
     fit(mlp(), "sgd", B, dp, callbacks=[Fault(how, dp.rank)])
@@ -148,4 +185,4 @@ def fault(how: str) -> None:
 
 if __name__ == "__main__":
     mode, target = sys.argv[1], sys.argv[2]
-    {"train": train, "nan": nan}.get(mode, lambda out: fault(mode))(target)
+    {"train": train, "nan": nan, "leak": leak}.get(mode, lambda out: fault(mode))(target)

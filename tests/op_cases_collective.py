@@ -34,6 +34,9 @@ def _cases():
             OpCase([x], {**attrs, "comm": comm}, torch=_identity, id=f"{tag}-{label}"))
         add("AllReduce", {"reduction": "sum"}, "sum")
         add("AllReduce", {"reduction": "mean"}, "mean")
+        add("AllReduceStart", {"reduction": "sum"}, "sum")  # as a value: AllReduce
+        add("AllReduceStart", {"reduction": "mean"}, "mean")
+        add("AllReduceDone", {"reduction": "mean"}, "mean")  # as a value: the identity
         add("Broadcast", {"root": 0}, "root0")
         add("Reduce", {"root": 0}, "root0")
         add("AllGather", {"world_size": 1}, "k1")

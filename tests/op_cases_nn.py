@@ -63,11 +63,11 @@ def _torch_conv(attrs):
 
 
 def _conv_grad_input_ref(attrs, x_shape):
-    def ref(dy, w):
+    def ref(dy, w, b=None):
         torch = _torch()
         x0 = torch.zeros(x_shape, dtype=dy.dtype, requires_grad=True)
         (gx,) = torch.autograd.grad(_torch_conv(attrs)(x0, w), x0, dy, create_graph=True)
-        return gx
+        return gx if b is None else gx + b.reshape(1, -1, 1, 1)  # ConvTranspose's bias
     return ref
 
 
@@ -91,7 +91,8 @@ def _conv_cases():
         y_shape = (xs[0], o, out_size(xs[2], kern[0], st[0], pads[0], pads[2], dil[0]),
                    out_size(xs[3], kern[1], st[1], pads[1], pads[3], dil[1]))
         dy = randn(y_shape, 40 + k)
-        grad_input.append(OpCase([dy, w], dict(attrs, input_hw=xs[2:]),
+        grad_input.append(OpCase([dy, w] + ([randn((xs[1],), 50 + k)] if bias else []),
+                                 dict(attrs, input_hw=xs[2:]),
                                  torch=_conv_grad_input_ref(attrs, xs), id=cid))
         grad_weight.append(OpCase([x, dy], dict(attrs, kernel_shape=kern),
                                   torch=_conv_grad_weight_ref(attrs, w_shape), id=cid))
@@ -247,6 +248,10 @@ def _norm_cases():
     # the running-statistics outputs are differentiable too (torch treats them as buffers)
     bn.append(OpCase(_bn_inputs((3, 2, 4, 3), 140), {"training": True, "momentum": 0.3},
                      id="train-state-gradients"))
+    # ONNX's training-mode rule: the running variance takes the biased batch variance
+    bn.append(OpCase(_bn_inputs((3, 2, 4, 3), 141), {"training": True, "momentum": 0.3,
+                                                     "unbiased_var": False},
+                     id="train-biased-running-var"))
     ln = []
     for k, (shape, axis) in enumerate([((3, 4, 5), -1), ((3, 4, 5), 1), ((5, 6), -1)]):
         norm_shape = shape[axis % len(shape):]

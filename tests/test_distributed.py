@@ -49,12 +49,34 @@ def test_two_ranks_equal_one_process_with_the_global_batch(trained, opt):
 
 def test_bucketing_changes_no_result_and_cuts_the_collectives(trained):
     np.testing.assert_array_equal(trained("adam_bucketed"), trained("adam"))
-    before, after, calls = trained("adam_bucketed_counts")
+    before, after, calls, pending = trained("adam_bucketed_counts")
+    assert pending == 0
     assert before == 4 and after == 2  # 4 gradients (576+96+288+24 bytes) into 2 buckets of <= 700
     # what ran: one broadcast of the variables, then per step the buckets and the metrics
     assert calls == 1 + W.STEPS * (after + 1)
-    _, _, unbucketed_calls = trained("adam_counts")
+    _, _, unbucketed_calls, _ = trained("adam_counts")
     assert unbucketed_calls == 1 + W.STEPS * (4 + 1)
+
+
+def test_overlapped_all_reduces_change_no_result_and_all_complete(trained):
+    # the default starts each bucket when its gradients exist and waits before the optimizer
+    np.testing.assert_array_equal(trained("adam_bucketed"), trained("adam_serial"))
+    for rank in (0, 1):
+        counts = trained("adam_bucketed_counts", rank)
+        assert counts[2] == trained("adam_serial_counts", rank)[2]  # as many collectives
+        assert counts[3] == 0  # no request left in flight
+
+
+def test_a_step_failing_between_start_and_done_leaves_no_request_in_flight(tmp_path):
+    proc, _ = _mpiexec(["leak", str(tmp_path)], timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    r0, r1 = (np.load(tmp_path / f"leak_{rank}.npy") for rank in (0, 1))
+    assert r0[3] == r1[3] == 1  # Start, then the Exp that fails, then Done
+    assert r1[0] == 1 and r0[0] == 0  # rank 1 failed (its NaN), rank 0 finished the step
+    assert "NaN in output 0 of Exp" in proc.stdout
+    assert r0[1] == r1[1] == 0 and r0[2] == r1[2] == 0  # nothing left in flight, after both
+    np.testing.assert_array_equal(r0[4:], 1.5 + 2.0)  # mean(1, 2) + 2 exp(0): a clean step
+    np.testing.assert_array_equal(r1[4:], 1.5 + 2.0)
 
 
 def test_gradient_and_apply_graphs_with_a_host_all_reduce_give_the_same_training(trained):

@@ -75,6 +75,58 @@ class _Encoder(nn.Module):
         return self.layer(x, src_mask=None, is_causal=False)
 
 
+class _HardBlock(nn.Module):
+    """A MobileNetV3 block: conv, Hardswish, squeeze-excite gated by Hardsigmoid."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(8, 8, 3, padding=1)
+        self.act = nn.Hardswish()
+        self.se = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(8, 4, 1), nn.ReLU(),
+                                nn.Conv2d(4, 8, 1), nn.Hardsigmoid())
+
+    def forward(self, x):
+        h = self.act(self.conv(x))
+        return h * self.se(h)
+
+
+class _UpBlock(nn.Module):
+    """A UNet decoder step: ConvTranspose2d (with output padding), nearest and bilinear
+    Upsample."""
+
+    def __init__(self):
+        super().__init__()
+        self.up = nn.ConvTranspose2d(8, 4, 3, stride=2, padding=1, output_padding=1)
+        self.nearest = nn.Upsample(scale_factor=2, mode="nearest")
+        self.bilinear = nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False)
+
+    def forward(self, x):
+        return self.bilinear(self.nearest(self.up(x)))
+
+
+class _CausalEncoder(nn.Module):
+    """An encoder layer with a causal mask made in the graph (Trilu) and a key-padding mask."""
+
+    def __init__(self):
+        super().__init__()
+        self.layer = nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True)
+
+    def forward(self, x, pad):
+        mask = nn.Transformer.generate_square_subsequent_mask(x.shape[1])
+        return self.layer(x, src_mask=mask, src_key_padding_mask=pad, is_causal=True)
+
+
+class _CausalAttention(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(16, 4, batch_first=True)
+
+    def forward(self, x):
+        t = x.shape[1]
+        mask = torch.triu(torch.ones(t, t, dtype=torch.bool), 1)  # True: may not attend
+        return self.attn(x, x, x, attn_mask=mask, need_weights=False)[0]
+
+
 def _tokens(n, t):
     return {"ids": np.random.default_rng(n * 10 + t).integers(0, 50, (n, t))}
 
@@ -93,6 +145,10 @@ def _image(n, t):
     return {"x": np.random.default_rng(n).standard_normal((n, 8, 10, 12), np.float32)}
 
 
+def _small_image(n, t):
+    return {"x": np.random.default_rng(n).standard_normal((n, 8, 5, 6), np.float32)}
+
+
 MODELS = {
     "embedding_layernorm": (
         _EmbedNorm, lambda: (torch.zeros(2, 5, dtype=torch.long),), ["ids"],
@@ -105,6 +161,18 @@ MODELS = {
     "multihead_attention_key_padding": (
         _Attention, lambda: (torch.zeros(2, 5, 16), torch.zeros(2, 5, dtype=torch.bool)),
         ["x", "pad"], {"x": {0: "N"}, "pad": {0: "N"}, "y": {0: "N"}}, _padded, (5,)),
+    "hardswish_hardsigmoid_block": (
+        _HardBlock, lambda: (torch.zeros(2, 8, 10, 12),), ["x"], {"x": {0: "N"}, "y": {0: "N"}},
+        _image, (None,)),
+    "conv_transpose_upsample": (
+        _UpBlock, lambda: (torch.zeros(2, 8, 5, 6),), ["x"], {"x": {0: "N"}, "y": {0: "N"}},
+        _small_image, (None,)),
+    "transformer_encoder_layer_causal_padding": (
+        _CausalEncoder, lambda: (torch.zeros(2, 5, 16), torch.zeros(2, 5, dtype=torch.bool)),
+        ["x", "pad"], {"x": {0: "N"}, "pad": {0: "N"}, "y": {0: "N"}}, _padded, (5,)),
+    "multihead_attention_causal": (
+        _CausalAttention, lambda: (torch.zeros(2, 5, 16),), ["x"],
+        {"x": {0: "N"}, "y": {0: "N"}}, _seq, (5,)),
     "transformer_encoder_layer": (
         _Encoder, lambda: (torch.zeros(2, 5, 16),), ["x"], {"x": {0: "N"}, "y": {0: "N"}},
         _seq, (5,)),
@@ -115,8 +183,7 @@ MODELS = {
 def test_torch_module_imports_matches_ort_and_optimizes(name):
     make, args, names, dynamic, feeds, lengths = MODELS[name]
     torch.manual_seed(0)
-    if name == "transformer_encoder_layer":
-        torch.backends.mha.set_fastpath_enabled(False)
+    torch.backends.mha.set_fastpath_enabled(False)  # the fast path does not export
     proto = _export(make(), args(), names, dynamic)
     graph = from_onnx(proto)
     for v, axes in ((v, dynamic[v.name]) for v in graph.inputs):

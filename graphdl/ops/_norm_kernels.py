@@ -33,8 +33,9 @@ def batch_stats(x: np.ndarray, out: np.ndarray | None = None):
 
 
 def batch_norm_train(x, scale, bias, running_mean, running_var, eps: float, momentum: float,
-                     out=None):
-    """(y, new running mean, new running var) with batch statistics (torch's training mode);
+                     out=None, unbiased: bool = True):
+    """(y, new running mean, new running var) with batch statistics (torch's training mode;
+    ``unbiased=False``: the running variance takes the biased one, as ONNX's);
     y goes into ``out`` when given."""
     n = channel_count(x)
     if n <= 1:
@@ -47,7 +48,8 @@ def batch_norm_train(x, scale, bias, running_mean, running_var, eps: float, mome
     y3 += bias.reshape(1, -1, 1)
     m = dt(momentum)
     new_mean = (dt(1) - m) * running_mean + m * mean
-    new_var = (dt(1) - m) * running_var + m * var * dt(n / (n - 1))  # unbiased, as torch
+    correction = dt(n / (n - 1)) if unbiased else dt(1)  # unbiased, as torch
+    new_var = (dt(1) - m) * running_var + m * var * correction
     return y, new_mean.astype(x.dtype), new_var.astype(x.dtype)
 
 

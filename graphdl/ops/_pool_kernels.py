@@ -40,6 +40,8 @@ def _finish(buf: np.ndarray, shape, geo: Window2d, out) -> np.ndarray:
 
 def max_pool(x: np.ndarray, geo: Window2d, out=None) -> np.ndarray:
     """y = max over each window (padding counts as -inf)."""
+    if _is_partition(geo) and not geo.needs_padding():
+        return _tiled_max_pool(x, geo, out)
     src = _source(x, geo, -np.inf)
     taps = geo.taps
     y = target(out, x.shape[:2] + geo.out_hw, x.dtype)
@@ -100,15 +102,81 @@ def _max_pool_grad(x, dy, geo: Window2d, out):
 
 
 def _tiled_max_pool_grad(x, dy, geo: Window2d, out):
-    """Non-overlapping windows: every input pixel is written once, with dy or zero."""
-    masks = first_max_masks(np.ascontiguousarray(x), geo)
+    """Non-overlapping windows: every input pixel is written once, with dy or zero. Runs
+    tap-major (see :func:`_tiles`); the masks break ties as :func:`first_max_masks` does."""
     dx = target(out, x.shape, dy.dtype)
-    (ho, wo), (sh, sw) = geo.out_hw, geo.strides
-    if ho * sh < x.shape[2] or wo * sw < x.shape[3]:
+    (ho, wo), (kh, kw) = geo.out_hw, geo.kernel
+    if ho * kh < x.shape[2] or wo * kw < x.shape[3]:
         dx.fill(0)  # rows or columns no window reaches
-    for (i, j), mask in zip(geo.taps, masks):
-        np.multiply(dy, mask, out=geo.tap(dx, i, j, crop=True))
+    n, c = x.shape[:2]
+    per = _tile_chunk(x)
+    same = x.dtype == dy.dtype  # the tap buffer then takes the gradient in place
+    best = np.empty((per, c, ho, wo), x.dtype)
+    hit, taken = np.empty(best.shape, bool), np.empty(best.shape, bool)
+    grads = None if same else np.empty((kh * kw, per, c, ho, wo), dy.dtype)
+    for n0 in range(0, n, per):
+        m = min(per, n - n0)
+        taps = _tiles(x[n0:n0 + m], geo)
+        b, h, t = best[:m], hit[:m], taken[:m]
+        _max_of(taps, b)
+        g = taps if same else grads[:, :m]
+        t.fill(False)
+        d = dy[n0:n0 + m]
+        for k in range(kh * kw - 1):
+            np.equal(taps[k], b, out=h)
+            np.greater(h, t, out=h)  # hit and not taken by an earlier tap
+            np.bitwise_or(t, h, out=t)
+            np.multiply(d, h, out=g[k])
+        np.logical_not(t, out=h)
+        np.multiply(d, h, out=g[-1])
+        window = dx[n0:n0 + m, :, :ho * kh, :wo * kw].reshape(m, c, ho, kh, wo, kw)
+        for k, (i, j) in enumerate(geo.taps):
+            # one strided copy per tap: NumPy runs these several times faster than a
+            # single copy of the transposed (kh, kw, ...) view
+            np.copyto(window[:, :, :, i, :, j], g[k])
     return dx
+
+
+# Tap-major processing handles this many input bytes at once, so that a chunk's copy, masks
+# and gradient stay in the per-core (L2) cache across their passes; a fixed constant.
+TILE_CHUNK_BYTES = 1 << 21
+
+
+def _tile_chunk(x: np.ndarray) -> int:
+    """Images per tap-major chunk."""
+    return max(1, min(x.shape[0], TILE_CHUNK_BYTES // max(x[:1].nbytes, 1)))
+
+
+def _tiles(x: np.ndarray, geo: Window2d) -> np.ndarray:
+    """Non-overlapping windows tap-major: a (kh*kw, n, c, Ho, Wo) copy of ``x`` whose k-th
+    entry is tap k of every window, each a contiguous array (NumPy runs the strided tap views
+    several times slower than contiguous ones)."""
+    (ho, wo), (kh, kw) = geo.out_hw, geo.kernel
+    n, c = x.shape[:2]
+    buf = np.empty((kh, kw, n, c, ho, wo), x.dtype)
+    windows = x[:, :, :ho * kh, :wo * kw].reshape(n, c, ho, kh, wo, kw)
+    np.copyto(buf, windows.transpose(3, 5, 0, 1, 2, 4))
+    return buf.reshape(kh * kw, n, c, ho, wo)
+
+
+def _max_of(taps: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """The elementwise maximum of the taps (NaN wins, as in np.maximum)."""
+    if len(taps) == 1:
+        np.copyto(out, taps[0])
+        return out
+    np.maximum(taps[0], taps[1], out=out)
+    for k in range(2, len(taps)):
+        np.maximum(out, taps[k], out=out)
+    return out
+
+
+def _tiled_max_pool(x, geo: Window2d, out):
+    """Max pooling over non-overlapping windows, tap-major in cache-sized batch chunks."""
+    y = target(out, x.shape[:2] + geo.out_hw, x.dtype)
+    per = _tile_chunk(x)
+    for n0 in range(0, x.shape[0], per):
+        _max_of(_tiles(x[n0:n0 + per], geo), y[n0:n0 + per])
+    return y
 
 
 def max_pool_gather(x: np.ndarray, g: np.ndarray, geo: Window2d, out=None) -> np.ndarray:

@@ -13,6 +13,12 @@ VJPs use the "sum of the ranks' losses" convention (JAX's psum transpose): the V
 all-reduce is a sum all-reduce, of a mean all-reduce a mean all-reduce; Broadcast and Reduce
 are each other's VJP, and so are AllGather and ReduceScatter.
 
+Overlap, as XLA's all-reduce-start/-done: ``AllReduceStart`` starts an in-place nonblocking
+all-reduce of its buffer and ``AllReduceDone`` waits for it, so the kernels scheduled between
+them run while the reduction progresses (:func:`graphdl.passes.bucket.overlap_collectives`
+places them). As values, ``AllReduceStart(x)`` is ``AllReduce(x)`` and ``AllReduceDone`` is the
+identity; only Done's output may be read.
+
 A graph with collectives is not a single-process computation, so the ONNX lowerings refuse by
 name; the ONNX Runtime backend splits the train step around the all-reduce instead.
 """
@@ -22,7 +28,7 @@ from graphdl.ir import FLOAT_DTYPES, TensorType
 from graphdl.ops.infer import check_arity
 from graphdl.ops.registry import Attr, LoweringError, OpDef, apply, fail, register
 
-__all__ = ["all_reduce", "broadcast", "reduce_to_root", "all_gather", "reduce_scatter"]
+__all__ = ["all_reduce", "all_reduce_start", "all_reduce_done", "broadcast", "reduce_to_root", "all_gather", "reduce_scatter"]
 
 REDUCE_OPS = ("sum", "mean")
 
@@ -30,6 +36,17 @@ REDUCE_OPS = ("sum", "mean")
 def all_reduce(x, op: str = "sum", comm=None):
     """Every rank gets the elementwise sum (or mean) of ``x`` over the ranks."""
     return apply("AllReduce", x, reduction=op, **_comm_attr(comm))
+
+
+def all_reduce_start(x, op: str = "sum", comm=None):
+    """Start an all-reduce of ``x``; its value may be read only through
+    :func:`all_reduce_done`."""
+    return apply("AllReduceStart", x, reduction=op, **_comm_attr(comm))
+
+
+def all_reduce_done(started, op: str = "sum", comm=None):
+    """The result of the all-reduce ``started`` (waits for it where it runs)."""
+    return apply("AllReduceDone", started, reduction=op, **_comm_attr(comm))
 
 
 def broadcast(x, root: int = 0, comm=None):
@@ -72,7 +89,7 @@ def _same_infer(name: str):
     def infer(types, attrs):
         check_arity(name, types, 1)
         (x,) = types
-        if name == "AllReduce" and attrs.get("reduction", "sum") not in REDUCE_OPS:
+        if name.startswith("AllReduce") and attrs.get("reduction", "sum") not in REDUCE_OPS:
             raise fail(name, f"reduction must be one of {REDUCE_OPS}, got {attrs.get('reduction')!r}", types)
         if attrs.get("reduction") == "mean" and x.dtype not in FLOAT_DTYPES:
             raise fail(name, f"a mean needs a floating-point input, got {x.dtype}", types)
@@ -115,6 +132,15 @@ def _allreduce_kernel(xs, attrs, out):
     return communicator_of("AllReduce", attrs).allreduce(xs[0], out, attrs.get("reduction", "sum"))
 
 
+def _start_kernel(xs, attrs, out):
+    return communicator_of("AllReduceStart", attrs).allreduce_start(xs[0], out)
+
+
+def _done_kernel(xs, attrs, out):
+    return communicator_of("AllReduceDone", attrs).allreduce_done(
+        xs[0], attrs.get("reduction", "sum"))
+
+
 def _bcast_kernel(xs, attrs, out):
     return communicator_of("Broadcast", attrs).broadcast(xs[0], out, int(attrs.get("root", 0)))
 
@@ -150,6 +176,15 @@ def _keep_comm(node) -> dict:
 def _allreduce_vjp(F, node, grads):
     (g,) = grads  # d/dx_k sum_j <g_j, op_k x_k> = op_j g_j (sum: sum; mean: mean)
     return [apply("AllReduce", g, reduction=node.attrs.get("reduction", "sum"), **_keep_comm(node))]
+
+
+def _start_vjp(F, node, grads):
+    (g,) = grads  # Start(x) is AllReduce(x) as a value
+    return [apply("AllReduce", g, reduction=node.attrs.get("reduction", "sum"), **_keep_comm(node))]
+
+
+def _done_vjp(F, node, grads):
+    return [grads[0]]  # the identity as a value
 
 
 def _bcast_vjp(F, node, grads):
@@ -190,6 +225,8 @@ _WORLD = Attr(int, None, "the number of ranks (checked by inference)")
 _COLLECTIVE_ATTRS = {
     "AllReduce": {"comm": _COMM, "reduction": Attr(str, "sum", "how ranks combine"),
                   "bucket": Attr(bool, False, "the bucketing pass may pack it with others")},
+    "AllReduceStart": {"comm": _COMM, "reduction": Attr(str, "sum", "how ranks combine")},
+    "AllReduceDone": {"comm": _COMM, "reduction": Attr(str, "sum", "how ranks combine")},
     "Broadcast": {"comm": _COMM, "root": _ROOT},
     "Reduce": {"comm": _COMM, "root": _ROOT},
     "AllGather": {"comm": _COMM, "world_size": _WORLD},
@@ -209,3 +246,14 @@ for _name, _infer, _kernel, _vjp, _doc in (
          "block r (axis 0) of the sum over the ranks, on rank r")):
     register(OpDef(_name, _infer, _kernel, _vjp, _refuse(_name), collective=True, doc=_doc,
                    attrs=_COLLECTIVE_ATTRS[_name]))
+
+# the started buffer may be the dying input's own storage (an in-place reduction: no copy);
+# Done returns its input's buffer once the reduction completed
+register(OpDef("AllReduceStart", _same_infer("AllReduceStart"), _start_kernel, _start_vjp,
+               _refuse("AllReduceStart"), collective=True, nonblocking=True, inplace=True,
+               attrs=_COLLECTIVE_ATTRS["AllReduceStart"],
+               doc="start an all-reduce of x (read it through AllReduceDone)"))
+register(OpDef("AllReduceDone", _same_infer("AllReduceDone"), _done_kernel, _done_vjp,
+               _refuse("AllReduceDone"), collective=True, view=True,
+               attrs=_COLLECTIVE_ATTRS["AllReduceDone"],
+               doc="the result of a started all-reduce, once it completed"))

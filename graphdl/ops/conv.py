@@ -137,9 +137,9 @@ register(OpDef(name="Conv", infer=_conv_infer, kernel=_conv_kernel, vjp=_conv_vj
 # ---- gradient with respect to the input -------------------------------------------------------
 
 def _grad_input_infer(types, attrs):
-    check_arity("ConvGradInput", types, 2)
+    check_arity("ConvGradInput", types, 2, 3)
     dt = same_dtype("ConvGradInput", types)
-    dy, w = types
+    dy, w = types[:2]
     if dy.rank != 4 or w.rank != 4:
         raise fail("ConvGradInput", "needs dy (N, O, Ho, Wo) and weight (O, C/group, kh, kw)",
                    types)
@@ -152,19 +152,29 @@ def _grad_input_infer(types, attrs):
     if tuple(dy.shape[2:]) != out_hw:
         raise fail("ConvGradInput", f"dy spatial size {tuple(dy.shape[2:])} does not match "
                    f"the convolution of a {in_hw} input, {out_hw}", types)
-    return [TensorType((dy.shape[0], w.shape[1] * a["group"]) + in_hw, dt)]
+    channels = w.shape[1] * a["group"]
+    if len(types) == 3 and tuple(types[2].shape) != (channels,):
+        raise fail("ConvGradInput", f"the bias must have shape ({channels},), one per output "
+                   "channel", types)
+    return [TensorType((dy.shape[0], channels) + in_hw, dt)]
 
 
 def _grad_input_kernel(xs, attrs, out):
-    return conv2d_grad_input(xs[0], xs[1], tuple(attrs["input_hw"]), attrs, out)
+    y = conv2d_grad_input(xs[0], xs[1], tuple(attrs["input_hw"]), attrs, out)
+    if len(xs) == 3:  # ConvTranspose's bias, one per output channel
+        y += xs[2].reshape(1, -1, 1, 1)
+    return y
 
 
 def _grad_input_vjp(F, node, grads):
-    dy, w = node.inputs
+    dy, w = node.inputs[:2]
     g = grads[0]  # shaped like the conv input x
     a = _conv_attrs(node.attrs)
     # T(x, w, dy) is trilinear: d/d dy <CGI(dy, w), g> = Conv(g, w), d/dw = CGW(g, dy)
-    return [conv2d_node(g, w, None, **a), conv_grad_weight(g, dy, w.shape[2:], **a)]
+    result = [conv2d_node(g, w, None, **a), conv_grad_weight(g, dy, w.shape[2:], **a)]
+    if len(node.inputs) == 3:
+        result.append(F.sum(g, (0, 2, 3)))  # d/db of sum_c b[c] over (n, y, x)
+    return result
 
 
 def transpose_pads(in_size: int, out_size: int, k: int, s: int, d: int, p0: int) -> tuple:
@@ -184,7 +194,12 @@ def _grad_input_onnx(attrs, tin, tout, opset):
     onnx_attrs = _onnx_conv_attrs(a, (kh, kw))
     onnx_attrs.update(pads=[pt, pl, pb, pr], output_padding=[oph, opw])
     g, o, cg = a["group"], tin[1].shape[0], tin[1].shape[1]
-    if g == 1 or o == cg * g:
+    bias = ("in2",) if len(tin) == 3 else ()
+    if g == 1:
+        return OnnxLowering((OnnxNode("ConvTranspose", ("in0", "in1") + bias, ("out0",),
+                                      onnx_attrs),))
+    if o == cg * g and not bias:  # (onnx.reference 1.23 adds a grouped ConvTranspose's bias
+        # wrongly, so a grouped one with a bias takes the per-group path below)
         return OnnxLowering((OnnxNode("ConvTranspose", ("in0", "in1"), ("out0",), onnx_attrs),))
     # Grouped with out channels != in channels: one ConvTranspose per group. (Equivalent to
     # group=g, which onnx.reference's ConvTranspose gets wrong for this shape as of onnx 1.23.)
@@ -196,12 +211,20 @@ def _grad_input_onnx(attrs, tin, tout, opset):
              OnnxNode("Split", ("in1", "sizes"), parts_w, {"axis": 0})]
     nodes += [OnnxNode("ConvTranspose", (d, w_), (x,), onnx_attrs)
               for d, w_, x in zip(parts_dy, parts_w, parts_dx)]
-    nodes.append(OnnxNode("Concat", parts_dx, ("out0",), {"axis": 1}))
-    return OnnxLowering(tuple(nodes), {"sizes": np.full(g, o // g, np.int64)})
+    consts = {"sizes": np.full(g, o // g, np.int64)}
+    if bias:
+        nodes.append(OnnxNode("Concat", parts_dx, ("dx",), {"axis": 1}))
+        nodes.append(OnnxNode("Reshape", ("in2", "bias_shape"), ("b",)))
+        nodes.append(OnnxNode("Add", ("dx", "b"), ("out0",)))
+        consts["bias_shape"] = np.array([1, -1, 1, 1], np.int64)
+    else:
+        nodes.append(OnnxNode("Concat", parts_dx, ("out0",), {"axis": 1}))
+    return OnnxLowering(tuple(nodes), consts)
 
 
 register(OpDef(name="ConvGradInput", infer=_grad_input_infer, kernel=_grad_input_kernel,
-               vjp=_grad_input_vjp, onnx=_grad_input_onnx, split=split_along((0, None), (0,)),
+               vjp=_grad_input_vjp, onnx=_grad_input_onnx,
+               split=split_along((0, None, None), (0,)),
                attrs=dict(CONV_ATTRS, input_hw=Attr(tuple, REQUIRED, "the input's (H, W)")),
                doc="Gradient of Conv with respect to x: a transposed convolution of dy."))
 
@@ -291,10 +314,10 @@ def conv2d_node(x, w, b=None, *, strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1
 
 
 def conv_grad_input(dy, w, input_hw, *, strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1),
-                    group: int = 1):
+                    group: int = 1, bias=None):
     """The gradient of a convolution with respect to its input, for an input of spatial size
-    ``input_hw``."""
-    return apply("ConvGradInput", dy, w, input_hw=tuple(int(d) for d in input_hw),
+    ``input_hw`` (a transposed convolution; ``bias``, one per output channel, is added)."""
+    return apply("ConvGradInput", dy, w, *(() if bias is None else (bias,)), input_hw=tuple(int(d) for d in input_hw),
                  strides=tuple(strides), pads=tuple(pads), dilations=tuple(dilations),
                  group=int(group))
 

@@ -58,7 +58,8 @@ def _first_out(out):
 def _bn_kernel(xs, attrs, out):
     eps = float(attrs["eps"])
     if attrs["training"]:
-        return K.batch_norm_train(*xs, eps, float(attrs["momentum"]), _first_out(out))
+        return K.batch_norm_train(*xs, eps, float(attrs["momentum"]), _first_out(out),
+                                  bool(attrs["unbiased_var"]))
     return K.batch_norm_infer(*xs, eps, _first_out(out))
 
 
@@ -82,7 +83,8 @@ def _bn_vjp(F, node, grads):
             if g_var is not None:
                 gvar = g_var * (1.0 - m)
                 centred = x - F.mean(x, axes, keepdims=True)
-                term = centred * F.reshape(g_var, _channel_shape(rank)) * (2.0 * m) / (n - 1.0)
+                count = n - 1.0 if node.attrs["unbiased_var"] else n
+                term = centred * F.reshape(g_var, _channel_shape(rank)) * (2.0 * m) / count
                 extra = term if extra is None else extra + term
             gx = extra if gx is None else gx + extra
     else:
@@ -141,7 +143,8 @@ def _bn_onnx(attrs, tin, tout, opset):
         OnnxNode("Div", ("size", "channels"), ("count_i",)),
         OnnxNode("Cast", ("count_i",), ("count",), {"to": OnnxDType(dt.name)}),
         OnnxNode("Sub", ("count", "one"), ("count_1",)),
-        OnnxNode("Div", ("count", "count_1"), ("unbias",)),
+        OnnxNode("Div", ("count", "count_1") if attrs["unbiased_var"] else ("count", "count"),
+                 ("unbias",)),
         OnnxNode("Reshape", ("mean", "flat"), ("mean_c",)),
         OnnxNode("Reshape", ("var", "flat"), ("var_c",)),
         OnnxNode("Mul", ("in3", "keep"), ("old_mean",)),
@@ -165,7 +168,10 @@ _TRAINING = Attr(bool, True, "training form (batch statistics, state updates)")
 register(OpDef(name="BatchNorm", infer=_bn_infer, kernel=_bn_kernel, vjp=_bn_vjp,
                onnx=_bn_onnx, n_outputs=3, state_outputs={1: 3, 2: 4},
                attrs={"eps": _EPS, "momentum": Attr(float, 0.1, "weight of the batch statistics"),
-                      "training": _TRAINING},
+                      "training": _TRAINING,
+                      "unbiased_var": Attr(bool, True, "update the running variance with the "
+                                           "unbiased batch variance (torch); False: the biased "
+                                           "one (ONNX's training-mode BatchNormalization)")},
                # channels are independent: x and y split along axis 1, the rest along 0
                split=split_along((1, 0, 0, 0, 0), (1, 0, 0)),
                doc="Batch normalization over axis 1 (torch conventions); outputs y and the "

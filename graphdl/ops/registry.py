@@ -155,6 +155,9 @@ class OpDef:
     # communicates across processes (MPI): runs with a communicator bound at compile time, is
     # never folded at compile time, and has no single-process ONNX lowering (it refuses)
     collective: bool = False
+    # starts work that completes later, in another node (AllReduceStart): the executor calls
+    # the node's ``comm.poll()`` between kernels and ``comm.drain()`` when a run fails
+    nonblocking: bool = False
     doc: str = ""
     # name -> Attr: the attributes the op takes. None: not declared (nothing is validated
     # or filled in; kept so an op written before the schema still works)

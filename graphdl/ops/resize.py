@@ -129,7 +129,7 @@ def _axes_to_resize(attrs, shape):
     for ax in range(rank):
         scale, n_out = float(attrs["scales"][ax]), attrs["sizes"][ax]
         r = None if roi is None else (roi[ax], roi[ax + rank])
-        if math.isclose(scale, 1.0) and n_out == shape[ax] and (
+        if math.isclose(scale, 1.0) and (n_out == shape[ax] or not isinstance(n_out, int)) and (
                 r is None or (math.isclose(r[0], 0.0) and math.isclose(r[1], 1.0))):
             continue  # identity along this axis
         w, outside = axis_weights(attrs, int(shape[ax]), int(n_out), scale, r)
