@@ -31,7 +31,7 @@ import numpy as np
 
 from graphdl.dims import DimExpr, evaluate
 from graphdl.ir import FLOAT_DTYPES, Graph, GraphError, Value
-from graphdl.ops.registry import get_op, split_rows
+from graphdl.ops.registry import CONST, PARAM, get_op, split_rows
 from graphdl.passes.memory import ARENA, DEFAULT_ALIGNMENT, VIEW, free_points, plan_memory
 
 _ARENA, _VIEW, _MULTI, _FREE, _OUTPUT = 0, 1, 2, 3, 4  # how a step stores its result
@@ -78,9 +78,9 @@ class NumpyExecutor:
         self.input_slots = [slot[v] for v in graph.inputs]
         self.output_slots = [slot[v] for v in graph.all_outputs]
         self.param_slots = [(slot[n.outputs[0]], n.attrs["variable"])
-                            for n in graph.nodes if n.op == "Param"]
+                            for n in graph.nodes if n.op == PARAM]
         self.const_slots = [(slot[n.outputs[0]], n.attrs["value"])
-                            for n in graph.nodes if n.op == "Const"]
+                            for n in graph.nodes if n.op == CONST]
         compute = [n for n in graph.nodes if not get_op(n.op).source]
         if memory_plan is not None and (memory_plan.num_steps, len(memory_plan.values)) != (
                 len(compute), sum(len(n.outputs) for n in graph.nodes)):

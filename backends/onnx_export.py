@@ -486,19 +486,17 @@ def live_nodes(nodes, output_names) -> tuple[list, set[str]]:
         if any(o in needed for o in node.output):
             kept.append(node)
             needed.update(i for i in node.input if i)
-            needed.update(_subgraph_reads(node))  # If/Loop/Scan bodies read outer values
+            needed.update(_subgraph_reads(node))  # If/Loop bodies read outer values by name
     return kept[::-1], needed
 
 
 def _subgraph_reads(node) -> set[str]:
-    """Every name the node's subgraphs (If branches, Loop/Scan bodies) read, nested ones
-    included: a superset of the outer-scope values they capture."""
-    out: set[str] = set()
+    """Every value name the node's subgraphs (If branches, Loop and Scan bodies) read,
+    recursively: a superset of the outer-scope values they capture."""
+    names: set[str] = set()
     for attr in node.attribute:
-        graphs = list(attr.graphs) + ([attr.g] if attr.HasField("g") else [])
-        for g in graphs:
-            for inner in g.node:
-                out.update(i for i in inner.input if i)
-                out.update(_subgraph_reads(inner))
-            out.update(o.name for o in g.output)
-    return out
+        for g in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+            for n in g.node:
+                names.update(i for i in n.input if i)
+                names.update(_subgraph_reads(n))
+    return names

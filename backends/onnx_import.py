@@ -36,6 +36,7 @@ from graphdl.backends.onnx_export import live_nodes
 from graphdl.dims import DimExpr, parse as parse_dim
 from graphdl.ir import DTYPES, FLOAT_DTYPES, Graph, GraphError, Node, Value, rebuild
 from graphdl.ops.dynamic import shape_of
+from graphdl.ops.registry import INPUT, PARAM, get_op
 
 
 class OnnxImportError(GraphError, ValueError):
@@ -227,7 +228,7 @@ class Importer:
                 self.env[out_name] = out
                 if isinstance(out, Value):
                     self.note_symbols(out)
-                if isinstance(out, Value) and out.node.op not in ("Input", "Param", "Const") \
+                if isinstance(out, Value) and not get_op(out.node.op).source \
                         and id(out.node) not in self.node_names:
                     self.node_names[id(out.node)] = out_name
         self.node = None
@@ -236,7 +237,7 @@ class Importer:
             if vi.type.WhichOneof("value") not in (None, "tensor_type"):
                 _check_tensor(vi, "output")
             v = self.value(vi.name)
-            if v.node.op in ("Input", "Param") or v in outputs:
+            if v.node.op in (INPUT, PARAM) or v in outputs:
                 v = F.identity(v)
                 self.node_names[id(v.node)] = vi.name
             outputs.append(v)
@@ -254,8 +255,12 @@ class Importer:
             if n and n not in self.env:
                 raise OnnxImportError(f"{self.where()}: input {n!r} is not defined by any "
                                       "earlier node, initializer or graph input")
+        # a node with a body (If, Loop, Scan) may read run-time outer values there: never
+        # folded whole (its body's nodes fold one by one)
         foldable = node.op_type != "Constant" and ins and all(
-            not n or (self.is_const(n) and not self.is_weight(n)) for n in ins)
+            not n or (self.is_const(n) and not self.is_weight(n)) for n in ins) and not any(
+            a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+            for a in node.attribute)
         arrays = [self.env[n] if n else None for n in ins]
         if foldable and shapes.applies(node.op_type, arrays, attrs):
             try:

@@ -169,7 +169,7 @@ class Pending:
 class OrtFunction:
     """A graph compiled into an ONNX Runtime session whose Variables live in a DeviceState.
 
-    Call it like a NumPy :class:`graphdl.function.Function` (arrays by position or name): it
+    Call it like a NumPy :class:`graphdl.compiled_function.Function` (arrays by position or name): it
     runs and commits the state. ``run_uncommitted`` + ``commit`` let the caller check the step
     first (``non_finite``). ``profile=True`` turns on ORT's profiler (see :meth:`end_profiling`).
     """
@@ -318,6 +318,17 @@ class OrtFunction:
     def __repr__(self) -> str:
         return (f"<OrtFunction {self.graph.name!r} on {self.device} providers={self.providers} "
                 f"state={len(self.variables)} variables>")
+
+
+def pipeline_for(providers: str | Sequence[Any] = "auto", device_id: int = 0,
+                 training: bool = True) -> str:
+    """The pass pipeline for a graph ONNX Runtime will run on ``providers``: on the CPU
+    provider ``"onnxruntime_cpu"`` (its fastest kernel forms, passes/ort_forms.py), else the
+    executor's ``"training"``/``"inference"`` pipeline."""
+    chosen = resolve_providers(providers, device_id)
+    if chosen and _provider_name(chosen[0]) == CUDA:
+        return "training" if training else "inference"
+    return "onnxruntime_cpu"
 
 
 def _provider_name(p: Any) -> str:

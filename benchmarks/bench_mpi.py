@@ -1,22 +1,29 @@
 """Benchmark: data-parallel train steps on MPI, measured on 1 and 2 ranks, and an alpha-beta
 model of ring all-reduce extrapolated to ResNet-50 on 1-1,024 ranks.
 
-Measured (NumPy executor, float32, one BLAS thread per rank so 2 ranks use the 2 cores):
-- the step time and the all-reduce time per step of the cnn and resnet18 train steps (3x32x32
-  inputs; batch per rank fixed: weak scaling) on 1 and 2 ranks, the scaling efficiency
-  ``t(1 rank) / t(2 ranks)``;
+Measured (NumPy executor, float32, one BLAS thread per rank on 1 rank as on 2, so 2 ranks use
+the 2 cores and the weak-scaling number is per core):
+- the step time of the cnn and resnet18 train steps (3x32x32 inputs; batch per rank fixed:
+  weak scaling) on 1 and 2 ranks, for the default step (``overlap``: each bucket's all-reduce
+  started when its last gradient exists, waited for before the optimizer), the same graph
+  with blocking all-reduces (``serial``), and its compute alone (``compute``: a
+  single-process communicator, run on every rank at once, so under the same contention);
+  the exposed all-reduce time per step; the efficiency ``t(1 rank) / t(2 ranks)``, each
+  step's time being its slowest rank's;
 - collectives and bytes all-reduced per step with and without gradient bucketing;
-- all-reduce time against message size on 2 ranks, which calibrates the model's alpha (latency)
-  and beta (seconds per byte).
+- the step's all-reduce (in place, start + done) against message size on 2 ranks, in the same
+  job, which calibrates the model's alpha (latency) and beta (seconds per byte).
 
-Modelled (benchmarks/mpi_cost_model.py): the 2-rank step predicted as the 1-rank compute plus
+Modelled (benchmarks/mpi_cost_model.py): the 2-rank step predicted as the 2-rank compute plus
 the modelled all-reduce of the step's buckets, against the measurement; then ResNet-50 (25.6M
 parameters, 102 MB of float32 gradients in 25 MiB buckets) with a GPU-class compute time per
 step, on 25/100/400 Gb/s links, with and without overlapping communication with the backward
-pass, next to Horovod's published ~90 % scaling efficiency at 512 GPUs. Writes JSON and a PNG.
+pass, next to Horovod's published ~90 % scaling efficiency at 512 GPUs. Writes JSON
+(``summary`` holds the efficiency and the model error per model) and a PNG.
 
 Run: ``env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_mpi.py``
-(spawns ``mpiexec -n 1`` and ``mpiexec -n 2`` itself, alternating, twice; about 2 minutes).
+(spawns ``mpiexec -n 1`` and ``mpiexec -n 2`` itself, alternating, twice; about 2 minutes
+on a quiet machine).
 """
 from __future__ import annotations
 
@@ -43,64 +50,97 @@ HOROVOD_EFFICIENCY_512 = 0.90
 # hardware of Horovod's paper): forward + backward, no communication
 RESNET50_GPU_STEP_S = 64 / 230.0
 NOTES = (
-    "Measured on a shared 2-core machine: one BLAS thread per rank; the all-reduce time per "
-    "step includes waiting for the slower rank. The model: ring all-reduce "
-    "T = 2(p-1)alpha + 2(p-1)/p n beta, alpha and beta fitted to the 2-rank all-reduce sweep "
-    "(shared memory); the ResNet-50 projection uses the link's bandwidth, a network "
-    "latency alpha = 5 us (the shared-memory alpha fitted here says nothing about a network), "
-    "and a P100-class compute time (batch 64, the hardware of Horovod's "
-    "paper). Without overlap, 25 MiB buckets reach Horovod's ~90 % at 512 ranks only at "
-    "400 Gb/s; with the all-reduce of each bucket overlapped with the rest of the backward "
-    "pass (the bucket order already follows the backward schedule; what is missing is an "
-    "executor that starts a bucket's nonblocking all-reduce when it is ready and waits for it "
-    "only before the optimizer) 25 Gb/s suffices: only the last bucket stays exposed. 4 MiB "
-    "buckets expose less at moderate scale but pay 25 latency terms per step, which loses "
-    "past ~256 ranks. Without bucketing, 161 all-reduces per step pay the latency "
-    "term 161 times and efficiency collapses past ~64 ranks at any bandwidth.")
+    "Measured on a shared 2-core machine: one BLAS thread per rank on 1 and on 2 ranks; a "
+    "step's time is its slowest rank's. The 2-rank step is predicted as the compute measured "
+    "on both ranks at once (same graph, no communication, same contention) plus the ring "
+    "all-reduce T = 2(p-1)alpha + 2(p-1)/p n beta of every bucket, alpha and beta fitted to "
+    "the same job's sweep of the step's own in-place all-reduce (median per size), around "
+    "the step's bucket sizes (within 4x: one line through 4 KiB-64 MiB underpredicts the "
+    "large messages, which run at memory rather than cache speed). Overlap "
+    "on this machine: both cores run ranks, so the reduction's copying and adding is done by "
+    "the ranks themselves (MPICH has no progress thread; the executor polls it between "
+    "kernels); overlap can hide waiting for the other rank, not that work, and the model "
+    "counts the work in full. The ResNet-50 projection uses the link's bandwidth, a network "
+    "latency alpha = 5 us (the shared-memory alpha fitted here says nothing about a "
+    "network), and a P100-class compute time (batch 64, the hardware of Horovod's paper), "
+    "where the reduction runs on the NIC/other engines and overlap does hide it. Without "
+    "overlap, 25 MiB buckets reach Horovod's ~90 % at 512 ranks only at 400 Gb/s; with each "
+    "bucket's all-reduce overlapped with the rest of the backward pass (what "
+    "graphdl.passes.bucket.overlap_collectives schedules) 25 Gb/s suffices: only the last "
+    "bucket stays exposed. 4 MiB buckets expose less at moderate scale but pay 25 latency "
+    "terms per step, which loses past ~256 ranks. Without bucketing, 161 all-reduces per "
+    "step pay the latency term 161 times and efficiency collapses past ~64 ranks at any "
+    "bandwidth.")
 NETWORK_ALPHA_S = 5e-6  # one message step on a datacentre network (RDMA-class latency)
 
 
 # ---- the worker: runs on every rank under mpiexec ----------------------------------------
 
+VARIANTS = ("overlap", "serial", "compute")  # timed in turn, every step, on every rank
+
+
 def worker(out: str, steps: int, warmup: int) -> None:
-    """Time the train steps (and, on 2 ranks, the all-reduce sizes); rank 0 writes JSON."""
+    """Time the train steps (and, on 2 ranks, the all-reduce sizes); rank 0 writes JSON.
+
+    Per model, three functions of the very same optimized train-step graph, timed in turn:
+    ``overlap`` (the default: all-reduces started when their bucket is ready, waited for
+    before the optimizer), ``serial`` (the same graph without the start/done split: blocking
+    all-reduces) and ``compute`` (the overlap graph with a single-process communicator bound:
+    every kernel and the bucket packing, no communication), run on all ranks at once, so the
+    compute time is measured under the same contention as the real step. A step's time is
+    the slowest rank's (the job moves at its pace).
+    """
     from threadpoolctl import threadpool_limits
 
     import graphdl as gd
-    from graphdl.distributed import DataParallel
+    from graphdl.comm import LocalCommunicator
+    from graphdl.distributed import DataParallel, bind_communicator
+    from graphdl.compiled_function import Function
     from graphdl.passes.bucket import collective_stats
 
-    threadpool_limits(1)
+    threadpool_limits(1)  # one BLAS thread per rank, on 1 rank as on 2: weak scaling per core
     result: dict = {"models": {}}
     dp = None
     for name, batch in MODELS.items():
         model = getattr(gd.models, name)(num_classes=10, input_shape=(3, 32, 32), seed=0)
         dp = DataParallel("mpi", timeout=600.0)
+        opt = gd.optim.SGD(0.01, momentum=0.9)
         t0 = time.perf_counter()
-        step = dp.compile_train_step(model, "cross_entropy", gd.optim.SGD(0.01, momentum=0.9))
+        raw = dp.train_step_graph(model, "cross_entropy", opt)
+        overlapped, _ = dp.optimize(raw, overlap=True)
+        serial, _ = dp.optimize(raw, overlap=False)
         compile_s = time.perf_counter() - t0
-        unbucketed = collective_stats(dp.train_step_graph(model, "cross_entropy", "sgd"))
-        bucketed = collective_stats(step.graph)
+        fns = {"overlap": Function(bind_communicator(overlapped, dp.comm)),
+               "serial": Function(bind_communicator(serial, dp.comm)),
+               "compute": Function(bind_communicator(overlapped, LocalCommunicator()))}
         grads = [v.value.nbytes for v in model.trainable_variables]
         r = np.random.default_rng(dp.rank)
         x = r.normal(size=(batch, 3, 32, 32)).astype(np.float32)
         y = r.integers(0, 10, batch)
-        times, comm = [], []
+        times = {k: [] for k in VARIANTS}
+        comm = {k: [] for k in VARIANTS}
         for i in range(warmup + steps):
-            dp.comm.barrier()
-            before = dp.comm.stats.seconds
-            start = time.perf_counter()
-            step(x, y)
-            if i >= warmup:
-                times.append(time.perf_counter() - start)
-                comm.append(dp.comm.stats.seconds - before)
-        result["models"][name] = {
-            "batch_per_rank": batch, "compile_s": compile_s, "step_s": times,
-            "allreduce_s": comm, "step_median_s": statistics.median(times),
-            "allreduce_median_s": statistics.median(comm),
-            "collectives_unbucketed": unbucketed["collectives"],
-            "collectives_bucketed": bucketed["collectives"],
-            "bytes_per_step": bucketed["bytes"], "gradient_tensor_bytes": grads}
+            for k in VARIANTS:
+                dp.comm.barrier()
+                before = dp.comm.stats.seconds
+                start = time.perf_counter()
+                fns[k](x, y)
+                if i >= warmup:
+                    times[k].append(time.perf_counter() - start)
+                    comm[k].append(dp.comm.stats.seconds - before)
+        arena = fns["compute"].executor.arena_report()
+        row = {"batch_per_rank": batch, "compile_s": compile_s,
+               "collectives_unbucketed": collective_stats(raw)["collectives"],
+               "collectives_bucketed": collective_stats(serial)["collectives"],
+               "bytes_per_step": collective_stats(serial)["bytes"],
+               "gradient_tensor_bytes": grads,
+               # packing the buckets (Concat) and unpacking them (Split copies into the arena)
+               "pack_unpack_bytes": 2 * collective_stats(serial)["bytes"],
+               "bytes_copied_into_arena": arena.get("bytes_copied_into_arena", 0)}
+        for k in VARIANTS:  # per step, the slowest rank
+            row[f"{k}_step_s"] = _slowest(dp.comm, times[k])
+            row[f"{k}_allreduce_s"] = _slowest(dp.comm, comm[k])
+        result["models"][name] = row
     if dp.size == 2:
         result["allreduce_sizes"] = allreduce_sweep(dp.comm)
     result["ranks"] = dp.size
@@ -109,23 +149,28 @@ def worker(out: str, steps: int, warmup: int) -> None:
             json.dump(result, f)
 
 
+def _slowest(comm, samples: list[float]) -> list[float]:
+    """Per sample, the largest over the ranks."""
+    return [float(v) for v in comm.allreduce_host(np.asarray(samples, np.float64), "max")]
+
+
 def allreduce_sweep(comm, reps: int = 7) -> dict:
-    """All-reduce seconds of float32 buffers from 4 KiB to 64 MiB: the fastest of ``reps``
-    (what the link can do; other jobs on the shared machine only add delay) and the median."""
-    sizes, seconds, medians = [], [], []
-    for log2 in range(12, 27, 2):
-        x = np.ones(2 ** log2 // 4, np.float32)
-        out = np.empty_like(x)
+    """Seconds of the all-reduce the step runs (in place, started then waited for) on float32
+    buffers from 4 KiB to 64 MiB (denser above 1 MiB, where the buckets are), the slowest rank's, median of ``reps``."""
+    sizes, medians, fastest = [], [], []
+    for log2 in list(range(12, 20, 2)) + list(range(20, 27)):  # every power of 2 from 1 MiB
+        buf = np.ones(2 ** log2 // 4, np.float32)
         samples = []
         for _ in range(reps):
             comm.barrier()
             start = time.perf_counter()
-            comm.allreduce(x, out, "sum")
+            comm.allreduce_done(comm.allreduce_start(buf, buf), "sum")
             samples.append(time.perf_counter() - start)
-        sizes.append(x.nbytes)
-        seconds.append(min(samples))
+        samples = _slowest(comm, samples)
+        sizes.append(buf.nbytes)
         medians.append(statistics.median(samples))
-    return {"bytes": sizes, "seconds": seconds, "median_seconds": medians}
+        fastest.append(min(samples))
+    return {"bytes": sizes, "seconds": medians, "fastest_seconds": fastest}
 
 
 # ---- the driver ----------------------------------------------------------------------------
@@ -147,42 +192,66 @@ def merge_rounds(rounds: list[dict]) -> dict:
     """Several jobs' results as one: step samples pooled, medians over the pool."""
     merged = json.loads(json.dumps(rounds[0]))
     for name, row in merged["models"].items():
-        row["step_s"] = [t for r in rounds for t in r["models"][name]["step_s"]]
-        row["allreduce_s"] = [t for r in rounds for t in r["models"][name]["allreduce_s"]]
-        row["step_median_s"] = statistics.median(row["step_s"])
-        row["allreduce_median_s"] = statistics.median(row["allreduce_s"])
+        for k in VARIANTS:
+            for what in ("step_s", "allreduce_s"):
+                pool = [t for r in rounds for t in r["models"][name][f"{k}_{what}"]]
+                row[f"{k}_{what}"] = pool
+                row[f"{k}_{what.replace('_s', '_median_s')}"] = statistics.median(pool)
     if "allreduce_sizes" in merged:
-        per_size = zip(*[r["allreduce_sizes"]["seconds"] for r in rounds])
-        merged["allreduce_sizes"]["seconds"] = [min(s) for s in per_size]
+        for what in ("seconds", "fastest_seconds"):
+            per_size = zip(*[r["allreduce_sizes"][what] for r in rounds])
+            merged["allreduce_sizes"][what] = [statistics.median(s) for s in per_size]
     return merged
 
 
-def model_section(one: dict, two: dict, link: AlphaBeta) -> dict:
-    """Measured scaling and the model's prediction of the 2-rank step, per model."""
+def model_section(one: dict, two: dict, sweep: dict) -> dict:
+    """Measured scaling and the model's prediction of the 2-rank step, per model.
+
+    Prediction: the compute time measured on 2 ranks at once (the ``compute`` variant: every
+    kernel and the bucket packing, under the same contention) plus the modelled all-reduce
+    of each bucket. On this machine every core runs a rank, so no core is free to reduce
+    while the other computes: the reduction's copying and adding is done by the ranks
+    themselves, between kernels (overlap) or after them (serial), and the model counts it in
+    full in both cases; what overlap can hide here is waiting, which the model omits.
+    """
     out = {}
     for name in MODELS:
         a, b = one["models"][name], two["models"][name]
         grads = b["gradient_tensor_bytes"]
         buckets = bucket_sizes(sum(grads), 25 * 2 ** 20, grads[::-1])
+        # alpha and beta fitted to the sweep around this step's bucket sizes
+        link = calibrate(sweep["bytes"], sweep["seconds"], ranks=2, near=buckets)
         modelled_comm = link.buckets_seconds(buckets, 2)
-        predicted = a["step_median_s"] + modelled_comm
-        out[name] = {
+        compute = b["compute_step_median_s"]
+        predicted = compute + modelled_comm
+        row = {
             "batch_per_rank": a["batch_per_rank"],
-            "step_1_rank_s": a["step_median_s"], "step_2_ranks_s": b["step_median_s"],
-            "allreduce_2_ranks_s": b["allreduce_median_s"],
-            "weak_scaling_efficiency": a["step_median_s"] / b["step_median_s"],
+            "step_1_rank_s": a["overlap_step_median_s"],
+            "step_2_ranks_s": b["overlap_step_median_s"],
+            "step_2_ranks_serial_s": b["serial_step_median_s"],
+            "compute_1_rank_s": a["compute_step_median_s"],
+            "compute_2_ranks_s": compute,
+            "allreduce_2_ranks_s": b["overlap_allreduce_median_s"],
+            "allreduce_2_ranks_serial_s": b["serial_allreduce_median_s"],
+            "weak_scaling_efficiency": a["overlap_step_median_s"] / b["overlap_step_median_s"],
+            "weak_scaling_efficiency_serial": (a["serial_step_median_s"]
+                                               / b["serial_step_median_s"]),
+            # how much of the 1 -> 2 rank loss is compute slowing down (shared memory
+            # bandwidth, cache) rather than communication
+            "compute_slowdown_2_ranks": compute / a["compute_step_median_s"],
             "collectives_per_step": {"unbucketed": b["collectives_unbucketed"],
                                      "bucketed": b["collectives_bucketed"]},
             "bytes_per_step": b["bytes_per_step"],
             "bytes_per_step_unbucketed": sum(grads),
+            "pack_unpack_bytes_per_step": b["pack_unpack_bytes"],
+            "buckets_bytes": buckets,
+            "calibration_near_buckets": {"alpha_s": link.alpha, "beta_s_per_byte": link.beta},
             "model_allreduce_2_ranks_s": modelled_comm,
-            # compute from the 1-rank run + the modelled all-reduce, against the measurement
             "model_step_2_ranks_s": predicted,
-            "model_error": predicted / b["step_median_s"] - 1.0,
-            # the same with the 2-rank run's own compute (its step minus its all-reduce time,
-            # which includes waiting for the slower rank)
-            "model_error_2_rank_compute": (b["step_median_s"] - b["allreduce_median_s"]
-                                           + modelled_comm) / b["step_median_s"] - 1.0}
+            "model_error": predicted / b["overlap_step_median_s"] - 1.0,
+            "model_error_serial": predicted / b["serial_step_median_s"] - 1.0,
+        }
+        out[name] = row
     return out
 
 
@@ -273,13 +342,21 @@ def main(argv=None) -> int:
     one, two = merge_rounds(runs[1]), merge_rounds(runs[2])
     sweep = two["allreduce_sizes"]
     link = calibrate(sweep["bytes"], sweep["seconds"], ranks=2)
+    measured = model_section(one, two, sweep)
     results = {
         "machine": {"cpus": os.cpu_count(), "blas_threads_per_rank": 1,
                     "load_average_1min": [load_before, os.getloadavg()[0]]},
         "allreduce_2_ranks": sweep,
+        # one line through every size (for reference; each model's prediction uses the fit
+        # around its own bucket sizes, in "measured")
         "calibration": {"alpha_s": link.alpha, "beta_s_per_byte": link.beta,
                         "bandwidth_GBps": 1e-9 / link.beta if link.beta else None},
-        "measured": model_section(one, two, link),
+        "measured": measured,
+        "summary": {name: {"weak_scaling_efficiency": row["weak_scaling_efficiency"],
+                           "model_error": row["model_error"],
+                           "efficiency_target_0.85_met": row["weak_scaling_efficiency"] >= 0.85,
+                           "model_within_20pct": abs(row["model_error"]) <= 0.20}
+                    for name, row in measured.items()},
         # a network's latency, not this machine's shared memory: see NOTES
         "resnet50_projection": resnet50_projection(NETWORK_ALPHA_S),
         "horovod_published_efficiency_512": HOROVOD_EFFICIENCY_512,
@@ -291,12 +368,15 @@ def main(argv=None) -> int:
     png = plot(results, os.path.splitext(args.out)[0] + "_scaling.png")
     for name, row in results["measured"].items():
         print(f"{name}: step 1 rank {row['step_1_rank_s'] * 1e3:.0f} ms, 2 ranks "
-              f"{row['step_2_ranks_s'] * 1e3:.0f} ms (all-reduce "
+              f"{row['step_2_ranks_s'] * 1e3:.0f} ms (serial "
+              f"{row['step_2_ranks_serial_s'] * 1e3:.0f} ms, compute "
+              f"{row['compute_2_ranks_s'] * 1e3:.0f} ms, exposed all-reduce "
               f"{row['allreduce_2_ranks_s'] * 1e3:.1f} ms), efficiency "
-              f"{row['weak_scaling_efficiency']:.2f}; collectives "
+              f"{row['weak_scaling_efficiency']:.3f} (serial "
+              f"{row['weak_scaling_efficiency_serial']:.3f}); collectives "
               f"{row['collectives_per_step']['unbucketed']} -> "
               f"{row['collectives_per_step']['bucketed']}; model error "
-              f"{row['model_error']:+.1%}")
+              f"{row['model_error']:+.1%} (serial {row['model_error_serial']:+.1%})")
     print(f"alpha {link.alpha * 1e6:.1f} us, beta {link.beta * 1e9:.3f} ns/B; wrote {args.out}"
           + (f" and {png}" if png else ""))
     return 0

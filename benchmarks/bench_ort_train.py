@@ -5,8 +5,12 @@ CPU mode (default), one run, contenders interleaved in alternating blocks, media
   one SGD-momentum step each (forward, cross-entropy, backward, update, BatchNorm statistics);
 - ``graphdl_ort``: ``model.compile(..., backend="onnxruntime", providers="cpu")``'s train step
   (``OrtFunction``: state bound in device buffers, commit-by-swap, only the batch in and
-  the scalars out); ``graphdl_numpy``: the NumPy executor; ``torch``: torch eager, the same
-  architecture, the same thread count;
+  the scalars out), optimized by the ``onnxruntime_cpu`` pipeline (passes/ort_forms.py:
+  conv gradients and small-map convs as im2col GEMMs); ``graphdl_ort_unlowered``: the same
+  step through the executor's ``training`` pipeline only (the form before that lowering;
+  ``--skip-unlowered`` drops it); ``graphdl_numpy``: the NumPy executor; ``torch``: torch
+  eager, the same architecture, the same thread count;
+- per model, ``lowering``: how often each ort_forms rule fired;
 - per model: ms per step, ratios to torch, first-step losses, and the host<->device bytes
   per step measured by the runner's counters (batch in, outputs out, state moved);
 - the ORT per-op profile (``SessionOptions.enable_profiling``) of the slowest model.
@@ -121,20 +125,33 @@ def torch_resnet18(num_classes: int = 1000):
 
 
 def graphdl_step(model, backend: str, threads: int, providers: str = "cpu",
-                 precision: str = "float32", profile: bool = False):
-    """The compiled train step of ``model`` on ``backend`` (an OrtFunction or a Function)."""
+                 precision: str = "float32", profile: bool = False,
+                 pipeline: str | None = None):
+    """The compiled train step of ``model`` on ``backend`` (an OrtFunction or a Function);
+    ``pipeline`` overrides the pass pipeline an ORT step gets by default."""
     import graphdl as gd
 
     model.compile(gd.optim.SGD(LR, momentum=MOMENTUM), "cross_entropy", backend=backend,
                   providers=providers, threads=threads, precision=precision)
-    if profile:
-        from graphdl.backends.ort_train import OrtFunction
+    if profile or pipeline is not None:
+        from graphdl.backends.ort_train import OrtFunction, pipeline_for
         from graphdl.passes import optimize_graph
 
         g = model.train_step_graph(model.loss, model.optimizer, precision=precision)
-        graph, _ = optimize_graph(g, training=True)
-        return OrtFunction(graph, providers=providers, threads=threads, profile=True)
+        graph, report = optimize_graph(g, training=True,
+                                       passes=pipeline or pipeline_for(providers))
+        return OrtFunction(graph, providers=providers, threads=threads, profile=profile,
+                           report=report)
     return model._train_function()
+
+
+def lowering_counts(report) -> dict:
+    """How often each rule of the ORT CPU lowering fired (from the pass report)."""
+    counts: Counter = Counter()
+    for row in getattr(report, "rows", ()):
+        if row.name == "lower_for_ort_cpu":
+            counts.update(row.rules)
+    return dict(counts)
 
 
 def run_step(step):
@@ -157,17 +174,24 @@ def ort_profile(step, x, y, steps: int = 3) -> dict:
     with open(path) as f:
         events = json.load(f)
     os.remove(path)
-    spent, calls = Counter(), Counter()
+    spent, calls, by_node, shapes = Counter(), Counter(), Counter(), {}
     for e in events:
         if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time"):
-            op = e.get("args", {}).get("op_name", "?")
+            args = e.get("args", {})
+            op = args.get("op_name", "?")
             spent[op] += e.get("dur", 0)
             calls[op] += 1
+            node = e["name"][:-len("_kernel_time")]
+            by_node[node] += e.get("dur", 0)
+            shapes[node] = (op, [list(t.values())[0] for t in args.get("input_type_shape", [])])
     total = sum(spent.values())
     return {"steps": steps, "kernel_ms_per_step": total / 1e3 / steps,
             "by_op": {op: {"ms": us / 1e3 / steps, "share": us / total,
                            "calls": calls[op] // steps}
-                      for op, us in spent.most_common()}}
+                      for op, us in spent.most_common()},
+            "top_nodes": [{"node": n, "op": shapes[n][0], "input_shapes": shapes[n][1],
+                           "ms": us / 1e3 / steps, "share": us / total}
+                          for n, us in by_node.most_common(15)]}
 
 
 def bench_cpu(args) -> dict:
@@ -196,6 +220,10 @@ def bench_cpu(args) -> dict:
         np_step = graphdl_step(m_np, "numpy", args.threads)
         staged_ort = ort_step.stage(x, y)
         call_ort, call_np = run_step(ort_step), run_step(np_step)
+        if not args.skip_unlowered:
+            base_step = graphdl_step(build_model(name, shape), "onnxruntime", args.threads,
+                                     pipeline="training")
+            staged_base, call_base = base_step.stage(x, y), run_step(base_step)
 
         def torch_step():
             topt.zero_grad(set_to_none=True)
@@ -207,6 +235,9 @@ def bench_cpu(args) -> dict:
         first = {"graphdl_ort": call_ort(staged_ort), "graphdl_numpy": call_np([x, y]),
                  "torch": torch_step()}
         fns = {"graphdl_ort": lambda: call_ort(staged_ort), "torch": torch_step}
+        if not args.skip_unlowered:
+            first["graphdl_ort_unlowered"] = call_base(staged_base)
+            fns["graphdl_ort_unlowered"] = lambda: call_base(staged_base)
         if not args.skip_numpy:
             fns["graphdl_numpy"] = lambda: call_np([x, y])
         before = (ort_step.bytes_in, ort_step.bytes_out, ort_step.runs,
@@ -230,10 +261,13 @@ def bench_cpu(args) -> dict:
             "compile_seconds_ort": compile_s, "ms": timing,
             "ratio_to_torch": {k: v["median_ms"] / ref for k, v in timing.items()},
             "first_step_loss": first, "traffic": traffic,
+            "lowering": lowering_counts(ort_step.report),
             "providers": ort_step.providers}
         print(f"{name}: " + ", ".join(f"{k} {v['median_ms']:.1f} ms" for k, v in
                                       timing.items()), flush=True)
         del np_step, m_np
+        if not args.skip_unlowered:
+            del base_step
     slowest = max(results, key=lambda k: results[k]["ms"]["graphdl_ort"]["median_ms"])
     shape, batch = CPU_MODELS[slowest]
     if args.quick and slowest != "cnn":
@@ -242,7 +276,12 @@ def bench_cpu(args) -> dict:
     x = r.normal(size=(batch, *shape)).astype(np.float32)
     y = r.integers(0, 10 if slowest == "cnn" else 1000, batch)
     prof = graphdl_step(build_model(slowest, shape), "onnxruntime", args.threads, profile=True)
-    return {"models": results, "ort_profile": {"model": slowest, **ort_profile(prof, x, y)}}
+    out = {"models": results, "ort_profile": {"model": slowest, **ort_profile(prof, x, y)}}
+    if not args.skip_unlowered:  # the same step before the ORT CPU lowering, for comparison
+        prof = graphdl_step(build_model(slowest, shape), "onnxruntime", args.threads,
+                            profile=True, pipeline="training")
+        out["ort_profile_unlowered"] = {"model": slowest, **ort_profile(prof, x, y)}
+    return out
 
 
 def bench_cuda(args) -> dict:
@@ -307,6 +346,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--quick", action="store_true", help="fewer repeats, smaller batches")
     parser.add_argument("--skip-numpy", action="store_true",
                         help="time only ORT and torch (the NumPy executor is slow on ResNets)")
+    parser.add_argument("--skip-unlowered", action="store_true",
+                        help="do not time the ORT step without the ORT CPU lowering")
     parser.add_argument("--cuda", action="store_true", help="the H200 mode (see docstring)")
     parser.add_argument("--dry-run", action="store_true", help="--cuda logic on the CPU")
     args = parser.parse_args(argv)

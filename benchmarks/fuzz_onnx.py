@@ -76,7 +76,7 @@ def worker(mem_gb: float) -> None:
     from graphdl.backends import onnx_file, onnx_info  # noqa: F401
     from graphdl.backends.onnx_export import ExportError
     from graphdl.backends.onnx_import import OnnxImportError, from_onnx
-    from graphdl.optimize import cli_optimize  # noqa: F401
+    from graphdl.optimization import cli_optimize  # noqa: F401
     from tests.onnx_mutations import make_case
 
     cap = int(mem_gb * 2 ** 30)

@@ -5,7 +5,7 @@ NumPy executor (with symbolic gradients) or export it to ONNX Runtime.
 """
 from graphdl import ops  # noqa: F401  (registers every op)
 from graphdl.autodiff import grad
-from graphdl.function import Function, function
+from graphdl.compiled_function import Function, function
 from graphdl.ir import Graph, GraphError, ShapeError, TensorType, Value, Variable
 from graphdl.tensor import *  # noqa: F401,F403  (the functional op API)
 from graphdl.tensor import const, input, param, variable_of
@@ -14,5 +14,5 @@ from graphdl import layers, losses, models, optim  # noqa: I001  (after the op A
 from graphdl.compiler import compile, export_onnx
 from graphdl.model import Model, Sequential, import_onnx
 from graphdl.modes import set_training, state_updates
-from graphdl.optimize import optimize
+from graphdl.optimization import optimize
 from graphdl.backends.import_budget import ImportBudget

@@ -25,7 +25,8 @@ from graphdl.backends.onnx_info import describe
 from graphdl.backends.ort import OrtRunner
 from graphdl.bench_output import print_summary, write_outputs
 from graphdl.ir import Graph, toposort
-from graphdl.optimize import cli_optimize
+from graphdl.ops.registry import get_op
+from graphdl.optimization import cli_optimize
 from graphdl.passes import optimize_graph, plan_memory
 
 MODELS: dict[str, dict[str, Any]] = {
@@ -121,7 +122,7 @@ def bench_graph(graph, training: bool, memory_batch: int, exec_batch: int, repea
 
 
 def _compute_nodes(graph) -> int:
-    return sum(1 for n in graph.nodes if n.op not in ("Input", "Param", "Const"))
+    return sum(1 for n in graph.nodes if not get_op(n.op).source)
 
 
 # ---- ONNX: graphdl vs ONNX Runtime's basic optimizer vs onnx-simplifier ----------------------

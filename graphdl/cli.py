@@ -25,7 +25,7 @@ from graphdl.backends.import_budget import ImportBudget
 from graphdl.demo import DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS, run_demo
 from graphdl.ir import GraphError
 from graphdl.launch import run_ranks
-from graphdl.optimize import cli_optimize
+from graphdl.optimization import cli_optimize
 from graphdl.version import __version__
 
 EXIT_CODES = {"ok": 0, "check_failed": 1, "usage": 2, "refused_input": 3, "write_failed": 4,

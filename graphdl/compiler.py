@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
-from graphdl.function import Function
+from graphdl.compiled_function import Function
 from graphdl.ir import as_graph
 from graphdl.passes import optimize_graph
 

@@ -34,12 +34,13 @@ import numpy as np
 from graphdl import tensor as F
 from graphdl.callbacks import Callback
 from graphdl.comm import DEFAULT_TIMEOUT_S, get_communicator
-from graphdl.function import Function
+from graphdl.compiled_function import Function
 from graphdl.ir import Graph, Node, Value, Variable, rebuild
 from graphdl.ops.collective import all_reduce
 from graphdl.ops.registry import apply, get_op
 from graphdl.passes import PIPELINES, Pass, Stage, optimize_graph
 from graphdl.passes.bucket import bucket_gradients, overlap_collectives
+from graphdl.passes.rewrite import match_value, op
 from graphdl.split_step import SplitStep
 
 __all__ = ["DataParallel", "DistributedSampler", "Checkpoint", "bind_communicator",
@@ -95,13 +96,15 @@ class DataParallel:
             else None
         extra = {} if precision == "float32" else {"precision": precision}
         return model.train_step_graph(loss, optimizer, forward_hook=forward,
-                                      grad_hook=average_gradients, **extra)
+                                      grad_hook=lambda gs: average_gradients(gs, self.size),
+                                      **extra)
 
     def compile_train_step(self, model, loss, optimizer, compile_fn=None,
                            precision: str = "float32"):
         """Optimize the data-parallel train step (bucketing included), bind the communicator
-        and return the compiled :class:`graphdl.function.Function`; with ``host_reduce`` (or
-        a ``compile_fn(graph)`` for each half, e.g. an ONNX Runtime session) a
+        and return the compiled :class:`graphdl.compiled_function.Function`; with
+        ``host_reduce`` (or a ``compile_fn(graph)`` for each half, e.g. an ONNX Runtime
+        session) a
         :class:`graphdl.split_step.SplitStep`."""
         split = self.host_reduce or compile_fn is not None
         graph, self.report = self.optimize(
@@ -216,11 +219,23 @@ class Checkpoint(Callback):
 
 # ---- graph rewrites ----------------------------------------------------------------------
 
-def average_gradients(grads: list[Value | None]) -> list[Value | None]:
-    """Each gradient averaged over the ranks by its own ``AllReduce(mean)`` (bucketable)."""
+def average_gradients(grads: list[Value | None], size: int | None = None
+                      ) -> list[Value | None]:
+    """Each gradient averaged over the ranks by its own all-reduce (bucketable): with the
+    rank count ``size`` known, a sum all-reduce times ``1 / size``, which fusion folds into
+    the optimizer's elementwise update (no pass over the buckets of its own); else
+    ``AllReduce(mean)``."""
     # bucket=True: the bucketing pass may pack these (they feed only the optimizer)
-    return [None if g is None else apply("AllReduce", g, reduction="mean", bucket=True)
+    if size is None:
+        return [None if g is None else apply("AllReduce", g, reduction="mean", bucket=True)
+                for g in grads]
+    return [None if g is None else
+            _scaled(apply("AllReduce", g, reduction="sum", bucket=True), 1.0 / size)
             for g in grads]
+
+
+def _scaled(x: Value, scale: float) -> Value:
+    return x if scale == 1.0 else x * scale
 
 
 def bind_communicator(graph: Graph, comm) -> Graph:
@@ -241,16 +256,19 @@ def bind_communicator(graph: Graph, comm) -> Graph:
     return Graph(out.inputs, out.outputs, out.updates, out.name, order=order)
 
 
+_TRAINING_BATCHNORM = op("BatchNorm", where=lambda v: v.node.attrs["training"])
+# ^ batchnorm(x, scale, bias, mean, var) in training form: the nodes synchronize_batchnorm syncs
+
+
 def synchronize_batchnorm(graph: Graph, world_size: int) -> Graph:
     """Training BatchNorm nodes rewritten to all-reduce their batch moments: the mean and the
     biased variance over every rank's batch (equal batches per rank), the running variance
     updated with the unbiased variance of ``world_size`` times the local count."""
     def sync(node: Node, inputs):
-        if node.op != "BatchNorm" or not node.attrs.get("training", True):
+        if match_value(_TRAINING_BATCHNORM, node.outputs[0], {}) is None:
             return None
         x, scale, bias, running_mean, running_var = inputs
-        eps = float(node.attrs.get("eps", 1e-5))
-        m = float(node.attrs.get("momentum", 0.1))
+        eps, m = float(node.attrs["eps"]), float(node.attrs["momentum"])  # filled in by apply
         axes = (0,) + tuple(range(2, x.ndim))
         cs = (1, -1) + (1,) * (x.ndim - 2)
         mean = all_reduce(F.mean(x, axes), "mean")  # mean of equal-sized means

@@ -26,6 +26,10 @@ INT_DTYPES = ("int64", "int32", "int16", "int8", "uint64", "uint32", "uint16", "
 # strings are NumPy object arrays of str (ONNX's string tensors)
 DTYPES = FLOAT_DTYPES + NARROW_FLOAT_DTYPES + INT_DTYPES + ("bool", "string")
 
+# The source ops' names: the IR's leaves (graph inputs, parameters, constants), which passes
+# and backends treat by kind rather than by what they compute (the registry declares them).
+INPUT, PARAM, CONST = "Input", "Param", "Const"
+
 # an int is static; a str names a symbolic dimension (the batch) or, as a DimExpr (a str
 # subclass), an expression of symbols such as N*197 (see graphdl.dims)
 Dim = int | str
@@ -333,14 +337,14 @@ class Graph:
         self.updates = tuple(updates)
         self.name = name
         for v in self.inputs:
-            if v.node.op != "Input":
+            if v.node.op != INPUT:
                 raise GraphError(f"graph inputs must come from gd.input(); got {v!r}")
         self.nodes = toposort(self.outputs + tuple(v for _, v in self.updates))
         if order is not None:  # a schedule chosen by a pass (e.g. to lower peak memory)
             self.nodes = _checked_order(self.nodes, order)
         fed = {id(v.node) for v in self.inputs}
         for node in self.nodes:
-            if node.op == "Input" and id(node) not in fed:
+            if node.op == INPUT and id(node) not in fed:
                 raise GraphError(
                     f"the outputs depend on input {node.name!r} (created at {node.site}), "
                     "which is not among the graph's inputs")
@@ -360,7 +364,7 @@ class Graph:
     @property
     def params(self) -> tuple[Node, ...]:
         """Param nodes in schedule order."""
-        return tuple(n for n in self.nodes if n.op == "Param")
+        return tuple(n for n in self.nodes if n.op == PARAM)
 
     def op_counts(self) -> dict[str, int]:
         """How many nodes of each op (source nodes included)."""
@@ -398,7 +402,7 @@ class Graph:
         lines = [f"graph {self.name}(" + ", ".join(
             f"%{names[v]}: {v.type}" for v in self.inputs) + ") {"]
         for node in self.nodes:
-            if node.op == "Input":
+            if node.op == INPUT:
                 continue
             outs = ", ".join(f"%{names[v]}: {v.type}" for v in node.outputs)
             args = ", ".join(f"%{names[v]}" for v in node.inputs)

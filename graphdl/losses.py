@@ -15,6 +15,7 @@ import numpy as np
 
 from graphdl import tensor as F
 from graphdl.ir import TensorType, Value
+from graphdl.passes.rewrite import any_value, match_value, op
 
 # log(p) is clamped at -100, as torch's binary_cross_entropy does, so p = 0 gives a finite loss
 _LOG_FLOOR = math.exp(-100.0)
@@ -38,13 +39,17 @@ def binary_cross_entropy_with_logits(logits: Value, targets: Any) -> Value:
     return F.mean(F.softplus(logits) - logits * targets)
 
 
+_SIGMOID = op("Sigmoid", any_value("logits"))  # sigmoid(logits)
+
+
 def binary_cross_entropy(probs: Value, targets: Any, from_logits: bool = False) -> Value:
     """Mean binary cross-entropy of probabilities ``probs`` in [0, 1] (torch's BCELoss, with
     log clamped at -100); ``from_logits=True`` takes logits (the stable form)."""
     if from_logits:
         return binary_cross_entropy_with_logits(probs, targets)
-    if probs.node.op == "Sigmoid":  # the stable form on the logits, as Keras does
-        return binary_cross_entropy_with_logits(probs.node.inputs[0], targets)
+    of_logits = match_value(_SIGMOID, probs, {})
+    if of_logits is not None:  # the stable form on the logits, as Keras does
+        return binary_cross_entropy_with_logits(of_logits["logits"], targets)
     log_p = F.log(F.clip(probs, min=_LOG_FLOOR))
     log_q = F.log(F.clip(1.0 - probs, min=_LOG_FLOOR))
     return F.mean(-(targets * log_p + (1.0 - targets) * log_q))

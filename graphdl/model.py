@@ -15,7 +15,7 @@ import numpy as np
 
 from graphdl import autodiff, compiler, losses as _losses, optim as _optim
 from graphdl.amp import LossScaler
-from graphdl.ir import Graph, GraphError, Value, Variable
+from graphdl.ir import INPUT, Graph, GraphError, Value, Variable
 from graphdl.model_io import (  # noqa: F401  (re-exported)
     ModelFileError, WeightsMismatchError, load_weights, model_arrays, save_weights)
 from graphdl.modes import set_training, state_updates
@@ -44,7 +44,7 @@ class Model(TrainingMixin):
 
     def _set_graph(self, inputs: list[Value], outputs: list[Value]) -> None:
         for v in inputs:
-            if v.node.op != "Input":
+            if v.node.op != INPUT:
                 raise GraphError(f"Model inputs must be gd.input() values; got {v!r}")
         names = [v.name for v in inputs]
         if len(set(names)) != len(names):

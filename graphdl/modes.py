@@ -6,7 +6,7 @@ produce new state declare ``state_outputs`` in the registry; ``state_updates`` c
 """
 from __future__ import annotations
 
-from graphdl.ir import Graph, Node, Value, Variable, rebuild, toposort
+from graphdl.ir import PARAM, Graph, Node, Value, Variable, rebuild, toposort
 from graphdl.ops.registry import get_op
 
 
@@ -30,6 +30,6 @@ def state_updates(outputs: list[Value]) -> list[tuple[Variable, Value]]:
             continue
         for out_i, in_i in get_op(node.op).state_outputs.items():
             src = node.inputs[in_i].node
-            if src.op == "Param":
+            if src.op == PARAM:
                 pairs.append((src.attrs["variable"], node.outputs[out_i]))
     return pairs

@@ -18,7 +18,7 @@ from typing import Sequence
 import numpy as np
 
 from graphdl import tensor as F
-from graphdl.ir import FLOAT_DTYPES, GraphError, Value, Variable
+from graphdl.ir import FLOAT_DTYPES, PARAM, GraphError, Value, Variable
 
 # ---- learning-rate schedules ---------------------------------------------------------------
 
@@ -369,7 +369,7 @@ class AdamW(Adam):
 
 
 def _param_variable(p: Value) -> Variable:
-    if not isinstance(p, Value) or p.node.op != "Param":
+    if not isinstance(p, Value) or p.node.op != PARAM:
         raise GraphError(f"optimizers update parameters (gd.param values or layer weights); "
                          f"got {p!r}")
     return p.node.attrs["variable"]

@@ -24,9 +24,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from graphdl.ir import Graph, GraphError, Node, Value, toposort
-from graphdl.function import Function
+from graphdl.ir import INPUT, Graph, GraphError, Node, Value, toposort
+from graphdl.compiled_function import Function
 from graphdl.ops.registry import get_op
+from graphdl.passes.rewrite import match_value, op
 from graphdl.tensor import input as gd_input
 
 
@@ -40,6 +41,9 @@ class SplitGraphs:
     n_outputs: int  # the original step's outputs (loss, model output) lead the gradient graph
 
 
+_HOST_REDUCIBLE = op("AllReduce")  # the one collective the host reduces between the halves
+
+
 def split_train_step(graph: Graph) -> SplitGraphs:
     """Cut ``graph`` at its AllReduce nodes (see the module docstring).
 
@@ -48,7 +52,7 @@ def split_train_step(graph: Graph) -> SplitGraphs:
     """
     cut = [n for n in graph.nodes if get_op(n.op).collective]
     for node in cut:
-        if node.op != "AllReduce":
+        if match_value(_HOST_REDUCIBLE, node.outputs[0], {}) is None:
             raise GraphError(f"cannot split a train step at {node.op} (made at {node.site}); "
                              "only AllReduce is reduced on the host")
     cut_ids = {id(n) for n in cut}
@@ -72,7 +76,7 @@ def split_train_step(graph: Graph) -> SplitGraphs:
     gradient = Graph(graph.inputs, list(graph.outputs) + [n.inputs[0] for n in cut],
                      grad_side, name=f"{graph.name}_gradients")
     new_values = _substitute([v for _, v in apply_side], reduced)
-    needed = {id(n) for n in toposort(new_values) if n.op == "Input"}
+    needed = {id(n) for n in toposort(new_values) if n.op == INPUT}
     apply_inputs = [reduced[id(n)] for n in cut] + [v for v in graph.inputs
                                                     if id(v.node) in needed]
     apply = Graph(apply_inputs, [], [(var, v) for (var, _), v in zip(apply_side, new_values)],
@@ -110,10 +114,10 @@ class SplitStep:
 
     ``compile_fn(graph) -> fn`` builds each half (default: the NumPy executor). A half's
     ``run_uncommitted(*arrays)`` returns (outputs, pending state) and its ``commit(pending)``
-    writes that state (:class:`graphdl.function.Function`, or an ONNX Runtime function whose
-    state stays on the device); ``non_finite(pending)``, where a half has it, names a
-    non-finite update. The step offers the same three methods, so ``fit`` runs it like any
-    compiled train step.
+    writes that state (:class:`graphdl.compiled_function.Function`, or an ONNX Runtime
+    function whose state stays on the device); ``non_finite(pending)``, where a half has it,
+    names a non-finite update. The step offers the same three methods, so ``fit`` runs it like
+    any compiled train step.
     """
 
     def __init__(self, graph: Graph, comm, compile_fn: Callable[[Graph], Any] | None = None):

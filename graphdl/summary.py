@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from graphdl.ir import Node, Variable
+from graphdl.ir import PARAM, Node, Variable
 from graphdl.ops.registry import get_op
 
 
@@ -50,7 +50,7 @@ def summary_rows(model) -> list[SummaryRow]:
             continue
         if any(id(v.node) in on_data_path for v in node.inputs):
             on_data_path.add(id(node))
-        layer_vars = [v.node.attrs["variable"] for v in node.inputs if v.node.op == "Param"]
+        layer_vars = [v.node.attrs["variable"] for v in node.inputs if v.node.op == PARAM]
         if node.name:
             ops = inner_ops.pop(node.name, []) + [node.op]
             row = SummaryRow(node.name, "+".join(ops), node.outputs[0].shape)
@@ -70,7 +70,7 @@ def summary_rows(model) -> list[SummaryRow]:
         pending.append((node, row))
     for node, row in pending:
         for v in node.inputs:
-            if v.node.op != "Param":
+            if v.node.op != PARAM:
                 continue
             var = v.node.attrs["variable"]
             if id(var) in owner:

@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from graphdl.ir import GraphError, Node, TensorType, Value, Variable, normalize_dtype, \
-    normalize_shape, user_call_site
+from graphdl.ir import INPUT, PARAM, GraphError, Node, TensorType, Value, Variable, \
+    normalize_dtype, normalize_shape, user_call_site
 from graphdl.ops import conv as _conv, indexing as _indexing, loss as _loss, norm as _norm, \
     pool as _pool
 from graphdl.ops import einsum as _einsum, extra2 as _extra2, indexing_extra as _indexing_extra, \
@@ -41,7 +41,7 @@ for _family in (_conv, _indexing, _loss, _norm, _pool, _logical, _math_extra, _i
 def input(name: str, shape, dtype: Any = "float32") -> Value:
     """A graph input fed at run time; ``None`` in ``shape`` is the symbolic batch dim."""
     t = TensorType(normalize_shape(shape), normalize_dtype(dtype))
-    return Node("Input", (), {}, (t,), name=name, site=user_call_site()).outputs[0]
+    return Node(INPUT, (), {}, (t,), name=name, site=user_call_site()).outputs[0]
 
 
 def param(name: str, value, trainable: bool = True) -> Value:
@@ -52,7 +52,7 @@ def param(name: str, value, trainable: bool = True) -> Value:
 def variable_value(var: Variable) -> Value:
     """The graph value that reads ``var``."""
     t = TensorType(tuple(int(d) for d in var.value.shape), normalize_dtype(var.value.dtype))
-    return Node("Param", (), {"variable": var}, (t,), name=var.name,
+    return Node(PARAM, (), {"variable": var}, (t,), name=var.name,
                 site=user_call_site()).outputs[0]
 
 
@@ -63,7 +63,7 @@ def const(value, dtype: Any = None, name: str | None = None) -> Value:
 
 def variable_of(v: Value) -> Variable:
     """The state variable behind a ``gd.param`` value."""
-    if v.node.op != "Param":
+    if v.node.op != PARAM:
         raise GraphError(f"{v!r} is not a parameter")
     return v.node.attrs["variable"]
 

@@ -21,7 +21,7 @@ import numpy as np
 from graphdl import losses as _losses, optim as _optim, passes as _passes
 from graphdl.callbacks import Callback, History
 from graphdl.distributed import DataParallel, broadcast_variables
-from graphdl.function import function
+from graphdl.compiled_function import function
 from graphdl.ir import Graph, GraphError, Value, Variable
 from graphdl.progress import FitProgress
 
@@ -154,9 +154,10 @@ class TrainingMixin:
     def _compile_graph(self, g, training: bool):
         if self.backend != "onnxruntime":
             return function(g.inputs, list(g.outputs), g.updates, training=training)
-        from graphdl.backends.ort_train import OrtFunction  # lazy: onnxruntime loads slowly
+        from graphdl.backends.ort_train import OrtFunction, pipeline_for  # lazy: slow import
 
-        graph, report = _passes.optimize_graph(g, training=training)
+        pipeline = pipeline_for(self._ort_options["providers"], training=training)
+        graph, report = _passes.optimize_graph(g, training=training, passes=pipeline)
         fn = OrtFunction(graph, state=self._device_state, report=report, **self._ort_options)
         self._device_state = fn.state  # train, eval and predict share the device buffers
         return fn

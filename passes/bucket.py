@@ -27,6 +27,7 @@ from graphdl.ops.indexing import concat, split
 from graphdl.ops.collective import all_reduce_done, all_reduce_start
 from graphdl.ops.registry import apply, get_op
 from graphdl.ops.shape import reshape
+from graphdl.passes.rewrite import match_value, op
 
 DEFAULT_BUCKET_BYTES = 25 * 2 ** 20  # DDP's default bucket_cap_mb
 
@@ -47,7 +48,7 @@ def bucket_gradients(graph: Graph, bucket_bytes: int = DEFAULT_BUCKET_BYTES,
         raise ValueError(f"bucket_bytes must be > 0, got {bucket_bytes}")
     before = collective_stats(graph)
     position = {id(n): i for i, n in enumerate(graph.nodes)}
-    members = [n for n in graph.nodes if n.op == "AllReduce" and n.attrs.get("bucket")
+    members = [n for n in graph.nodes if get_op(n.op).collective and n.attrs.get("bucket")
                and n.inputs[0].type.is_static]
     # ready order: when the gradient feeding the all-reduce is computed
     members.sort(key=lambda n: position[id(n.inputs[0].node)])
@@ -91,16 +92,24 @@ def _record(stats, before, after) -> None:
         stats["bytes_per_step"] = after["bytes"]
 
 
+_ALL_REDUCE = op("AllReduce")  # all_reduce(x): split into start + done below
+_PACK = op("Concat")  # concat(flat gradients): packs a bucket
+
+
+def _is(pattern, node: Node) -> bool:
+    return match_value(pattern, node.outputs[0], {}) is not None
+
+
 def overlap_collectives(graph: Graph) -> Graph:
     """Every ``AllReduce`` split into ``AllReduceStart`` (moved, with the views and the Concat
     that pack its input, to right after the last value it needs) and ``AllReduceDone`` (moved
     to right before the first node that reads it); the rest of the schedule is kept."""
-    if not any(n.op == "AllReduce" for n in graph.nodes):
+    if not any(_is(_ALL_REDUCE, n) for n in graph.nodes):
         return graph
     mapping: dict[int, Any] = {}
 
     def split_node(node: Node, inputs):
-        if node.op != "AllReduce":
+        if not _is(_ALL_REDUCE, node):
             return None
         op, comm = node.attrs.get("reduction", "sum"), node.attrs.get("comm")
         return [all_reduce_done(all_reduce_start(inputs[0], op, comm), op, comm)]
@@ -109,7 +118,7 @@ def overlap_collectives(graph: Graph) -> Graph:
     order = []
     for node in graph.nodes:  # the old schedule, in new nodes
         new = mapping.get(id(node.outputs[0]), node.outputs[0]).node
-        if new.op == "AllReduceDone":
+        if get_op(new.op).waits:
             order.append(new.inputs[0].node)
         order.append(new)
     return Graph(out.inputs, out.outputs, out.updates, out.name,
@@ -127,18 +136,18 @@ def _start_early_done_late(order: list[Node]) -> list[Node]:
             readers[id(v.node)] = readers.get(id(v.node), 0) + 1
     early: set[int] = set()
     for node in order:
-        if node.op != "AllReduceStart":
+        if not get_op(node.op).nonblocking:
             continue
         early.add(id(node))
         stack = [node.inputs[0].node]
         while stack:  # the packing chain: Concat / views read by nothing else
             p = stack.pop()
             opdef = get_op(p.op)
-            if readers.get(id(p)) == 1 and (opdef.view or p.op == "Concat") \
+            if readers.get(id(p)) == 1 and (opdef.view or _is(_PACK, p)) \
                     and not opdef.source and id(p) not in early:
                 early.add(id(p))
                 stack.extend(v.node for v in p.inputs)
-    late = {id(n) for n in order if n.op == "AllReduceDone"}
+    late = {id(n) for n in order if get_op(n.op).waits}
     rest = [n for n in order if id(n) not in early and id(n) not in late]
     moved = [n for n in order if id(n) in early]  # already in dependency order
     # early nodes: each goes right after the last of its producers in the growing order
@@ -176,19 +185,19 @@ def _defer_reduced(order: list[Node]) -> list[Node]:
     then reduces during the rest of the backward pass, and its update runs while the last
     bucket reduces. A Done something started later depends on (synchronized BatchNorm's
     moments) stays. Nodes keep their relative order, so the order stays topological."""
-    starts = [i for i, n in enumerate(order) if n.op == "AllReduceStart"]
+    starts = [i for i, n in enumerate(order) if get_op(n.op).nonblocking]
     if not starts:
         return order
     last = starts[-1]
     deferred: set[int] = set()
     for i, node in enumerate(order[:last]):
-        if node.op != "AllReduceDone" or id(node) in deferred:
+        if not get_op(node.op).waits or id(node) in deferred:
             continue
         closure = {id(node)}
         for n in order[i + 1:last + 1]:
             if any(id(v.node) in closure for v in n.inputs):
                 closure.add(id(n))
-        if not any(order[j].op == "AllReduceStart" and id(order[j]) in closure
+        if not any(get_op(order[j].op).nonblocking and id(order[j]) in closure
                    for j in starts):
             deferred |= closure
     if not deferred:

@@ -12,22 +12,19 @@ import numpy as np
 
 from graphdl.ir import FLOAT_DTYPES, Graph, Value
 from graphdl.ops.registry import CONST
-from graphdl.passes.rewrite import Match, Rule, any_value, apply_rules, constant_array, op
+from graphdl.passes.rewrite import Match, Rule, any_value, apply_rules, constant_array, \
+    match_value, op
 
 _X = any_value("x")
-
-
-def _eps(attrs: dict) -> float:
-    return float(attrs.get("eps", attrs.get("epsilon", 1e-5)))
 
 
 def _bn_scale_shift(m: Match, bn):
     """(s, t) with batchnorm(x) = x * s + t per channel, as nodes."""
     x, scale, bias, mean, var = bn.inputs
     dt = x.dtype
+    eps = m.const(np.array(float(bn.attrs["eps"]), dt))
     s = m.op("Mul", scale, m.op("Div", m.const(np.ones((), dt)),
-                                  m.op("Sqrt", m.op("Add", var, m.const(np.array(_eps(bn.attrs),
-                                                                                  dt))))))
+                                  m.op("Sqrt", m.op("Add", var, eps))))  # scale / sqrt(var + eps)
     t = m.op("Sub", bias, m.op("Mul", mean, s))
     return s, t
 
@@ -69,15 +66,16 @@ def _fold_bn_into_gemm(m: Match):
     if not _bn_inference(m) or not m.only_used_here(m["mm"]) or m["mm"].ndim != 2:
         return None
     a, b = mm.inputs[0], mm.inputs[1]
-    if mm.op == "Gemm" and (mm.attrs.get("alpha", 1.0) != 1.0 or mm.attrs.get("beta", 1.0) != 1.0
-                            or mm.attrs.get("transA", 0)):
+    # a MatMul reads as a Gemm with every attribute at its default (and no c)
+    if mm.attrs.get("alpha", 1.0) != 1.0 or mm.attrs.get("beta", 1.0) != 1.0 \
+            or mm.attrs.get("transA", 0):
         return None
     if b.ndim != 2 or a.ndim != 2 or not _all_const(list(mm.inputs[1:]) + list(bn.inputs[1:])):
         return None
     s, t = _bn_scale_shift(m, bn)
-    trans_b = int(mm.attrs.get("transB", 0)) if mm.op == "Gemm" else 0
+    trans_b = int(mm.attrs.get("transB", 0))
     b2 = m.op("Mul", b, m.op("Reshape", s, shape=(-1, 1)) if trans_b else s)  # B' = B * s
-    if mm.op == "Gemm" and len(mm.inputs) == 3:
+    if len(mm.inputs) == 3:
         c2 = m.try_op("Add", m.op("Mul", mm.inputs[2], s), t)  # c' = c*s + t
         if c2 is None:
             return None
@@ -130,17 +128,24 @@ def _gemm_add(m: Match):
     return m.try_op("Gemm", *g.inputs, m["c"], name=g.name or m.root.name, **g.attrs)
 
 
-def _is_swap(v: Value) -> bool:
-    return v.node.op == "Transpose" and tuple(v.node.attrs["perm"]) == (1, 0)
+_SWAPPED = op("Transpose", any_value("src"), where=lambda v: tuple(v.node.attrs["perm"]) == (1, 0))
+# ^ src.T, a matrix transposed
+
+
+def _unswapped(v: Value) -> Value | None:
+    """``src`` when ``v`` is ``src.T``, else None."""
+    caps = match_value(_SWAPPED, v, {})
+    return None if caps is None else caps["src"]
 
 
 def _matmul_transposed(m: Match):
     a, b = m.root.inputs
-    if a.ndim != 2 or b.ndim != 2 or not (_is_swap(a) or _is_swap(b)):
+    sa, sb = _unswapped(a), _unswapped(b)
+    if a.ndim != 2 or b.ndim != 2 or (sa is None and sb is None):
         return None
-    ta, tb = _is_swap(a), _is_swap(b)
-    return m.try_op("Gemm", a.node.inputs[0] if ta else a, b.node.inputs[0] if tb else b,
-                    transA=int(ta), transB=int(tb))  # A^T @ B -> gemm(A, B, transA=1)
+    return m.try_op("Gemm", a if sa is None else sa, b if sb is None else sb,
+                    transA=int(sa is not None), transB=int(sb is not None))
+    # A^T @ B -> gemm(A, B, transA=1)
 
 
 def _transposed_product(m: Match):
@@ -148,8 +153,7 @@ def _transposed_product(m: Match):
     a, b = g.inputs[0], g.inputs[1]
     if len(g.inputs) != 2 or a.ndim != 2 or b.ndim != 2 or g.attrs.get("alpha", 1.0) != 1.0:
         return None
-    ta = int(g.attrs.get("transA", 0)) if g.op == "Gemm" else 0
-    tb = int(g.attrs.get("transB", 0)) if g.op == "Gemm" else 0
+    ta, tb = int(g.attrs.get("transA", 0)), int(g.attrs.get("transB", 0))  # MatMul: 0, 0
     # (op(a) @ op(b))^T = op(b)^T @ op(a)^T: swap the operands and flip both flags
     return m.try_op("Gemm", b, a, transA=1 - tb, transB=1 - ta, name=g.name)
 
@@ -184,29 +188,34 @@ GEMM_RULES = [
 
 # ---- softmax + cross-entropy -----------------------------------------------------------------
 
+def _label_column(v: Value) -> bool:
+    """``v`` is ``y[:, None]``: an Unsqueeze at axis 1 or a Reshape to (-1, 1)."""
+    attrs = v.node.attrs
+    return tuple(attrs.get("axes", ())) in ((1,), (-1,)) or tuple(attrs.get("shape", ())) == (-1, 1)
+
+
+def _arange_row(v: Value) -> bool:
+    """``v`` is the constant ``arange(n)``, shaped (n,) or (1, n)."""
+    arr = constant_array(v)
+    return arr is not None and arr.shape in ((arr.size,), (1, arr.size)) and \
+        np.array_equal(arr.reshape(-1), np.arange(arr.size))
+
+
+_ONEHOT = op("Cast", op("Equal", op(("Unsqueeze", "Reshape"), any_value(
+    "y", where=lambda y: y.ndim == 1 and y.dtype in ("int64", "int32")), where=_label_column),
+    any_value("range", where=_arange_row)))
+# ^ cast(y[:, None] == arange(classes)): integer labels y, one-hot encoded
+
+_ROW_LOG_SOFTMAX = op("LogSoftmax", any_value("z"), where=lambda v: v.ndim == 2 and
+                      v.node.attrs.get("axis", -1) in (1, -1))  # log_softmax(z, axis=1)
+
+
 def onehot_labels(v: Value, classes) -> Value | None:
     """The integer labels ``y`` when ``v`` is ``cast(y[:, None] == arange(classes))``."""
-    if v.node.op != "Cast" or not isinstance(classes, int):
+    caps = match_value(_ONEHOT, v, {})
+    if caps is None or not isinstance(classes, int) or caps["range"].type.numel() != classes:
         return None
-    eq = v.node.inputs[0].node
-    if eq.op != "Equal":
-        return None
-    for lab, rng in (eq.inputs, eq.inputs[::-1]):
-        arr = constant_array(rng)
-        if arr is None or arr.size != classes or arr.shape not in ((classes,), (1, classes)):
-            continue
-        if not np.array_equal(arr.reshape(-1), np.arange(classes)):
-            continue
-        node = lab.node
-        if node.op == "Unsqueeze" and tuple(node.attrs["axes"]) in ((1,), (-1,)):
-            y = node.inputs[0]
-        elif node.op == "Reshape" and tuple(node.attrs["shape"]) == (-1, 1):
-            y = node.inputs[0]
-        else:
-            continue
-        if y.ndim == 1 and y.dtype in ("int64", "int32"):
-            return y
-    return None
+    return caps["y"]
 
 
 def _row_axis(node) -> bool:
@@ -215,20 +224,16 @@ def _row_axis(node) -> bool:
 
 
 def _log_softmax_rows(v: Value) -> Value | None:
-    node = v.node
-    if node.op == "LogSoftmax" and v.ndim == 2 and node.attrs.get("axis", -1) in (1, -1):
-        return node.inputs[0]
-    return None
+    caps = match_value(_ROW_LOG_SOFTMAX, v, {})
+    return None if caps is None else caps["z"]
 
 
 def _picked_log_prob(m: Match):
     """(logits, labels) when ``m['picked']`` is sum(onehot(y) * log_softmax(z), axis=1)."""
     picked = m["picked"].node
-    if picked.op != "ReduceSum" or not _row_axis(picked) or picked.attrs.get("keepdims"):
+    if not _row_axis(picked) or picked.attrs.get("keepdims"):
         return None
     prod = picked.inputs[0].node
-    if prod.op != "Mul":
-        return None
     for hot, lsm in (prod.inputs, prod.inputs[::-1]):
         z = _log_softmax_rows(lsm)
         if z is None:
@@ -258,7 +263,7 @@ def _cross_entropy_backward(m: Match):
     z = _log_softmax_rows(lsm)
     if z is None or not m["sum"].node.attrs.get("keepdims"):
         return None
-    if not _row_axis(m["sum"].node) or g.node.op != "Mul":
+    if not _row_axis(m["sum"].node):
         return None
     for hot, scale in (g.node.inputs, g.node.inputs[::-1]):
         y = onehot_labels(hot, z.shape[1])
@@ -273,16 +278,18 @@ def _cross_entropy_backward(m: Match):
     return None
 
 
+_PICKED = op("ReduceSum", op("Mul"), capture="picked")  # sum(a * b, axes)
+
 SOFTMAX_CE_RULES = [
-    Rule("cross_entropy", op(("ReduceMean", "ReduceSum"), op("Neg", any_value("picked")),
-                             capture="reduce"), _cross_entropy_forward),
+    Rule("cross_entropy", op(("ReduceMean", "ReduceSum"), op("Neg", _PICKED), capture="reduce"),
+         _cross_entropy_forward),
     # ^ mean(-sum(onehot(y) * log_softmax(z), 1)) -> softmax_cross_entropy(z, y)
     Rule("cross_entropy_neg_outside",
-         op("Neg", op(("ReduceMean", "ReduceSum"), any_value("picked"), capture="reduce")),
+         op("Neg", op(("ReduceMean", "ReduceSum"), _PICKED, capture="reduce")),
          _cross_entropy_forward),
     # ^ -mean(sum(onehot(y) * log_softmax(z), 1)) -> softmax_cross_entropy(z, y)
     Rule("cross_entropy_grad",
-         op("Sub", any_value("g"), op("Mul", op("Exp", any_value("lsm")),
+         op("Sub", op("Mul", capture="g"), op("Mul", op("Exp", any_value("lsm")),
                                       op("ReduceSum", any_value("g"), capture="sum"))),
          _cross_entropy_backward),
     # ^ g - exp(log_softmax z) * sum(g) with g = onehot*s -> softmax_cross_entropy_grad

@@ -22,6 +22,7 @@ from graphdl.passes.fold import fold_constants, freeze_parameters
 from graphdl.passes.fuse_elementwise import fuse_elementwise
 from graphdl.passes.fusion import fold_batchnorm, fuse_gemm, fuse_softmax_cross_entropy
 from graphdl.passes.memory import plan_memory
+from graphdl.passes.ort_forms import lower_for_ort_cpu
 from graphdl.passes.report import OptimizationReport, PassRow
 from graphdl.passes.schedule import schedule_for_memory
 from graphdl.passes.simplify import remove_dropout, simplify
@@ -93,6 +94,9 @@ PASSES: Mapping[str, Pass] = MappingProxyType({p.name: p for p in (
          doc="log-softmax + one-hot pick + mean, and its gradient, into the fused loss ops"),
     Pass("fuse_elementwise", _rules(fuse_elementwise),
          doc="elementwise chains into one kernel; Conv/Gemm + epilogue into one kernel"),
+    Pass("lower_for_ort_cpu", _rules(lower_for_ort_cpu),
+         doc="conv gradients and small-map convs as im2col GEMMs, max-pool grads by argmax "
+             "(ONNX Runtime CPU forms)"),
     Pass("schedule_for_memory", lambda g, ctx: schedule_for_memory(g, ctx.bindings),
          doc="reorder independent branches to lower peak memory"),
 )})
@@ -119,6 +123,13 @@ PIPELINES: Mapping[str, tuple[Stage, ...]] = MappingProxyType({
     "onnx_export": (
         _SIMPLIFY,
         Stage("fold", ("fold_constants", "eliminate_common_subexpressions")),
+    ),
+    # a train or eval step run by ONNX Runtime's CPU provider (gd.compile / Model.compile
+    # with backend="onnxruntime" on CPU): the executor's stages, then the forms ORT's CPU
+    # kernels run fastest (passes/ort_forms.py); ORT plans memory itself
+    "onnxruntime_cpu": _FOR_EXECUTOR[:2] + (
+        Stage("ort_cpu", ("lower_for_ort_cpu", "eliminate_common_subexpressions",
+                          "eliminate_dead_code")),
     ),
 })
 DEFAULT_PIPELINE: tuple[Stage, ...] = PIPELINES["training"]

@@ -11,7 +11,7 @@ import numpy as np
 from graphdl.ir import FLOAT_DTYPES, Graph, Value
 from graphdl.ops.registry import INPUT, get_op
 from graphdl.passes.rewrite import Match, Rule, any_value, apply_rules, const, constant_array, \
-    op, uniform_value
+    match_value, op, uniform_value
 
 _X = any_value("x")
 # kinds of op, by what each op declares (graphdl.ops.registry.OpDef); no lists of names
@@ -178,7 +178,7 @@ def _transpose_chain(m: Match):
 
 def _static_like(m: Match):
     like = m["like"]
-    if m.root.op == "ReshapeLike":
+    if get_op(m.root.op).reshape:  # reshape_like(x, like) -> reshape(x, like.shape)
         return _reshape_to(m, m["x"])
     if not all(isinstance(d, int) for d in like.shape):
         return None
@@ -186,10 +186,8 @@ def _static_like(m: Match):
 
 
 def _expand_chain(m: Match):
-    x, root = m["x"], m.root
-    if root.op == "ExpandAs":
-        return m.try_op("ExpandAs", x, root.inputs[1])
-    return m.try_op("Expand", x, shape=tuple(root.attrs["shape"]))
+    root = m.root  # the outer expand, over x instead (its target shape, as an attr or a like)
+    return m.try_op(root.op, m["x"], *root.inputs[1:], **root.attrs)
 
 
 def _unsqueeze_expand(m: Match):
@@ -198,8 +196,9 @@ def _unsqueeze_expand(m: Match):
     if a.ndim != e.types[0].rank:
         return None
     small = m.op("Unsqueeze", a, axes=axes)
-    if e.op == "ExpandAs":
-        return m.try_op("ExpandAs", small, m.op("Unsqueeze", e.inputs[1], axes=axes))
+    like = m.get("like")
+    if like is not None:
+        return m.try_op("ExpandAs", small, m.op("Unsqueeze", like, axes=axes))
     if not all(isinstance(d, int) for d in m.type.shape):
         return None
     return m.try_op("Expand", small, shape=tuple(m.type.shape))
@@ -214,8 +213,11 @@ SHAPE_RULES = [
     # ^ expand_as(x, like) -> expand(x, like.shape) when that shape is static
     Rule("expand_chain", op(_EXPANDS, op(_EXPANDS, _X)), _expand_chain),
     # ^ expand(expand(x, s1), s2) -> expand(x, s2)
-    Rule("unsqueeze_expand", op("Unsqueeze", op(_EXPANDS, capture="e")), _unsqueeze_expand),
-    # ^ unsqueeze(expand(a)) -> expand(unsqueeze(a))
+    Rule("unsqueeze_expand", op("Unsqueeze", op("Expand", capture="e")), _unsqueeze_expand),
+    # ^ unsqueeze(expand(a, s)) -> expand(unsqueeze(a), s')
+    Rule("unsqueeze_expand_as", op("Unsqueeze", op("ExpandAs", _X, any_value("like"),
+                                                   capture="e")), _unsqueeze_expand),
+    # ^ unsqueeze(expand_as(a, like)) -> expand_as(unsqueeze(a), unsqueeze(like))
 ]
 
 
@@ -261,12 +263,17 @@ def _sink_expand(m: Match):
     small = m.try_op(root.op, *ins, **root.attrs)
     if small is None or small.shape == m.type.shape:
         return None
-    if e.op == "ExpandAs":
-        like = e.inputs[1]
+    as_like = match_value(_EXPAND_AS, e.outputs[0], {})
+    if as_like is not None:
+        like = as_like["like"]
         return m.try_op("ExpandAs", small, like) if like.shape == m.type.shape else None
     if not all(isinstance(d, int) for d in m.type.shape):
         return None
     return m.try_op("Expand", small, shape=tuple(m.type.shape))
+
+
+_EXPAND_AS = op("ExpandAs", _X, any_value("like"))  # expand_as(x, like)
+_RELU = op("Relu", _X)  # relu(x)
 
 
 def _relu_mask(m: Match):
@@ -274,7 +281,7 @@ def _relu_mask(m: Match):
     if not _is_float(x):
         return None
     for node in m.consumers(x):
-        if node.op == "Relu" and node.inputs[0] is x:
+        if match_value(_RELU, node.outputs[0], {"x": x}):
             # x > 0 exactly where relu(x) > 0, so x itself can die after the relu
             return m.op("Greater", node.outputs[0], m.const(np.zeros((), x.dtype)))
     return None

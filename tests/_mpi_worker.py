@@ -150,7 +150,7 @@ def leak(out: str) -> None:
     too) and leave nothing in flight; then a good step runs on both."""
     from graphdl.backends.numpy_executor import ExecutionError
     from graphdl.distributed import bind_communicator
-    from graphdl.function import Function
+    from graphdl.compiled_function import Function
     from graphdl.ir import Graph
     from graphdl.ops.collective import all_reduce
     from graphdl.passes.bucket import overlap_collectives

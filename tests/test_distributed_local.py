@@ -87,3 +87,34 @@ def test_the_split_step_trains_like_the_whole_step_and_refuses_synchronized_batc
     graph = dp.train_step_graph(W.bn_mlp(), "cross_entropy", "sgd")
     with pytest.raises(GraphError, match="all-reduces inside its forward pass"):
         split_train_step(graph)
+
+
+def test_overlap_starts_each_bucket_when_ready_and_waits_before_the_optimizer():
+    model = W.mlp()  # 4 gradients into 2 buckets of <= 700 bytes
+    dp = DataParallel("local", bucket_bytes=700)
+    step = dp.compile_train_step(model, "cross_entropy", gd.optim.SGD(0.1))
+    nodes = step.graph.nodes
+    at = {id(n): i for i, n in enumerate(nodes)}
+    starts = [n for n in nodes if n.op == "AllReduceStart"]
+    dones = [n for n in nodes if n.op == "AllReduceDone"]
+    assert len(starts) == len(dones) == 2 and "AllReduce" not in [n.op for n in nodes]
+    for s in starts:  # right after its packing, which is right after its last gradient
+        pack = s.inputs[0].node
+        assert pack.op == "Concat" and at[id(pack)] == at[id(s)] - 1
+        last_grad = max(at[id(v.node.inputs[0].node)] for v in pack.inputs)
+        between = [n.op for n in nodes[last_grad + 1:at[id(pack)]]]
+        assert set(between) <= {"Reshape", "Const"}, between
+    for d in dones:  # right before the first node that reads the reduced bucket
+        first_reader = min(i for i, n in enumerate(nodes)
+                           if any(v.node is d for v in n.inputs))
+        assert at[id(d)] == first_reader - 1
+    # the first bucket reduces while the backward pass goes on: its Done (and the updates
+    # reading it) come after the second bucket starts
+    first, second = sorted(starts, key=lambda n: at[id(n)])
+    done_first = next(d for d in dones if d.inputs[0].node is first)
+    assert at[id(first)] < at[id(second)] < at[id(done_first)]
+    assert collective_stats(step.graph)["collectives"] == 2  # a start/done pair counts once
+    plain = DataParallel("local", bucket_bytes=700, overlap=False)
+    want = W.fit(W.mlp(), "adam", W.B, plain)
+    got = W.fit(W.mlp(), "adam", W.B, DataParallel("local", bucket_bytes=700))
+    np.testing.assert_array_equal(got, want)

@@ -11,7 +11,7 @@ import pytest
 import graphdl as gd
 import graphdl.passes
 from graphdl.backends.numpy_executor import ExecutionError, NumpyExecutor
-from graphdl.function import FeedError
+from graphdl.compiled_function import FeedError
 from graphdl.ir import Graph, GraphError, Node, ShapeError
 from graphdl.ops.registry import UnsupportedOpError, apply
 

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from graphdl.backends.onnx_export import ExportError
 from graphdl.backends.onnx_import import OnnxImportError, from_onnx
 from graphdl.backends.onnx_info import describe
-from graphdl.optimize import cli_optimize
+from graphdl.optimization import cli_optimize
 from tests.onnx_mutations import SEEDS, make_case
 
 CLEAN = (OnnxImportError, ExportError)

@@ -9,6 +9,7 @@ point up the stack. Library code never touches pyplot's global state.
 from __future__ import annotations
 
 import ast
+import types
 from pathlib import Path
 
 import pytest
@@ -28,9 +29,9 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("front end", ("graphdl.autodiff", "graphdl.layers", "graphdl.losses", "graphdl.optim",
                    "graphdl.modes", "graphdl.callbacks", "graphdl.progress",
                    "graphdl.summary", "graphdl.amp")),
-    ("model", ("graphdl.model", "graphdl.model_io", "graphdl.training", "graphdl.function",
+    ("model", ("graphdl.model", "graphdl.model_io", "graphdl.training", "graphdl.compiled_function",
                "graphdl.compiler",
-               "graphdl.optimize", "graphdl.distributed", "graphdl.split_step")),
+               "graphdl.optimization", "graphdl.distributed", "graphdl.split_step")),
     ("top", ("graphdl", "graphdl.cli", "graphdl.models", "graphdl.demo", "graphdl.bench",
              "graphdl.bench_output", "graphdl.launch")),
 )
@@ -172,3 +173,19 @@ def test_only_backends_import_onnx(module):
         for name in names:
             top = name.split(".")[0]
             assert top not in ("onnx", "onnxruntime"), f"{module} imports {name}"
+
+
+def test_no_public_name_hides_a_submodule():
+    """A function or class exported as ``gd.<name>`` never shares its name with a module
+    ``graphdl.<name>``: the attribute would hide the module (``gd.compile`` once hid
+    ``graphdl.compile``, ``gd.optimize`` ``graphdl.optimize``), and reaching the module would
+    need an importlib trick."""
+    import graphdl
+
+    submodules = {m.split(".")[1] for m in MODULES if m.count(".") >= 1}
+    hiding = sorted(name for name in dir(graphdl) if not name.startswith("_")
+                    and name in submodules and not (
+                        isinstance(getattr(graphdl, name), types.ModuleType)
+                        and getattr(graphdl, name).__name__ == f"graphdl.{name}"))
+    assert not hiding, f"gd.{hiding[0]} hides the module graphdl.{hiding[0]}: rename one"
+    assert "optimization" in submodules and "optimize" in dir(graphdl)  # the check's inputs

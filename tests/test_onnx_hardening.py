@@ -53,7 +53,7 @@ def _write(folder, model, name="model.onnx"):
 
 def _all_entry_points(path):
     """The three ways a user opens a file: import, info, optimize."""
-    from graphdl.optimize import cli_optimize
+    from graphdl.optimization import cli_optimize
 
     out = path.parent / "out.onnx"
     for call in (lambda: from_onnx(path), lambda: describe(path),

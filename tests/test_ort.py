@@ -10,7 +10,7 @@ import graphdl as gd
 from graphdl.backends import ort as ort_backend
 from graphdl.backends.onnx_export import to_onnx
 from graphdl.backends.ort import OrtRunner, ProviderError, cuda_available
-from graphdl.function import FeedError
+from graphdl.compiled_function import FeedError
 
 
 def _graph(seed: int = 0):

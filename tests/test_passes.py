@@ -10,7 +10,7 @@ import pytest
 import graphdl as gd
 from graphdl.backends.numpy_executor import NumpyExecutor
 from graphdl.ir import Graph
-from graphdl.optimize import numpy_check
+from graphdl.optimization import numpy_check
 from graphdl.passes import (DEFAULT_PIPELINE, PASSES, Pass, Stage, VerificationError,
                             optimize_graph, pipeline_names)
 from graphdl.passes.cse import eliminate_common_subexpressions
@@ -270,7 +270,7 @@ def test_gd_function_runs_passes_by_default():
 
 def test_cli_optimize_roundtrip(tmp_path):
     pytest.importorskip("onnx")
-    from graphdl.optimize import cli_optimize
+    from graphdl.optimization import cli_optimize
 
     model = _tiny_convnet(dropout=False)
     src, dst, rep = tmp_path / "in.onnx", tmp_path / "out.onnx", tmp_path / "r.json"
@@ -290,7 +290,7 @@ def test_cli_optimize_names_an_unsupported_op(tmp_path):
     onnx = pytest.importorskip("onnx")
     from onnx import TensorProto, helper
 
-    from graphdl.optimize import cli_optimize
+    from graphdl.optimization import cli_optimize
 
     node = helper.make_node("TfIdfVectorizer", ["x"], ["y"])
     graph = helper.make_graph([node], "g", [helper.make_tensor_value_info(

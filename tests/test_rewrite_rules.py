@@ -116,8 +116,10 @@ def _shape_cases():
         "expand_chain": (_unary_case(lambda x: gd.broadcast_to(gd.broadcast_to(x, (3, 4)),
                                                                (2, 3, 4)), (1, 4)),
                          [], ["Expand"]),
-        "unsqueeze_expand": (_unary_case(lambda x: gd.unsqueeze(
+        "unsqueeze_expand_as": (_unary_case(lambda x: gd.unsqueeze(
             gd.apply("ExpandAs", gd.sum(x, 1, keepdims=True), x), 1)), [], ["ExpandAs"]),
+        "unsqueeze_expand": (_unary_case(lambda x: gd.unsqueeze(gd.broadcast_to(x, (3, 4)), 1),
+                                         (1, 4)), [], ["Expand"]),
     }
 
 

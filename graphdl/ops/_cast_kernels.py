@@ -1,6 +1,7 @@
 """NumPy kernel of Cast: ONNX's saturating float8 casts and float8_e8m0fnu's rounding modes."""
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import ml_dtypes
@@ -9,6 +10,13 @@ import numpy as np
 # float8 types whose out-of-range values ONNX clamps to +/-max when saturate=1 (the default)
 SATURATING = ("float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2", "float8_e5m2fnuz")
 ROUND_MODES = ("up", "nearest", "down")
+# targets the plain NumPy cast gets wrong (saturation, e8m0 rounding)
+_ROUNDED = frozenset((*SATURATING, "float8_e8m0fnu"))
+
+
+@functools.lru_cache(maxsize=None)
+def _dtype(name: str) -> np.dtype:
+    return np.dtype(name)  # np.dtype(str) costs microseconds; kernels run it per call
 
 
 def _to_e8m0(x: np.ndarray, saturate: bool, round_mode: str) -> np.ndarray:
@@ -34,6 +42,9 @@ def _to_e8m0(x: np.ndarray, saturate: bool, round_mode: str) -> np.ndarray:
 def cast_kernel(xs: list[np.ndarray], attrs: dict[str, Any], out: Any = None) -> np.ndarray:
     """x converted to attrs['to']; float8 targets saturate unless attrs['saturate'] is False."""
     x, to = xs[0], attrs["to"]
+    if out is not None and to not in _ROUNDED and out.dtype == _dtype(to):
+        np.copyto(out, x, casting="unsafe")  # the plain cast, with no temporary
+        return out
     saturate = attrs.get("saturate", True)
     is_float = x.dtype.kind == "f" or x.dtype.name == "bfloat16"
     if to == "float8_e8m0fnu" and is_float:

@@ -254,6 +254,6 @@ register(OpDef("AllReduceStart", _same_infer("AllReduceStart"), _start_kernel, _
                attrs=_COLLECTIVE_ATTRS["AllReduceStart"],
                doc="start an all-reduce of x (read it through AllReduceDone)"))
 register(OpDef("AllReduceDone", _same_infer("AllReduceDone"), _done_kernel, _done_vjp,
-               _refuse("AllReduceDone"), collective=True, view=True,
+               _refuse("AllReduceDone"), collective=True, view=True, waits=True,
                attrs=_COLLECTIVE_ATTRS["AllReduceDone"],
                doc="the result of a started all-reduce, once it completed"))

@@ -10,19 +10,13 @@ import numpy as np
 
 from graphdl.ir import ShapeError, TensorType, Value, normalize_dtype
 from graphdl.ops._cast_kernels import ROUND_MODES, cast_kernel
+from graphdl.ops._elementwise_kernels import clip_kernel, erf_kernel, leaky_kernel, \
+    relu_kernel, sigmoid_kernel, where_kernel
+from graphdl.ops._elementwise_kernels import ufunc_kernel as _ufunc
+from graphdl.ops._elementwise_kernels import erf as erf_ufunc
 from graphdl.ops.infer import broadcast_shapes, check_arity, require_float, same_dtype
 from graphdl.ops.registry import REQUIRED, Attr, OnnxDType, OnnxLowering, OnnxNode, OpDef, \
     apply, as_value, fail, lower, register
-
-def _erf(x, out=None):
-    """The error function as a ufunc (SciPy's: exact in float64, vectorized, takes out=)."""
-    from scipy import special  # lazy: scipy.special adds ~0.7 s to `import graphdl`
-
-    return special.erf(x) if out is None else special.erf(x, out=out)
-
-
-def _ufunc(fn):
-    return lambda xs, attrs, out: fn(*xs, out=out) if out is not None else fn(*xs)
 
 
 def _same_type(op):
@@ -54,23 +48,6 @@ def _unbroadcast(F, node, g0, g1):
             None if g1 is None else F.sum_to(g1, b.shape)]
 
 
-def _relu_kernel(xs, attrs, out):
-    return np.maximum(xs[0], 0, out=out) if out is not None else np.maximum(xs[0], 0)
-
-
-def _leaky_kernel(xs, attrs, out):
-    x = xs[0]
-    return np.where(x > 0, x, x * np.asarray(attrs["alpha"], x.dtype))
-
-
-def _sigmoid_kernel(xs, attrs, out):
-    x = xs[0]
-    # 1/(1+exp(-x)) overflows for very negative x; exp(x)/(1+exp(x)) is used there instead
-    e = np.exp(-np.abs(x))
-    pos = 1.0 / (1.0 + e)
-    return np.where(x >= 0, pos, e * pos).astype(x.dtype, copy=False)
-
-
 _GELU_C = math.sqrt(2.0 / math.pi)  # the tanh form: 0.5 x (1 + tanh(c (x + 0.044715 x^3)))
 
 
@@ -79,11 +56,7 @@ def _gelu_kernel(xs, attrs, out):
     if attrs.get("approximate", "none") == "tanh":
         y = 0.5 * x * (1.0 + np.tanh(_GELU_C * (x + 0.044715 * x * x * x)))
         return y.astype(x.dtype, copy=False)
-    return (0.5 * x * (1.0 + _erf(x / math.sqrt(2.0)))).astype(x.dtype, copy=False)
-
-
-def _erf_kernel(xs, attrs, out):
-    return np.asarray(_erf(xs[0])).astype(xs[0].dtype, copy=False)
+    return (0.5 * x * (1.0 + erf_ufunc(x / math.sqrt(2.0)))).astype(x.dtype, copy=False)
 
 
 def _softplus_kernel(xs, attrs, out):
@@ -160,10 +133,10 @@ UNARY_RULES = {
              lambda F, n, g: [g[0] * 0.5 / n.outputs[0]], "Sqrt", True),  # d sqrt x = 1/(2 sqrt x)
     "Abs": (_ufunc(np.abs), lambda F, n, g: [g[0] * F.sign(n.inputs[0])], "Abs", False),
     "Sign": (_ufunc(np.sign), lambda F, n, g: [None], "Sign", False),  # derivative 0 a.e.
-    "Erf": (_erf_kernel, lambda F, n, g: [g[0] * (2.0 / math.sqrt(math.pi)) * F.exp(
+    "Erf": (erf_kernel, lambda F, n, g: [g[0] * (2.0 / math.sqrt(math.pi)) * F.exp(
         -(n.inputs[0] * n.inputs[0]))], "Erf", True),  # d erf = 2/sqrt(pi) e^{-x^2}
-    "Relu": (_relu_kernel, lambda F, n, g: [F.where(n.inputs[0] > 0, g[0], 0.0)], "Relu", True),
-    "Sigmoid": (_sigmoid_kernel, _sigmoid_vjp, "Sigmoid", True),
+    "Relu": (relu_kernel, lambda F, n, g: [F.where(n.inputs[0] > 0, g[0], 0.0)], "Relu", True),
+    "Sigmoid": (sigmoid_kernel, _sigmoid_vjp, "Sigmoid", True),
     "Tanh": (_ufunc(np.tanh), lambda F, n, g: [g[0] * (1.0 - n.outputs[0] * n.outputs[0])],
              "Tanh", True),  # d tanh = 1 - y^2
     "Gelu": (_gelu_kernel, _gelu_vjp, _gelu_onnx, True),
@@ -287,7 +260,7 @@ def _where_vjp(F, n, g):
 
 register(OpDef(
     name="Where", infer=_where_infer,
-    kernel=lambda xs, a, out: np.where(*xs),
+    kernel=where_kernel,
     vjp=_where_vjp, onnx=lambda a, ti, to, o: lower("Where", 3),
     attrs={}, elementwise=True, broadcasting=True, inplace=False,
 ))
@@ -318,14 +291,6 @@ register(OpDef(
 ))
 
 
-def _clip_kernel(xs, attrs, out):
-    lo, hi = attrs["min"], attrs["max"]
-    # bounds take the input's dtype (as the ONNX lowering's constants do), so ints stay ints
-    lo = None if lo is None else np.asarray(lo).astype(xs[0].dtype)
-    hi = None if hi is None else np.asarray(hi).astype(xs[0].dtype)
-    return np.clip(xs[0], lo, hi, out=out) if out is not None else np.clip(xs[0], lo, hi)
-
-
 def _clip_vjp(F, n, g):
     x = n.inputs[0]
     lo, hi = n.attrs["min"], n.attrs["max"]
@@ -352,7 +317,7 @@ def _clip_onnx(attrs, tin, tout, opset):
     return OnnxLowering((OnnxNode("Clip", tuple(names), ("out0",)),), consts)
 
 
-register(OpDef(name="Clip", infer=_same_type("Clip"), kernel=_clip_kernel, vjp=_clip_vjp,
+register(OpDef(name="Clip", infer=_same_type("Clip"), kernel=clip_kernel, vjp=_clip_vjp,
                onnx=_clip_onnx, elementwise=True, inplace=True,
                attrs={"min": Attr(float, None, "lower bound (None: unbounded)"),
                       "max": Attr(float, None, "upper bound (None: unbounded)")}))
@@ -362,7 +327,7 @@ def _leaky_vjp(F, n, g):
     return [F.where(n.inputs[0] > 0, g[0], g[0] * n.attrs["alpha"])]
 
 
-register(OpDef(name="LeakyRelu", infer=_float_same_type("LeakyRelu"), kernel=_leaky_kernel,
+register(OpDef(name="LeakyRelu", infer=_float_same_type("LeakyRelu"), kernel=leaky_kernel,
                vjp=_leaky_vjp,
                onnx=lambda a, ti, to, o: lower("LeakyRelu", alpha=float(a["alpha"])),
                attrs={"alpha": Attr(float, 0.01, "slope for x < 0")},

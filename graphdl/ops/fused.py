@@ -19,13 +19,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from graphdl.ir import FLOAT_DTYPES, TensorType
-from graphdl.ops.registry import REQUIRED, Attr, OnnxLowering, OnnxNode, OpDef, apply, fail, \
-    get_op, register
+from graphdl.ir import FLOAT_DTYPES, TensorType, normalize_dtype, numpy_dtype
+from graphdl.ops.registry import REQUIRED, Attr, OnnxLowering, OnnxNode, OpDef, apply, \
+    check_attrs, fail, get_op, register
 
 
 Instruction = tuple  # (op, args, attrs)
-_COMPARISONS = frozenset({"Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual"})
 
 
 def instruction(op: str, args: Sequence[int], attrs: dict | None = None) -> Instruction:
@@ -68,33 +67,17 @@ def _check_program(op_name: str, attrs: dict) -> tuple:
 
 @functools.lru_cache(maxsize=4096)
 def _compile(program: tuple, n_in: int) -> tuple:
-    """The program as ready-to-run steps (evaluator, args, attrs dict, dtype rule), and for
-    each value (inputs, then results) the last instruction that reads it."""
+    """The program as ready-to-run steps (the member's own registry kernel, args, attrs with
+    the op's defaults filled in), and for each value (inputs, then results) the last
+    instruction that reads it."""
     last = [-1] * (n_in + len(program))
     steps = []
     for i, (op, args, attrs) in enumerate(program):
         for a in args:
             last[a] = i
-        attrs_dict = dict(attrs)
-        if op in _COMPARISONS:
-            dtype_rule = np.dtype(bool)
-        elif op == "Cast":
-            dtype_rule = np.dtype(attrs_dict["to"])
-        else:
-            dtype_rule = 1 if op == "Where" else 0  # the dtype of that argument
-        steps.append((_EVAL.get(op, _fallback), op, args, attrs_dict, dtype_rule))
+        opdef = get_op(op)
+        steps.append((opdef.kernel, args, check_attrs(opdef, dict(attrs))))
     return tuple(steps), tuple(last)
-
-
-def _broadcast(shapes: list) -> tuple:
-    """NumPy broadcasting of ``shapes``, fast when they agree (scalars aside)."""
-    first = ()
-    for sh in shapes:
-        if sh and sh != first:
-            if first:
-                return np.broadcast_shapes(*shapes)
-            first = sh
-    return first
 
 
 _COMPILED: dict[int, tuple] = {}  # id(program) -> (program, compiled); a memo, see below
@@ -115,30 +98,37 @@ def _compiled(program: tuple, n_in: int) -> tuple:
 
 def run_program(program: tuple, inputs: Sequence[np.ndarray], out: np.ndarray | None
                 ) -> np.ndarray:
-    """Evaluate ``program`` over ``inputs``; the result is written into ``out`` when given."""
+    """Evaluate ``program`` over ``inputs``; the result is written into ``out`` when given.
+    Each instruction runs its op's registry kernel into the buffer the plan gives it."""
     n_in = len(inputs)
     steps, last = _compiled(program, n_in)
     out_free_at = 0  # ``out`` may hold intermediates once aliased inputs are read for good
+    out_type = None
     if out is not None:
         shape = out.shape
+        out_type = (shape, out.dtype)
         for k, a in enumerate(inputs):
-            # only a same-sized input can alias out (the planner's in-place reuse)
-            if getattr(a, "shape", None) == shape and np.may_share_memory(a, out):
+            # only a same-sized input can alias out (the planner's in-place reuse, or an
+            # epilogue's producer result, which is out itself)
+            if a is out or (getattr(a, "shape", None) == shape and np.may_share_memory(a, out)):
                 out_free_at = max(out_free_at, last[k])
-    key = (id(program), n_in, out_free_at,
-           None if out is None else (out.shape, out.dtype),
-           tuple((a.shape, a.dtype) for a in inputs))
+    # (the signature is built with a list comprehension: measurably cheaper than a generator
+    # on a path that runs once per fused kernel call)
+    key = (id(program), n_in, out_free_at, out_type, tuple([(a.shape, a.dtype) for a in inputs]))
     hit = _DESTS.get(key)
     if hit is None or hit[0] is not program:
         if len(_DESTS) > 4096:
             _DESTS.clear()
-        hit = (program, _destinations(steps, last, key[4], n_in, key[3], out_free_at))
+        hit = (program, _destinations(program, last, key[4], n_in, key[3], out_free_at))
         _DESTS[key] = hit
     vals: list = list(inputs)
-    for (fn, op, args, attrs, _), (kind, where) in zip(steps, hit[1]):
+    for (kernel, args, attrs), (kind, where) in zip(steps, hit[1]):
         # where each result goes: 0 out, 1 the buffer of a dead temporary, 2 a new buffer
         dest = out if kind == 0 else vals[where] if kind == 1 else np.empty(*where)
-        vals.append(fn(op, [vals[a] for a in args], attrs, dest))
+        r = kernel([vals[a] for a in args], attrs, dest)
+        if r is not dest:  # a kernel that does not take out=: its result is copied in
+            np.copyto(dest, r, casting="unsafe")
+        vals.append(dest)
     result = vals[-1]
     if out is not None and result is not out:
         np.copyto(out, result)
@@ -151,19 +141,21 @@ def run_program(program: tuple, inputs: Sequence[np.ndarray], out: np.ndarray | 
 _DESTS: dict[tuple, tuple] = {}
 
 
-def _destinations(steps, last, in_types, n_in, out_type, out_free_at) -> tuple:
+def _destinations(program, last, in_types, n_in, out_type, out_free_at) -> tuple:
     """Where each instruction writes, decided once per signature: the output buffer for the
     last one (when its type fits); else a temporary that dies there and has the result's
-    type; else ``out`` while no live value needs it; else a new buffer."""
+    type; else ``out`` while no live value needs it; else a new buffer. Result types come
+    from the members' own inference."""
+    result_types = program_types(program, [TensorType(shape, normalize_dtype(dtype))
+                                           for shape, dtype in in_types])[n_in:]
     types = list(in_types)
-    owned = [False] * (n_in + len(steps))  # buffers the program allocated (or ``out``)
-    in_out = [False] * (n_in + len(steps))  # values that live in ``out``
+    owned = [False] * (n_in + len(program))  # buffers the program allocated (or ``out``)
+    in_out = [False] * (n_in + len(program))  # values that live in ``out``
     out_busy_until = -1
     dests = []
-    final = len(steps) - 1
-    for i, (fn, op, args, attrs, dtype_rule) in enumerate(steps):
-        shape = _broadcast([types[a][0] for a in args])
-        dtype = dtype_rule if isinstance(dtype_rule, np.dtype) else types[args[dtype_rule]][1]
+    final = len(program) - 1
+    for i, ((op, args, attrs), result) in enumerate(zip(program, result_types)):
+        shape, dtype = result.shape, numpy_dtype(result.dtype)
         dest = None
         fits_out = out_type is not None and out_type == (shape, dtype)
         if i == final:
@@ -185,82 +177,6 @@ def _destinations(steps, last, in_types, n_in, out_type, out_free_at) -> tuple:
         types.append((shape, dtype))
         owned[n_in + i] = True
     return tuple(dests)
-
-
-def _ufunc(fn):
-    return lambda op, a, attrs, out: fn(*a, out=out)
-
-
-def _relu(op, a, attrs, out):
-    return np.maximum(a[0], 0, out=out)
-
-
-def _clip(op, a, attrs, out):
-    return np.clip(a[0], attrs.get("min"), attrs.get("max"), out=out)
-
-
-def _leaky(op, a, attrs, out):
-    x = a[0]
-    negative = x < 0
-    if out is not x:
-        np.copyto(out, x)
-    np.multiply(out, out.dtype.type(attrs.get("alpha", 0.01)), out=out, where=negative)
-    return out
-
-
-def _where(op, a, attrs, out):
-    c, x, y = a
-    if out.dtype.kind == "f":
-        # where(c, x, 0) = x * c and where(c, 0, y) = y * !c exactly when x (y) is finite:
-        # one fast pass, where np.where and masked copies take ten times longer (relu and
-        # clip gradients are all of this form)
-        if np.ndim(y) == 0 and y == 0 and _finite(x):
-            return np.multiply(x, c, out=out)
-        if np.ndim(x) == 0 and x == 0 and _finite(y):
-            return np.multiply(y, np.logical_not(c), out=out)
-    np.copyto(out, np.where(c, x, y))  # computed aside first: out may alias x or y
-    return out
-
-
-def _finite(x) -> bool:
-    # the sum is finite only if every element is (an inf or NaN makes it inf or NaN): one
-    # pass, no temporary; a sum that overflows only sends the caller down the exact path
-    return bool(np.isfinite(np.add.reduce(x, axis=None)))
-
-
-def _cast(op, a, attrs, out):
-    np.copyto(out, a[0], casting="unsafe")
-    return out
-
-
-def _sigmoid(op, a, attrs, out):
-    from scipy import special  # lazy: scipy.special adds ~0.7 s to `import graphdl`
-
-    return special.expit(a[0], out=out)  # a ufunc that takes out=
-
-
-def _erf_eval(op, a, attrs, out):
-    from scipy import special  # lazy: scipy.special adds ~0.7 s to `import graphdl`
-
-    return special.erf(a[0], out=out)
-
-
-def _fallback(op, a, attrs, out):
-    np.copyto(out, get_op(op).kernel(list(a), attrs, None), casting="unsafe")
-    return out
-
-
-_EVAL = {
-    "Add": _ufunc(np.add), "Sub": _ufunc(np.subtract), "Mul": _ufunc(np.multiply),
-    "Div": _ufunc(np.divide), "Pow": _ufunc(np.power), "Max": _ufunc(np.maximum),
-    "Min": _ufunc(np.minimum), "Neg": _ufunc(np.negative), "Exp": _ufunc(np.exp),
-    "Log": _ufunc(np.log), "Sqrt": _ufunc(np.sqrt), "Abs": _ufunc(np.abs),
-    "Sign": _ufunc(np.sign), "Tanh": _ufunc(np.tanh), "Equal": _ufunc(np.equal),
-    "Less": _ufunc(np.less), "Greater": _ufunc(np.greater),
-    "LessOrEqual": _ufunc(np.less_equal), "GreaterOrEqual": _ufunc(np.greater_equal),
-    "Relu": _relu, "Clip": _clip, "LeakyRelu": _leaky, "Where": _where, "Cast": _cast,
-    "Sigmoid": _sigmoid, "Erf": _erf_eval,
-}
 
 
 # ---- expansion back into ordinary nodes (VJP) ----------------------------------------------
@@ -365,8 +281,10 @@ def _register_epilogue_op(name: str, main_op: str) -> None:
         main_in, extras = split(xs, attrs)
         # the producer writes straight into out (the fusion pass only fuses epilogues that
         # keep the producer's type); the epilogue then runs there, in place
-        into = out if out is not None and out.dtype == np.asarray(main_in[0]).dtype else None
-        y = get_op(main_op).kernel(list(main_in), dict(attrs["main"]), into)
+        first = main_in[0]
+        dtype = first.dtype if isinstance(first, np.ndarray) else np.asarray(first).dtype
+        into = out if out is not None and out.dtype == dtype else None
+        y = get_op(main_op).kernel(list(main_in), _main_attrs(attrs["main"]), into)
         if out is None:
             # a fresh result no input shares can carry the epilogue in place
             fresh = isinstance(y, np.ndarray) and y.flags.writeable and not any(
@@ -402,6 +320,22 @@ def _register_epilogue_op(name: str, main_op: str) -> None:
                           "program": _PROGRAM},
                    doc=f"{main_op} followed by an elementwise epilogue program (bias, residual "
                        "add, activation) applied in place on its output."))
+
+
+_MAIN_ATTRS: dict[int, tuple] = {}  # id(frozen attrs) -> (frozen attrs, dict); a memo
+
+
+def _main_attrs(main: tuple) -> dict:
+    """The producer's frozen attributes as the dict its kernel takes, built once per node
+    (looked up by identity, as :func:`_compiled` does; kernels only read their attrs)."""
+    hit = _MAIN_ATTRS.get(id(main))
+    if hit is not None and hit[0] is main:
+        return hit[1]
+    if len(_MAIN_ATTRS) > 4096:
+        _MAIN_ATTRS.clear()
+    attrs = dict(main)
+    _MAIN_ATTRS[id(main)] = (main, attrs)
+    return attrs
 
 
 def _shape_of(attrs, y, extras) -> tuple:

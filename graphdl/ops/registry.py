@@ -24,8 +24,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from graphdl.ir import GraphError, Node, ShapeError, TensorType, Value, normalize_dtype, \
-    user_call_site
+from graphdl.ir import CONST, INPUT, PARAM, GraphError, Node, ShapeError, TensorType, Value, \
+    normalize_dtype, user_call_site  # noqa: F401  (INPUT, PARAM: re-exported with CONST)
 
 
 class LoweringError(GraphError):
@@ -158,6 +158,8 @@ class OpDef:
     # starts work that completes later, in another node (AllReduceStart): the executor calls
     # the node's ``comm.poll()`` between kernels and ``comm.drain()`` when a run fails
     nonblocking: bool = False
+    # waits for the work that the nonblocking node feeding input 0 started (AllReduceDone)
+    waits: bool = False
     doc: str = ""
     # name -> Attr: the attributes the op takes. None: not declared (nothing is validated
     # or filled in; kept so an op written before the schema still works)
@@ -210,9 +212,6 @@ def split_rows(attrs: dict, in_shapes: list, out_shapes: list):
 
 REGISTRY: dict[str, OpDef] = {}
 
-# The source ops' names: the IR's leaves (graph inputs, parameters, constants), which passes
-# and backends treat by kind rather than by what they compute.
-INPUT, PARAM, CONST = "Input", "Param", "Const"
 
 
 def register(op: OpDef) -> OpDef:
@@ -321,7 +320,7 @@ def constant(value: Any, dtype: Any = None, name: str | None = None, site: Any =
     arr.setflags(write=False)
     t = TensorType(tuple(int(d) for d in arr.shape), normalize_dtype(arr.dtype))
     site = user_call_site() if site is _CALLER else site
-    return Node("Const", (), {"value": arr}, (t,), name=name, site=site).outputs[0]
+    return Node(CONST, (), {"value": arr}, (t,), name=name, site=site).outputs[0]
 
 
 def as_value(x: Any, like=None):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from graphdl.ir import Variable
+from graphdl.ir import CONST, INPUT, PARAM, Variable
 from graphdl.ops.registry import REQUIRED, Attr, OnnxLowering, OpDef, register
 
 
@@ -22,9 +22,9 @@ def _no_kernel(xs, attrs, out):
 
 
 _SOURCE_ATTRS = {
-    "Input": {},
-    "Param": {"variable": Attr(Variable, REQUIRED, "the state variable it reads")},
-    "Const": {"value": Attr(np.ndarray, REQUIRED, "the read-only value")},
+    INPUT: {},
+    PARAM: {"variable": Attr(Variable, REQUIRED, "the state variable it reads")},
+    CONST: {"value": Attr(np.ndarray, REQUIRED, "the read-only value")},
 }
 
 for _name, _attrs in _SOURCE_ATTRS.items():

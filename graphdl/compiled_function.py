@@ -12,7 +12,7 @@ import numpy as np
 from graphdl import passes as _passes
 from graphdl.backends.numpy_executor import NumpyExecutor
 from graphdl.feeds import FeedError, validate_feeds  # noqa: F401  (FeedError: public here too)
-from graphdl.ir import Graph, GraphError, Value, Variable
+from graphdl.ir import PARAM, Graph, GraphError, Value, Variable
 
 
 class Function:
@@ -99,6 +99,10 @@ def function(inputs: Sequence[Value], outputs: Sequence[Value] | Value,
     graph = Graph(list(inputs), outs, pairs)
     report = None
     if optimize:
+        if passes is None and backend == "onnxruntime":
+            from graphdl.backends.ort_train import pipeline_for  # lazy: onnxruntime is slow
+
+            passes = pipeline_for(providers, training=training)
         graph, report = _passes.optimize_graph(graph, training=training, passes=passes)
     if backend == "onnxruntime":
         from graphdl.backends.ort_train import OrtFunction  # lazy: onnxruntime loads slowly
@@ -116,7 +120,7 @@ def function(inputs: Sequence[Value], outputs: Sequence[Value] | Value,
 def _as_variable(state: Any) -> Variable:
     if isinstance(state, Variable):
         return state
-    if isinstance(state, Value) and state.node.op == "Param":
+    if isinstance(state, Value) and state.node.op == PARAM:
         return state.node.attrs["variable"]
     raise GraphError(f"updates must pair gd.param values (or Variables) with new values; "
                      f"got {state!r}")

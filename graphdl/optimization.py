@@ -2,7 +2,8 @@
 
 This is the user-facing wrapper around :func:`graphdl.passes.optimize_graph`. It sits above the
 backends, so it can wire the NumPy executor in as verify mode's checker, and it holds
-``cli_optimize`` for ``graphdl optimize IN.onnx -o OUT.onnx``.
+``cli_optimize`` for ``graphdl optimize IN.onnx -o OUT.onnx``. The module is named apart
+from the function it exports, so ``gd.optimize`` hides no module (and needs no importlib trick).
 """
 from __future__ import annotations
 

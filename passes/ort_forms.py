@@ -1,0 +1,171 @@
+"""Rewrites giving ONNX Runtime's CPU kernels the forms they are fastest at (a train step).
+
+Measured on ORT 1.31 (MLAS), 2 threads (benchmarks/bench_ort_train.py has the profile):
+
+- The weight gradient of a convolution, lowered as one ``Conv`` over batch-transposed tensors
+  (``ConvGradWeight``'s own ONNX lowering), runs one skinny GEMM per input channel and took
+  about half of the step. As im2col and one ``MatMul`` contracting over the batch and the
+  pixels it is 2-7x faster. im2col is a grouped ``Conv`` with a 0/1 kernel on large maps
+  (one MLAS kernel) and strided ``Slice`` windows joined by ``Concat`` on small ones.
+- A convolution on a small feature map (ResNet stage 4 at 64x64 inputs: 2x2 pixels, 512
+  channels) is run by MLAS image by image, streaming the whole weight matrix once per image;
+  as im2col over the whole batch and one ``MatMul`` the weights are read once.
+  The same holds for the stride-1 input gradient, a convolution with the flipped kernel.
+- ORT's ``Transpose`` of a weight is slow (a general permutation of 512x512x3x3 cost more
+  than the GEMM), so the windows are laid out channel-major and every weight reshapes to its
+  matrix as it is; the only transposes left swap the last two axes of activations (which
+  ORT runs at copy speed) or fold into ``MatMul`` (ORT's FusedMatMul transA/transB).
+Each rule keeps the arithmetic of the op it replaces (the same products, summed in another
+order), so losses agree with the NumPy executor within float tolerance. The pass is a
+lowering for one runtime: the ``onnxruntime_cpu`` pipeline runs it; the NumPy executor and
+the CUDA provider keep the plain ops.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from graphdl.ir import Graph, Value
+from graphdl.passes.rewrite import Match, Rule, apply_rules, op
+
+# im2col multiplies the feature map's size by the kernel's: larger kernels (the 7x7 stem)
+# stay a convolution, which measured faster there
+MAX_IM2COL_TAPS = 9
+# below this many output pixels per image, one GEMM over the whole batch beats one per image
+SMALL_MAP_PIXELS = 64
+# weight gradients: one GEMM over batch and pixels below this many pixels per image, else
+# one GEMM per image and a sum over the batch
+WEIGHT_GRAD_GEMM_PIXELS = SMALL_MAP_PIXELS
+# im2col by a grouped 0/1-kernel Conv from this many pixels per image (else Slice + Concat)
+IM2COL_CONV_PIXELS = SMALL_MAP_PIXELS
+
+
+def _geometry(node) -> tuple:
+    a = node.attrs
+    return (tuple(a["strides"]), tuple(a["pads"]), tuple(a["dilations"]), int(a["group"]))
+
+
+def _windows(m: Match, x: Value, kernel, out_hw, strides, pads, dilations,
+             reverse: bool = False) -> Value:
+    """im2col of x (N, C, H, W): (N, C*kh*kw, Ho*Wo), row ``c*kh*kw + i*kw + j`` holding the
+    window tap (i, j) of channel c, so a (O, C, kh, kw) weight reshapes to its matrix with
+    no transpose (ORT's Transpose of a weight costs more than the GEMM). ``reverse`` lists
+    the taps last to first (the kernel flipped in space)."""
+    (kh, kw), (ho, wo), (sh, sw), (dh, dw) = kernel, out_hw, strides, dilations
+    pt, pl, pb, pr = pads
+    c = x.shape[1]
+    if ho * wo >= IM2COL_CONV_PIXELS and kh * kw > 1:
+        # one grouped Conv with a 0/1 kernel per channel copies the taps out in one kernel
+        # (MLAS); the strided Slices + Concat measured 1.5-2x slower on large maps
+        order = list(range(kh * kw))[::-1] if reverse else list(range(kh * kw))
+        eye = np.zeros((c, kh * kw, 1, kh * kw), np.dtype(x.dtype))
+        eye[:, np.arange(kh * kw), 0, order] = 1
+        taps = m.op("Conv", x, m.const(eye.reshape(c * kh * kw, 1, kh, kw)),
+                    strides=strides, pads=pads, dilations=dilations, group=c)
+        return m.op("Reshape", taps, shape=(0, c * kh * kw, ho * wo))
+    if any(pads):
+        x = m.op("Pad", x, pads=((0, 0), (0, 0), (pt, pb), (pl, pr)), value=0.0)
+    span_h, span_w = sh * (ho - 1) + 1, sw * (wo - 1) + 1
+    if kh == kw == 1 and x.shape[2] == span_h and x.shape[3] == span_w:
+        return m.op("Reshape", x, shape=(0, c, ho * wo))
+    taps = [m.op("Unsqueeze", m.op("Slice", x, starts=(i * dh, j * dw),
+                                   ends=(i * dh + span_h, j * dw + span_w), axes=(2, 3),
+                                   steps=(sh, sw)), axes=(2,))
+            for i in range(kh) for j in range(kw)]
+    if reverse:
+        taps.reverse()
+    stacked = taps[0] if len(taps) == 1 else m.op("Concat", *taps, axis=2)
+    return m.op("Reshape", stacked, shape=(0, c * kh * kw, ho * wo))  # (N, C, kk, Ho, Wo)
+
+
+def _swap_last(m: Match, v: Value) -> Value:
+    """(A, B, C) -> (A, C, B): the one Transpose form ORT runs at copy speed."""
+    return m.op("Transpose", v, perm=(0, 2, 1))
+
+
+def _rows(m: Match, cols: Value) -> Value:
+    """(N, K, P) -> (N*P, K): one row per output pixel of the whole batch."""
+    return m.op("Reshape", _swap_last(m, cols), shape=(-1, cols.shape[1]))
+
+
+def _conv_grad_weight_as_matmul(m: Match):
+    node = m.root
+    x, dy = node.inputs
+    strides, pads, dilations, group = _geometry(node)
+    kernel = tuple(node.attrs["kernel_shape"])
+    if group != 1 or kernel[0] * kernel[1] > MAX_IM2COL_TAPS:
+        return None
+    c, (o, ho, wo) = x.shape[1], dy.shape[1:]
+    cols = _windows(m, x, kernel, (ho, wo), strides, pads, dilations)
+    d = m.op("Reshape", dy, shape=(0, o, ho * wo))
+    if ho * wo >= WEIGHT_GRAD_GEMM_PIXELS:
+        # per image (N, O, P) @ (N, P, C*kk), then a sum over the batch
+        s = m.op("ReduceSum", m.op("MatMul", d, _swap_last(m, cols)), axes=(0,),
+                 keepdims=False)
+    else:
+        # one GEMM contracting batch and pixels together: (O, N*P) @ (N*P, C*kk); a
+        # per-image product would write N weight-sized partial sums
+        d_rows = m.op("Reshape", _swap_last(m, d), shape=(-1, o))
+        s = m.op("MatMul", m.op("Transpose", d_rows, perm=(1, 0)), _rows(m, cols))
+    return m.op("Reshape", s, shape=(o, c) + kernel)  # dW[o, c, i, j] = sum dy * x-window
+
+
+def _pixels_to_nchw(m: Match, rows: Value, out_hw) -> Value:
+    """(N*P, C) -> (N, C, Ho, Wo)."""
+    ho, wo = out_hw
+    per_image = m.op("Reshape", rows, shape=(-1, ho * wo, rows.shape[1]))
+    return m.op("Reshape", _swap_last(m, per_image), shape=(0, rows.shape[1], ho, wo))
+
+
+def _small(out_hw, kernel) -> bool:
+    return out_hw[0] * out_hw[1] < SMALL_MAP_PIXELS and kernel[0] * kernel[1] <= MAX_IM2COL_TAPS
+
+
+def _conv_as_matmul(m: Match):
+    node = m.root
+    if len(node.inputs) != 2:
+        return None
+    x, w = node.inputs
+    strides, pads, dilations, group = _geometry(node)
+    kernel, out_hw = tuple(w.shape[2:]), tuple(m.type.shape[2:])
+    if group != 1 or not _small(out_hw, kernel):
+        return None
+    cols = _windows(m, x, kernel, out_hw, strides, pads, dilations)
+    wm = m.op("Reshape", w, shape=(w.shape[0], -1))  # (O, C*kk)
+    y = m.op("MatMul", _rows(m, cols), m.op("Transpose", wm, perm=(1, 0)))  # (N*P, O)
+    return _pixels_to_nchw(m, y, out_hw)
+
+
+def _conv_grad_input_as_matmul(m: Match):
+    node = m.root
+    dy, w = node.inputs
+    strides, pads, dilations, group = _geometry(node)
+    kernel, out_hw = tuple(w.shape[2:]), tuple(m.type.shape[2:])
+    (kh, kw), (pt, pl, pb, pr) = kernel, pads
+    o, c = w.shape[:2]
+    if group != 1 or strides != (1, 1) or dilations != (1, 1) or not _small(out_hw, kernel):
+        return None
+    if max(pt, pb) > kh - 1 or max(pl, pr) > kw - 1:
+        return None
+    # stride 1: dx = conv(dy, w flipped in space, in/out channels swapped), padded k-1-p;
+    # the flip is the taps taken in reverse, so the weight only needs (O, kk, C) rows
+    full = (kh - 1 - pt, kw - 1 - pl, kh - 1 - pb, kw - 1 - pr)
+    cols = _windows(m, dy, kernel, out_hw, (1, 1), full, (1, 1), reverse=True)
+    wr = m.op("Reshape", _swap_last(m, m.op("Reshape", w, shape=(o, c, kh * kw))),
+              shape=(-1, c))  # wr[(o, t), c] = w[o, c, t]
+    return _pixels_to_nchw(m, m.op("MatMul", _rows(m, cols), wr), out_hw)
+
+
+ORT_CPU_RULES = [
+    Rule("conv_grad_weight_as_matmul", op("ConvGradWeight"), _conv_grad_weight_as_matmul),
+    # ^ dW = sum_n dy_n @ im2col(x_n)^T
+    Rule("small_map_conv_as_matmul", op("Conv"), _conv_as_matmul),
+    # ^ conv(x, W) = im2col(x) @ W^T, one GEMM for the whole batch
+    Rule("small_map_conv_grad_input_as_matmul", op("ConvGradInput"), _conv_grad_input_as_matmul),
+    # ^ stride 1: dX = conv(dY, flip(W)^T, pads k-1-p) = im2col(dY, taps reversed) @ W
+]
+
+
+def lower_for_ort_cpu(graph: Graph, fired: dict[str, int] | None = None) -> Graph:
+    """Convolution weight gradients, small-map convolutions and input gradients into the
+    GEMM forms ONNX Runtime's CPU kernels run fastest."""
+    return apply_rules(graph, ORT_CPU_RULES, fired)

@@ -1,0 +1,99 @@
+"""The ONNX Runtime CPU lowering (passes/ort_forms.py): each rule fires where it should,
+declines where it should not, and computes what the op it replaces computes, on the NumPy
+executor and on ONNX Runtime (through the ``onnxruntime_cpu`` pipeline)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import graphdl as gd
+from graphdl.ir import Graph
+from graphdl.ops.conv import conv2d_node, conv_grad_input, conv_grad_weight
+from graphdl.passes.ort_forms import lower_for_ort_cpu
+
+# (N, C, H, W, O, kernel, strides, pads, dilations)
+GEOMETRIES = {
+    "3x3_big_map": (2, 3, 9, 9, 4, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1)),
+    "3x3_small_map": (3, 5, 4, 4, 6, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1)),
+    "1x1": (2, 6, 8, 8, 3, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1)),
+    "1x1_small_map": (2, 6, 3, 3, 3, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1)),
+    "strided_uneven": (2, 3, 10, 9, 4, (3, 3), (2, 2), (1, 0, 1, 2), (1, 1)),
+    "dilated_1x2": (2, 3, 9, 10, 2, (1, 2), (1, 1), (0, 1, 0, 1), (2, 2)),
+    "small_asym_pads": (2, 4, 5, 5, 3, (3, 3), (1, 1), (0, 2, 1, 0), (1, 1)),
+    "1x1_padded_small": (2, 3, 3, 3, 4, (1, 1), (1, 1), (1, 1, 1, 1), (1, 1)),
+}
+
+
+def _case(name, op_name):
+    n, c, h, w, o, k, s, p, d = GEOMETRIES[name]
+    ho = (h + p[0] + p[2] - d[0] * (k[0] - 1) - 1) // s[0] + 1
+    wo = (w + p[1] + p[3] - d[1] * (k[1] - 1) - 1) // s[1] + 1
+    r = np.random.default_rng(0)
+    attrs = dict(strides=s, pads=p, dilations=d)
+    if op_name == "Conv":
+        a, b = gd.input("x", (None, c, h, w)), gd.input("w", (o, c) + k)
+        out = conv2d_node(a, b, None, **attrs)
+        feeds = [r.normal(size=(n, c, h, w)), r.normal(size=(o, c) + k)]
+    elif op_name == "ConvGradInput":
+        a, b = gd.input("dy", (None, o, ho, wo)), gd.input("w", (o, c) + k)
+        out = conv_grad_input(a, b, (h, w), **attrs)
+        feeds = [r.normal(size=(n, o, ho, wo)), r.normal(size=(o, c) + k)]
+    else:
+        a, b = gd.input("x", (None, c, h, w)), gd.input("dy", (None, o, ho, wo))
+        out = conv_grad_weight(a, b, k, **attrs)
+        feeds = [r.normal(size=(n, c, h, w)), r.normal(size=(n, o, ho, wo))]
+    return Graph([a, b], [out]), [f.astype(np.float32) for f in feeds]
+
+
+def _run(graph, feeds, backend="numpy"):
+    f = gd.function(graph.inputs, graph.outputs[0], backend=backend, optimize=False,
+                    **({"providers": "cpu"} if backend == "onnxruntime" else {}))
+    return np.asarray(f(*feeds))
+
+
+# where each rule applies: weight gradients up to 3x3 everywhere; convolutions and stride-1
+# input gradients (pads within the kernel) on small maps only
+FIRES = {
+    "ConvGradWeight": {"3x3_big_map", "3x3_small_map", "1x1", "1x1_small_map",
+                       "strided_uneven", "dilated_1x2", "small_asym_pads", "1x1_padded_small"},
+    "Conv": {"3x3_small_map", "1x1_small_map", "small_asym_pads", "1x1_padded_small",
+             "strided_uneven"},
+    "ConvGradInput": {"3x3_small_map", "1x1_small_map", "small_asym_pads"},
+}
+
+
+@pytest.mark.parametrize("op_name", sorted(FIRES))
+@pytest.mark.parametrize("geometry", sorted(GEOMETRIES))
+def test_lowering_matches_the_op_it_replaces(op_name, geometry):
+    graph, feeds = _case(geometry, op_name)
+    fired: dict[str, int] = {}
+    lowered = lower_for_ort_cpu(graph, fired)
+    ops = {n.op for n in lowered.nodes}
+    if geometry in FIRES[op_name]:
+        assert sum(fired.values()) == 1 and op_name not in ops, (fired, ops)
+    else:
+        assert lowered is graph and not fired
+        return
+    ref = _run(graph, feeds)
+    np.testing.assert_allclose(_run(lowered, feeds), ref, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(_run(lowered, feeds, "onnxruntime"), ref, rtol=1e-4,
+                               atol=1e-4)
+
+
+def test_large_kernels_and_groups_stay_convolutions():
+    x, dy = gd.input("x", (None, 4, 12, 12)), gd.input("dy", (None, 4, 6, 6))
+    stem = conv_grad_weight(x, dy, (7, 7), strides=(2, 2), pads=(3, 3, 3, 3))
+    dy2 = gd.input("dy2", (None, 4, 12, 12))
+    grouped = conv_grad_weight(x, dy2, (3, 3), pads=(1, 1, 1, 1), group=2)
+    graph = Graph([x, dy, dy2], [stem, grouped])
+    assert lower_for_ort_cpu(graph) is graph
+
+
+def test_onnxruntime_cpu_pipeline_lowers_a_cnn_train_step():
+    model = gd.models.cnn(num_classes=4, input_shape=(3, 8, 8), channels=(4, 8), hidden=8)
+    model.compile(gd.optim.SGD(0.1, momentum=0.9), "cross_entropy", backend="onnxruntime",
+                  providers="cpu")
+    step = model._train_function()
+    ops = {n.op for n in step.graph.nodes}
+    assert "ConvGradWeight" not in ops and "MatMul" in ops
+    assert "lower_for_ort_cpu" in {row.name for row in step.report.rows}
