@@ -178,7 +178,12 @@ def _causal_conv_with_state(imp, node, a):
                                   "needs past_state")
     padded = F.concat([past, x], 2) if k > 1 else x  # the k - 1 previous steps, then x
     b = imp.value(node.input[2]) if _input(node, 2) else None
-    y = F.squeeze(F.conv2d(F.unsqueeze(padded, 2), F.unsqueeze(w, 2), b, groups=c), (2,))
+    if x.dtype == "float16":  # the conv accumulates in float32, then rounds (as ONNX's)
+        wide = [F.cast(t, "float32") if t is not None else None for t in (padded, w, b)]
+        y = F.cast(F.squeeze(F.conv2d(F.unsqueeze(wide[0], 2), F.unsqueeze(wide[1], 2),
+                                      wide[2], groups=c), (2,)), "float16")
+    else:
+        y = F.squeeze(F.conv2d(F.unsqueeze(padded, 2), F.unsqueeze(w, 2), b, groups=c), (2,))
     if a.get("activation", "none") in ("silu", "swish"):
         # x sigmoid(x), in float32 for float16 as ONNX's definition does
         y = F.cast(F.swish(F.cast(y, "float32")), y.dtype) if y.dtype == "float16" else \

@@ -1,7 +1,7 @@
-"""Import rules for GridSample, AffineGrid (a MatMul over a constant base grid), Det, and
-ops rebuilt from existing ones: MaxUnpool and TensorScatter (one ScatterElements each) and
-SwiGLU (a * sigmoid(alpha * a) * b); and bfloat16 inputs of Softmax, Elu, Celu and Attention
-(computed in float32, rounded back)."""
+"""Import rules for GridSample, AffineGrid and Det; ops rebuilt from existing ones: MaxUnpool
+and TensorScatter (one ScatterElements each), SwiGLU (a * sigmoid(alpha * a) * b) and Pad's
+reflect/edge/wrap modes (one Gather per axis); and bfloat16 inputs of Softmax, Elu, Celu and
+Attention (computed in float32, rounded back)."""
 from __future__ import annotations
 
 import numpy as np
@@ -10,6 +10,7 @@ from graphdl import tensor as F
 from graphdl.backends.onnx_import import OnnxImportError
 from graphdl.backends.onnx_import_rules import IMPORT_RULES
 from graphdl.ir import Value
+from graphdl.ops.dynamic import unknown_dim
 
 
 def _input(node, i: int) -> bool:
@@ -23,14 +24,16 @@ def _grid_sample(imp, node, a):
 
 
 def _affine_grid(imp, node, a):
-    theta = imp.value(node.input[0])
-    if not imp.is_const(node.input[1]):
-        raise OnnxImportError(f"{imp.where()}: AffineGrid needs a constant size input")
-    size = [int(s) for s in imp.const(node.input[1]).tolist()]
-    try:
-        return [F.affine_grid(theta, size, bool(a.get("align_corners", 0)))]
-    except ValueError as err:
-        raise OnnxImportError(f"{imp.where()}: {err}") from None
+    theta, name = imp.value(node.input[0]), node.input[1]
+    k = theta.shape[1]
+    if imp.is_const(name):
+        sizes = imp.ints(name)
+        out = (sizes[0], *sizes[2:], k)
+    else:  # the grid's dims come from a run-time size
+        out = (theta.shape[0], *(unknown_dim(f"{node.output[0]}:{i}") for i in range(1, k + 1)),
+               k)
+    size = F.cast(imp.value(name), "int64")
+    return [F.affine_grid(theta, size, bool(a.get("align_corners", 0)), out)]
 
 
 def _swiglu(imp, node, a):
@@ -94,6 +97,45 @@ def _max_unpool(imp, node, a):
     return [F.reshape(flat, out)]
 
 
+def _pad_index(n: int, before: int, after: int, mode: str) -> np.ndarray:
+    """Source index along one axis of size n for each output position, padded by ``before``
+    and ``after`` (negative: cropped) in ``mode``: reflect (mirror without repeating the
+    edge), edge (repeat it) or wrap (periodic)."""
+    i = np.arange(-before, n + after)
+    if mode == "edge" or n == 1:
+        return np.clip(i, 0, n - 1)
+    if mode == "wrap":
+        return np.mod(i, n)
+    m = np.mod(i, 2 * n - 2)  # reflect: period 2(n - 1)
+    return np.where(m < n, m, 2 * n - 2 - m)
+
+
+def _pad_modes(imp, node, a):
+    """Pad in reflect, edge or wrap mode with constant pads: one Gather per padded axis (its
+    gradient sums the copies back)."""
+    mode = a.get("mode", "constant")
+    if mode == "constant":
+        return _BASE["Pad"](imp, node, a)
+    x = imp.value(node.input[0])
+    if mode not in ("reflect", "edge", "wrap"):
+        raise OnnxImportError(f"{imp.where()}: Pad mode {mode!r} is not one of constant, "
+                              "reflect, edge, wrap")
+    pads = tuple(a["pads"]) if "pads" in a else imp.ints(node.input[1])
+    axes = imp.ints(node.input[3]) if _input(node, 3) else tuple(range(x.ndim))
+    k = len(axes)
+    for i, ax in enumerate(axes):
+        ax %= x.ndim
+        before, after = int(pads[i]), int(pads[i + k])
+        if before == 0 and after == 0:
+            continue
+        n = x.shape[ax]
+        if not isinstance(n, int) or (mode == "reflect" and max(before, after) >= n > 1):
+            raise OnnxImportError(f"{imp.where()}: Pad mode {mode} needs a static axis {ax} "
+                                  f"longer than its pads, got {x.shape} and pads {pads}")
+        x = F.gather(x, F.const(_pad_index(n, before, after, mode)), ax)
+    return [x]
+
+
 def _in_float32(op: str):
     """The op's rule run on bfloat16 inputs cast to float32, its float32 outputs cast back
     (ONNX runs these ops on bfloat16; graphdl's kernels compute them in float32)."""
@@ -121,6 +163,6 @@ def _dtype(v) -> str | None:
 
 
 _WIDENED = ("Softmax", "LogSoftmax", "Elu", "Celu", "Attention")
-_BASE = {op: IMPORT_RULES[op] for op in _WIDENED}  # the rules these wrap
+_BASE = {op: IMPORT_RULES[op] for op in _WIDENED + ("Pad",)}  # the rules these wrap
 
-RULES = {**{op: _in_float32(op) for op in _WIDENED}, "Det": _det, "TensorScatter": _tensor_scatter, "MaxUnpool": _max_unpool, "GridSample": _grid_sample, "AffineGrid": _affine_grid, "SwiGLU": _swiglu}
+RULES = {**{op: _in_float32(op) for op in _WIDENED}, "Pad": _pad_modes, "Det": _det, "TensorScatter": _tensor_scatter, "MaxUnpool": _max_unpool, "GridSample": _grid_sample, "AffineGrid": _affine_grid, "SwiGLU": _swiglu}

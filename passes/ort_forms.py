@@ -92,9 +92,10 @@ def _conv_grad_weight_as_matmul(m: Match):
     x, dy = node.inputs
     strides, pads, dilations, group = _geometry(node)
     kernel = tuple(node.attrs["kernel_shape"])
-    if group != 1 or kernel[0] * kernel[1] > MAX_IM2COL_TAPS:
-        return None
     c, (o, ho, wo) = x.shape[1], dy.shape[1:]
+    if (group != 1 or kernel[0] * kernel[1] > MAX_IM2COL_TAPS
+            or not _static(c, o, ho, wo, *x.shape[2:])):
+        return None
     cols = _windows(m, x, kernel, (ho, wo), strides, pads, dilations)
     d = m.op("Reshape", dy, shape=(0, o, ho * wo))
     if ho * wo >= WEIGHT_GRAD_GEMM_PIXELS:
@@ -116,8 +117,13 @@ def _pixels_to_nchw(m: Match, rows: Value, out_hw) -> Value:
     return m.op("Reshape", _swap_last(m, per_image), shape=(0, rows.shape[1], ho, wo))
 
 
+def _static(*dims) -> bool:
+    return all(isinstance(d, int) for d in dims)
+
+
 def _small(out_hw, kernel) -> bool:
-    return out_hw[0] * out_hw[1] < SMALL_MAP_PIXELS and kernel[0] * kernel[1] <= MAX_IM2COL_TAPS
+    return (_static(*out_hw, *kernel) and out_hw[0] * out_hw[1] < SMALL_MAP_PIXELS
+            and kernel[0] * kernel[1] <= MAX_IM2COL_TAPS)
 
 
 def _conv_as_matmul(m: Match):
@@ -128,6 +134,8 @@ def _conv_as_matmul(m: Match):
     strides, pads, dilations, group = _geometry(node)
     kernel, out_hw = tuple(w.shape[2:]), tuple(m.type.shape[2:])
     if group != 1 or not _small(out_hw, kernel):
+        return None
+    if not _static(*x.shape[1:], *w.shape):
         return None
     cols = _windows(m, x, kernel, out_hw, strides, pads, dilations)
     wm = m.op("Reshape", w, shape=(w.shape[0], -1))  # (O, C*kk)
@@ -144,7 +152,7 @@ def _conv_grad_input_as_matmul(m: Match):
     o, c = w.shape[:2]
     if group != 1 or strides != (1, 1) or dilations != (1, 1) or not _small(out_hw, kernel):
         return None
-    if max(pt, pb) > kh - 1 or max(pl, pr) > kw - 1:
+    if max(pt, pb) > kh - 1 or max(pl, pr) > kw - 1 or not _static(*dy.shape[1:], *w.shape):
         return None
     # stride 1: dx = conv(dy, w flipped in space, in/out channels swapped), padded k-1-p;
     # the flip is the taps taken in reverse, so the weight only needs (O, kk, C) rows

@@ -48,4 +48,20 @@ CASES = {
         OpCase([np.outer([1.0, 2.0, -1.0], [0.5, -1.0, 2.0])], torch=torch_fn("det"),
                id="singular"),
     ],
+    "AffineGrid": [
+        OpCase([randn((2, 2, 3), 12), np.array([2, 3, 4, 5], np.int64)],
+               {"out_shape": (2, 4, 5, 2), "align_corners": False}, opset=20,
+               torch=lambda th, sz: _affine(th, sz, False), id="2d"),
+        OpCase([randn((2, 2, 3), 13), np.array([2, 1, 3, 2], np.int64)],
+               {"out_shape": (2, 3, 2, 2), "align_corners": True}, opset=20,
+               torch=lambda th, sz: _affine(th, sz, True), id="2d_align"),
+        OpCase([randn((1, 3, 4), 14), np.array([1, 2, 2, 3, 4], np.int64)],
+               {"out_shape": (1, 2, 3, 4, 3), "align_corners": True}, opset=20,
+               torch=lambda th, sz: _affine(th, sz, True), id="3d_align"),
+    ],
 }
+
+
+def _affine(theta, size, align: bool):
+    import torch
+    return torch.nn.functional.affine_grid(theta, size.tolist(), align_corners=align)

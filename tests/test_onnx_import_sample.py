@@ -149,3 +149,20 @@ def test_if_body_reads_an_outer_value_nothing_else_reads():
     x = np.array([1.0, -2.0, 3.0])
     (y,) = NumpyExecutor(from_onnx(model, as_params=False)).run([x])
     np.testing.assert_allclose(y, (2 * x) ** 2)
+
+
+@pytest.mark.parametrize("mode,torch_mode", [("reflect", "reflect"), ("edge", "replicate"),
+                                             ("wrap", "circular")])
+def test_pad_modes_match_torch_with_gradient(mode, torch_mode):
+    torch = pytest.importorskip("torch")
+    x = np.random.default_rng(6).standard_normal((2, 3, 4, 5))
+    t = torch.tensor(x, requires_grad=True)
+    ref = torch.nn.functional.pad(t, (2, 1, 3, 0), mode=torch_mode)  # W: 2|1, H: 3|0
+    model = _single("Pad", {"x": x.shape}, tuple(ref.shape), opset=18,
+                    inits=[("pads", np.array([0, 0, 3, 2, 0, 0, 0, 1], np.int64))],
+                    mode=mode)
+    cot = np.random.default_rng(7).standard_normal(tuple(ref.shape))
+    y, gx = _value_and_grads(model, [x], cot)
+    (want,) = torch.autograd.grad(ref, t, torch.tensor(cot))
+    np.testing.assert_allclose(y, ref.detach().numpy())
+    np.testing.assert_allclose(gx, want.numpy(), rtol=1e-12, atol=1e-12)

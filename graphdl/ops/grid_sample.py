@@ -1,6 +1,6 @@
 """GridSample (ONNX, torch's grid_sample): sample an N-D image at normalized grid coordinates
 with nearest, linear or cubic interpolation and zeros/border/reflection padding; and
-``affine_grid``, the sampling grid of batched affine maps (ONNX AffineGrid), built from MatMul.
+AffineGrid, the sampling grid of batched affine maps (its size may be known only at run time).
 
 The sampling is written once, over a small array vocabulary (:class:`_NumpyMath` for the
 kernel, :class:`_GraphMath` for graph nodes): the kernel runs it on arrays, and the VJP builds
@@ -15,8 +15,8 @@ import numpy as np
 
 from graphdl.ir import FLOAT_DTYPES, TensorType
 from graphdl.ops.infer import check_arity
-from graphdl.ops.registry import Attr, LoweringError, OnnxLowering, OnnxNode, OpDef, apply, \
-    constant, fail, register
+from graphdl.ops.registry import REQUIRED, Attr, LoweringError, OnnxLowering, OnnxNode, OpDef, \
+    apply, constant, fail, lower, register
 
 __all__ = ["affine_grid", "grid_sample"]
 
@@ -244,9 +244,9 @@ def grid_sample(x, grid, mode: str = "linear", padding_mode: str = "zeros",
 
 # ---- AffineGrid ----------------------------------------------------------------------------
 
-def _base_grid(sizes, align: bool, dtype) -> np.ndarray:
-    """Homogeneous normalized coordinates (prod(sizes), k + 1), ordered (x, y, ..., 1) with x
-    along the last spatial axis."""
+def _base_grid(sizes, align: bool) -> np.ndarray:
+    """Normalized coordinates (prod(sizes), k), ordered (x, y, ...) with x along the last
+    spatial axis (float64)."""
     axes = []
     for s in sizes:
         if align:
@@ -254,19 +254,68 @@ def _base_grid(sizes, align: bool, dtype) -> np.ndarray:
         else:
             axes.append((np.arange(s) * 2.0 + 1.0) / s - 1.0)
     mesh = np.meshgrid(*axes, indexing="ij")
-    cols = [m.reshape(-1) for m in reversed(mesh)] + [np.ones(int(np.prod(sizes)))]
-    return np.stack(cols, axis=1).astype(dtype)
+    return np.stack([m.reshape(-1) for m in reversed(mesh)], axis=1)
 
 
-def affine_grid(theta, size, align_corners: bool = False):
+def _affine_infer(types, attrs):
+    check_arity("AffineGrid", types, 2)
+    theta, size = types
+    out = tuple(attrs["out_shape"])
+    k = len(out) - 2
+    if theta.dtype not in FLOAT_DTYPES or theta.rank != 3 or tuple(theta.shape[1:]) != (k, k + 1):
+        raise fail("AffineGrid", f"theta must be float (N, {k}, {k + 1}) for the output "
+                   f"{out}", list(types))
+    if size.dtype != "int64" or size.rank != 1 or size.shape[0] != k + 2 or out[-1] != k:
+        raise fail("AffineGrid", f"size must be int64[{k + 2}] (N, C, D1..Dk) and out_shape "
+                   f"(N, D1..Dk, {k})", list(types))
+    return [TensorType(out, theta.dtype)]
+
+
+def _affine_kernel(xs, attrs, out):
+    theta, size = xs
+    sizes = [int(s) for s in size[2:]]
+    base = _base_grid(sizes, bool(attrs["align_corners"]))  # (P, k)
+    t = theta.astype(np.float64)
+    # (P, k) @ (N, k, k)^T + (N, 1, k): the linear part and the translation column
+    y = np.einsum("pj,nij->npi", base, t[:, :, :-1]) + t[:, None, :, -1]
+    y = y.reshape((theta.shape[0], *sizes, len(sizes))).astype(theta.dtype)
+    if out is not None and out.shape == y.shape:
+        np.copyto(out, y)
+        return out
+    return y
+
+
+def _affine_vjp(F, node, grads):
+    # grid[n, p, i] = sum_j base[p, j] theta[n, i, j] + theta[n, i, k]: dtheta[n, i, :k] =
+    # g[n]^T base, dtheta[n, i, k] = sum_p g[n, p, i]; base is the grid of the identity map
+    theta, size = node.inputs
+    k = theta.shape[1]
+    eye = F.const(np.eye(k, k + 1).reshape(1, k, k + 1).astype(theta.dtype))
+    base = apply("AffineGrid", eye, size, align_corners=node.attrs["align_corners"],
+                 out_shape=(1,) + tuple(node.attrs["out_shape"][1:]))
+    g = F.reshape(grads[0], (0, -1, k))  # (N, P, k)
+    linear = F.matmul(F.transpose(g, (0, 2, 1)), F.reshape(base, (1, -1, k)))
+    return [F.concat([linear, F.unsqueeze(F.sum(g, (1,)), (2,))], 2), None]
+
+
+register(OpDef(name="AffineGrid", infer=_affine_infer, kernel=_affine_kernel, vjp=_affine_vjp,
+               onnx=lambda a, ti, to, o: lower("AffineGrid", 2,
+                                               align_corners=int(a["align_corners"])),
+               attrs={"align_corners": Attr(bool, False, "-1 and 1 are the corner pixels' "
+                                            "centres (else their outer edges)"),
+                      "out_shape": Attr(tuple, REQUIRED, "(N, D1..Dk, k): ints, symbols or "
+                                        "dims unknown until run time")},
+               doc="The sampling grid of batched affine maps over an image size (ONNX "
+                   "AffineGrid)."))
+
+
+def affine_grid(theta, size, align_corners: bool = False, out_shape=None):
     """The sampling grid (N, D1..Dk, k) of the affine maps ``theta`` (N, k, k + 1) over an
-    image of ``size`` (N, C, D1..Dk), as torch's affine_grid and ONNX AffineGrid."""
-    sizes = tuple(int(s) for s in size[2:])
-    k = len(sizes)
-    if theta.ndim != 3 or tuple(theta.shape[1:]) != (k, k + 1):
-        raise ValueError(f"affine_grid: theta must be (N, {k}, {k + 1}) for a {k}-D size "
-                         f"{tuple(size)}, got {tuple(theta.shape)}")
-    base = constant(_base_grid(sizes, bool(align_corners), np.dtype(theta.dtype)))
-    # (P, k+1) @ (N, k+1, k) -> (N, P, k)
-    grid = apply("MatMul", base, apply("Transpose", theta, perm=(0, 2, 1)))
-    return apply("Reshape", grid, shape=(theta.shape[0], *sizes, k))
+    image of ``size`` (N, C, D1..Dk: ints, or an int64 value known at run time, then with
+    ``out_shape`` giving the output's dims), as torch's affine_grid and ONNX AffineGrid."""
+    if not hasattr(size, "node"):
+        sizes = tuple(int(s) for s in size)
+        out_shape = (sizes[0], *sizes[2:], len(sizes) - 2)
+        size = constant(np.array(sizes, np.int64))
+    return apply("AffineGrid", theta, size, align_corners=bool(align_corners),
+                 out_shape=tuple(out_shape))
