@@ -268,7 +268,8 @@ def _optimize(graph, training, passes, verify, check, bindings, freeze_params, m
     if verifier is not None and verifier.mode != "each pass":
         verifier.check_end(graph, history, report)
     if memory:
-        report.plan = plan_memory(current, sizes)
+        report.plan = plan_memory(current, sizes,
+                                  facts_cache=peaks.facts if peaks is not None else None)
         report.memory = report.plan.as_dict()
     report.instrument_seconds += time.perf_counter() - start
     return current, report
@@ -290,10 +291,12 @@ class _PeakCache:
     def __init__(self, bindings: Mapping[str, int]):
         self.bindings = bindings
         self.last: tuple[Graph, int] | None = None
+        self.facts: dict = {}  # node facts shared by the graphs of one run (see plan_memory)
 
     def __call__(self, graph: Graph) -> int:
         if self.last is not None and self.last[0] is graph:
             return self.last[1]
-        peak = plan_memory(graph, self.bindings, effort="fast").arena_bytes
+        peak = plan_memory(graph, self.bindings, effort="fast",
+                           facts_cache=self.facts).arena_bytes
         self.last = (graph, peak)
         return peak
