@@ -74,15 +74,40 @@ _NUMPY = {"Mul": np.multiply, "Add": np.add, "ShiftRight": np.right_shift,
           "ShiftLeft": np.left_shift}
 
 
+def _last_uses(program) -> list[frozenset[str]]:
+    """Per step, the operands read for the last time there (their buffers may take the
+    result: the NumPy interpreter then runs in place, in a few cache-sized buffers)."""
+    last: dict[str, int] = {}
+    for i, (_, a, b, _) in enumerate(program):
+        last[a] = last[b] = i
+    return [frozenset(n for n in (a, b) if last[n] == i) for i, (_, a, b, _) in
+            enumerate(program)]
+
+
+_DYING = _last_uses(SQUARES_PROGRAM)
+_CHUNK = 1 << 14  # elements per pass: the live buffers stay in cache
+
+
 def run_program(seed: int, index: np.ndarray) -> np.ndarray:
-    """The 24-bit draws (uint64) for element indices ``index`` under ``seed`` (NumPy)."""
+    """The 24-bit draws (uint64) for element indices ``index`` (1-D) under ``seed`` (NumPy)."""
     env = {name: np.array(value, np.uint64) for name, value in CONSTS.items()}
     env["seed"] = np.array(int(seed) & 0xFFFF_FFFF_FFFF_FFFF, np.uint64)
-    env["index"] = np.asarray(index, np.uint64)
+    index = np.asarray(index, np.uint64).reshape(-1)
+    result = np.empty(index.shape, np.uint64)
     with np.errstate(over="ignore"):  # uint64 arithmetic wraps around, as in ONNX
-        for op, a, b, dst in SQUARES_PROGRAM:
-            env[dst] = _NUMPY[op](env[a], env[b])
-    return env["bits"]
+        for start in range(0, max(index.size, 1), _CHUNK):
+            local = dict(env, index=index[start:start + _CHUNK].copy())
+            owned = {"index"}  # buffers of this pass that a step may overwrite
+            for (op, a, b, dst), dying in zip(SQUARES_PROGRAM, _DYING):
+                x, y = local[a], local[b]
+                out = next((local[n] for n in (a, b) if n in dying and n in owned
+                            and local[n].shape == np.broadcast_shapes(x.shape, y.shape)),
+                           None)
+                local[dst] = _NUMPY[op](x, y, out=out)
+                if local[dst].ndim:
+                    owned.add(dst)
+            result[start:start + _CHUNK] = local["bits"]
+    return result
 
 
 def draw_bits(shape: Sequence[int], seed: int) -> np.ndarray:
