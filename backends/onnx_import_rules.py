@@ -485,7 +485,8 @@ IMPORT_RULES: dict[str, Rule] = {
 # Op families with their rules in their own modules, graphdl.backends.onnx_import_rules_<f>;
 # each module's RULES table joins IMPORT_RULES here.
 RULE_FAMILIES = ("math", "index", "loss", "attention", "nn", "norm", "quant", "rnn",
-                 "control", "signal", "extra", "sample", "pool")
+                 "control", "signal", "extra", "sample", "pool",
+                 "runtime")  # last: its rules wrap the static rules registered before it
 for _family in RULE_FAMILIES:
     IMPORT_RULES.update(importlib.import_module(
         f"graphdl.backends.onnx_import_rules_{_family}").RULES)
