@@ -56,7 +56,7 @@ def bucket_gradients(graph: Graph, bucket_bytes: int | None = DEFAULT_BUCKET_BYT
     members.sort(key=lambda n: position[id(n.inputs[0].node)])
     groups: dict[tuple, list[list[Node]]] = {}
     for node in members:
-        key = (node.attrs.get("reduction", "sum"), node.inputs[0].dtype,
+        key = (node.attrs["reduction"], node.inputs[0].dtype,
                id(node.attrs.get("comm")))
         buckets = groups.setdefault(key, [[]])
         size = sum(m.inputs[0].type.nbytes() for m in buckets[-1])

@@ -68,8 +68,8 @@ def _gemm_infer(types, attrs):
     a, b = types[0], types[1]
     if a.rank != 2 or b.rank != 2:
         raise fail("Gemm", "needs 2-D A and B", types)
-    m, k = a.shape[::-1] if attrs.get("transA") else a.shape
-    k2, n = b.shape[::-1] if attrs.get("transB") else b.shape
+    m, k = a.shape[::-1] if attrs["transA"] else a.shape
+    k2, n = b.shape[::-1] if attrs["transB"] else b.shape
     if k != k2:
         raise fail("Gemm", f"inner dimensions differ ({k} != {k2})", types)
     out = TensorType((m, n), dt)
@@ -81,9 +81,9 @@ def _gemm_infer(types, attrs):
 
 def _gemm_kernel(xs, attrs, out):
     a, b = xs[0], xs[1]
-    if attrs.get("transA"):
+    if attrs["transA"]:
         a = a.T
-    if attrs.get("transB"):
+    if attrs["transB"]:
         b = b.T
     y = matmul_2d(a, b, out)
     alpha, beta = attrs["alpha"], attrs["beta"]

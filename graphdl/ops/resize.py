@@ -115,7 +115,7 @@ def axis_weights(a: dict, n_in: int, n_out: int, scale: float, roi) -> tuple:
     np.add.at(w, (np.repeat(np.arange(n_out), n), np.clip(idx, 0, n_in - 1).reshape(-1)),
               coeffs.reshape(-1))  # edge padding = clamped indices
     outside = None
-    if a.get("coordinate_transformation_mode") == "tf_crop_and_resize":
+    if a["coordinate_transformation_mode"] == "tf_crop_and_resize":
         outside = (x < 0) | (x > n_in - 1)
         w[outside] = 0.0
     return w, outside
@@ -156,7 +156,7 @@ def _resize_infer(types, attrs):
     for d, s, n in zip(t.shape, scales, sizes):
         if not isinstance(d, int) and (s != 1.0 or n != d):
             raise fail("Resize", f"a resized axis must be static, got {tuple(t.shape)}", types)
-    if attrs.get("coordinate_transformation_mode") == "tf_crop_and_resize" and \
+    if attrs["coordinate_transformation_mode"] == "tf_crop_and_resize" and \
             len(attrs.get("roi") or ()) != 2 * t.rank:
         raise fail("Resize", "tf_crop_and_resize needs roi with 2 * rank entries", types)
     return [TensorType(tuple(sizes), t.dtype)]
