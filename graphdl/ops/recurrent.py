@@ -93,7 +93,7 @@ def cell(ops, attrs: dict, gates_x, h, c, r_t, rb, peep):
     """One time step of ``attrs['kind']``'s cell: (new h, new c or None). ``gates_x`` is
     this step's x @ W^T + Wb, ``r_t`` the recurrent weight transposed (H, G*H), ``rb`` its
     bias, ``peep`` the LSTM peepholes (i, o, f) or None."""
-    kind, clip = attrs["kind"], attrs.get("clip")
+    kind, clip = attrs["kind"], attrs["clip"]
     names, alphas, betas = attrs["activations"], attrs["alphas"], attrs["betas"]
 
     def act(j, v):
@@ -110,7 +110,7 @@ def cell(ops, attrs: dict, gates_x, h, c, r_t, rb, peep):
         bz, br, bh = ops.split(rb, 3)
         z = act(0, clipped(xz + ops.matmul(h, rz) + bz))
         r = act(0, clipped(xr + ops.matmul(h, rr) + br))
-        if attrs.get("linear_before_reset", 0):
+        if attrs["linear_before_reset"]:
             cand = act(1, clipped(xh + r * (ops.matmul(h, rh) + bh)))
         else:
             cand = act(1, clipped(xh + ops.matmul(r * h, rh) + bh))
@@ -119,7 +119,7 @@ def cell(ops, attrs: dict, gates_x, h, c, r_t, rb, peep):
     pi, po, pf = peep if peep is not None else (None, None, None)
     i = act(0, clipped(xi + pi * c if pi is not None else xi))
     f = act(0, clipped(xf + pf * c if pf is not None else xf))
-    if attrs.get("input_forget", 0):
+    if attrs["input_forget"]:
         f = ops.one(h) - i  # coupled input and forget gates
     g = act(1, clipped(xc))
     c_new = f * c + i * g
@@ -258,12 +258,12 @@ def _onnx(attrs, tin, tout, opset):
         onnx_attrs["activation_alpha"] = [float(a) for a in alphas]
     if betas:
         onnx_attrs["activation_beta"] = [float(b) for b in betas]
-    if attrs.get("clip") is not None:
+    if attrs["clip"] is not None:
         onnx_attrs["clip"] = float(attrs["clip"])
     if kind == "GRU":
-        onnx_attrs["linear_before_reset"] = int(attrs.get("linear_before_reset", 0))
+        onnx_attrs["linear_before_reset"] = int(attrs["linear_before_reset"])
     if lstm:
-        onnx_attrs["input_forget"] = int(attrs.get("input_forget", 0))
+        onnx_attrs["input_forget"] = int(attrs["input_forget"])
     ins = ("in0", "in1", "in2", "in3", "", "in4") + (("in5", "in6") if lstm else ())
     outs = ("out0", "out1") + (("out2",) if lstm else ())
     return OnnxLowering((OnnxNode(kind, ins, outs, onnx_attrs),))
