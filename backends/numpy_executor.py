@@ -161,10 +161,10 @@ class NumpyExecutor:
         modes = []
         returned = set(self.output_slots)
         for _, _, _, outs, _, node in self.steps:
-            if len(outs) > 1:
-                modes.append(_MULTI)
-            elif kinds.get(outs[0]) == VIEW or get_op(node.op).view:
+            if get_op(node.op).view or (len(outs) == 1 and kinds.get(outs[0]) == VIEW):
                 modes.append(_VIEW)
+            elif len(outs) > 1:
+                modes.append(_MULTI)
             elif views[outs[0]] is not None:
                 # an output lives to the end anyway, so nothing else ever reuses its bytes:
                 # the kernel writes it into a fresh array handed to the caller, which saves
@@ -347,8 +347,11 @@ class NumpyExecutor:
                             np.copyto(view, r)
                             vals[s] = view
                             copied += view.nbytes
-                else:  # views of an input's storage, or a value with no arena bytes
+                elif len(outs) == 1:  # a view of an input's storage, or no arena bytes
                     vals[outs[0]] = kernel(args, attrs, None)
+                else:  # views of parts of an input's storage (Split)
+                    for s, r in zip(outs, kernel(args, attrs, None)):
+                        vals[s] = r
                 if check:
                     _check_finite(node, [vals[s] for s in outs])
                 for s in frees:

@@ -137,7 +137,7 @@ class Importer:
         # scalars and everything else are constants that passes may fold
         if self.is_weight(name):
             if name not in self.params:
-                self.params[name] = F.param(name, value.copy(), trainable=trainable)
+                self.params[name] = F.param(name, value, trainable=trainable)  # (copies)
             return self.params[name]
         const = self.const_values.get(name)
         if const is None:  # the array stays in env: later rules may still read it as constant
@@ -187,6 +187,10 @@ class Importer:
             v = helper.get_attribute_value(a)
             if isinstance(v, bytes):
                 v = v.decode()
+            elif a.type == onnx.AttributeProto.FLOAT:
+                v = _decimal(v)
+            elif a.type == onnx.AttributeProto.FLOATS:
+                v = [_decimal(f) for f in v]
             elif isinstance(v, onnx.TensorProto):
                 v = numpy_helper.to_array(v)
             out[a.name] = v
@@ -317,6 +321,12 @@ class Importer:
         self.meter.add_folded(results, node)
         results = iter(results)
         return [next(results) if isinstance(o, Value) else o for o in outs]
+
+
+def _decimal(f: float) -> float:
+    """A float attribute (stored as float32) as the shortest decimal that rounds to it:
+    an epsilon written as 1e-5 stays 1e-5 in a float64 graph, not 9.99999974738e-06."""
+    return float(str(np.float32(f)))
 
 
 class SymDim(str):

@@ -413,13 +413,14 @@ def _conv(imp, node, a):
 
 def _max_pool(imp, node, a):
     x = imp.value(node.input[0])
-    if len(node.output) > 1 and node.output[1]:
-        raise OnnxImportError(f"{imp.where()}: MaxPool with an Indices output is not supported")
     kernel = tuple(a["kernel_shape"])
     strides, dilations, pads = _spatial(imp, node, a, x, kernel)
-    return [_builder(imp, "max_pool2d")(x, kernel, stride=strides, padding=tuple(pads),
-                                        dilation=dilations,
-                                        ceil_mode=bool(a.get("ceil_mode", 0)))]
+    window = dict(stride=strides, padding=tuple(pads), dilation=dilations,
+                  ceil_mode=bool(a.get("ceil_mode", 0)))
+    if len(node.output) > 1 and node.output[1]:  # Indices: flat positions in x
+        return list(_builder(imp, "max_pool2d_with_indices")(
+            x, kernel, storage_order=int(a.get("storage_order", 0)), **window))
+    return [_builder(imp, "max_pool2d")(x, kernel, **window)]
 
 
 def _avg_pool(imp, node, a):
@@ -448,7 +449,8 @@ def _global_max_pool(imp, node, a):
 def _shape(imp, node, a):
     x = imp.env[node.input[0]]
     dims = x.shape
-    arr = np.array([SymDim(d) if isinstance(d, str) else int(d) for d in dims], dtype=object)
+    arr = np.array([d if isinstance(d, D.DimExpr) else SymDim(d) if isinstance(d, str)
+                    else int(d) for d in dims], dtype=object)  # (N*1024 stays an expression)
     arr = arr[a.get("start", 0):a.get("end", len(dims))]
     if not is_symbolic(arr):
         arr = arr.astype(np.int64)
@@ -483,7 +485,8 @@ IMPORT_RULES: dict[str, Rule] = {
 # Op families with their rules in their own modules, graphdl.backends.onnx_import_rules_<f>;
 # each module's RULES table joins IMPORT_RULES here.
 RULE_FAMILIES = ("math", "index", "loss", "attention", "nn", "norm", "quant", "rnn",
-                 "control", "signal", "extra", "sample", "pool")
+                 "control", "signal", "extra", "sample", "pool",
+                 "runtime")  # last: its rules wrap the static rules registered before it
 for _family in RULE_FAMILIES:
     IMPORT_RULES.update(importlib.import_module(
         f"graphdl.backends.onnx_import_rules_{_family}").RULES)

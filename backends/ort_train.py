@@ -180,8 +180,9 @@ class OrtFunction:
                  single_output: bool = False, report: Any = None, profile: bool = False,
                  device_id: int = 0):
         self.user_graph = graph
-        self.guarded = bool(guard and graph.updates)
-        self.graph = finite_guard(graph) if self.guarded else graph
+        self.graph = finite_guard(graph) if guard and graph.updates else graph
+        # guarded when there is a float update to check (an int seed alone has no guard)
+        self.guarded = len(self.graph.outputs) > len(graph.outputs)
         self.report = report
         self.single_output = single_output
         self.n_outputs = len(graph.outputs)

@@ -28,7 +28,11 @@ after the three calls that carry ``.ortgpu/p0..p2``), one call carrying ``.ortgp
       --no-build-isolation . && python3 benchmarks/bench_ort_train.py --cuda
 
 Run on CPU with ``env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python
-benchmarks/bench_ort_train.py`` (``--quick`` for smaller repeats).
+benchmarks/bench_ort_train.py`` (``--quick`` for smaller repeats; about 2-3 min on a quiet
+2-core machine). On a loaded machine wall-clock ratios say little (torch's OpenMP threads
+suffer most from oversubscription); ``--cpu-time`` runs every contender on one thread and
+times each step by the calling thread's CPU time instead (the NumPy executor is left out:
+its BLAS threads would not be counted).
 """
 from __future__ import annotations
 
@@ -199,7 +203,10 @@ def bench_cpu(args) -> dict:
     import torch
     from onnx_bench_common import time_interleaved
 
+    if args.cpu_time:
+        args.threads, args.skip_numpy = 1, True
     torch.set_num_threads(args.threads)
+    clock = time.thread_time if args.cpu_time else time.perf_counter
     results = {}
     for name in args.models:
         shape, batch = CPU_MODELS[name]
@@ -217,9 +224,10 @@ def bench_cpu(args) -> dict:
         t0 = time.perf_counter()
         ort_step = graphdl_step(m_ort, "onnxruntime", args.threads)
         compile_s = time.perf_counter() - t0
-        np_step = graphdl_step(m_np, "numpy", args.threads)
+        np_step = None if args.skip_numpy else graphdl_step(m_np, "numpy", args.threads)
         staged_ort = ort_step.stage(x, y)
-        call_ort, call_np = run_step(ort_step), run_step(np_step)
+        call_ort = run_step(ort_step)
+        call_np = run_step(np_step) if np_step is not None else None
         if not args.skip_unlowered:
             base_step = graphdl_step(build_model(name, shape), "onnxruntime", args.threads,
                                      pipeline="training")
@@ -232,8 +240,9 @@ def bench_cpu(args) -> dict:
             topt.step()
             return loss.item()
 
-        first = {"graphdl_ort": call_ort(staged_ort), "graphdl_numpy": call_np([x, y]),
-                 "torch": torch_step()}
+        first = {"graphdl_ort": call_ort(staged_ort), "torch": torch_step()}
+        if call_np is not None:
+            first["graphdl_numpy"] = call_np([x, y])
         fns = {"graphdl_ort": lambda: call_ort(staged_ort), "torch": torch_step}
         if not args.skip_unlowered:
             first["graphdl_ort_unlowered"] = call_base(staged_base)
@@ -243,7 +252,8 @@ def bench_cpu(args) -> dict:
         before = (ort_step.bytes_in, ort_step.bytes_out, ort_step.runs,
                   ort_step.state.bytes_to_device, ort_step.state.bytes_to_host)
         reps = args.repeats if name == "cnn" else max(2, args.repeats // 3)
-        timing = time_interleaved(fns, repeats=reps, warmup=1, rounds=2 if args.quick else 3)
+        timing = time_interleaved(fns, repeats=reps, warmup=1, rounds=2 if args.quick else 3,
+                                  clock=clock)
         runs = ort_step.runs - before[2]
         traffic = {"batch_in_bytes_per_step": (ort_step.bytes_in - before[0]) / runs,
                    "outputs_out_bytes_per_step": (ort_step.bytes_out - before[1]) / runs,
@@ -346,6 +356,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--quick", action="store_true", help="fewer repeats, smaller batches")
     parser.add_argument("--skip-numpy", action="store_true",
                         help="time only ORT and torch (the NumPy executor is slow on ResNets)")
+    parser.add_argument("--cpu-time", action="store_true",
+                        help="one thread each, timed by thread CPU time (for loaded machines)")
     parser.add_argument("--skip-unlowered", action="store_true",
                         help="do not time the ORT step without the ORT CPU lowering")
     parser.add_argument("--cuda", action="store_true", help="the H200 mode (see docstring)")
@@ -357,6 +369,7 @@ def main(argv=None) -> dict:
     started = time.time()
     data = bench_cuda(args) if args.cuda else bench_cpu(args)
     data.update({"benchmark": "ort_train_step", "mode": "cuda" if args.cuda else "cpu",
+                 "clock": "thread_time" if args.cpu_time else "perf_counter",
                  "seconds": time.time() - started, "threads": args.threads,
                  "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                              "onnxruntime": ort.__version__, "torch": torch.__version__,

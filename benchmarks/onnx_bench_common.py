@@ -144,11 +144,13 @@ def structure(model) -> list:
 
 
 def time_interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 3,
-                     rounds: int = 4) -> dict[str, dict]:
+                     rounds: int = 4, clock: Callable[[], float] = time.perf_counter
+                     ) -> dict[str, dict]:
     """Milliseconds per call for each function, measured in ``rounds`` alternating blocks so
     machine noise hits all of them alike. Each block starts with one untimed call: a runtime
     that ran just before keeps its worker threads spinning for a moment (ORT and OpenMP
-    both do), which would otherwise be charged to whoever runs next."""
+    both do), which would otherwise be charged to whoever runs next. ``clock``:
+    ``time.thread_time`` measures CPU time of single-threaded contenders (robust to load)."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
@@ -158,9 +160,9 @@ def time_interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup:
         for key, fn in fns.items():
             fn()
             for _ in range(per_block):
-                t0 = time.perf_counter()
+                t0 = clock()
                 fn()
-                samples[key].append((time.perf_counter() - t0) * 1e3)
+                samples[key].append((clock() - t0) * 1e3)
     return {k: {"median_ms": statistics.median(v), "mean_ms": statistics.fmean(v),
                 "min_ms": min(v), "p90_ms": sorted(v)[int(0.9 * (len(v) - 1))],
                 "repeats": len(v)} for k, v in samples.items()}

@@ -1,8 +1,9 @@
 """Optimization passes and the pass manager (installed as ``graphdl.passes``).
 
 ``optimize_graph(graph, training=True, passes=None, verify=False, check=None)`` runs a named
-pipeline (:data:`PIPELINES`: training, inference, onnx_export) and returns the new graph and a
-report. The memory planner (:func:`plan_memory`) lays out the arena the NumPy executor runs in.
+pipeline (:data:`PIPELINES`: training, inference, onnx_export, onnxruntime_cpu) and returns the
+new graph and a report. The memory planner (:func:`plan_memory`) lays out the arena the NumPy
+executor runs in.
 """
 from __future__ import annotations
 

@@ -24,10 +24,8 @@ from typing import Any
 
 from graphdl.ir import Graph, Node, rebuild
 from graphdl.ops.indexing import concat, split
-from graphdl.ops.collective import all_reduce_done, all_reduce_start
 from graphdl.ops.registry import apply, get_op
 from graphdl.ops.shape import reshape
-from graphdl.passes.rewrite import match_value, op
 
 DEFAULT_BUCKET_BYTES = 25 * 2 ** 20  # DDP's default bucket_cap_mb
 
@@ -92,62 +90,64 @@ def _record(stats, before, after) -> None:
         stats["bytes_per_step"] = after["bytes"]
 
 
-_ALL_REDUCE = op("AllReduce")  # all_reduce(x): split into start + done below
-_PACK = op("Concat")  # concat(flat gradients): packs a bucket
-
-
-def _is(pattern, node: Node) -> bool:
-    return match_value(pattern, node.outputs[0], {}) is not None
-
-
 def overlap_collectives(graph: Graph) -> Graph:
-    """Every ``AllReduce`` split into ``AllReduceStart`` (moved, with the views and the Concat
-    that pack its input, to right after the last value it needs) and ``AllReduceDone`` (moved
-    to right before the first node that reads it); the rest of the schedule is kept."""
-    if not any(_is(_ALL_REDUCE, n) for n in graph.nodes):
+    """Every collective that declares a start/done pair (``OpDef.overlap``: AllReduce) split
+    into its start (moved, with what only feeds it: the packing and the gradients, each to
+    right after the last value it needs) and its done (moved to right before the first node
+    that reads it); the rest of the schedule is kept."""
+    if not any(get_op(n.op).overlap for n in graph.nodes):
         return graph
     mapping: dict[int, Any] = {}
 
     def split_node(node: Node, inputs):
-        if not _is(_ALL_REDUCE, node):
+        pair = get_op(node.op).overlap
+        if not pair:
             return None
-        op, comm = node.attrs.get("reduction", "sum"), node.attrs.get("comm")
-        return [all_reduce_done(all_reduce_start(inputs[0], op, comm), op, comm)]
+        attrs = {k: v for k, v in node.attrs.items() if k != "bucket"}
+        return [apply(pair[1], apply(pair[0], *inputs, **attrs), **attrs)]
 
     out = rebuild(graph, split_node, mapping)
     order = []
     for node in graph.nodes:  # the old schedule, in new nodes
-        new = mapping.get(id(node.outputs[0]), node.outputs[0]).node
-        if get_op(new.op).waits:
+        new = mapping.get(id(node.outputs[0]), node.outputs[0]).node if node.outputs else node
+        if _is_done(new) and new is not node:
             order.append(new.inputs[0].node)
         order.append(new)
     return Graph(out.inputs, out.outputs, out.updates, out.name,
                  order=_start_early_done_late(order))
 
 
+def _is_start(node: Node) -> bool:
+    return get_op(node.op).nonblocking
+
+
+def _is_done(node: Node) -> bool:
+    return get_op(node.op).waits
+
+
 def _start_early_done_late(order: list[Node]) -> list[Node]:
-    """``order`` with each AllReduceStart (and its packing: a Concat and views read only by
-    it) right after its last producer, and each AllReduceDone right before its first
-    consumer. Moving a node earlier to just after its inputs, or later to just before its
-    readers, keeps the order topological."""
+    """``order`` with each start, and what only feeds it (its bucket's packing and the
+    gradients nothing else reads), each right after its last producer, and each done right
+    before its first consumer. Moving a node earlier to just after its inputs, or
+    later to just before its readers, keeps the order topological."""
     readers: dict[int, int] = {}
     for node in order:
         for v in node.inputs:
             readers[id(v.node)] = readers.get(id(v.node), 0) + 1
     early: set[int] = set()
     for node in order:
-        if not get_op(node.op).nonblocking:
+        if not _is_start(node):
             continue
         early.add(id(node))
         stack = [node.inputs[0].node]
-        while stack:  # the packing chain: Concat / views read by nothing else
-            p = stack.pop()
-            opdef = get_op(p.op)
-            if readers.get(id(p)) == 1 and (opdef.view or _is(_PACK, p)) \
-                    and not opdef.source and id(p) not in early:
+        while stack:  # what only feeds the start: the bucket's Concat, its Reshapes, and the
+            p = stack.pop()  # gradients themselves (a weight gradient only the bucket reads)
+            if readers.get(id(p)) == 1 and not get_op(p.op).source and id(p) not in early \
+                    and not _is_done(p) and not any(_is_done(v.node) for v in p.inputs):
+                # (a done, and what reads one, stay where the dones are placed below)
                 early.add(id(p))
                 stack.extend(v.node for v in p.inputs)
-    late = {id(n) for n in order if get_op(n.op).waits}
+    late = {id(n) for n in order if _is_done(n)}
     rest = [n for n in order if id(n) not in early and id(n) not in late]
     moved = [n for n in order if id(n) in early]  # already in dependency order
     # early nodes: each goes right after the last of its producers in the growing order
@@ -166,7 +166,7 @@ def _start_early_done_late(order: list[Node]) -> list[Node]:
     for i, n in enumerate(rest):
         merged.append(n)
         merged.extend(slots.get(i, ()))
-    # Done: right before its first reader
+    # done: right before its first reader
     final: list[Node] = []
     pending_done = {id(n): n for n in order if id(n) in late}
     for n in merged:
@@ -175,30 +175,29 @@ def _start_early_done_late(order: list[Node]) -> list[Node]:
             if d is not None:
                 final.append(d)
         final.append(n)
-    final.extend(pending_done.values())  # a Done nobody reads (a graph output): at the end
+    final.extend(pending_done.values())  # a done nobody reads (a graph output): at the end
     return _defer_reduced(final)
 
 
 def _defer_reduced(order: list[Node]) -> list[Node]:
-    """Each AllReduceDone before the last AllReduceStart moved, with everything computed
-    from it (a bucket's optimizer updates), to right after that start: an earlier bucket
-    then reduces during the rest of the backward pass, and its update runs while the last
-    bucket reduces. A Done something started later depends on (synchronized BatchNorm's
-    moments) stays. Nodes keep their relative order, so the order stays topological."""
-    starts = [i for i, n in enumerate(order) if get_op(n.op).nonblocking]
+    """Each done before the last start moved, with everything computed from it (a bucket's
+    optimizer updates), to right after that start: an earlier bucket then reduces during
+    the rest of the backward pass, and its update runs while the last bucket reduces. A done
+    that something started later depends on (synchronized BatchNorm's moments) stays. Nodes
+    keep their relative order, so the order stays topological."""
+    starts = [i for i, n in enumerate(order) if _is_start(n)]
     if not starts:
         return order
     last = starts[-1]
     deferred: set[int] = set()
     for i, node in enumerate(order[:last]):
-        if not get_op(node.op).waits or id(node) in deferred:
+        if not _is_done(node) or id(node) in deferred:
             continue
         closure = {id(node)}
         for n in order[i + 1:last + 1]:
             if any(id(v.node) in closure for v in n.inputs):
                 closure.add(id(n))
-        if not any(get_op(order[j].op).nonblocking and id(order[j]) in closure
-                   for j in starts):
+        if not any(id(order[j]) in closure for j in starts):
             deferred |= closure
     if not deferred:
         return order

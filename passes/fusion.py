@@ -30,7 +30,7 @@ def _bn_scale_shift(m: Match, bn):
 
 
 def _bn_inference(m: Match) -> bool:
-    return m.root.attrs.get("training") is False
+    return not m.root.attrs["training"]
 
 
 def _all_const(values) -> bool:
@@ -122,7 +122,7 @@ def _matmul_add(m: Match):
 
 def _gemm_add(m: Match):
     g = m["g"].node
-    if len(g.inputs) != 2 or g.attrs.get("beta", 1.0) != 1.0 or m["c"].ndim > 2 \
+    if len(g.inputs) != 2 or g.attrs["beta"] != 1.0 or m["c"].ndim > 2 \
             or not m.only_used_here(m["g"]):
         return None
     return m.try_op("Gemm", *g.inputs, m["c"], name=g.name or m.root.name, **g.attrs)
@@ -207,7 +207,7 @@ _ONEHOT = op("Cast", op("Equal", op(("Unsqueeze", "Reshape"), any_value(
 # ^ cast(y[:, None] == arange(classes)): integer labels y, one-hot encoded
 
 _ROW_LOG_SOFTMAX = op("LogSoftmax", any_value("z"), where=lambda v: v.ndim == 2 and
-                      v.node.attrs.get("axis", -1) in (1, -1))  # log_softmax(z, axis=1)
+                      v.node.attrs["axis"] in (1, -1))  # log_softmax(z, axis=1)
 
 
 def onehot_labels(v: Value, classes) -> Value | None:

@@ -1,8 +1,8 @@
 """The pass manager: a declared pipeline, run to a fixed point, with a report and verify mode.
 
 A pass is a pure ``Graph -> Graph`` function with a name. The pipelines are data
-(:data:`PIPELINES`, by name: training, inference, onnx_export): stages of pass names, each
-stage repeated until a whole sweep changes nothing or the sweep limit is hit. A pass that already left a graph unchanged is not
+(:data:`PIPELINES`, by name: training, inference, onnx_export, onnxruntime_cpu): stages of
+pass names, each stage repeated until a whole sweep changes nothing or the sweep limit is hit. A pass that already left a graph unchanged is not
 re-run on that same graph. Users choose, drop or reorder passes by passing names (one stage),
 :class:`Stage` objects, or their own :class:`Pass` objects.
 """
@@ -113,7 +113,9 @@ _FOR_EXECUTOR = (
 
 # The named pipelines, declared once. Every entry path takes one of these by name:
 # gd.function / gd.compile(backend="numpy") / gd.optimize use "training" or "inference"
-# (by the graph's form), ONNX export and gd.compile(backend="onnxruntime") use "onnx_export".
+# (by the graph's form), ONNX export and gd.compile(backend="onnxruntime") use "onnx_export";
+# Model.compile / gd.function with backend="onnxruntime" use "onnxruntime_cpu" on the CPU
+# provider (backends.ort_train.pipeline_for) and "training"/"inference" on CUDA.
 # Inference-only passes are skipped for training graphs in every pipeline.
 PIPELINES: Mapping[str, tuple[Stage, ...]] = MappingProxyType({
     "training": _FOR_EXECUTOR,
@@ -268,7 +270,8 @@ def _optimize(graph, training, passes, verify, check, bindings, freeze_params, m
     if verifier is not None and verifier.mode != "each pass":
         verifier.check_end(graph, history, report)
     if memory:
-        report.plan = plan_memory(current, sizes)
+        report.plan = plan_memory(current, sizes,
+                                  facts_cache=peaks.facts if peaks is not None else None)
         report.memory = report.plan.as_dict()
     report.instrument_seconds += time.perf_counter() - start
     return current, report
@@ -290,10 +293,12 @@ class _PeakCache:
     def __init__(self, bindings: Mapping[str, int]):
         self.bindings = bindings
         self.last: tuple[Graph, int] | None = None
+        self.facts: dict = {}  # node facts shared by the graphs of one run (see plan_memory)
 
     def __call__(self, graph: Graph) -> int:
         if self.last is not None and self.last[0] is graph:
             return self.last[1]
-        peak = plan_memory(graph, self.bindings, effort="fast").arena_bytes
+        peak = plan_memory(graph, self.bindings, effort="fast",
+                           facts_cache=self.facts).arena_bytes
         self.last = (graph, peak)
         return peak

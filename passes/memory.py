@@ -164,15 +164,18 @@ def _aligned(nbytes: int, alignment: int) -> int:
 
 def plan_memory(graph: Graph, bindings: Mapping[str, int] | None = None,
                 alignment: int = DEFAULT_ALIGNMENT, inplace: bool = True,
-                effort: str = "best", internal: bool = False) -> MemoryPlan:
+                effort: str = "best", internal: bool = False,
+                facts_cache: dict | None = None) -> MemoryPlan:
     """Plan every computed value of ``graph`` into one arena for these symbolic sizes
     (unbound symbolic dims count as 1). ``effort="fast"`` runs the greedy planner once.
     ``internal=True`` leaves the new values of state (the updates: parameters, optimizer
     moments) out of the arena, as frameworks that update weights in place do: MXNet's
-    "internal memory" measure."""
+    "internal memory" measure. ``facts_cache`` (a dict the caller keeps for one set of
+    bindings and alignment) reuses the per-node facts of nodes planned before: a pass
+    pipeline plans many graphs that share most of their (immutable) nodes."""
     bindings = dict(bindings or {})
     exclude = {(id(v.node), v.index) for _, v in graph.updates} if internal else None
-    facts = node_facts(graph.nodes, bindings, alignment)
+    facts = node_facts(graph.nodes, bindings, alignment, facts_cache)
     plans, storages, no_reuse, end = liveness(graph.nodes, graph.all_outputs, bindings,
                                               alignment, inplace, facts=facts, exclude=exclude)
     intervals = [tuple(st) for st in storages]
@@ -219,20 +222,28 @@ def _last_uses(nodes: Sequence, outputs: Sequence, is_source):
 
 
 def node_facts(nodes: Sequence, bindings: Mapping[str, int],
-               alignment: int = DEFAULT_ALIGNMENT) -> dict[int, tuple]:
+               alignment: int = DEFAULT_ALIGNMENT, cache: dict | None = None
+               ) -> dict[int, tuple]:
     """Per node id: (0 source / 1 view / 2 computed, may write in place, per output
-    (bytes, (dtype, concrete shape)))."""
+    (bytes, (dtype, concrete shape))). ``cache`` maps id(node) -> (node, facts) for these
+    bindings; it holds the node, so the id is not reused while the entry lives."""
     facts = {}
     for n in nodes:
+        hit = cache.get(id(n)) if cache is not None else None
+        if hit is not None and hit[0] is n:
+            facts[id(n)] = hit[1]
+            continue
         opdef = get_op(n.op)
         # what the op declares: views own no buffer; in-place ops may overwrite a dying input
-        kind = 0 if opdef.source else 1 if opdef.view and len(n.types) == 1 else 2
+        kind = 0 if opdef.source else 1 if opdef.view else 2  # a view op's outputs: all views
         inplace = bool(opdef.inplace) and len(n.types) == 1
         # a value whose size the bindings do not determine (a dim unknown until run time)
         # gets -1 bytes: it stays out of the arena and its kernel allocates it
         outs = tuple((_aligned(t.nbytes(bindings), alignment) if _planned(t, bindings) else -1,
                       (t.dtype, _dims(t, bindings))) for t in n.types)
         facts[id(n)] = (kind, inplace, outs)
+        if cache is not None:
+            cache[id(n)] = (n, facts[id(n)])
     return facts
 
 
@@ -259,19 +270,20 @@ def liveness(nodes: Sequence, outputs: Sequence, bindings: Mapping[str, int],
                 plans[(nid, i)] = (pos, i, EXTERNAL, 0, -1, -1, -1, False)
             continue
         s = step_of[nid]
-        if kind == 1:
+        if kind == 1:  # every output views input 0's storage (Split: one part each)
             src = node.inputs[0]
-            key = (nid, 0)
             sid = storage_of.get((id(src.node), src.index))
-            last = last_use.get(key, s)
-            if sid is None:  # a view of an input, parameter or constant
-                plans[key] = (pos, 0, EXTERNAL, 0, -1, -1, -1, False)
-            else:
+            for i in range(len(outs)):
+                key = (nid, i)
+                last = last_use.get(key, s)
+                if sid is None:  # a view of an input, parameter or constant
+                    plans[key] = (pos, i, EXTERNAL, 0, -1, -1, -1, False)
+                    continue
                 st = storages[sid]
                 if last > st[1]:
                     st[1] = last
                 storage_of[key] = sid
-                plans[key] = (pos, 0, VIEW, 0, sid, s, last, False)
+                plans[key] = (pos, i, VIEW, 0, sid, s, last, False)
             continue
         for i, (nbytes, type_key) in enumerate(outs):
             key = (nid, i)

@@ -10,7 +10,8 @@ Measured on ORT 1.31 (MLAS), 2 threads (benchmarks/bench_ort_train.py has the pr
 - A convolution on a small feature map (ResNet stage 4 at 64x64 inputs: 2x2 pixels, 512
   channels) is run by MLAS image by image, streaming the whole weight matrix once per image;
   as im2col over the whole batch and one ``MatMul`` the weights are read once.
-  The same holds for the stride-1 input gradient, a convolution with the flipped kernel.
+  The same holds for the input gradient, a stride-1 convolution with the flipped kernel
+  over dy (for a strided convolution, over dy with zeros spread between its elements).
 - ORT's ``Transpose`` of a weight is slow (a general permutation of 512x512x3x3 cost more
   than the GEMM), so the windows are laid out channel-major and every weight reshapes to its
   matrix as it is; the only transposes left swap the last two axes of activations (which
@@ -92,9 +93,10 @@ def _conv_grad_weight_as_matmul(m: Match):
     x, dy = node.inputs
     strides, pads, dilations, group = _geometry(node)
     kernel = tuple(node.attrs["kernel_shape"])
-    if group != 1 or kernel[0] * kernel[1] > MAX_IM2COL_TAPS:
-        return None
     c, (o, ho, wo) = x.shape[1], dy.shape[1:]
+    if (group != 1 or kernel[0] * kernel[1] > MAX_IM2COL_TAPS
+            or not _static(c, o, ho, wo, *x.shape[2:])):
+        return None
     cols = _windows(m, x, kernel, (ho, wo), strides, pads, dilations)
     d = m.op("Reshape", dy, shape=(0, o, ho * wo))
     if ho * wo >= WEIGHT_GRAD_GEMM_PIXELS:
@@ -116,8 +118,13 @@ def _pixels_to_nchw(m: Match, rows: Value, out_hw) -> Value:
     return m.op("Reshape", _swap_last(m, per_image), shape=(0, rows.shape[1], ho, wo))
 
 
+def _static(*dims) -> bool:
+    return all(isinstance(d, int) for d in dims)
+
+
 def _small(out_hw, kernel) -> bool:
-    return out_hw[0] * out_hw[1] < SMALL_MAP_PIXELS and kernel[0] * kernel[1] <= MAX_IM2COL_TAPS
+    return (_static(*out_hw, *kernel) and out_hw[0] * out_hw[1] < SMALL_MAP_PIXELS
+            and kernel[0] * kernel[1] <= MAX_IM2COL_TAPS)
 
 
 def _conv_as_matmul(m: Match):
@@ -128,6 +135,8 @@ def _conv_as_matmul(m: Match):
     strides, pads, dilations, group = _geometry(node)
     kernel, out_hw = tuple(w.shape[2:]), tuple(m.type.shape[2:])
     if group != 1 or not _small(out_hw, kernel):
+        return None
+    if not _static(*x.shape[1:], *w.shape):
         return None
     cols = _windows(m, x, kernel, out_hw, strides, pads, dilations)
     wm = m.op("Reshape", w, shape=(w.shape[0], -1))  # (O, C*kk)
@@ -140,16 +149,29 @@ def _conv_grad_input_as_matmul(m: Match):
     dy, w = node.inputs
     strides, pads, dilations, group = _geometry(node)
     kernel, out_hw = tuple(w.shape[2:]), tuple(m.type.shape[2:])
-    (kh, kw), (pt, pl, pb, pr) = kernel, pads
+    (kh, kw), (sh, sw), (pt, pl, _, _) = kernel, strides, pads
     o, c = w.shape[:2]
-    if group != 1 or strides != (1, 1) or dilations != (1, 1) or not _small(out_hw, kernel):
+    if group != 1 or dilations != (1, 1) or not _small(out_hw, kernel):
         return None
-    if max(pt, pb) > kh - 1 or max(pl, pr) > kw - 1:
+    if pt > kh - 1 or pl > kw - 1 or not _static(*dy.shape[1:], *w.shape):
         return None
-    # stride 1: dx = conv(dy, w flipped in space, in/out channels swapped), padded k-1-p;
+    (h, wd), (ho, wo) = out_hw, dy.shape[2:]
+    d = dy
+    if strides != (1, 1):
+        # a strided transposed conv is a stride-1 one over dy with s-1 zeros after each
+        # element (the zero products add nothing)
+        spread = m.op("Pad", m.op("Reshape", dy, shape=(0, o, ho, 1, wo, 1)),
+                      pads=((0, 0), (0, 0), (0, 0), (0, sh - 1), (0, 0), (0, sw - 1)),
+                      value=0.0)
+        d = m.op("Reshape", spread, shape=(0, o, ho * sh, wo * sw))
+    # dx row r reads rows r - (kh-1-pt) .. r + pt of d: rows past h + pt are never read
+    th, tw = min(ho * sh, h + pt), min(wo * sw, wd + pl)
+    if (th, tw) != (ho * sh, wo * sw):
+        d = m.op("Slice", d, starts=(0, 0), ends=(th, tw), axes=(2, 3), steps=(1, 1))
+    # dx = conv(d, w flipped in space, in/out channels swapped), padded so it has dx's size;
     # the flip is the taps taken in reverse, so the weight only needs (O, kk, C) rows
-    full = (kh - 1 - pt, kw - 1 - pl, kh - 1 - pb, kw - 1 - pr)
-    cols = _windows(m, dy, kernel, out_hw, (1, 1), full, (1, 1), reverse=True)
+    full = (kh - 1 - pt, kw - 1 - pl, h - th + pt, wd - tw + pl)
+    cols = _windows(m, d, kernel, out_hw, (1, 1), full, (1, 1), reverse=True)
     wr = m.op("Reshape", _swap_last(m, m.op("Reshape", w, shape=(o, c, kh * kw))),
               shape=(-1, c))  # wr[(o, t), c] = w[o, c, t]
     return _pixels_to_nchw(m, m.op("MatMul", _rows(m, cols), wr), out_hw)
@@ -161,7 +183,7 @@ ORT_CPU_RULES = [
     Rule("small_map_conv_as_matmul", op("Conv"), _conv_as_matmul),
     # ^ conv(x, W) = im2col(x) @ W^T, one GEMM for the whole batch
     Rule("small_map_conv_grad_input_as_matmul", op("ConvGradInput"), _conv_grad_input_as_matmul),
-    # ^ stride 1: dX = conv(dY, flip(W)^T, pads k-1-p) = im2col(dY, taps reversed) @ W
+    # ^ dX = conv(zero-spread dY, flip(W)^T, pads k-1-p) = im2col(., taps reversed) @ W
 ]
 
 

@@ -40,9 +40,9 @@ def _neg_x(m: Match):
 
 def _dropout_identity(m: Match):
     node = m.root
-    if node.attrs.get("training", True) and node.attrs.get("rate", 0.0) != 0.0:
+    if node.attrs["training"] and node.attrs["rate"] != 0.0:
         return None
-    if node.attrs.get("training", True):
+    if node.attrs["training"]:
         return (node.inputs[0], None, None)  # rate 0: y = x, but the seed still advances
     return (node.inputs[0], None, node.inputs[1])  # inference: y = x, the seed stays
 

@@ -3,7 +3,7 @@ their gradient ops (graphdl/ops/conv.py, pool.py, norm.py).
 
 Shapes are small, seeded and non-square; strides, asymmetric padding, dilation, groups and
 depthwise variants each get a case. Every case has a torch reference (torch.nn.functional)
-except random dropout masks and the running-statistics gradients torch does not define.
+except dropout masks and the running-statistics gradients torch does not define.
 Gradient ops are referenced through torch autograd with ``create_graph=True``, so their own
 VJPs are checked against torch's double backward. tests/test_ops.py runs them.
 """
@@ -156,7 +156,33 @@ def _max_cases():
     pool.append(OpCase([ties], attrs, torch=ref, fd=False, id="ties"))
     grad.append(OpCase([ties, randn((2, 2, 3, 4), 81)], attrs, torch=_max_grad_ref(ref),
                        grad_inputs=(1,), id="ties"))
+    pool += _indices_cases()
     return {"MaxPool": pool, "MaxPoolGrad": grad, "MaxPoolGather": gather}
+
+
+def _torch_indices(kern, st, pad, dil, ceil, column_major):
+    """torch's per-plane indices made ONNX's: flat over (N, C, H, W), H/W swapped if asked."""
+    def ref(x):
+        y, idx = _nnf().max_pool2d(x, kern, st, pad, dil, ceil_mode=ceil, return_indices=True)
+        n, c, h, w = x.shape
+        if column_major:
+            idx = (idx % w) * h + idx // w
+        planes = _torch().arange(n * c).reshape(n, c, 1, 1) * (h * w)
+        return y, idx + planes
+    return ref
+
+
+def _indices_cases():
+    """MaxPool with ONNX's Indices output (row and column major)."""
+    cases = []
+    for k, (xs, kern, st, pad, dil, ceil, cid) in enumerate(MAX_SETUPS):
+        for order in (0, 1) if k == 0 else (0,):
+            attrs = dict(_pool_attrs(kern, st, pad, ceil), dilations=dil, with_indices=True,
+                         storage_order=order)
+            cases.append(OpCase([distinct(xs, 90 + k)], attrs, grad_outputs=(0,),
+                                torch=_torch_indices(kern, st, pad, dil, ceil, order),
+                                id=f"{cid}-indices-order{order}"))
+    return cases
 
 
 # (x shape, kernel, strides, (pad h, pad w), ceil_mode, count_include_pad, id)
@@ -261,8 +287,10 @@ def _norm_cases():
                          id=f"axis{axis}-rank{len(shape)}"))
     seed = np.array(7, np.int64)
     drop = [
-        OpCase([randn((3, 4, 5), 180), seed], {"rate": 0.3, "training": True}, onnx=False,
-               id="train"),
+        # the counter-based mask is the same on every backend, so ONNX runs compare too
+        OpCase([randn((3, 4, 5), 180), seed], {"rate": 0.3, "training": True}, id="train"),
+        OpCase([randn((16, 9), 183), np.array(-2**40, np.int64)],
+               {"rate": 0.8, "training": True}, id="train-rate0.8-negative-seed"),
         OpCase([randn((4, 6), 181), seed], {"rate": 0.3, "training": False},
                torch=lambda x, s: (x * 1, _torch().ones(x.shape, dtype=_torch().bool), s),
                id="inference"),

@@ -165,3 +165,17 @@ def test_zoo_rejects_bad_arguments():
         gd.models.mobilenet_v2(num_classes=0)
     with pytest.raises(ValueError, match=r"cnn: input_shape must be \(C, H, W\)"):
         gd.models.cnn(input_shape=(64,))
+
+
+def test_resnet_width_keeps_the_architecture():
+    """``width`` scales every stage's channels; the layers, their names and the blocks stay."""
+    full = gd.models.resnet18(num_classes=10, input_shape=(3, 32, 32))
+    thin = gd.models.resnet18(num_classes=10, input_shape=(3, 32, 32), width=4)
+    assert [v.name for v in thin.variables] == [v.name for v in full.variables]
+    shapes = {v.name: v.value.shape for v in thin.variables}
+    assert shapes["conv1.weight"] == (4, 3, 7, 7)
+    assert shapes["layer4.1.conv2.weight"] == (32, 32, 3, 3)
+    assert shapes["fc.weight"] == (10, 32)  # torch layout: (out, in)
+    assert thin.predict(np.zeros((2, 3, 32, 32), np.float32)).shape == (2, 10)
+    with pytest.raises(ValueError, match="resnet18: width must be a positive channel count"):
+        gd.models.resnet18(width=0)

@@ -21,6 +21,9 @@ GEOMETRIES = {
     "dilated_1x2": (2, 3, 9, 10, 2, (1, 2), (1, 1), (0, 1, 0, 1), (2, 2)),
     "small_asym_pads": (2, 4, 5, 5, 3, (3, 3), (1, 1), (0, 2, 1, 0), (1, 1)),
     "1x1_padded_small": (2, 3, 3, 3, 4, (1, 1), (1, 1), (1, 1, 1, 1), (1, 1)),
+    "strided_small": (2, 3, 6, 5, 4, (3, 3), (2, 2), (1, 0, 1, 2), (1, 1)),
+    "1x1_strided_small": (2, 4, 6, 6, 3, (1, 1), (2, 2), (0, 0, 0, 0), (1, 1)),
+    "3x3_s2_odd_small": (3, 4, 7, 7, 5, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1)),
 }
 
 
@@ -51,14 +54,16 @@ def _run(graph, feeds, backend="numpy"):
     return np.asarray(f(*feeds))
 
 
-# where each rule applies: weight gradients up to 3x3 everywhere; convolutions and stride-1
-# input gradients (pads within the kernel) on small maps only
+# where each rule applies: weight gradients up to 3x3 everywhere; convolutions and input
+# gradients (leading pads within the kernel, no dilation) on small maps only
 FIRES = {
     "ConvGradWeight": {"3x3_big_map", "3x3_small_map", "1x1", "1x1_small_map",
-                       "strided_uneven", "dilated_1x2", "small_asym_pads", "1x1_padded_small"},
+                       "strided_uneven", "dilated_1x2", "small_asym_pads", "1x1_padded_small",
+                       "strided_small", "1x1_strided_small", "3x3_s2_odd_small"},
     "Conv": {"3x3_small_map", "1x1_small_map", "small_asym_pads", "1x1_padded_small",
-             "strided_uneven"},
-    "ConvGradInput": {"3x3_small_map", "1x1_small_map", "small_asym_pads"},
+             "strided_uneven", "strided_small", "1x1_strided_small", "3x3_s2_odd_small"},
+    "ConvGradInput": {"3x3_small_map", "1x1_small_map", "small_asym_pads", "strided_small",
+                      "1x1_strided_small", "3x3_s2_odd_small"},
 }
 
 

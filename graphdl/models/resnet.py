@@ -57,19 +57,26 @@ def bottleneck_block(make: LayerFactory, x: Value, prefix: str, planes: int,
 
 def resnet(block: str, layers: Sequence[int], num_classes: int = 1000,
            input_shape: Sequence[int] = (3, 224, 224), seed: int = 0, dtype: Any = "float32",
-           name: str = "resnet"):
+           name: str = "resnet", width: int = 64):
     """A ResNet with ``block`` ("basic" or "bottleneck") and ``layers`` blocks per stage.
 
     Any input of 32x32 or more works: a global average pool ends the feature extractor.
+    ``width`` is the stem's and the first stage's channel count (64 in the paper and in
+    torchvision); the stages have width, 2, 4 and 8 times width. A smaller width keeps the
+    architecture (depth, blocks, strides, BatchNorms) with fewer channels, e.g. for tests.
     """
+    if int(width) < 1:
+        raise ValueError(f"{name}: width must be a positive channel count, got {width}")
+    width = int(width)
     num_classes = check_classes(num_classes, name)
     build = {"basic": basic_block, "bottleneck": bottleneck_block}[block]
     make = LayerFactory(seed)
     x = image_input(input_shape, dtype, name)
-    h = _conv_bn(make, x, "conv1", "bn1", 64, 7, 2, 3)
+    h = _conv_bn(make, x, "conv1", "bn1", width, 7, 2, 3)
     h = L.ReLU(name="relu")(h)
     h = L.MaxPool2D(3, 2, 1, name="maxpool")(h)
-    for stage, (planes, count) in enumerate(zip((64, 128, 256, 512), layers), start=1):
+    stages = (width, 2 * width, 4 * width, 8 * width)
+    for stage, (planes, count) in enumerate(zip(stages, layers), start=1):
         for i in range(count):
             stride = 2 if stage > 1 and i == 0 else 1
             h = build(make, h, f"layer{stage}.{i}", planes, stride)
@@ -80,33 +87,35 @@ def resnet(block: str, layers: Sequence[int], num_classes: int = 1000,
 
 
 def resnet18(num_classes: int = 1000, input_shape: Sequence[int] = (3, 224, 224),
-             seed: int = 0, dtype: Any = "float32"):
+             seed: int = 0, dtype: Any = "float32", width: int = 64):
     """ResNet-18 (basic blocks 2-2-2-2; 11,689,512 parameters at 1000 classes)."""
-    return resnet("basic", (2, 2, 2, 2), num_classes, input_shape, seed, dtype, "resnet18")
+    return resnet("basic", (2, 2, 2, 2), num_classes, input_shape, seed, dtype, "resnet18",
+                  width)
 
 
 def resnet34(num_classes: int = 1000, input_shape: Sequence[int] = (3, 224, 224),
-             seed: int = 0, dtype: Any = "float32"):
+             seed: int = 0, dtype: Any = "float32", width: int = 64):
     """ResNet-34 (basic blocks 3-4-6-3; 21,797,672 parameters at 1000 classes)."""
-    return resnet("basic", (3, 4, 6, 3), num_classes, input_shape, seed, dtype, "resnet34")
+    return resnet("basic", (3, 4, 6, 3), num_classes, input_shape, seed, dtype, "resnet34",
+                  width)
 
 
 def resnet50(num_classes: int = 1000, input_shape: Sequence[int] = (3, 224, 224),
-             seed: int = 0, dtype: Any = "float32"):
+             seed: int = 0, dtype: Any = "float32", width: int = 64):
     """ResNet-50 (bottleneck blocks 3-4-6-3; 25,557,032 parameters at 1000 classes)."""
     return resnet("bottleneck", (3, 4, 6, 3), num_classes, input_shape, seed, dtype,
-                  "resnet50")
+                  "resnet50", width)
 
 
 def resnet101(num_classes: int = 1000, input_shape: Sequence[int] = (3, 224, 224),
-              seed: int = 0, dtype: Any = "float32"):
+              seed: int = 0, dtype: Any = "float32", width: int = 64):
     """ResNet-101 (bottleneck blocks 3-4-23-3; 44,549,160 parameters at 1000 classes)."""
     return resnet("bottleneck", (3, 4, 23, 3), num_classes, input_shape, seed, dtype,
-                  "resnet101")
+                  "resnet101", width)
 
 
 def resnet152(num_classes: int = 1000, input_shape: Sequence[int] = (3, 224, 224),
-              seed: int = 0, dtype: Any = "float32"):
+              seed: int = 0, dtype: Any = "float32", width: int = 64):
     """ResNet-152 (bottleneck blocks 3-8-36-3; 60,192,808 parameters at 1000 classes)."""
     return resnet("bottleneck", (3, 8, 36, 3), num_classes, input_shape, seed, dtype,
-                  "resnet152")
+                  "resnet152", width)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from graphdl.ops import counter_rng
 from graphdl.ops._windows import target
 
 
@@ -120,21 +121,9 @@ def layer_norm(x, scale, bias, axis: int, eps: float, out=None):
     return result
 
 
-def dropout_mask(shape, rate: float, seed: int) -> np.ndarray:
-    """The keep-mask for one seed: each element kept with probability 1 - rate.
-
-    The uniform draws are float32 whatever the data dtype, so a seed gives the same mask in
-    float32 and float64 graphs.
-    """
-    if rate <= 0.0:
-        return np.ones(shape, bool)
-    rng = np.random.default_rng(int(seed) & 0xFFFF_FFFF_FFFF_FFFF)
-    return rng.random(shape, dtype=np.float32) >= np.float32(rate)
-
-
 def dropout_train(x, seed, rate: float, out=None):
     """(y, mask, next seed): y = x * mask / (1 - rate); y goes into ``out`` when given."""
-    mask = dropout_mask(x.shape, rate, int(seed))
+    mask = counter_rng.keep_mask(x.shape, int(seed), rate)
     y = target(out, x.shape, x.dtype) if out is not None else np.empty(x.shape, x.dtype)
     if rate >= 1.0:
         y.fill(0)

@@ -69,6 +69,22 @@ def first_max_masks(src: np.ndarray, geo: Window2d) -> list[np.ndarray]:
     return masks
 
 
+def max_pool_indices(x: np.ndarray, geo: Window2d, column_major: bool = False) -> np.ndarray:
+    """ONNX MaxPool's Indices: each window's first maximum as a position in ``x`` flattened
+    to 1-D (counting N and C; H and W swapped in the count when ``column_major``)."""
+    n, c, h, w = x.shape
+    masks = first_max_masks(_source(x, geo, -np.inf), geo)
+    (sh, sw), (dh, dw) = geo.strides, geo.dilations
+    rows = np.arange(geo.out_hw[0])[:, None] * sh - geo.pads[0]
+    cols = np.arange(geo.out_hw[1])[None, :] * sw - geo.pads[1]
+    idx = np.zeros((n, c) + geo.out_hw, np.int64)
+    for (i, j), mask in zip(geo.taps, masks):
+        r, q = rows + i * dh, cols + j * dw
+        idx += mask * (q * h + r if column_major else r * w + q)
+    idx += np.arange(n * c, dtype=np.int64).reshape(n, c, 1, 1) * (h * w)
+    return idx
+
+
 def _is_partition(geo: Window2d) -> bool:
     """True when the windows tile the input without overlap (e.g. 2x2 pooling, stride 2)."""
     return all(geo.strides[a] == geo.kernel[a] and geo.dilations[a] == 1 for a in (0, 1))

@@ -245,7 +245,8 @@ for _name, _infer, _kernel, _vjp, _doc in (
         ("ReduceScatter", _scatter_infer, _scatter_kernel, _scatter_vjp,
          "block r (axis 0) of the sum over the ranks, on rank r")):
     register(OpDef(_name, _infer, _kernel, _vjp, _refuse(_name), collective=True, doc=_doc,
-                   attrs=_COLLECTIVE_ATTRS[_name]))
+                   attrs=_COLLECTIVE_ATTRS[_name],
+                   overlap=("AllReduceStart", "AllReduceDone") if _name == "AllReduce" else None))
 
 # the started buffer may be the dying input's own storage (an in-place reduction: no copy);
 # Done returns its input's buffer once the reduction completed

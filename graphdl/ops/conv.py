@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from graphdl import dims
 from graphdl.ir import TensorType
 from graphdl.ops._conv_kernels import conv2d_forward, conv2d_grad_input, conv2d_grad_weight
 from graphdl.ops._windows import four_pads, output_size, pair, same_pads
@@ -71,6 +72,8 @@ def _out_hw(op, in_hw, kernel, a, types) -> tuple[int, int]:
 
 def _check_channels(op, c, w: TensorType, group, types) -> None:
     o, cg = w.shape[0], w.shape[1]
+    if not isinstance(cg, int) and dims.mul(cg, group) == c:
+        return  # symbolic channels: the ConvGradWeight lowering's Conv over (C, g*N, H, W)
     if not isinstance(c, int):
         raise fail(op, f"the channel dim of x must be static, got {c!r}", types)
     if c % group or cg * group != c:
@@ -90,8 +93,9 @@ def _conv_infer(types, attrs):
         raise fail("Conv", f"needs x (N, C, H, W) and weight (O, C/group, kh, kw); got ranks "
                    f"{x.rank} and {w.rank}", types)
     a = _check_attrs("Conv", attrs, types)
-    if not all(isinstance(d, int) for d in w.shape):
-        raise fail("Conv", f"weight shape must be static, got {tuple(w.shape)}", types)
+    if not all(isinstance(d, int) for i, d in enumerate(w.shape) if i != 1):
+        raise fail("Conv", f"the weight's output channels and kernel must be static, got "
+                   f"{tuple(w.shape)}", types)
     _check_channels("Conv", x.shape[1], w, a["group"], types)
     if len(types) == 3 and tuple(types[2].shape) != (w.shape[0],):
         raise fail("Conv", f"bias must have shape ({w.shape[0]},), got "

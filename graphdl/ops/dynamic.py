@@ -83,6 +83,7 @@ def _dyn_reshape_kernel(xs, attrs, out):
 _OUT_SHAPE = Attr(tuple, REQUIRED, "the output's shape as inference knows it (symbols)")
 register(OpDef(name="DynReshape", infer=_dyn_reshape_infer, kernel=_dyn_reshape_kernel,
                attrs={"out_shape": _OUT_SHAPE, "allowzero": Attr(int, 0, "0 means a 0 dim")},
+               view=True, reshape=True,  # np.reshape's result reads input 0's buffer
                vjp=lambda F, n, g: [F.reshape_like(g[0], n.inputs[0]), None],
                onnx=lambda a, ti, to, o: lower("Reshape", 2, allowzero=int(a.get("allowzero",
                                                                                   0))),

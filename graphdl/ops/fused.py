@@ -3,10 +3,12 @@ Conv/Gemm/MatMul followed by an elementwise epilogue (bias, residual add, activa
 
 A *program* is plain data: a tuple of instructions ``(op, args, attrs)``. ``args``
 index the program's inputs first, then earlier instructions' results; ``attrs`` is a sorted
-tuple of (name, value) pairs; the last instruction's result is the output. The kernel runs the
-instructions with NumPy's ``out=`` arguments into as few buffers as it can: the output buffer
-carries the chain, and a temporary is reused as soon as its value dies, so a chain of ``k``
-ops allocates nothing beyond ``out``.
+tuple of (name, value) pairs; the last instruction's result is the output. Each instruction
+runs its op's own registry kernel (there is no second kernel table here), writing into the
+buffer a per-signature plan gives it (the kernels' ``out=``) so the program uses as few
+buffers as it can: the output buffer carries the chain, and a temporary is reused as soon as
+its value dies, so a chain of ``k`` ops allocates nothing beyond ``out``. A kernel that does
+not take ``out=`` has its result copied in.
 
 Each fused op keeps the four parts: inference replays the members' inference; the VJP expands
 the program back into ordinary nodes and differentiates those; the ONNX lowering is the

@@ -111,6 +111,7 @@ register(OpDef(name="Split", infer=_split_infer, kernel=_split_kernel, vjp=_spli
                onnx=_split_onnx, n_outputs=-1,
                attrs={"sizes": Attr(tuple, REQUIRED, "the pieces' sizes"),
                       "axis": Attr(int, REQUIRED, "the axis to cut")},
+               view=True,  # each piece is a view of the input (no copy)
                doc="Cut a tensor into consecutive pieces of the given sizes along an axis."))
 
 

@@ -6,14 +6,16 @@ normalize with the biased batch variance, update the running variance with the u
 new = (1 - momentum) old + momentum batch). With ``training=False`` it normalizes with the
 running statistics and passes them through. Channels are axis 1, for (N, C) and (N, C, ...).
 
-``Dropout(x, seed)`` has outputs (y, mask, next_seed); next_seed updates the seed variable.
+``Dropout(x, seed)`` has outputs (y, mask, next_seed); next_seed updates the seed variable. The
+mask comes from the counter-based RNG of :mod:`graphdl.ops.counter_rng`: the NumPy kernel and
+the ONNX lowering draw the same mask from the same seed.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from graphdl.ir import TensorType, Value
-from graphdl.ops import _norm_kernels as K
+from graphdl.ops import _norm_kernels as K, counter_rng
 from graphdl.ops.infer import check_arity, norm_axis, require_float, same_dtype
 from graphdl.ops.registry import (Attr, OnnxDType, OnnxLowering, OnnxNode, OpDef, apply, constant,
                                   fail, onnx_reduce, register, split_along)
@@ -343,12 +345,23 @@ def _dropout_vjp(F, node, grads):
 
 def _dropout_onnx(attrs, tin, tout, opset):
     if attrs["training"]:
-        dt = np.dtype(tin[0].dtype)
-        return OnnxLowering((
-            OnnxNode("Dropout", ("in0", "ratio", "train"), ("out0", "out1")),
+        # the mask from the counter-based RNG: the NumPy kernel's mask, bit for bit
+        rate = float(attrs["rate"])
+        nodes, consts = counter_rng.program_nodes("in0", "in1", "bits", opset, "Dropout")
+        consts.update(threshold=np.array(counter_rng.keep_threshold(rate), np.uint64),
+                      scale=np.array(0.0 if rate >= 1.0 else 1.0 / (1.0 - rate),
+                                     np.dtype(tin[0].dtype)),
+                      one=np.array(1, np.int64))
+        nodes += [
+            OnnxNode("GreaterOrEqual", ("bits", "threshold"), ("keep",)),
+            OnnxNode("Shape", ("in0",), ("shape",)),
+            OnnxNode("Reshape", ("keep", "shape"), ("out1",)),
+            OnnxNode("Cast", ("out1",), ("keep_x",), {"to": OnnxDType(tin[0].dtype)}),
+            OnnxNode("Mul", ("in0", "keep_x"), ("kept",)),  # x * mask, then * scale: the
+            OnnxNode("Mul", ("kept", "scale"), ("out0",)),  # kernel's order of rounding
             OnnxNode("Add", ("in1", "one"), ("out2",)),
-        ), {"ratio": np.array(float(attrs["rate"]), dt), "train": np.array(True),
-            "one": np.array(1, np.int64)})
+        ]
+        return OnnxLowering(tuple(nodes), consts)
     return OnnxLowering((
         OnnxNode("Identity", ("in0",), ("out0",)),
         OnnxNode("Shape", ("in0",), ("shape",)),

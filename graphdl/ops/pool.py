@@ -23,7 +23,7 @@ from graphdl.ops.infer import check_arity, require_float, same_dtype
 from graphdl.ops.registry import (REQUIRED, Attr, OnnxLowering, OnnxNode, OpDef, apply, fail,
                                   lower, register, split_along)
 
-__all__ = ["max_pool2d", "avg_pool2d", "global_avg_pool"]
+__all__ = ["max_pool2d", "max_pool2d_with_indices", "avg_pool2d", "global_avg_pool"]
 
 # windows never cross images: a kernel call splits into calls on slices of the batch
 BY_IMAGE = split_along((0,), (0,))
@@ -139,22 +139,56 @@ def _onnx_attrs(attrs, in_hw, max_pool: bool) -> dict:
 
 # ---- max pooling ------------------------------------------------------------------------------
 
+def _max_pool_infer(types, attrs):
+    (y,) = _pool_infer("MaxPool")(types, attrs)
+    if attrs["storage_order"] not in (0, 1):
+        raise fail("MaxPool", f"storage_order must be 0 (row major) or 1 (column major), got "
+                   f"{attrs['storage_order']}", types)
+    return [y, TensorType(y.shape, "int64")] if attrs["with_indices"] else [y]
+
+
 def _max_pool_kernel(xs, attrs, out):
-    return K.max_pool(xs[0], _geometry(attrs, xs[0].shape[2:]), out)
+    geo = _geometry(attrs, xs[0].shape[2:])
+    if not attrs.get("with_indices"):
+        return K.max_pool(xs[0], geo, out)
+    return (K.max_pool(xs[0], geo, None),
+            K.max_pool_indices(xs[0], geo, column_major=bool(attrs["storage_order"])))
 
 
 def _max_pool_vjp(F, node, grads):
-    return [apply("MaxPoolGrad", node.inputs[0], grads[0], **node.attrs)]
+    if grads[0] is None:  # only the (integer) indices are used
+        return [None]
+    attrs = {k: v for k, v in node.attrs.items() if k in POOL_ATTRS}
+    return [apply("MaxPoolGrad", node.inputs[0], grads[0], **attrs)]
 
 
 def _max_pool_onnx(attrs, tin, tout, opset):
-    return lower("MaxPool", **_onnx_attrs(attrs, tin[0].shape[2:], True))
+    onnx_attrs = _onnx_attrs(attrs, tin[0].shape[2:], True)
+    if not attrs.get("with_indices"):
+        return lower("MaxPool", **onnx_attrs)
+    onnx_attrs["storage_order"] = int(attrs["storage_order"])
+    return OnnxLowering((OnnxNode("MaxPool", ("in0",), ("out0", "out1"), onnx_attrs),))
 
 
-register(OpDef(name="MaxPool", infer=_pool_infer("MaxPool"), kernel=_max_pool_kernel,
-               split=BY_IMAGE, attrs=POOL_ATTRS,
+def _only_pooled(x):
+    """Output 0 of a MaxPool node: the pooled values."""
+    return x[0] if isinstance(x, tuple) else x
+
+
+def _max_pool_split(attrs, in_shapes, out_shapes):
+    # by image, except the Indices, which count the images before each one
+    return None if attrs.get("with_indices") else BY_IMAGE(attrs, in_shapes, out_shapes)
+
+
+register(OpDef(name="MaxPool", infer=_max_pool_infer, kernel=_max_pool_kernel,
+               split=_max_pool_split, n_outputs=-1,
+               attrs=dict(POOL_ATTRS, with_indices=Attr(bool, False, "also output ONNX's "
+                                                        "Indices (flat positions in x)"),
+                          storage_order=Attr(int, 0, "Indices count H, W row (0) or column "
+                                                     "(1) major")),
                vjp=_max_pool_vjp, onnx=_max_pool_onnx,
-               doc="Max over 2-D windows of an NCHW input (padding is -inf)."))
+               doc="Max over 2-D windows of an NCHW input (padding is -inf); optionally the "
+                   "flat NCHW index of each window's first maximum."))
 
 
 def _argmax_nodes(attrs, tin) -> tuple[list, dict]:
@@ -344,7 +378,16 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode: bo
     """Max pooling (torch's F.max_pool2d): stride defaults to the kernel size; padding is an
     int, an (h, w) pair or (top, left, bottom, right), and pads with -inf."""
     attrs = _window_attrs(kernel_size, stride, padding, ceil_mode)
-    return apply("MaxPool", x, dilations=pair(dilation, "dilation"), **attrs)
+    return _only_pooled(apply("MaxPool", x, dilations=pair(dilation, "dilation"), **attrs))
+
+
+def max_pool2d_with_indices(x, kernel_size, stride=None, padding=0, dilation=1,
+                            ceil_mode: bool = False, storage_order: int = 0):
+    """Max pooling and ONNX's Indices: the int64 position of each window's first maximum in
+    ``x`` flattened to 1-D (``storage_order=1``: H and W counted column major)."""
+    attrs = _window_attrs(kernel_size, stride, padding, ceil_mode)
+    return apply("MaxPool", x, dilations=pair(dilation, "dilation"), with_indices=True,
+                 storage_order=int(storage_order), **attrs)
 
 
 def avg_pool2d(x, kernel_size, stride=None, padding=0, count_include_pad: bool = True,

@@ -158,6 +158,9 @@ class OpDef:
     # starts work that completes later, in another node (AllReduceStart): the executor calls
     # the node's ``comm.poll()`` between kernels and ``comm.drain()`` when a run fails
     nonblocking: bool = False
+    # (start op, done op) the op splits into so that other kernels run while it completes
+    # (AllReduce -> AllReduceStart, AllReduceDone: graphdl.passes.bucket.overlap_collectives)
+    overlap: tuple[str, str] | None = None
     # waits for the work that the nonblocking node feeding input 0 started (AllReduceDone)
     waits: bool = False
     doc: str = ""
