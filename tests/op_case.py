@@ -37,6 +37,14 @@ class OpCase:
     opset: int = 17
 
 
+# ops whose ONNX lowering refuses by name (LoweringError), and why
+REFUSED_LOWERINGS = {
+    "RecurrenceGrad": "backpropagation through time over a run-time length needs an ONNX Loop "
+                      "whose body is the step VJP; the lowering data has no subgraph "
+                      "attributes yet",
+}
+
+
 def rng(seed: int = 0) -> np.random.Generator:
     """A seeded generator for case inputs."""
     return np.random.default_rng(seed)

@@ -1,8 +1,11 @@
-"""Cases for the Recurrence op (one direction of ONNX's RNN, GRU and LSTM). No torch
+"""Cases for the Recurrence op and its RecurrenceGrad (one direction of ONNX's RNN, GRU and LSTM). No torch
 reference: torch orders and splits the gates differently; the forward is checked against
 ONNX Runtime and onnx.reference, the VJP against finite differences."""
 from __future__ import annotations
 
+from graphdl.autodiff import VJP_API
+from graphdl.ir import TensorType
+from graphdl.ops.recurrent_grad import step_vjp_graphs
 from tests.op_case import OpCase, randn
 
 T, N, I, H = 3, 2, 4, 3
@@ -30,3 +33,25 @@ CASES = {"Recurrence": [
     _case("LSTM", 50, 4, {}, "lstm-peepholes"),
     _case("LSTM", 60, 4, {"direction": "bidirectional"}, "lstm-bidirectional", dirs=2),
 ]}
+
+
+def _grad_case(kind, seed, gates, attrs, cid, seeded, dirs=1):
+    """RecurrenceGrad: the forward inputs, then one cotangent per seeded output. Its own
+    gradient refuses (no second derivative through the loop), so only the kernel's types
+    are checked here; its values are checked in tests/test_recurrent_grad.py."""
+    fwd = _case(kind, seed, gates, attrs, cid, dirs)
+    shapes = [(T, dirs, N, H), (dirs, N, H), (dirs, N, H)]
+    cots = [randn(s, seed + 10 + i) for i, (s, f) in enumerate(zip(shapes, seeded)) if f]
+    full = dict({"clip": None, "linear_before_reset": 0, "input_forget": 0,
+                 "direction": "forward"}, **fwd.attrs)  # the op's defaults
+    steps = step_vjp_graphs(VJP_API, full, TensorType((T, N, I), "float64"), H)
+    return OpCase(fwd.inputs + cots, dict(fwd.attrs, seeded=seeded, steps=steps),
+                  grad_inputs=(), onnx=False, id=cid)
+
+
+CASES["RecurrenceGrad"] = [
+    _grad_case("RNN", 70, 1, {}, "rnn-all-seeded", (1, 1)),
+    _grad_case("GRU", 80, 3, {"direction": "bidirectional"}, "gru-bidirectional-y-only",
+               (1, 0), dirs=2),
+    _grad_case("LSTM", 90, 4, {"direction": "reverse"}, "lstm-reverse-last-c-only", (0, 0, 1)),
+]

@@ -18,7 +18,7 @@ import graphdl.passes  # noqa: F401  (fused ops register themselves with the pas
 from graphdl.backends.numpy_executor import NumpyExecutor
 from graphdl.backends.onnx_export import to_onnx
 from graphdl.ops.registry import REGISTRY, LoweringError, apply
-from tests.op_case import case_params, load_cases
+from tests.op_case import REFUSED_LOWERINGS, case_params, load_cases
 
 TOL = 1e-5
 
@@ -66,6 +66,10 @@ def test_op_matches_ort_and_reference(op, case):
     if REGISTRY[op].collective:  # MPI collectives have no single-process ONNX file
         with pytest.raises(LoweringError, match=f"{op} is a collective across MPI ranks"):
             to_onnx(graph)
+        return
+    if op in REFUSED_LOWERINGS:  # refuses, naming the op (reason in tests/op_case.py)
+        with pytest.raises(LoweringError, match=op):
+            to_onnx(graph, opset=case.opset)
         return
     model = to_onnx(graph, opset=case.opset)
     onnx.checker.check_model(model, full_check=True)

@@ -7,6 +7,7 @@ from graphdl.ops import fused  # noqa: F401  (registration: kernels the fusion p
 from graphdl.ops import dynamic  # noqa: F401  (registration: run-time shapes, NonZero)
 from graphdl.ops import extra2  # noqa: F401  (registration: Range)
 from graphdl.ops import recurrent  # noqa: F401  (registration: RNN/GRU/LSTM loops)
+from graphdl.ops import recurrent_grad  # noqa: F401  (their gradient over a run-time T)
 from graphdl.ops import runtime_args, runtime_resize  # noqa: F401  (registration: run-time axes/pads/starts/scales)
 from graphdl.ops import data_dependent  # noqa: F401  (registration: Unique, NonMaxSuppression)
 from graphdl.ops import counter_rng  # noqa: F401  (registration: CounterUniform)

@@ -9,9 +9,9 @@ state: ONNX's op without ``sequence_lens``, in layout 0, and its lowering is tha
 
 The cell is written once (:func:`cell`) against a small namespace of array operations and
 runs on NumPy arrays in the kernel and on graph values in the VJP. The VJP differentiates the
-unrolled cells, so it needs a static T: a graph is built once for every length it runs at,
-and a loop whose trip count is symbolic has no such unrolling (its gradient refuses, naming
-the op).
+unrolled cells when T is static; over a symbolic T it is one ``RecurrenceGrad`` node
+(:mod:`graphdl.ops.recurrent_grad`), whose kernel backpropagates through time over the
+run-time length with the step VJP derived from the same :func:`cell`.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from graphdl.ir import GraphError, TensorType
+from graphdl.ir import TensorType
 from graphdl.ops.infer import check_arity, require_float, same_dtype
 from graphdl.ops.registry import REQUIRED, Attr, OnnxLowering, OnnxNode, OpDef, apply, \
     fail, register
@@ -206,11 +206,10 @@ def _kernel(xs, attrs, out):
 def _vjp(F, node, grads):
     x = node.inputs[0]
     steps = x.shape[0]
-    if not isinstance(steps, int):
-        raise GraphError(f"the gradient of {node.attrs['kind']} (Recurrence, made at "
-                         f"{node.site}) over the symbolic sequence length {steps!r} is not "
-                         "supported: it differentiates the unrolled cells, so give the "
-                         "sequence a static length to train through it")
+    if not isinstance(steps, int):  # a run-time length: backpropagation through time
+        # lazy: recurrent_grad imports this module (its cell) at import time
+        from graphdl.ops.recurrent_grad import recurrence_grad
+        return recurrence_grad(F, node, grads)
     ins = node.inputs
     lstm, attrs = node.attrs["kind"] == "LSTM", node.attrs
     ops = graph_ops(F)
@@ -236,12 +235,13 @@ def _vjp(F, node, grads):
         hs.append(F.unsqueeze(h, 0))
         cs.append(F.unsqueeze(c, 0) if lstm else None)
     outs = [F.concat(ys, 1), F.concat(hs, 0)] + ([F.concat(cs, 0)] if lstm else [])
-    loss = None
-    for v, g in zip(outs, grads):
-        if g is not None:
-            term = F.sum(v * g)
-            loss = term if loss is None else loss + term
-    return list(F.grad(loss, list(ins)))
+    # seed the unrolled outputs with the cotangents through grad_y, never through a loss
+    # sum(v * g): g usually depends on this node's outputs (and so on ins), and a loss would
+    # differentiate g as well
+    seeded = [(v, g) for v, g in zip(outs, grads) if g is not None]
+    y = F.concat([F.reshape(v, (-1,)) for v, _ in seeded], 0)
+    cot = F.concat([F.reshape(g, (-1,)) for _, g in seeded], 0)
+    return list(F.grad(y, list(ins), grad_y=cot))
 
 
 def _onnx(attrs, tin, tout, opset):

@@ -193,7 +193,8 @@ def _like_infer(op, broadcast):
             if out != like.shape:
                 raise fail(op, f"{tuple(x.shape)} does not broadcast to {tuple(like.shape)}",
                            types)
-        elif dim_product(op, x.shape) != dim_product(op, like.shape):
+        elif dims.product(x.shape) != dims.product(like.shape):  # polynomials: (T, N, 8)
+            # and (T, N, 2, 4) hold the same number of elements
             raise fail(op, f"cannot reshape {tuple(x.shape)} to {tuple(like.shape)}", types)
         return [TensorType(like.shape, x.dtype)]
     return infer
