@@ -27,10 +27,10 @@ from onnx import TensorProto, helper, numpy_helper
 
 from graphdl.backends.onnx_dtypes import FLOAT_CODES, onnx_code
 from graphdl.ir import FLOAT_DTYPES, Graph, GraphError, Node, TensorType, Value, as_graph
-from graphdl.ops.registry import CONST, PARAM, LoweringError, OnnxDType, OnnxLowering, get_op
+from graphdl.ops.registry import CONST, DEFAULT_OPSET, PARAM, LoweringError, OnnxDType, \
+    OnnxLowering, get_op
 from graphdl.version import __version__
 
-DEFAULT_OPSET = 17
 # the oldest opset ONNX Runtime runs; whether each lowering fits the chosen opset is checked
 # node by node (onnx.checker.check_node), naming the op that does not
 MIN_OPSET = 7

@@ -216,6 +216,16 @@ def _unknown_dims(imp, node, slot: int) -> tuple:
     return tuple(unknown_dim(f"{node.output[0]}:{i}") for i in range(t.shape[0]))
 
 
+def _broadcast_dim(d, target):
+    """One dim of Expand's result: the target's where the input has 1, or where the input's
+    dim is unknown until run time (it is 1 or equal to the target then), unless the target
+    is 1."""
+    target = target if isinstance(target, str) else int(target)
+    if (not isinstance(d, str) and d == 1) or (is_unknown(d) and target != 1):
+        return target
+    return d
+
+
 def _expand(imp, node, a):
     x = imp.value(node.input[0])
     if imp.is_const(node.input[1]):
@@ -225,8 +235,7 @@ def _expand(imp, node, a):
     rank = max(x.ndim, len(shape))
     xs = (1,) * (rank - x.ndim) + tuple(x.shape)
     ts = (1,) * (rank - len(shape)) + tuple(shape)
-    out = tuple(b if not isinstance(a_, str) and a_ == 1 else a_ for a_, b in zip(xs, ts))
-    out = tuple(d if isinstance(d, str) else int(d) for d in out)
+    out = tuple(_broadcast_dim(a_, b) for a_, b in zip(xs, ts))
     if out == tuple(x.shape):
         return [x]
     if all(isinstance(d, int) for d in out):

@@ -261,4 +261,5 @@ def _linear_attention(imp, node, a):
     return [y, present][:len(node.output)]
 
 
-RULES = {"Attention": _attention, "LinearAttention": _linear_attention, "RMSNormalization": _rms_norm, "RotaryEmbedding": _rotary}
+RULES = {"Attention": _attention, "LinearAttention": _linear_attention,
+         "RMSNormalization": _rms_norm, "RotaryEmbedding": _rotary}

@@ -1,9 +1,11 @@
-"""Import rules for ONNX's recurrent ops (RNN, GRU, LSTM), unrolled over the sequence into
-graphdl ops: all directions, both layouts, biases, initial states, LSTM peepholes and
-input_forget, GRU's linear_before_reset, cell clipping and the activation list.
+"""Import rules for ONNX's recurrent ops (RNN, GRU, LSTM): all directions, both layouts,
+biases, initial states, LSTM peepholes and input_forget, GRU's linear_before_reset, cell
+clipping and the activation list.
 
-The sequence length must be static (the loop is unrolled at import); ``sequence_lens``
-masks the steps past each entry's length (its state holds, its outputs are zero).
+Without ``sequence_lens`` each direction is one ``Recurrence`` op, whose kernel loops over a
+sequence length that may be symbolic. With it, the cells are unrolled over a static sequence
+into graphdl ops, and ``sequence_lens`` masks the steps past each entry's length (its state
+holds, its outputs are zero).
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import numpy as np
 
 from graphdl import tensor as F
 from graphdl.backends.onnx_import import OnnxImportError
+from graphdl.ops.recurrent import recurrence
 
 
 def _input(node, i: int) -> str:
@@ -117,14 +120,16 @@ def _recurrent(kind: str, n_gates: int, defaults: list[str]):
         if layout:
             x = F.transpose(x, (1, 0, 2))  # (batch, seq, in) -> (seq, batch, in)
         seq, batch = x.shape[0], x.shape[1]
-        if not isinstance(seq, int):
-            raise OnnxImportError(f"{imp.where()}: {kind} needs a static sequence length to "
-                                  f"unroll, got {x.shape}")
         lens = None
         if _input(node, 4) and not (imp.is_const(node.input[4]) and np.all(
                 np.asarray(imp.const(node.input[4])) == seq)):
             # steps at or past an entry's length leave its state alone and output zeros
             lens = F.cast(imp.value(node.input[4]), "int64")
+        if lens is None:
+            return _looped(imp, node, a, kind, n_gates, x, w, r, defaults)
+        if not isinstance(seq, int):
+            raise OnnxImportError(f"{imp.where()}: {kind} with sequence_lens needs a static "
+                                  f"sequence length to unroll, got {x.shape}")
         direction = a.get("direction", "forward")
         dirs = 2 if direction == "bidirectional" else 1
         hidden = int(a.get("hidden_size", r.shape[-1]))
@@ -179,6 +184,46 @@ def _recurrent(kind: str, n_gates: int, defaults: list[str]):
         outs = [y, y_h, y_c] if kind == "LSTM" else [y, y_h]
         return outs[:len(node.output)]
     return rule
+
+
+def _looped(imp, node, a, kind, n_gates, x, w, r, defaults):
+    """The rule without sequence_lens: one Recurrence op (a run-time loop over the sequence,
+    which may be symbolic), ONNX's op itself in layout 0."""
+    layout = int(a.get("layout", 0))
+    direction = a.get("direction", "forward")
+    dirs = 2 if direction == "bidirectional" else 1
+    hidden = int(a.get("hidden_size", r.shape[-1]))
+    names = [n.decode() if isinstance(n, bytes) else n for n in a.get("activations", [])] \
+        or defaults * dirs
+    alphas, betas = list(a.get("activation_alpha", [])), list(a.get("activation_beta", []))
+    dt = np.dtype(x.dtype)
+    states = []
+    for slot in ((5, 6) if kind == "LSTM" else (5,)):
+        if _input(node, slot):
+            v = imp.value(node.input[slot])
+            states.append(F.transpose(v, (1, 0, 2)) if layout else v)
+        else:  # zeros (dirs, batch, H), the batch read from x at run time
+            step = F.gather(x, F.const(np.array(0, np.int64)), 0)  # (batch, in)
+            zero = F.zeros_like(F.matmul(step, F.const(np.zeros((x.shape[2], hidden), dt))))
+            states.append(F.concat([F.unsqueeze(zero, 0)] * dirs, 0))
+    bias = imp.value(node.input[3]) if _input(node, 3) else \
+        F.const(np.zeros((dirs, 2 * n_gates * hidden), dt))
+    extra = ()
+    if kind == "LSTM":
+        peep = imp.value(node.input[7]) if _input(node, 7) else \
+            F.const(np.zeros((dirs, 3 * hidden), dt))
+        extra = (states[1], peep)
+    n = len(names)
+    outs = list(recurrence(
+        kind, x, w, r, bias, states[0], *extra, activations=names,
+        alphas=[alphas[i] if i < len(alphas) else None for i in range(n)],
+        betas=[betas[i] if i < len(betas) else None for i in range(n)],
+        clip=a.get("clip"), linear_before_reset=a.get("linear_before_reset", 0),
+        input_forget=a.get("input_forget", 0), direction=direction))
+    if layout:
+        outs[0] = F.transpose(outs[0], (2, 0, 1, 3))  # (batch, seq, dirs, H)
+        outs[1:] = [F.transpose(v, (1, 0, 2)) for v in outs[1:]]
+    return outs[:len(node.output)]
 
 
 RULES = {"RNN": _recurrent("RNN", 1, ["Tanh"]),

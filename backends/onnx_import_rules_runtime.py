@@ -63,7 +63,7 @@ def _axes_input(imp, node, a):
 def _reduced(imp, node, x, axes, keep: bool, noop: bool) -> tuple:
     n = _length(imp, node, axes, "axes")
     if keep:
-        return keep_shape(x)
+        return keep_shape(x, node.output[0])
     if n == 0:  # all axes, or none (a no-op) when noop_with_empty_axes
         return tuple(x.shape) if noop else ()
     return tuple(unknown_dim(f"{node.output[0]}:{i}") for i in range(x.ndim - n))
@@ -106,8 +106,8 @@ def _composite(kind: str, static):
             return [F.log(red(x))]
         # LogSumExp: m + log(sum exp(x - m)), m = max x (stable); a max over the reduced
         # (size-1) axes then drops them when keepdims=0
-        m = red(x, "max", True, keep_shape(x))
-        y = F.log(red(F.exp(x - m), "sum", True, keep_shape(x))) + m
+        m = red(x, "max", True, keep_shape(x, f"{node.output[0]}:max"))
+        y = F.log(red(F.exp(x - m), "sum", True, keep_shape(x, f"{node.output[0]}:sum"))) + m
         return [y if keep else red(y, "max", False, out)]
     return rule
 
@@ -260,9 +260,10 @@ def _tile(static):
         # tile = broadcast (1, d0, 1, d1, ...) to (r0, d0, r1, d1, ...), then merge each pair
         big = F.reshape(F.concat([F.reshape(reps, (r, 1)), dims], 1), (2 * r,))
         inter = F.reshape(x, [v for d in x.shape for v in (1, d)])
-        y = dyn_expand(inter, big, tuple(unknown_dim(_tag(node, i)) if i % 2 == 0 else
-                                         x.shape[i // 2] for i in range(2 * r)))
-        out = tuple(unknown_dim(_tag(node, r + i)) for i in range(r))
+        tiled = tuple(unknown_dim(f"{_tag(node, i)}:tiled") if i % 2 == 0 else x.shape[i // 2]
+                      for i in range(2 * r))
+        y = dyn_expand(inter, big, tiled)
+        out = tuple(unknown_dim(_tag(node, i)) for i in range(r))
         return [dyn_reshape(y, reps * F.reshape(dims, (r,)), out)]
     return rule
 

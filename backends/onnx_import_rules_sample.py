@@ -1,7 +1,7 @@
-"""Import rules for GridSample, AffineGrid and Det; ops rebuilt from existing ones: MaxUnpool
-and TensorScatter (one ScatterElements each), SwiGLU (a * sigmoid(alpha * a) * b) and Pad's
-reflect/edge/wrap modes (one Gather per axis); and bfloat16 inputs of Softmax, Elu, Celu and
-Attention (computed in float32, rounded back)."""
+"""Import rules for GridSample, AffineGrid, Col2Im and Det; ops rebuilt from existing ones:
+MaxUnpool and TensorScatter (one ScatterElements each), SwiGLU (a * sigmoid(alpha * a) * b)
+and Pad's reflect/edge/wrap modes (one Gather per axis); and bfloat16 inputs of Softmax, Elu,
+Celu and Attention (computed in float32, rounded back)."""
 from __future__ import annotations
 
 import numpy as np
@@ -69,6 +69,26 @@ def _tensor_scatter(imp, node, a):
     if mode == "circular":
         pos = F.mod(pos, F.const(np.array(past.shape[axis], np.int64)))
     return [F.scatter_elements(past, F.broadcast_to(pos, tuple(update.shape)), update, axis)]
+
+
+def _col2im(imp, node, a):
+    cols = imp.value(node.input[0])
+    shapes = []
+    for name in node.input[1:3]:
+        shapes.append(imp.ints(name) if imp.is_const(name) else
+                      F.cast(imp.value(name), "int64"))
+    image, block = shapes
+    k = len(image) if not hasattr(image, "node") else image.shape[0]
+    if not hasattr(image, "node") and not hasattr(block, "node"):
+        out = None  # static: the builder works it out
+    else:
+        taps = int(np.prod(block)) if not hasattr(block, "node") else None
+        channels = cols.shape[1] // taps if taps else unknown_dim(f"{node.output[0]}:1")
+        out = (cols.shape[0], channels,
+               *(image if not hasattr(image, "node") else
+                 (unknown_dim(f"{node.output[0]}:{2 + i}") for i in range(k))))
+    return [F.col2im(cols, image, block, out, a.get("dilations"), a.get("pads"),
+                     a.get("strides"))]
 
 
 def _det(imp, node, a):
@@ -165,4 +185,7 @@ def _dtype(v) -> str | None:
 _WIDENED = ("Softmax", "LogSoftmax", "Elu", "Celu", "Attention")
 _BASE = {op: IMPORT_RULES[op] for op in _WIDENED + ("Pad",)}  # the rules these wrap
 
-RULES = {**{op: _in_float32(op) for op in _WIDENED}, "Pad": _pad_modes, "Det": _det, "TensorScatter": _tensor_scatter, "MaxUnpool": _max_unpool, "GridSample": _grid_sample, "AffineGrid": _affine_grid, "SwiGLU": _swiglu}
+RULES = {**{op: _in_float32(op) for op in _WIDENED}, "Pad": _pad_modes,
+         "GridSample": _grid_sample, "AffineGrid": _affine_grid, "Col2Im": _col2im,
+         "Det": _det, "TensorScatter": _tensor_scatter, "MaxUnpool": _max_unpool,
+         "SwiGLU": _swiglu}

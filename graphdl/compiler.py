@@ -12,6 +12,7 @@ from typing import Any, Sequence
 
 from graphdl.compiled_function import Function
 from graphdl.ir import as_graph
+from graphdl.ops.registry import DEFAULT_OPSET
 from graphdl.passes import optimize_graph
 
 BACKENDS = ("onnxruntime", "numpy")
@@ -58,7 +59,7 @@ def _compile_numpy(model_or_graph: Any, optimize: bool, threads: int = 1):
                     threads=threads, memory_plan=report and report.plan)
 
 
-def export_onnx(model_or_graph: Any, path: str | os.PathLike, opset: int = 17, *,
+def export_onnx(model_or_graph: Any, path: str | os.PathLike, opset: int = DEFAULT_OPSET, *,
                 external_data: bool | str | None = None, optimize: bool = True,
                 dtype: str | None = None, ir_version: int | None = None,
                 name: str | None = None, check: bool = False) -> Path:

@@ -38,15 +38,13 @@ from graphdl.compiled_function import Function
 from graphdl.ir import Graph, Node, Value, Variable, rebuild
 from graphdl.ops.collective import all_reduce
 from graphdl.ops.registry import apply, get_op
-from graphdl.passes import PIPELINES, Pass, Stage, optimize_graph
-from graphdl.passes.bucket import bucket_gradients, overlap_collectives
+from graphdl.passes import optimize_graph
+from graphdl.passes.bucket import DEFAULT_BUCKET_BYTES
 from graphdl.passes.rewrite import match_value, op
 from graphdl.split_step import SplitStep
 
 __all__ = ["DataParallel", "DistributedSampler", "Checkpoint", "bind_communicator",
            "average_gradients", "synchronize_batchnorm", "broadcast_variables"]
-
-DEFAULT_BUCKET_BYTES = 25 * 2 ** 20
 
 
 @dataclass
@@ -117,10 +115,11 @@ class DataParallel:
         return Function(bind_communicator(graph, self.comm), report=self.report)
 
     def optimize(self, graph: Graph, overlap: bool = False):
-        """The default pipeline with the bucketing stage before scheduling (and with
-        ``overlap``, the start/done split after it)."""
-        return optimize_graph(graph, training=True,
-                              passes=pipeline(self.bucket_bytes, overlap))
+        """The ``"data_parallel"`` pipeline: the training stages with gradient bucketing
+        (``bucket_bytes``) before scheduling and, with ``overlap``, the start/done split after
+        it."""
+        return optimize_graph(graph, training=True, passes="data_parallel",
+                              bucket_bytes=self.bucket_bytes, overlap=overlap)
 
     # ---- fit support --------------------------------------------------------------------
 
@@ -145,23 +144,6 @@ class DataParallel:
         """Abort every rank (size > 1) after a failure on this one; re-raise in one process."""
         if self.size > 1:
             self.comm.abort(f"{type(err).__name__}: {err}; aborting every rank")
-
-
-def pipeline(bucket_bytes: int | None, overlap: bool = False):
-    """The default pass pipeline, plus gradient bucketing before the schedule stage and, with
-    ``overlap``, the all-reduce start/done split after it (it keeps the schedule)."""
-    stages = [s for s in PIPELINES["training"] if s.name != "schedule"]
-    if bucket_bytes is not None:
-        bucket = Pass("bucket_gradients",
-                      lambda g, ctx: bucket_gradients(g, bucket_bytes, ctx.stats),
-                      doc="pack gradient all-reduces into flat buckets")
-        stages.append(Stage("distributed", (bucket,), fixed_point=False))
-    stages += [s for s in PIPELINES["training"] if s.name == "schedule"]
-    if overlap:
-        stages.append(Stage("overlap", (Pass(
-            "overlap_collectives", lambda g, ctx: overlap_collectives(g),
-            doc="start all-reduces early, wait for them late"),), fixed_point=False))
-    return tuple(stages)
 
 
 class DistributedSampler:

@@ -69,7 +69,7 @@ def _logits_of(outputs: Value, squash_op: str) -> Value:
     """The logits behind ``outputs``: the input of a final Softmax/Sigmoid, else ``outputs``."""
     if isinstance(outputs, Value) and outputs.node.op == squash_op:
         node = outputs.node
-        if squash_op != "Softmax" or node.attrs.get("axis", -1) in (-1, outputs.ndim - 1):
+        if squash_op != "Softmax" or node.attrs["axis"] in (-1, outputs.ndim - 1):
             return node.inputs[0]
     return outputs
 

@@ -13,6 +13,7 @@ from typing import Any, Mapping, Sequence
 from graphdl.backends.numpy_executor import NumpyExecutor
 from graphdl.compiler import export_onnx
 from graphdl.ir import Graph, as_graph
+from graphdl.ops.registry import DEFAULT_OPSET
 from graphdl.passes import optimize_graph, plan_memory
 
 
@@ -82,7 +83,7 @@ def optimize(model_or_graph: Any, training: bool = False, passes: Sequence[Any] 
 
 
 def cli_optimize(in_path: str | os.PathLike, out_path: str | os.PathLike,
-                 report_path: str | os.PathLike | None = None, opset: int = 17,
+                 report_path: str | os.PathLike | None = None, opset: int = DEFAULT_OPSET,
                  verify: bool | str = False, quiet: bool = True,
                  budget=None) -> OptimizeResult:
     """Import an ONNX model, run the inference pipeline, export it, and write the report

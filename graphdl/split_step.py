@@ -81,7 +81,7 @@ def split_train_step(graph: Graph) -> SplitGraphs:
                                                     if id(v.node) in needed]
     apply = Graph(apply_inputs, [], [(var, v) for (var, _), v in zip(apply_side, new_values)],
                   name=f"{graph.name}_apply")
-    return SplitGraphs(gradient, apply, [n.attrs.get("reduction", "sum") for n in cut],
+    return SplitGraphs(gradient, apply, [n.attrs["reduction"] for n in cut],
                        len(graph.outputs))
 
 

@@ -19,7 +19,8 @@ from graphdl.ops import einsum as _einsum, extra2 as _extra2, indexing_extra as 
     logical as _logical, math_extra as _math_extra, resize as _resize, scan_ops as _scan_ops
 from graphdl.ops import data_dependent as _data_dependent, runtime_args as _runtime_args, \
     runtime_resize as _runtime_resize
-from graphdl.ops import grid_sample as _grid_sample, linalg_extra as _linalg_extra
+from graphdl.ops import col2im as _col2im, grid_sample as _grid_sample, \
+    linalg_extra as _linalg_extra
 from graphdl.ops.elementwise import (abs, add, cast, clip, cos, div, equal, erf, exp, floor,
                                      gelu, greater, sin,
                                      greater_equal, identity, leaky_relu, less, less_equal, log,
@@ -34,7 +35,8 @@ from graphdl.ops.shape import (broadcast_to, expand_as, flatten, reshape, reshap
 # Op families owned by other modules publish their builders in __all__; re-export them here.
 for _family in (_conv, _indexing, _loss, _norm, _pool, _logical, _math_extra, _indexing_extra,
                 _scan_ops, _resize, _einsum, _extra2, _grid_sample, _linalg_extra,
-                _runtime_args, _data_dependent, _runtime_resize, _counter_rng):
+                _runtime_args, _data_dependent, _runtime_resize, _counter_rng,
+                _col2im):
     for _name in getattr(_family, "__all__", ()):
         globals()[_name] = getattr(_family, _name)
 

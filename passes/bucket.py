@@ -38,13 +38,17 @@ def collective_stats(graph: Graph, bindings: dict[str, int] | None = None) -> di
             "bytes": sum(n.inputs[0].type.nbytes(bindings) for n in nodes)}
 
 
-def bucket_gradients(graph: Graph, bucket_bytes: int = DEFAULT_BUCKET_BYTES,
+def bucket_gradients(graph: Graph, bucket_bytes: int | None = DEFAULT_BUCKET_BYTES,
                      stats: dict[str, Any] | None = None) -> Graph:
     """Pack the gradient all-reduces (``bucket=True``) into flat buckets of at most
-    ``bucket_bytes``; returns ``graph`` itself when nothing is packed."""
-    if bucket_bytes <= 0:
+    ``bucket_bytes``; returns ``graph`` itself when nothing is packed (``bucket_bytes=None``:
+    bucketing is off, and only the collectives are counted into ``stats``)."""
+    if bucket_bytes is not None and bucket_bytes <= 0:
         raise ValueError(f"bucket_bytes must be > 0, got {bucket_bytes}")
     before = collective_stats(graph)
+    if bucket_bytes is None:
+        _record(stats, before, before)
+        return graph
     position = {id(n): i for i, n in enumerate(graph.nodes)}
     members = [n for n in graph.nodes if get_op(n.op).collective and n.attrs.get("bucket")
                and n.inputs[0].type.is_static]
@@ -52,7 +56,7 @@ def bucket_gradients(graph: Graph, bucket_bytes: int = DEFAULT_BUCKET_BYTES,
     members.sort(key=lambda n: position[id(n.inputs[0].node)])
     groups: dict[tuple, list[list[Node]]] = {}
     for node in members:
-        key = (node.attrs.get("reduction", "sum"), node.inputs[0].dtype,
+        key = (node.attrs["reduction"], node.inputs[0].dtype,
                id(node.attrs.get("comm")))
         buckets = groups.setdefault(key, [[]])
         size = sum(m.inputs[0].type.nbytes() for m in buckets[-1])

@@ -163,7 +163,7 @@ def _scaled_product(m: Match):
     if c is None or c.size != 1 or c.ndim > m["g"].ndim or len(g.inputs) != 2 \
             or m["c"].dtype != m["g"].dtype or not m.only_used_here(m["g"]):
         return None
-    alpha = float(g.attrs.get("alpha", 1.0)) * float(c.reshape(()))
+    alpha = float(g.attrs["alpha"]) * float(c.reshape(()))
     return m.try_op("Gemm", *g.inputs, name=g.name, **dict(g.attrs, alpha=alpha))
 
 

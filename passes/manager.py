@@ -1,9 +1,10 @@
 """The pass manager: a declared pipeline, run to a fixed point, with a report and verify mode.
 
 A pass is a pure ``Graph -> Graph`` function with a name. The pipelines are data
-(:data:`PIPELINES`, by name: training, inference, onnx_export, onnxruntime_cpu): stages of
-pass names, each stage repeated until a whole sweep changes nothing or the sweep limit is hit. A pass that already left a graph unchanged is not
-re-run on that same graph. Users choose, drop or reorder passes by passing names (one stage),
+(:data:`PIPELINES`, by name: training, inference, onnx_export, onnxruntime_cpu,
+data_parallel): stages of pass names, each stage repeated until a whole sweep changes nothing
+or the sweep limit is hit. A pass that already left a graph unchanged is not re-run on that
+same graph. Users choose, drop or reorder passes by passing names (one stage),
 :class:`Stage` objects, or their own :class:`Pass` objects.
 """
 from __future__ import annotations
@@ -16,6 +17,7 @@ from types import MappingProxyType
 from typing import Any, Callable, Mapping, Sequence
 
 from graphdl.ir import Graph
+from graphdl.passes.bucket import DEFAULT_BUCKET_BYTES, bucket_gradients, overlap_collectives
 from graphdl.passes.cse import eliminate_common_subexpressions
 from graphdl.passes.dce import eliminate_dead_code
 from graphdl.passes.fold import fold_constants, freeze_parameters
@@ -33,12 +35,15 @@ DEFAULT_MAX_SWEEPS = 8
 
 @dataclass
 class PassContext:
-    """What a pass may read besides the graph (the symbolic sizes memory decisions use) and
-    where it counts what it did (rule firings)."""
+    """What a pass may read besides the graph (the symbolic sizes memory decisions use, the
+    data-parallel options) and where it counts what it did (rule firings)."""
 
     bindings: Mapping[str, int]
     training: bool
     stats: dict[str, int]
+    # gradient all-reduce bucket size for ``bucket_gradients`` (None: no bucketing)
+    bucket_bytes: int | None = DEFAULT_BUCKET_BYTES
+    overlap: bool = False  # ``overlap_collectives`` splits all-reduces into start/done
 
 
 @dataclass(frozen=True)
@@ -99,6 +104,11 @@ PASSES: Mapping[str, Pass] = MappingProxyType({p.name: p for p in (
              "(ONNX Runtime CPU forms)"),
     Pass("schedule_for_memory", lambda g, ctx: schedule_for_memory(g, ctx.bindings),
          doc="reorder independent branches to lower peak memory"),
+    Pass("bucket_gradients", lambda g, ctx: bucket_gradients(g, ctx.bucket_bytes, ctx.stats),
+         doc="pack gradient all-reduces into flat buckets (PassContext.bucket_bytes)"),
+    Pass("overlap_collectives",
+         lambda g, ctx: overlap_collectives(g) if ctx.overlap else g,
+         doc="start all-reduces early, wait for them late (PassContext.overlap)"),
 )})
 
 _SIMPLIFY = Stage("simplify", ("remove_dropout", "fold_batchnorm", "fold_constants",
@@ -109,6 +119,14 @@ _FOR_EXECUTOR = (
     _SIMPLIFY,
     Stage("fuse", ("fuse_elementwise", "fold_constants", "eliminate_common_subexpressions")),
     Stage("schedule", ("schedule_for_memory",), fixed_point=False),  # idempotent by design
+)
+
+# a data-parallel train step (graphdl.distributed.DataParallel): gradient bucketing before
+# the schedule, and the all-reduce start/done split after it (it keeps the schedule)
+_DATA_PARALLEL = _FOR_EXECUTOR[:2] + (
+    Stage("distributed", ("bucket_gradients",), fixed_point=False),
+    _FOR_EXECUTOR[2],
+    Stage("overlap", ("overlap_collectives",), fixed_point=False),
 )
 
 # The named pipelines, declared once. Every entry path takes one of these by name:
@@ -133,6 +151,7 @@ PIPELINES: Mapping[str, tuple[Stage, ...]] = MappingProxyType({
         Stage("ort_cpu", ("lower_for_ort_cpu", "eliminate_common_subexpressions",
                           "eliminate_dead_code")),
     ),
+    "data_parallel": _DATA_PARALLEL,
 })
 DEFAULT_PIPELINE: tuple[Stage, ...] = PIPELINES["training"]
 
@@ -179,7 +198,8 @@ def optimize_graph(graph: Graph, training: bool = True,
                    verify: bool | str = False, check: Callable | None = None, *,
                    bindings: Mapping[str, int] | None = None, freeze_params: bool = False,
                    max_sweeps: int = DEFAULT_MAX_SWEEPS, memory: bool = True,
-                   rtol: float = 1e-4, atol: float = 1e-5, seed: int = 0
+                   rtol: float = 1e-4, atol: float = 1e-5, seed: int = 0,
+                   bucket_bytes: int | None = DEFAULT_BUCKET_BYTES, overlap: bool = False
                    ) -> tuple[Graph, OptimizationReport]:
     """Run a pipeline over ``graph``; returns the optimized graph and its report.
 
@@ -192,10 +212,12 @@ def optimize_graph(graph: Graph, training: bool = True,
     on seeded random feeds and stops at the first pass that changes a result beyond
     tolerance; ``verify="end"`` checks only the final graph and bisects the recorded passes
     on a mismatch. ``bindings`` sizes symbolic dims for the memory columns (default 1).
+    ``bucket_bytes`` and ``overlap`` reach the data-parallel passes through their
+    :class:`PassContext` (the ``"data_parallel"`` pipeline).
     """
     with _collector_paused():
         return _optimize(graph, training, passes, verify, check, bindings, freeze_params,
-                         max_sweeps, memory, rtol, atol, seed)
+                         max_sweeps, memory, rtol, atol, seed, bucket_bytes, overlap)
 
 
 @contextlib.contextmanager
@@ -217,7 +239,7 @@ def _collector_paused():
 
 
 def _optimize(graph, training, passes, verify, check, bindings, freeze_params, max_sweeps,
-              memory, rtol, atol, seed):
+              memory, rtol, atol, seed, bucket_bytes, overlap):
     stages = resolve_pipeline(passes, freeze_params and not training, training)
     sizes = dict(bindings or {d: 1 for v in graph.inputs for d in v.shape
                               if isinstance(d, str)})
@@ -241,7 +263,7 @@ def _optimize(graph, training, passes, verify, check, bindings, freeze_params, m
                     continue
                 if unchanged_on.get(p.name) is current:
                     continue  # it already found nothing to do on this very graph
-                ctx = PassContext(sizes, training, {})
+                ctx = PassContext(sizes, training, {}, bucket_bytes, overlap)
                 start = time.perf_counter()
                 after = p.run(current, ctx)
                 seconds = time.perf_counter() - start

@@ -59,7 +59,32 @@ CASES = {
                {"out_shape": (1, 2, 3, 4, 3), "align_corners": True}, opset=20,
                torch=lambda th, sz: _affine(th, sz, True), id="3d_align"),
     ],
+    "Col2Im": [
+        OpCase([randn((2, 12, 12), 15), np.array([4, 5], np.int64), np.array([2, 2], np.int64)],
+               {"out_shape": (2, 3, 4, 5), "image": (4, 5), "block": (2, 2)}, opset=18,
+               torch=lambda c, i, b: _fold(c, i, b), id="basic"),
+        OpCase([randn((1, 12, 3), 16), np.array([5, 5], np.int64), np.array([2, 3], np.int64)],
+               {"out_shape": (1, 2, 5, 5), "image": (5, 5), "block": (2, 3),
+                "dilations": (1, 2), "pads": (1, 0, 1, 0), "strides": (2, 1)}, opset=18,
+               torch=lambda c, i, b: _fold(c, i, b, dilation=(1, 2), padding=(1, 0),
+                                           stride=(2, 1)), id="strided_dilated_padded"),
+    ],
+    "Im2Col": [
+        OpCase([randn((2, 3, 4, 5), 17)], {"block": (2, 2), "out_shape": (2, 12, 12)},
+               torch=torch_nnf("unfold", kernel_size=(2, 2)), id="basic"),
+        OpCase([randn((1, 2, 5, 5), 18)], {"block": (2, 3), "dilations": (1, 2),
+                                           "pads": (1, 0, 1, 0), "strides": (2, 1),
+                                           "out_shape": (1, 12, 3)},
+               torch=torch_nnf("unfold", kernel_size=(2, 3), dilation=(1, 2), padding=(1, 0),
+                               stride=(2, 1)), id="strided_dilated_padded"),
+    ],
 }
+
+
+def _fold(cols, image, block, **kw):
+    import torch
+    return torch.nn.functional.fold(cols, tuple(image.tolist()), tuple(block.tolist()), **kw)
+
 
 
 def _affine(theta, size, align: bool):

@@ -6,10 +6,16 @@ import pytest
 from onnx import numpy_helper
 
 import graphdl as gd
-from graphdl.ops._cast_kernels import cast_kernel
+from graphdl.ops._cast_kernels import cast_kernel as _kernel
+from graphdl.ops.registry import check_attrs, get_op
 
 VALUES = np.array([0.0, 0.3, -1.7, 100.0, 447.0, 500.0, -1e5, 7e4, np.inf, -np.inf, np.nan],
                   dtype=np.float32)
+
+
+def cast_kernel(xs, attrs, out=None):
+    """Cast's kernel with ``attrs`` completed by the schema, as every node's are."""
+    return _kernel(xs, check_attrs(get_op("Cast"), attrs), out)
 
 
 def _same(a, b):

@@ -2,6 +2,8 @@
 resnet18, communicator binding, the single-process communicator and the ONNX refusal."""
 from __future__ import annotations
 
+import collections
+
 import numpy as np
 import pytest
 
@@ -10,6 +12,7 @@ from graphdl.comm import LocalCommunicator
 from graphdl.distributed import (Checkpoint, DataParallel, DistributedSampler,
                                  bind_communicator)
 from graphdl.ops.registry import LoweringError
+from graphdl.passes import optimize_graph, pipeline_names
 from graphdl.passes.bucket import bucket_gradients, collective_stats
 from tests import _mpi_worker as W
 
@@ -39,6 +42,27 @@ def test_bucketing_cuts_resnet18_collectives_to_a_few():
     assert collective_stats(bucketed)["collectives"] == stats["collectives_after"]
     n_bytes = 4 * model.num_params()
     assert stats["bytes_per_step"] == collective_stats(graph)["bytes"] == n_bytes
+
+
+def test_the_data_parallel_pipeline_is_data_and_its_options_ride_the_pass_context():
+    names = pipeline_names(pipeline="data_parallel")
+    assert names.index("bucket_gradients") < names.index("schedule_for_memory") \
+        < names.index("overlap_collectives")
+    graph = DataParallel("local").train_step_graph(W.mlp(), "cross_entropy", gd.optim.SGD(0.1))
+    n = collective_stats(graph)["collectives"]
+    assert n > 1  # one all-reduce per gradient
+
+    def run(**options):
+        out, report = optimize_graph(graph, passes="data_parallel", memory=False, **options)
+        rules = [r.rules for r in report.rows if r.name == "bucket_gradients"][0]
+        ops = collections.Counter(node.op for node in out.nodes)
+        return rules["collectives_before"], rules["collectives_after"], ops
+
+    assert run(bucket_bytes=None)[:2] == (n, n)  # off: counted, nothing packed
+    before, after, ops = run(bucket_bytes=2 ** 20)
+    assert (before, after) == (n, 1) and ops["AllReduce"] == 1 and not ops["AllReduceStart"]
+    _, _, ops = run(bucket_bytes=2 ** 20, overlap=True)
+    assert ops["AllReduceStart"] == ops["AllReduceDone"] == 1 and not ops["AllReduce"]
 
 
 def test_a_collective_without_a_communicator_names_the_fix():

@@ -63,6 +63,35 @@ def test_reduce_over_run_time_axes_matches_ort_at_two_axes():
     assert any(n.op == "DynReduce" for n in g.nodes)
 
 
+def test_each_run_time_dim_reads_back_from_its_own_value():
+    # Shape(y2) must give y2's run-time dims, not those of another reduction's output
+    nodes = [helper.make_node("ReduceSum", ["x", "a1"], ["y1"]),
+             helper.make_node("ReduceMax", ["x", "a2"], ["y2"]),
+             helper.make_node("Shape", ["y2"], ["s"]),
+             helper.make_node("Expand", ["y1", "s"], ["z"])]
+    model = _model(nodes, [("x", F32, [2, 3, 4]), ("a1", I64, [1]), ("a2", I64, [1])],
+                   [("z", F32)])
+    _check(model, {"x": X, "a1": np.array([0], np.int64), "a2": np.array([1], np.int64)},
+           {"x": X, "a1": np.array([2], np.int64), "a2": np.array([0], np.int64)})
+
+
+def test_run_time_ops_export_back_to_onnx_and_run_on_ort():
+    from graphdl.backends.onnx_export import to_onnx
+    nodes = [helper.make_node("ReduceMax", ["x", "axes"], ["y"], keepdims=0),
+             helper.make_node("Slice", ["x", "s", "e", "axes"], ["sl"]),
+             helper.make_node("Pad", ["x", "pads"], ["pd"]),
+             helper.make_node("Unique", ["x"], ["u"])]
+    model = _model(nodes, [("x", F32, [2, 3, 4]), ("axes", I64, [1]), ("s", I64, [1]),
+                           ("e", I64, [1]), ("pads", I64, [6])],
+                   [("y", F32), ("sl", F32), ("pd", F32), ("u", F32)])
+    graph = from_onnx(model)
+    again = to_onnx(graph, opset=18)
+    feeds = {"x": X, "axes": np.array([1], np.int64), "s": np.array([1], np.int64),
+             "e": np.array([3], np.int64), "pads": np.array([1, 0, 0, 0, 2, 1], np.int64)}
+    for got, want in zip(_ort(again, feeds), _ort(model, feeds)):
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
 def test_constant_axes_still_import_as_the_static_op():
     axes = helper.make_tensor("axes", I64, [1], [1])
     model = _model([helper.make_node("ReduceSum", ["x", "axes"], ["y"], keepdims=0)],

@@ -166,3 +166,21 @@ def test_pad_modes_match_torch_with_gradient(mode, torch_mode):
     (want,) = torch.autograd.grad(ref, t, torch.tensor(cot))
     np.testing.assert_allclose(y, ref.detach().numpy())
     np.testing.assert_allclose(gx, want.numpy(), rtol=1e-12, atol=1e-12)
+
+
+def test_col2im_with_run_time_shapes_runs_but_refuses_a_gradient_by_name():
+    from graphdl.ir import GraphError
+
+    node = helper.make_node("Col2Im", ["x", "image", "block"], ["y"])
+    graph = helper.make_graph([node], "g", [
+        helper.make_tensor_value_info("x", TensorProto.DOUBLE, [1, 4, 6]),
+        helper.make_tensor_value_info("image", TensorProto.INT64, [2]),
+        helper.make_tensor_value_info("block", TensorProto.INT64, [2])],
+        [helper.make_tensor_value_info("y", TensorProto.DOUBLE, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    g = from_onnx(model, as_params=False)
+    x = np.arange(24.0).reshape(1, 4, 6)
+    (y,) = NumpyExecutor(g).run([x, np.array([3, 4], np.int64), np.array([2, 2], np.int64)])
+    assert y.shape == (1, 1, 3, 4) and y.sum() == x.sum()  # every tap lands in the image
+    with pytest.raises(GraphError, match="image_shape and block_shape known"):
+        gd.grad(gd.sum(g.outputs[0]), [g.inputs[0]])

@@ -5,8 +5,8 @@ optimizes to no more nodes than ONNX Runtime's basic level.
 
 torch's exporter bakes the traced sequence length into nn.MultiheadAttention's reshapes, so
 the attention models keep only the batch dynamic (ONNX Runtime refuses other lengths too).
-Models whose ops come from the op-family work (Hardswish, ConvTranspose/Upsample, LSTM/GRU,
-causal masks through Trilu) join as those ops land.
+The conv models keep only the batch dynamic (graphdl's convolutions need static spatial
+dims); LSTM and GRU keep batch and sequence dynamic (the Recurrence op loops at run time).
 """
 from __future__ import annotations
 
@@ -127,6 +127,17 @@ class _CausalAttention(nn.Module):
         return self.attn(x, x, x, attn_mask=mask, need_weights=False)[0]
 
 
+class _Recurrent(nn.Module):
+    """A bidirectional LSTM or GRU over (batch, time, features)."""
+
+    def __init__(self, kind):
+        super().__init__()
+        self.rnn = getattr(nn, kind)(16, 12, batch_first=True, bidirectional=True)
+
+    def forward(self, x):
+        return self.rnn(x)[0]
+
+
 def _tokens(n, t):
     return {"ids": np.random.default_rng(n * 10 + t).integers(0, 50, (n, t))}
 
@@ -173,6 +184,12 @@ MODELS = {
     "multihead_attention_causal": (
         _CausalAttention, lambda: (torch.zeros(2, 5, 16),), ["x"],
         {"x": {0: "N"}, "y": {0: "N"}}, _seq, (5,)),
+    "lstm_bidirectional": (
+        lambda: _Recurrent("LSTM"), lambda: (torch.zeros(2, 5, 16),), ["x"],
+        {"x": {0: "N", 1: "T"}, "y": {0: "N", 1: "T"}}, _seq, (5, 7)),
+    "gru_bidirectional": (
+        lambda: _Recurrent("GRU"), lambda: (torch.zeros(2, 5, 16),), ["x"],
+        {"x": {0: "N", 1: "T"}, "y": {0: "N", 1: "T"}}, _seq, (5, 7)),
     "transformer_encoder_layer": (
         _Encoder, lambda: (torch.zeros(2, 5, 16),), ["x"], {"x": {0: "N"}, "y": {0: "N"}},
         _seq, (5,)),

@@ -6,10 +6,11 @@ from graphdl.ops import collective  # noqa: F401  (registration: MPI collectives
 from graphdl.ops import fused  # noqa: F401  (registration: kernels the fusion passes build)
 from graphdl.ops import dynamic  # noqa: F401  (registration: run-time shapes, NonZero)
 from graphdl.ops import extra2  # noqa: F401  (registration: Range)
+from graphdl.ops import recurrent  # noqa: F401  (registration: RNN/GRU/LSTM loops)
 from graphdl.ops import runtime_args, runtime_resize  # noqa: F401  (registration: run-time axes/pads/starts/scales)
 from graphdl.ops import data_dependent  # noqa: F401  (registration: Unique, NonMaxSuppression)
 from graphdl.ops import counter_rng  # noqa: F401  (registration: CounterUniform)
-from graphdl.ops import grid_sample, linalg_extra  # noqa: F401  (registration: GridSample, Det, ...)
+from graphdl.ops import col2im, grid_sample, linalg_extra  # noqa: F401  (registration: GridSample, Det, Col2Im)
 from graphdl.ops.registry import (REGISTRY, LoweringError, OnnxLowering, OnnxNode, OpDef,
                                   UnsupportedOpError, apply, constant, get_op, register)
 

@@ -45,10 +45,10 @@ def cast_kernel(xs: list[np.ndarray], attrs: dict[str, Any], out: Any = None) ->
     if out is not None and to not in _ROUNDED and out.dtype == _dtype(to):
         np.copyto(out, x, casting="unsafe")  # the plain cast, with no temporary
         return out
-    saturate = attrs.get("saturate", True)
+    saturate = attrs["saturate"]
     is_float = x.dtype.kind == "f" or x.dtype.name == "bfloat16"
     if to == "float8_e8m0fnu" and is_float:
-        y = _to_e8m0(x, saturate, attrs.get("round_mode", "up"))
+        y = _to_e8m0(x, saturate, attrs["round_mode"])
     elif to in SATURATING and saturate and is_float:
         if x.dtype.name not in ("float16", "float32", "float64"):
             x = x.astype(np.float32)

@@ -21,8 +21,8 @@ from graphdl.ops._windows import Window2d, batch_chunk, target, window2d
 
 def geometry(in_hw, kernel, attrs) -> Window2d:
     """The window geometry of a Conv node's attributes."""
-    return window2d(tuple(in_hw), tuple(kernel), tuple(attrs.get("strides", (1, 1))),
-                    tuple(attrs.get("pads", (0, 0, 0, 0))), tuple(attrs.get("dilations", (1, 1))))
+    return window2d(tuple(in_hw), tuple(kernel), tuple(attrs["strides"]),
+                    tuple(attrs["pads"]), tuple(attrs["dilations"]))
 
 
 def _is_pointwise(geo: Window2d) -> bool:
@@ -38,7 +38,7 @@ def conv2d_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, attrs,
     """y[n, o] = sum_{c, i, j} w[o, c, i, j] * xpad[n, c, y*s + i*d, x*s + j*d] (+ b[o])."""
     n, c, h, wd = x.shape
     o, cg, kh, kw = w.shape
-    g = int(attrs.get("group", 1))
+    g = int(attrs["group"])
     geo = geometry((h, wd), (kh, kw), attrs)
     y = target(out, (n, o) + geo.out_hw, x.dtype)
     if _is_pointwise(geo):
@@ -145,7 +145,7 @@ def conv2d_grad_input(dy: np.ndarray, w: np.ndarray, in_hw, attrs,
     """dx = the adjoint of the convolution in x (a transposed convolution of dy by w)."""
     n, o, ho, wo = dy.shape
     _, cg, kh, kw = w.shape
-    g = int(attrs.get("group", 1))
+    g = int(attrs["group"])
     c = cg * g
     geo = geometry(in_hw, (kh, kw), attrs)
     h, wd = geo.in_hw
@@ -234,7 +234,7 @@ def conv2d_grad_weight(x: np.ndarray, dy: np.ndarray, kernel, attrs,
     n, c, h, wd = x.shape
     o, ho, wo = dy.shape[1:]
     kh, kw = kernel
-    g = int(attrs.get("group", 1))
+    g = int(attrs["group"])
     cg = c // g
     geo = geometry((h, wd), (kh, kw), attrs)
     if _is_pointwise(geo):

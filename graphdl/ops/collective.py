@@ -89,7 +89,7 @@ def _same_infer(name: str):
     def infer(types, attrs):
         check_arity(name, types, 1)
         (x,) = types
-        if name.startswith("AllReduce") and attrs.get("reduction", "sum") not in REDUCE_OPS:
+        if name.startswith("AllReduce") and attrs["reduction"] not in REDUCE_OPS:
             raise fail(name, f"reduction must be one of {REDUCE_OPS}, got {attrs.get('reduction')!r}", types)
         if attrs.get("reduction") == "mean" and x.dtype not in FLOAT_DTYPES:
             raise fail(name, f"a mean needs a floating-point input, got {x.dtype}", types)
@@ -129,7 +129,7 @@ def _scatter_infer(types, attrs):
 # ---- kernels ------------------------------------------------------------------------------
 
 def _allreduce_kernel(xs, attrs, out):
-    return communicator_of("AllReduce", attrs).allreduce(xs[0], out, attrs.get("reduction", "sum"))
+    return communicator_of("AllReduce", attrs).allreduce(xs[0], out, attrs["reduction"])
 
 
 def _start_kernel(xs, attrs, out):
@@ -138,15 +138,15 @@ def _start_kernel(xs, attrs, out):
 
 def _done_kernel(xs, attrs, out):
     return communicator_of("AllReduceDone", attrs).allreduce_done(
-        xs[0], attrs.get("reduction", "sum"))
+        xs[0], attrs["reduction"])
 
 
 def _bcast_kernel(xs, attrs, out):
-    return communicator_of("Broadcast", attrs).broadcast(xs[0], out, int(attrs.get("root", 0)))
+    return communicator_of("Broadcast", attrs).broadcast(xs[0], out, int(attrs["root"]))
 
 
 def _reduce_kernel(xs, attrs, out):
-    return communicator_of("Reduce", attrs).reduce(xs[0], out, int(attrs.get("root", 0)))
+    return communicator_of("Reduce", attrs).reduce(xs[0], out, int(attrs["root"]))
 
 
 def _check_size(op, comm, attrs):
@@ -175,12 +175,12 @@ def _keep_comm(node) -> dict:
 
 def _allreduce_vjp(F, node, grads):
     (g,) = grads  # d/dx_k sum_j <g_j, op_k x_k> = op_j g_j (sum: sum; mean: mean)
-    return [apply("AllReduce", g, reduction=node.attrs.get("reduction", "sum"), **_keep_comm(node))]
+    return [apply("AllReduce", g, reduction=node.attrs["reduction"], **_keep_comm(node))]
 
 
 def _start_vjp(F, node, grads):
     (g,) = grads  # Start(x) is AllReduce(x) as a value
-    return [apply("AllReduce", g, reduction=node.attrs.get("reduction", "sum"), **_keep_comm(node))]
+    return [apply("AllReduce", g, reduction=node.attrs["reduction"], **_keep_comm(node))]
 
 
 def _done_vjp(F, node, grads):
@@ -189,12 +189,12 @@ def _done_vjp(F, node, grads):
 
 def _bcast_vjp(F, node, grads):
     (g,) = grads  # y_j = x_root for all j: only the root's x is read, by every rank
-    return [apply("Reduce", g, root=int(node.attrs.get("root", 0)), **_keep_comm(node))]
+    return [apply("Reduce", g, root=int(node.attrs["root"]), **_keep_comm(node))]
 
 
 def _reduce_vjp(F, node, grads):
     (g,) = grads  # y_root = sum_k x_k: every x_k gets the root's cotangent
-    return [apply("Broadcast", g, root=int(node.attrs.get("root", 0)), **_keep_comm(node))]
+    return [apply("Broadcast", g, root=int(node.attrs["root"]), **_keep_comm(node))]
 
 
 def _gather_vjp(F, node, grads):

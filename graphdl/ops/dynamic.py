@@ -75,7 +75,7 @@ def _dyn_reshape_infer(types, attrs):
 def _dyn_reshape_kernel(xs, attrs, out):
     x, shape = xs
     target = [int(d) for d in shape]
-    if not attrs.get("allowzero", 0):
+    if not attrs["allowzero"]:
         target = [x.shape[i] if d == 0 else d for i, d in enumerate(target)]
     return np.reshape(x, target)
 
@@ -85,8 +85,7 @@ register(OpDef(name="DynReshape", infer=_dyn_reshape_infer, kernel=_dyn_reshape_
                attrs={"out_shape": _OUT_SHAPE, "allowzero": Attr(int, 0, "0 means a 0 dim")},
                view=True, reshape=True,  # np.reshape's result reads input 0's buffer
                vjp=lambda F, n, g: [F.reshape_like(g[0], n.inputs[0]), None],
-               onnx=lambda a, ti, to, o: lower("Reshape", 2, allowzero=int(a.get("allowzero",
-                                                                                  0))),
+               onnx=lambda a, ti, to, o: lower("Reshape", 2, allowzero=int(a["allowzero"])),
                doc="Reshape to a shape given as a run-time int64 tensor (ONNX Reshape)."))
 
 

@@ -53,7 +53,7 @@ _GELU_C = math.sqrt(2.0 / math.pi)  # the tanh form: 0.5 x (1 + tanh(c (x + 0.04
 
 def _gelu_kernel(xs, attrs, out):
     x = xs[0]
-    if attrs.get("approximate", "none") == "tanh":
+    if attrs["approximate"] == "tanh":
         y = 0.5 * x * (1.0 + np.tanh(_GELU_C * (x + 0.044715 * x * x * x)))
         return y.astype(x.dtype, copy=False)
     return (0.5 * x * (1.0 + erf_ufunc(x / math.sqrt(2.0)))).astype(x.dtype, copy=False)
@@ -64,7 +64,7 @@ def _softplus_kernel(xs, attrs, out):
 
 
 def _gelu_onnx(attrs, tin, tout, opset):
-    approximate = attrs.get("approximate", "none")
+    approximate = attrs["approximate"]
     if opset >= 20:
         return lower("Gelu", approximate=approximate)
     dt = np.dtype(tin[0].dtype)
@@ -115,7 +115,7 @@ def _sigmoid_vjp(F, node, gs):
 
 def _gelu_vjp(F, node, gs):
     x = node.inputs[0]
-    if node.attrs.get("approximate", "none") == "tanh":
+    if node.attrs["approximate"] == "tanh":
         t = F.tanh((x + x * x * x * 0.044715) * _GELU_C)
         dt = (1.0 - t * t) * (1.0 + x * x * (3 * 0.044715)) * _GELU_C
         return [gs[0] * (0.5 * (1.0 + t) + 0.5 * x * dt)]  # product rule on 0.5 x (1 + t)

@@ -29,11 +29,11 @@ def _into(out, result):
 
 def _axis(attrs, tin) -> int:
     """The axis attribute made non-negative (onnx.reference mishandles negative ones)."""
-    return int(attrs.get("axis", 0)) % tin[0].rank
+    return int(attrs["axis"]) % tin[0].rank
 
 
 def _reduction_attr(attrs) -> dict:
-    red = attrs.get("reduction", "none")
+    red = attrs["reduction"]
     return {} if red == "none" else {"reduction": red}
 
 
@@ -43,7 +43,7 @@ def _check_indices(op, t: TensorType, types) -> None:
 
 
 def _check_reduction(op, attrs, types) -> str:
-    red = attrs.get("reduction", "none")
+    red = attrs["reduction"]
     if red not in REDUCTIONS:
         raise fail(op, f"reduction must be one of {', '.join(REDUCTIONS)}, got {red!r}",
                    list(types))
@@ -84,20 +84,20 @@ def _gather_elements_infer(types, attrs):
     if data.rank != idx.rank or data.rank == 0:
         raise fail("GatherElements", f"data and indices need the same rank >= 1, got "
                    f"{data.rank} and {idx.rank}", list(types))
-    norm_axis("GatherElements", attrs.get("axis", 0), data.rank)
+    norm_axis("GatherElements", attrs["axis"], data.rank)
     return [TensorType(idx.shape, data.dtype)]
 
 
 def _gather_elements_kernel(xs, attrs, out):
     data, idx = xs
-    axis = attrs.get("axis", 0) % data.ndim
+    axis = attrs["axis"] % data.ndim
     return _into(out, np.take_along_axis(data, _wrap(idx, data.shape[axis]), axis))
 
 
 def _gather_elements_vjp(F, n, g):
     data, idx = n.inputs
     # d gather = scatter-add of the cotangent back to the gathered positions
-    return [scatter_elements(F.zeros_like(data), idx, g[0], n.attrs.get("axis", 0), "add"),
+    return [scatter_elements(F.zeros_like(data), idx, g[0], n.attrs["axis"], "add"),
             None]
 
 
@@ -120,21 +120,21 @@ def _scatter_elements_infer(types, attrs):
     if not data.rank == idx.rank == upd.rank or tuple(idx.shape) != tuple(upd.shape):
         raise fail("ScatterElements", "data, indices and updates need the same rank, and "
                    "indices the shape of updates", list(types))
-    norm_axis("ScatterElements", attrs.get("axis", 0), data.rank)
+    norm_axis("ScatterElements", attrs["axis"], data.rank)
     return [data]
 
 
 def _scatter_elements_kernel(xs, attrs, out):
     data, idx, upd = xs
-    axis = attrs.get("axis", 0) % data.ndim
+    axis = attrs["axis"] % data.ndim
     index = _elements_index(_wrap(idx, data.shape[axis]), axis)
-    return _into(out, _scatter_into(data, index, upd, attrs.get("reduction", "none")))
+    return _into(out, _scatter_into(data, index, upd, attrs["reduction"]))
 
 
 def _scatter_vjp(gather, scatter, op):
     def vjp(F, n, g):
         data, idx, upd = n.inputs
-        red = n.attrs.get("reduction", "none")
+        red = n.attrs["reduction"]
         if red not in ("none", "add"):
             raise GraphError(f"{op} with reduction={red!r} has no gradient (only none and add)")
         keep = {k: v for k, v in n.attrs.items() if k != "reduction"}
@@ -163,7 +163,7 @@ def _gather_nd_infer(types, attrs):
     check_arity("GatherND", types, 2)
     data, idx = types
     _check_indices("GatherND", idx, types)
-    b = int(attrs.get("batch_dims", 0))
+    b = int(attrs["batch_dims"])
     k = idx.shape[-1] if idx.rank else None
     if idx.rank < 1 or not isinstance(k, int) or not 1 <= k <= data.rank - b:
         raise fail("GatherND", f"the last dim of indices (index depth) must be static and in "
@@ -176,7 +176,7 @@ def _gather_nd_infer(types, attrs):
 
 def _gather_nd_kernel(xs, attrs, out):
     data, idx = xs
-    b = int(attrs.get("batch_dims", 0))
+    b = int(attrs["batch_dims"])
     k = idx.shape[-1]
     idx = _wrap(idx, data.shape[b:b + k])
     batch = tuple(np.indices(idx.shape[:b], sparse=True)) if b else ()
@@ -189,7 +189,7 @@ def _gather_nd_kernel(xs, attrs, out):
 
 def _gather_nd_vjp(F, n, g):
     data, idx = n.inputs
-    if n.attrs.get("batch_dims", 0):
+    if n.attrs["batch_dims"]:
         raise GraphError("GatherND with batch_dims > 0 has no gradient")
     return [scatter_nd(F.zeros_like(data), idx, g[0], "add"), None]
 
@@ -198,7 +198,7 @@ register(OpDef(name="GatherND", infer=_gather_nd_infer, kernel=_gather_nd_kernel
                attrs={"batch_dims": Attr(int, 0, "leading axes shared by data and indices")},
                vjp=_gather_nd_vjp,
                onnx=lambda a, ti, to, o: lower("GatherND", 2,
-                                               batch_dims=int(a.get("batch_dims", 0))),
+                                               batch_dims=int(a["batch_dims"])),
                doc="Gather slices of data addressed by the last axis of indices."))
 
 
@@ -226,7 +226,7 @@ def _scatter_nd_kernel(xs, attrs, out):
     k = idx.shape[-1]
     idx = _wrap(idx, data.shape[:k])
     index = tuple(idx[..., j] for j in range(k))
-    return _into(out, _scatter_into(data, index, upd, attrs.get("reduction", "none")))
+    return _into(out, _scatter_into(data, index, upd, attrs["reduction"]))
 
 
 register(OpDef(name="ScatterND", infer=_scatter_nd_infer, kernel=_scatter_nd_kernel,

@@ -68,8 +68,8 @@ def _gemm_infer(types, attrs):
     a, b = types[0], types[1]
     if a.rank != 2 or b.rank != 2:
         raise fail("Gemm", "needs 2-D A and B", types)
-    m, k = a.shape[::-1] if attrs.get("transA") else a.shape
-    k2, n = b.shape[::-1] if attrs.get("transB") else b.shape
+    m, k = a.shape[::-1] if attrs["transA"] else a.shape
+    k2, n = b.shape[::-1] if attrs["transB"] else b.shape
     if k != k2:
         raise fail("Gemm", f"inner dimensions differ ({k} != {k2})", types)
     out = TensorType((m, n), dt)
@@ -81,11 +81,11 @@ def _gemm_infer(types, attrs):
 
 def _gemm_kernel(xs, attrs, out):
     a, b = xs[0], xs[1]
-    if attrs.get("transA"):
+    if attrs["transA"]:
         a = a.T
-    if attrs.get("transB"):
+    if attrs["transB"]:
         b = b.T
-    alpha, beta = attrs.get("alpha", 1.0), attrs.get("beta", 1.0)
+    alpha, beta = attrs["alpha"], attrs["beta"]
     if alpha != 1.0:  # scale the smaller operand, not the product: fewer elements to touch
         if a.size <= b.size:
             a = a * a.dtype.type(alpha)
@@ -100,8 +100,8 @@ def _gemm_kernel(xs, attrs, out):
 
 def _gemm_vjp(F, n, g):
     a, b = n.inputs[0], n.inputs[1]
-    ta, tb = n.attrs.get("transA", 0), n.attrs.get("transB", 0)
-    alpha, beta = n.attrs.get("alpha", 1.0), n.attrs.get("beta", 1.0)
+    ta, tb = n.attrs["transA"], n.attrs["transB"]
+    alpha, beta = n.attrs["alpha"], n.attrs["beta"]
     gy = g[0] if alpha == 1.0 else g[0] * alpha
     ab = F.transpose(a) if ta else a
     bb = F.transpose(b) if tb else b
@@ -115,9 +115,9 @@ def _gemm_vjp(F, n, g):
 
 
 def _gemm_onnx(attrs, tin, tout, opset):
-    return lower("Gemm", len(tin), transA=int(attrs.get("transA", 0)),
-                 transB=int(attrs.get("transB", 0)), alpha=float(attrs.get("alpha", 1.0)),
-                 beta=float(attrs.get("beta", 1.0)))
+    return lower("Gemm", len(tin), transA=int(attrs["transA"]),
+                 transB=int(attrs["transB"]), alpha=float(attrs["alpha"]),
+                 beta=float(attrs["beta"]))
 
 
 register(OpDef(name="Gemm", infer=_gemm_infer, kernel=_gemm_kernel, vjp=_gemm_vjp,

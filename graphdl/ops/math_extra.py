@@ -167,7 +167,7 @@ def _mish_onnx(attrs, tin, tout, opset):
 
 
 def _swish_onnx(attrs, tin, tout, opset):
-    alpha = float(attrs.get("alpha", 1.0))
+    alpha = float(attrs["alpha"])
     if opset >= 24:
         return lower("Swish", alpha=alpha)
     # swish(x) = x sigmoid(alpha x)
@@ -178,12 +178,12 @@ def _swish_onnx(attrs, tin, tout, opset):
 
 
 def _isinf_onnx(attrs, tin, tout, opset):
-    return lower("IsInf", detect_negative=int(attrs.get("detect_negative", 1)),
-                 detect_positive=int(attrs.get("detect_positive", 1)))
+    return lower("IsInf", detect_negative=int(attrs["detect_negative"]),
+                 detect_positive=int(attrs["detect_positive"]))
 
 
 def _isinf(x, a):
-    neg, pos = int(a.get("detect_negative", 1)), int(a.get("detect_positive", 1))
+    neg, pos = int(a["detect_negative"]), int(a["detect_positive"])
     return (np.isneginf(x) & bool(neg)) | (np.isposinf(x) & bool(pos))
 
 
@@ -310,7 +310,7 @@ def _mod_kernel(xs, attrs, out):
     a, b = xs
     with np.errstate(divide="ignore", invalid="ignore"):
         # fmod=1: the sign of the dividend (C fmod); fmod=0: the sign of the divisor (Python)
-        r = np.fmod(a, b) if attrs.get("fmod", 0) else np.mod(a, b)
+        r = np.fmod(a, b) if attrs["fmod"] else np.mod(a, b)
     return _into(out, r, a.dtype)
 
 
@@ -319,13 +319,13 @@ def _mod_vjp(F, n, g):
     # fmod(a, b) = a - b trunc(a / b), mod(a, b) = a - b floor(a / b): d/da = 1, and
     # d/db = -trunc(a / b) or -floor(a / b)
     q = a / b
-    whole = F.where(q < 0.0, -F.floor(-q), F.floor(q)) if n.attrs.get("fmod", 0) else F.floor(q)
+    whole = F.where(q < 0.0, -F.floor(-q), F.floor(q)) if n.attrs["fmod"] else F.floor(q)
     return [F.sum_to(g[0], a.shape), F.sum_to(-(g[0] * whole), b.shape)]
 
 
 def _mod_onnx(attrs, tin, tout, opset):
-    if attrs.get("fmod", 0) or tin[0].dtype not in FLOAT_DTYPES:
-        return lower("Mod", 2, fmod=int(attrs.get("fmod", 0)))
+    if attrs["fmod"] or tin[0].dtype not in FLOAT_DTYPES:
+        return lower("Mod", 2, fmod=int(attrs["fmod"]))
     # ONNX Runtime refuses float Mod with fmod=0: mod(a, b) = a - b floor(a / b)
     return OnnxLowering((OnnxNode("Div", ("in0", "in1"), ("q",)),
                          OnnxNode("Floor", ("q",), ("f",)),

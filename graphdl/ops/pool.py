@@ -149,7 +149,7 @@ def _max_pool_infer(types, attrs):
 
 def _max_pool_kernel(xs, attrs, out):
     geo = _geometry(attrs, xs[0].shape[2:])
-    if not attrs.get("with_indices"):
+    if not attrs["with_indices"]:
         return K.max_pool(xs[0], geo, out)
     return (K.max_pool(xs[0], geo, None),
             K.max_pool_indices(xs[0], geo, column_major=bool(attrs["storage_order"])))
@@ -164,7 +164,7 @@ def _max_pool_vjp(F, node, grads):
 
 def _max_pool_onnx(attrs, tin, tout, opset):
     onnx_attrs = _onnx_attrs(attrs, tin[0].shape[2:], True)
-    if not attrs.get("with_indices"):
+    if not attrs["with_indices"]:
         return lower("MaxPool", **onnx_attrs)
     onnx_attrs["storage_order"] = int(attrs["storage_order"])
     return OnnxLowering((OnnxNode("MaxPool", ("in0",), ("out0", "out1"), onnx_attrs),))
@@ -177,7 +177,7 @@ def _only_pooled(x):
 
 def _max_pool_split(attrs, in_shapes, out_shapes):
     # by image, except the Indices, which count the images before each one
-    return None if attrs.get("with_indices") else BY_IMAGE(attrs, in_shapes, out_shapes)
+    return None if attrs["with_indices"] else BY_IMAGE(attrs, in_shapes, out_shapes)
 
 
 register(OpDef(name="MaxPool", infer=_max_pool_infer, kernel=_max_pool_kernel,

@@ -89,6 +89,11 @@ _ACCEPTED: dict[Any, tuple] = {
 }
 
 
+# The ONNX opset an export targets unless the caller picks one (every exporter's default;
+# defined here, below the backends, so front-end signatures need not import onnx)
+DEFAULT_OPSET = 17
+
+
 @dataclass(frozen=True)
 class OnnxDType:
     """An ONNX element-type attribute (``Cast``'s ``to``) given by its NumPy dtype name; the

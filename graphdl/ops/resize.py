@@ -35,14 +35,14 @@ NEAREST_MODES = ("round_prefer_floor", "round_prefer_ceil", "floor", "ceil")
 def _nearest(ratio, scale, a):
     if float(ratio).is_integer():
         return np.array([0.0, 1.0])
-    mode = a.get("nearest_mode", "round_prefer_floor")
+    mode = a["nearest_mode"]
     up = {"round_prefer_floor": ratio > 0.5, "round_prefer_ceil": ratio >= 0.5,
           "floor": False, "ceil": True}[mode]
     return np.array([0.0, 1.0]) if up else np.array([1.0, 0.0])
 
 
 def _linear(ratio, scale, a):
-    if not a.get("antialias", 0):
+    if not a["antialias"]:
         return np.array([1 - ratio, ratio])
     scale = min(scale, 1.0)  # antialiasing widens the kernel when downsampling
     start = int(np.floor(-1 / scale) + 1)
@@ -52,8 +52,8 @@ def _linear(ratio, scale, a):
 
 
 def _cubic(ratio, scale, a):
-    A = float(a.get("cubic_coeff_a", -0.75))
-    if not a.get("antialias", 0):
+    A = float(a["cubic_coeff_a"])
+    if not a["antialias"]:
         r1, r2 = ratio + 1, 2 - ratio
         return np.array([((A * r1 - 5 * A) * r1 + 8 * A) * r1 - 4 * A,
                          ((A + 2) * ratio - (A + 3)) * ratio * ratio + 1,
@@ -71,7 +71,7 @@ _COEFFS = {"nearest": _nearest, "linear": _linear, "cubic": _cubic}
 
 
 def _source_coords(a, y, scale, n_in, n_out, roi):
-    mode = a.get("coordinate_transformation_mode", "half_pixel")
+    mode = a["coordinate_transformation_mode"]
     width = scale * n_in
     if mode == "align_corners":
         return np.zeros(n_out) if width == 1 else y * (n_in - 1) / (width - 1)
@@ -95,7 +95,7 @@ def axis_weights(a: dict, n_in: int, n_out: int, scale: float, roi) -> tuple:
     x = _source_coords(a, y, scale, n_in, n_out, roi)
     x_int = np.floor(x)
     ratios = np.where(x == x_int, 1.0, x - x_int)  # the left neighbour is preferred
-    fn = _COEFFS[a.get("mode", "nearest")]
+    fn = _COEFFS[a["mode"]]
     coeffs = np.stack([fn(float(r), scale, a) for r in ratios]) if n_out else np.zeros((0, 2))
     n = coeffs.shape[1]
     pad = int(np.ceil(n / 2))
@@ -107,7 +107,7 @@ def axis_weights(a: dict, n_in: int, n_out: int, scale: float, roi) -> tuple:
     else:
         offset = np.where(frac <= 0.5, -((n - 1) // 2), -((n - 1) // 2) + 1)
     idx = (p + offset)[:, None] + np.arange(n)[None, :] - pad
-    if a.get("exclude_outside", 0):
+    if a["exclude_outside"]:
         coeffs = np.where((idx < 0) | (idx >= n_in), 0.0, coeffs)
         total = coeffs.sum(axis=1, keepdims=True)
         coeffs = coeffs / np.where(total == 0, 1.0, total)
@@ -115,7 +115,7 @@ def axis_weights(a: dict, n_in: int, n_out: int, scale: float, roi) -> tuple:
     np.add.at(w, (np.repeat(np.arange(n_out), n), np.clip(idx, 0, n_in - 1).reshape(-1)),
               coeffs.reshape(-1))  # edge padding = clamped indices
     outside = None
-    if a.get("coordinate_transformation_mode") == "tf_crop_and_resize":
+    if a["coordinate_transformation_mode"] == "tf_crop_and_resize":
         outside = (x < 0) | (x > n_in - 1)
         w[outside] = 0.0
     return w, outside
@@ -156,7 +156,7 @@ def _resize_infer(types, attrs):
     for d, s, n in zip(t.shape, scales, sizes):
         if not isinstance(d, int) and (s != 1.0 or n != d):
             raise fail("Resize", f"a resized axis must be static, got {tuple(t.shape)}", types)
-    if attrs.get("coordinate_transformation_mode") == "tf_crop_and_resize" and \
+    if attrs["coordinate_transformation_mode"] == "tf_crop_and_resize" and \
             len(attrs.get("roi") or ()) != 2 * t.rank:
         raise fail("Resize", "tf_crop_and_resize needs roi with 2 * rank entries", types)
     return [TensorType(tuple(sizes), t.dtype)]
@@ -169,7 +169,7 @@ def _resize_kernel(xs, attrs, out):
         y = np.moveaxis(np.tensordot(w, y, axes=(1, ax)), 0, ax)
         if outside is not None and outside.any():
             mask = outside.reshape((1,) * ax + (-1,) + (1,) * (x.ndim - ax - 1))
-            y = np.where(mask, float(attrs.get("extrapolation_value", 0.0)), y)
+            y = np.where(mask, float(attrs["extrapolation_value"]), y)
     if x.dtype.kind in "iu":
         info = np.iinfo(x.dtype)
         y = np.clip(np.round(y), info.min, info.max)
@@ -193,18 +193,17 @@ def _resize_vjp(F, node, grads):
 
 
 def _resize_onnx(attrs, tin, tout, opset):
-    onnx_attrs = {"mode": attrs.get("mode", "nearest"),
-                  "coordinate_transformation_mode": attrs.get("coordinate_transformation_mode",
-                                                              "half_pixel"),
-                  "nearest_mode": attrs.get("nearest_mode", "round_prefer_floor"),
-                  "cubic_coeff_a": float(attrs.get("cubic_coeff_a", -0.75)),
-                  "exclude_outside": int(attrs.get("exclude_outside", 0)),
-                  "extrapolation_value": float(attrs.get("extrapolation_value", 0.0))}
-    if attrs.get("antialias", 0):
+    onnx_attrs = {"mode": attrs["mode"],
+                  "coordinate_transformation_mode": attrs["coordinate_transformation_mode"],
+                  "nearest_mode": attrs["nearest_mode"],
+                  "cubic_coeff_a": float(attrs["cubic_coeff_a"]),
+                  "exclude_outside": int(attrs["exclude_outside"]),
+                  "extrapolation_value": float(attrs["extrapolation_value"])}
+    if attrs["antialias"]:
         onnx_attrs["antialias"] = 1  # opset 18
     consts = {"roi": np.array(attrs["roi"] if attrs.get("roi") is not None else [],
                               np.float32)}
-    if attrs.get("use_scales", False):
+    if attrs["use_scales"]:
         consts["scales"] = np.array(attrs["scales"], np.float32)
         ins = ("in0", "roi", "scales")
     else:

@@ -343,10 +343,11 @@ for _op, _kernel, _onnx in (("DynSqueeze", _squeeze_kernel, "Squeeze"),
 
 # ---- builders --------------------------------------------------------------------------------
 
-def keep_shape(x) -> tuple:
+def keep_shape(x, tag: str = "reduced") -> tuple:
     """The shape of a keepdims reduction of ``x`` over run-time axes: 1 where x has 1,
-    unknown elsewhere."""
-    return tuple(1 if d == 1 else unknown_dim(f"reduced:{i}") for i, d in enumerate(x.shape))
+    unknown elsewhere (named ``?<tag>:<axis>``; an importer gives a tag unique to the value,
+    since it reads symbols back from the values that carry them)."""
+    return tuple(1 if d == 1 else unknown_dim(f"{tag}:{i}") for i, d in enumerate(x.shape))
 
 
 def dyn_reduce(x, axes, kind: str, keepdims: bool = True, noop_with_empty_axes: bool = False,

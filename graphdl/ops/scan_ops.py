@@ -51,7 +51,7 @@ def _scan_infer(op):
             raise fail(op, "needs rank >= 1", list(types))
         _scalar_input(op, "axis", types, 1)
         if len(types) == 1:
-            norm_axis(op, attrs.get("axis", 0), types[0].rank)
+            norm_axis(op, attrs["axis"], types[0].rank)
         return [types[0]]
     return infer
 
@@ -59,14 +59,14 @@ def _scan_infer(op):
 def _scan_kernel(op, fn, identity):
     def kernel(xs, attrs, out):
         x = xs[0]
-        axis = int(np.asarray(xs[1]).reshape(-1)[0]) if len(xs) > 1 else attrs.get("axis", 0)
+        axis = int(np.asarray(xs[1]).reshape(-1)[0]) if len(xs) > 1 else attrs["axis"]
         if not -x.ndim <= axis < x.ndim:
             raise IndexError(f"{op}: axis {axis} is out of range for rank {x.ndim}")
         axis %= x.ndim
-        rev = bool(attrs.get("reverse", 0))
+        rev = bool(attrs["reverse"])
         y = np.flip(x, axis) if rev else x
         c = fn(y, axis=axis, dtype=x.dtype)
-        if attrs.get("exclusive", 0):  # shift by one: the entries strictly before
+        if attrs["exclusive"]:  # shift by one: the entries strictly before
             c = np.concatenate([np.full_like(np.take(c, [0], axis), identity),
                                 np.take(c, np.arange(c.shape[axis] - 1), axis)], axis)
         return _into(out, np.flip(c, axis) if rev else c)
@@ -75,14 +75,14 @@ def _scan_kernel(op, fn, identity):
 
 def _cumsum_vjp(F, n, g):
     a = dict(n.attrs)
-    a["reverse"] = int(not a.get("reverse", 0))
+    a["reverse"] = int(not a["reverse"])
     # each input entry feeds every output after it: the adjoint sums the cotangent backwards
     return [apply("CumSum", g[0], *n.inputs[1:], **a)] + [None] * (len(n.inputs) - 1)
 
 
 def _cumprod_vjp(F, n, g):
     a = dict(n.attrs)
-    a["reverse"] = int(not a.get("reverse", 0))
+    a["reverse"] = int(not a["reverse"])
     x, y = n.inputs[0], n.outputs[0]
     # d y_i / d x_j = y_i / x_j for every y_i that includes x_j (x nonzero)
     back = apply("CumSum", g[0] * y, *n.inputs[1:], **a)
@@ -93,12 +93,12 @@ def _scan_onnx(op, min_opset):
     def lowering(attrs, tin, tout, opset):
         if opset < min_opset:
             raise LoweringError(f"{op} needs ONNX opset >= {min_opset}, exporting at {opset}")
-        flags = {"exclusive": int(attrs.get("exclusive", 0)),
-                 "reverse": int(attrs.get("reverse", 0))}
+        flags = {"exclusive": int(attrs["exclusive"]),
+                 "reverse": int(attrs["reverse"])}
         if len(tin) > 1:
             return lower(op, 2, **flags)
         return OnnxLowering((OnnxNode(op, ("in0", "axis"), ("out0",), flags),),
-                            {"axis": np.array(int(attrs.get("axis", 0)), np.int64)})
+                            {"axis": np.array(int(attrs["axis"]), np.int64)})
     return lowering
 
 
@@ -122,8 +122,8 @@ def _arg_infer(op):
         check_arity(op, types, 1)
         _numeric(op, types)
         t = types[0]
-        axis = norm_axis(op, attrs.get("axis", 0), t.rank)
-        keep = attrs.get("keepdims", 1)
+        axis = norm_axis(op, attrs["axis"], t.rank)
+        keep = attrs["keepdims"]
         shape = tuple(1 if i == axis else d for i, d in enumerate(t.shape)) if keep else \
             tuple(d for i, d in enumerate(t.shape) if i != axis)
         return [TensorType(shape, "int64")]
@@ -133,12 +133,12 @@ def _arg_infer(op):
 def _arg_kernel(fn):
     def kernel(xs, attrs, out):
         x = xs[0]
-        axis = attrs.get("axis", 0) % max(x.ndim, 1)
-        if attrs.get("select_last_index", 0):  # the last of tied extremes
+        axis = attrs["axis"] % max(x.ndim, 1)
+        if attrs["select_last_index"]:  # the last of tied extremes
             idx = x.shape[axis] - 1 - fn(np.flip(x, axis), axis=axis)
         else:
             idx = fn(x, axis=axis)
-        if attrs.get("keepdims", 1):
+        if attrs["keepdims"]:
             idx = np.expand_dims(idx, axis)
         return _into(out, idx, np.int64)
     return kernel
@@ -146,8 +146,8 @@ def _arg_kernel(fn):
 
 def _arg_onnx(op):
     def lowering(attrs, tin, tout, opset):
-        extra = {"select_last_index": 1} if attrs.get("select_last_index", 0) else {}
-        return lower(op, axis=int(attrs.get("axis", 0)), keepdims=int(attrs.get("keepdims", 1)),
+        extra = {"select_last_index": 1} if attrs["select_last_index"] else {}
+        return lower(op, axis=int(attrs["axis"]), keepdims=int(attrs["keepdims"]),
                      **extra)
     return lowering
 
@@ -167,7 +167,7 @@ def _topk_infer(types, attrs):
     check_arity("TopK", types, 1)
     _numeric("TopK", types)
     t = types[0]
-    axis = norm_axis("TopK", attrs.get("axis", -1), t.rank)
+    axis = norm_axis("TopK", attrs["axis"], t.rank)
     k = int(attrs["k"])
     d = t.shape[axis]
     if k < 0 or (isinstance(d, int) and k > d):
@@ -178,9 +178,9 @@ def _topk_infer(types, attrs):
 
 def _topk_kernel(xs, attrs, out):
     x = xs[0]
-    axis = attrs.get("axis", -1) % x.ndim
+    axis = attrs["axis"] % x.ndim
     k = int(attrs["k"])
-    largest = bool(attrs.get("largest", 1))
+    largest = bool(attrs["largest"])
     # stable sort of the negated keys keeps equal values in index order, as ONNX requires
     keys = -x if largest and x.dtype.kind != "u" else x
     order = np.argsort(keys, axis=axis, kind="stable")
@@ -194,14 +194,14 @@ def _topk_vjp(F, n, g):
     x = n.inputs[0]
     if g[0] is None:
         return [None]
-    axis = n.attrs.get("axis", -1) % x.ndim
+    axis = n.attrs["axis"] % x.ndim
     # the k values are entries of x: their cotangents go back to those positions
     return [scatter_elements(F.zeros_like(x), n.outputs[1], g[0], axis, "add")]
 
 
 def _topk_onnx(attrs, tin, tout, opset):
     return OnnxLowering((OnnxNode("TopK", ("in0", "k"), ("out0", "out1"), {
-        "axis": int(attrs.get("axis", -1)), "largest": int(attrs.get("largest", 1)),
+        "axis": int(attrs["axis"]), "largest": int(attrs["largest"]),
         "sorted": 1}),), {"k": np.array([int(attrs["k"])], np.int64)})
 
 
@@ -224,17 +224,17 @@ def _trilu_infer(types, attrs):
 
 
 def _trilu_kernel(xs, attrs, out):
-    k = int(np.asarray(xs[1]).reshape(-1)[0]) if len(xs) > 1 else int(attrs.get("k", 0))
-    fn = np.triu if attrs.get("upper", 1) else np.tril
+    k = int(np.asarray(xs[1]).reshape(-1)[0]) if len(xs) > 1 else int(attrs["k"])
+    fn = np.triu if attrs["upper"] else np.tril
     return _into(out, fn(xs[0], k))
 
 
 def _trilu_onnx(attrs, tin, tout, opset):
     if len(tin) > 1:
-        return lower("Trilu", 2, upper=int(attrs.get("upper", 1)))
+        return lower("Trilu", 2, upper=int(attrs["upper"]))
     return OnnxLowering((OnnxNode("Trilu", ("in0", "k"), ("out0",),
-                                  {"upper": int(attrs.get("upper", 1))}),),
-                        {"k": np.array(int(attrs.get("k", 0)), np.int64)})
+                                  {"upper": int(attrs["upper"])}),),
+                        {"k": np.array(int(attrs["k"]), np.int64)})
 
 
 register(OpDef(name="Trilu", infer=_trilu_infer, kernel=_trilu_kernel,
@@ -254,7 +254,7 @@ def _prod_infer(types, attrs):
     _numeric("ReduceProd", types)
     t = types[0]
     axes = norm_axes("ReduceProd", attrs.get("axes"), t.rank)
-    keep = attrs.get("keepdims", False)
+    keep = attrs["keepdims"]
     shape = tuple(1 if i in axes else d for i, d in enumerate(t.shape) if keep or i not in axes)
     return [TensorType(shape, t.dtype)]
 
@@ -262,20 +262,20 @@ def _prod_infer(types, attrs):
 def _prod_kernel(xs, attrs, out):
     axes = attrs.get("axes")
     return _into(out, np.prod(xs[0], axis=None if axes is None else tuple(axes),
-                              keepdims=bool(attrs.get("keepdims", False))), xs[0].dtype)
+                              keepdims=bool(attrs["keepdims"])), xs[0].dtype)
 
 
 def _prod_vjp(F, n, g):
     x = n.inputs[0]
     y, gy = n.outputs[0], g[0]
-    if not n.attrs.get("keepdims", False):
+    if not n.attrs["keepdims"]:
         axes = norm_axes("ReduceProd", n.attrs.get("axes"), x.ndim)
         y, gy = F.unsqueeze(y, axes), F.unsqueeze(gy, axes)
     return [F.expand_as(gy * y, x) / x]  # d prod / dx_i = prod / x_i (x nonzero)
 
 
 def _prod_onnx(attrs, tin, tout, opset):
-    keep = int(bool(attrs.get("keepdims", False)))
+    keep = int(bool(attrs["keepdims"]))
     axes = norm_axes("ReduceProd", attrs.get("axes"), tin[0].rank)
     if opset >= 18:
         return OnnxLowering((OnnxNode("ReduceProd", ("in0", "axes"), ("out0",),
