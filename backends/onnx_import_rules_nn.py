@@ -13,6 +13,7 @@ from graphdl.backends.onnx_import import OnnxImportError
 from graphdl.backends.onnx_import_rules import IMPORT_RULES
 from graphdl.ops.conv import conv_grad_input
 from graphdl.ops.registry import apply
+from graphdl.ops.runtime_resize import resolve
 
 
 def _input(node, i: int) -> str:
@@ -132,34 +133,18 @@ def _resize(imp, node, a):
         if not isinstance(shape[ax], int) and not kept:  # a symbolic axis may only stay
             raise OnnxImportError(f"{imp.where()}: Resize over the symbolic axis {ax} of "
                                   f"{x.shape} is not supported")
-    full_scales = [1.0] * rank
-    full_sizes = list(shape)
-    if sizes is not None:
-        for i, ax in enumerate(axes):
-            full_sizes[ax] = int(sizes[i])
-            full_scales[ax] = full_sizes[ax] / shape[ax]
-        policy = a.get("keep_aspect_ratio_policy", "stretch")
-        if policy != "stretch":
-            pick = min if policy == "not_larger" else max
-            s = pick(full_scales[ax] for ax in axes)
-            for ax in axes:
-                full_scales[ax] = s
-                full_sizes[ax] = int(s * shape[ax] + 0.5)  # round half up
-    elif scales is not None:
-        for i, ax in enumerate(axes):
-            full_scales[ax] = float(scales[i])
-            if full_scales[ax] != 1.0:
-                full_sizes[ax] = int(full_scales[ax] * shape[ax])
-    else:
-        raise OnnxImportError(f"{imp.where()}: Resize needs scales or sizes")
-    full_roi = None
-    if roi is not None and attrs.get("coordinate_transformation_mode") == "tf_crop_and_resize":
-        full_roi = [0.0] * rank + [1.0] * rank
-        for i, ax in enumerate(axes):
-            full_roi[ax], full_roi[rank + ax] = float(roi[i]), float(roi[len(axes) + i])
-    if full_roi is not None:
-        attrs["roi"] = tuple(full_roi)
-    return [apply("Resize", x, sizes=tuple(full_sizes), scales=tuple(full_scales),
+    empty = np.zeros(0)
+    try:
+        resolved = resolve(tuple(shape), empty if roi is None else roi,
+                           empty if scales is None else scales,
+                           empty if sizes is None else sizes, tuple(axes),
+                           a.get("keep_aspect_ratio_policy", "stretch"),
+                           attrs.get("coordinate_transformation_mode", "half_pixel"))
+    except ValueError as e:
+        raise OnnxImportError(f"{imp.where()}: {e}") from None
+    if resolved["roi"] is not None:
+        attrs["roi"] = resolved["roi"]
+    return [apply("Resize", x, sizes=resolved["sizes"], scales=resolved["scales"],
                   use_scales=sizes is None, **attrs)]
 
 

@@ -114,28 +114,23 @@ def _composite(kind: str, static):
 
 # ---- Squeeze / Unsqueeze ---------------------------------------------------------------------
 
-def _squeeze(static):
-    """The rule: ``static`` unless an input is known only at run time."""
-    def rule(imp, node, a):
-        if "axes" in a or not _runtime(imp, node, 1):
-            return static(imp, node, a)
-        x, axes = imp.value(node.input[0]), _ints(imp, node.input[1])
-        n = _length(imp, node, axes, "axes")
-        out = tuple(unknown_dim(_tag(node, i)) for i in range(x.ndim - n))
-        return [dyn_squeeze(x, axes, out)]
-    return rule
+def _axes_rule(build, sign: int):
+    """A Squeeze (``sign`` -1) or Unsqueeze (+1) rule factory: the static rule unless the
+    axes input is known only at run time, then ``build`` with run-time-sized output dims."""
+    def wrap(static):
+        def rule(imp, node, a):
+            if "axes" in a or not _runtime(imp, node, 1):
+                return static(imp, node, a)
+            x, axes = imp.value(node.input[0]), _ints(imp, node.input[1])
+            n = _length(imp, node, axes, "axes")
+            out = tuple(unknown_dim(_tag(node, i)) for i in range(x.ndim + sign * n))
+            return [build(x, axes, out)]
+        return rule
+    return wrap
 
 
-def _unsqueeze(static):
-    """The rule: ``static`` unless an input is known only at run time."""
-    def rule(imp, node, a):
-        if "axes" in a or not _runtime(imp, node, 1):
-            return static(imp, node, a)
-        x, axes = imp.value(node.input[0]), _ints(imp, node.input[1])
-        n = _length(imp, node, axes, "axes")
-        out = tuple(unknown_dim(_tag(node, i)) for i in range(x.ndim + n))
-        return [dyn_unsqueeze(x, axes, out)]
-    return rule
+_squeeze = _axes_rule(dyn_squeeze, -1)
+_unsqueeze = _axes_rule(dyn_unsqueeze, +1)
 
 
 # ---- Slice / Split ---------------------------------------------------------------------------

@@ -158,6 +158,15 @@ def _transposed_product(m: Match):
     return m.try_op("Gemm", b, a, transA=1 - tb, transB=1 - ta, name=g.name)
 
 
+def _scaled_product(m: Match):
+    g, c = m["g"].node, constant_array(m["c"])
+    if c is None or c.size != 1 or c.ndim > m["g"].ndim or len(g.inputs) != 2 \
+            or m["c"].dtype != m["g"].dtype or not m.only_used_here(m["g"]):
+        return None
+    alpha = float(g.attrs["alpha"]) * float(c.reshape(()))
+    return m.try_op("Gemm", *g.inputs, name=g.name, **dict(g.attrs, alpha=alpha))
+
+
 def _conv_bias(m: Match):
     conv, c = m["conv"].node, m["c"]
     channels = conv.types[0].shape[1]
@@ -181,6 +190,9 @@ GEMM_RULES = [
     Rule("transposed_product", op("Transpose", op(("Gemm", "MatMul"), capture="g"),
                                   where=lambda v: tuple(v.node.attrs["perm"]) == (1, 0)),
          _transposed_product),  # (a @ b)^T -> gemm(b, a, transA=1, transB=1)
+    Rule("scaled_product", op("Mul", any_value("c"), op("Gemm", capture="g")), _scaled_product),
+    # ^ c * gemm(a, b) -> gemm(a, b, alpha=c) for a scalar constant c (the kernel scales the
+    # smaller operand: an SGD update's lr * (a^T @ g) costs no pass over the weight's shape)
     Rule("conv_bias", op("Add", op("Conv", capture="conv"), any_value("c")), _conv_bias),
     # ^ conv(x, W, b) + c -> conv(x, W, b + c) for a per-channel c
 ]

@@ -12,6 +12,10 @@ bound, so the arena planner can meet it) wins over the current order only when i
 - a greedy list schedule: among ready nodes, run the one that frees the most bytes for the
   fewest new ones (ties keep the original order).
 
+Then, as a tie-break that never raises the peak, each state update (with the nodes that feed
+only it) moves up to right after the last other reader of its variable, or its own inputs,
+as hand-written training code does: the weight is still in cache when its update reads it.
+
 Both are O(E log V).
 """
 from __future__ import annotations
@@ -123,6 +127,73 @@ def greedy_order(dag: _Dag) -> list[Node]:
     return order
 
 
+def updates_near_state(order: list[Node], graph: Graph) -> list[Node]:
+    """``order`` with each update's block (the update and the nodes feeding only it) moved up
+    to right after the later of its inputs and the last other reader of its variable; blocks
+    landing at one place go most recently read variable first, then in their old order."""
+    pos = {id(n): i for i, n in enumerate(order)}
+    consumers: dict[int, set[int]] = {}
+    for node in order:
+        for v in node.inputs:
+            consumers.setdefault(id(v.node), set()).add(id(node))
+    kept = {id(v.node) for v in graph.outputs}
+    state = {id(var) for var, _ in graph.updates}
+    for node in order:  # a read of updated state stays where it is: it sets another's place
+        if any(id(v.node.attrs.get("variable")) in state for v in node.inputs):
+            kept.add(id(node))
+    moved: set[int] = set()
+    blocks = []
+    for var, value in graph.updates:
+        root = value.node
+        if id(root) in moved or not root.inputs or any(id(v.node) == id(root)
+                                                        for v in graph.outputs):
+            continue
+        block = {id(root)}
+        for node in reversed(order[:pos[id(root)]]):
+            if (id(node) not in kept and id(node) not in moved and node.inputs
+                    and consumers.get(id(node)) and consumers[id(node)] <= block):
+                block.add(id(node))
+        members = [n for n in order if id(n) in block]
+        after = max((pos[id(v.node)] for n in members for v in n.inputs
+                     if id(v.node) not in block and v.node.inputs), default=-1)
+        readers = [pos[id(n)] for n in order if id(n) not in block
+                   and any(v.node.attrs.get("variable") is var for v in n.inputs)]
+        last_read = max(readers, default=-1)
+        blocks.append((max(after, last_read), -last_read, pos[id(root)], members))
+        moved |= block
+    at: dict[int, list] = {}
+    for where, key, first, members in blocks:
+        at.setdefault(where, []).append((key, first, members))
+    out: list[Node] = []
+    done: set[int] = set()
+
+    def emit(node: Node) -> None:
+        if id(node) not in done:
+            done.add(id(node))
+            out.append(node)
+
+    for i, node in enumerate([None] + order):
+        if node is not None and id(node) not in moved:
+            emit(node)
+        for _, _, members in sorted(at.get(i - 1, ()), key=lambda b: b[:2]):
+            for n in members:
+                for v in n.inputs:
+                    if not v.node.inputs:  # a source (constant, input): run it first
+                        emit(v.node)
+                emit(n)
+    return out
+
+
+def _topological(order: list[Node]) -> bool:
+    """Whether every node comes after its inputs' producers."""
+    seen: set[int] = set()
+    for node in order:
+        if any(id(v.node) not in seen for v in node.inputs):
+            return False
+        seen.add(id(node))
+    return True
+
+
 def schedule_for_memory(graph: Graph, bindings: Mapping[str, int] | None = None) -> Graph:
     """The graph with the schedule of lowest peak memory among the candidates (unbound
     symbolic dims count as 1). Candidates depend only on the graph's structure, so running
@@ -140,7 +211,12 @@ def schedule_for_memory(graph: Graph, bindings: Mapping[str, int] | None = None)
         peak = schedule_peak(order, outputs, bindings, facts=facts)
         if best_peak is None or peak < best_peak:
             best, best_peak = order, peak
-    if best is None or all(a is b for a, b in zip(best, graph.nodes)):
+    if best is None:
+        return graph
+    near = updates_near_state(best, graph)
+    if _topological(near) and schedule_peak(near, outputs, bindings, facts=facts) <= best_peak:
+        best = near
+    if all(a is b for a, b in zip(best, graph.nodes)):
         return graph
     if schedule_peak(graph.nodes, outputs, bindings, facts=facts) < best_peak:
         return graph

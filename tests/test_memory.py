@@ -12,7 +12,8 @@ from graphdl.backends.numpy_executor import NumpyExecutor
 from graphdl.ir import Graph
 from graphdl.passes.memory import (ARENA, VIEW, greedy_by_size, lower_bound, plan_memory,
                                    schedule_peak)
-from graphdl.passes.schedule import _Dag, greedy_order, memory_dfs_order, schedule_for_memory
+from graphdl.passes.schedule import (_Dag, greedy_order, memory_dfs_order, schedule_for_memory,
+                                     updates_near_state)
 
 GOLDEN = [(0, 1, 32), (1, 4, 28), (2, 5, 36), (3, 5, 16), (4, 5, 8), (5, 7, 64), (6, 8, 10),
           (7, 8, 40)]
@@ -185,3 +186,30 @@ def test_bad_schedule_is_rejected():
     g = _chain_graph()
     with pytest.raises(gd.GraphError):
         Graph(g.inputs, g.outputs, order=list(reversed(g.nodes)))
+
+
+def test_each_weight_update_runs_right_after_the_weights_last_read():
+    x, t = gd.input("x", (None, 32)), gd.input("t", (None, 4))
+    params = [gd.param("w0", np.full((32, 16), 0.1, np.float32)),
+              gd.param("w1", np.full((16, 16), 0.1, np.float32)),
+              gd.param("w2", np.full((16, 4), 0.1, np.float32))]
+    h = x
+    for i, w in enumerate(params):
+        h = h @ w if i == len(params) - 1 else gd.relu(h @ w)
+    loss = -gd.mean(gd.sum(t * gd.log_softmax(h, -1), -1))
+    grads = gd.grad(loss, params)
+    f = gd.function([x, t], loss, updates=[(p, p - 0.01 * g) for p, g in zip(params, grads)])
+    g = f.graph
+    roots = [value.node for _, value in g.updates]
+    last = [n for n in g.nodes if n not in roots] + roots  # every update at the end
+    nodes = updates_near_state(last, g)
+    Graph(g.inputs, g.outputs, g.updates, order=nodes)  # a valid topological order
+    at = [nodes.index(r) for r in roots]
+    assert at[2] < at[1] < at[0]  # from the last layer back, each once its gradient exists
+
+    def last_read(k):
+        var = g.updates[k][0]
+        return max(i for i, n in enumerate(nodes) if n is not roots[k]
+                   and any(v.node.attrs.get("variable") is var for v in n.inputs))
+    # w2 is updated right after its last read (g @ w2^T), before the work of the layer below
+    assert last_read(2) < at[2] < last_read(1)

@@ -3,8 +3,10 @@ dynamic axes: each imports with its dims symbolic, runs at two batch sizes (and 
 lengths where the export keeps that axis dynamic), matches ONNX Runtime to 1e-5 relative, and
 optimizes to no more nodes than ONNX Runtime's basic level.
 
-torch's exporter bakes the traced sequence length into nn.MultiheadAttention's reshapes, so
-the attention models keep only the batch dynamic (ONNX Runtime refuses other lengths too).
+torch's TorchScript exporter bakes the traced sequence length into nn.MultiheadAttention's
+reshapes, so here the attention models keep only the batch dynamic (ONNX Runtime refuses
+other lengths too); tests/test_onnx_dynamo_export.py runs the same attention models exported
+by torch's dynamo exporter with batch and sequence dynamic.
 The conv models keep only the batch dynamic (graphdl's convolutions need static spatial
 dims); LSTM and GRU keep batch and sequence dynamic (the Recurrence op loops at run time).
 """

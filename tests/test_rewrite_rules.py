@@ -235,6 +235,11 @@ def _transposed_product():
     return [x], [gd.transpose(gd.gemm(x, gd.param("w", _w(5, 3)), trans_b=True)) * 2.0]
 
 
+def _scaled_product():
+    x = _x((None, 3))
+    return [x], [0.01 * gd.gemm(x, gd.param("w", _w(3, 5)), trans_a=False)]
+
+
 def _conv_bias():
     x = _x((None, 3, 5, 5))
     y = gd.conv2d(x, gd.param("w", _w(4, 3, 3, 3)))
@@ -267,6 +272,7 @@ OTHER_RULES = {
                           ["MatMul", "Transpose"], ["Gemm"]),
     "transposed_product": (_transposed_product, _rules_pass(fusion.GEMM_RULES), ["Transpose"],
                            ["Gemm"]),
+    "scaled_product": (_scaled_product, _rules_pass(fusion.GEMM_RULES), ["Mul"], ["Gemm"]),
     "conv_bias": (_conv_bias, _rules_pass(fusion.GEMM_RULES), ["Add"], ["Conv"]),
     "cross_entropy": (_nll(False), _rules_pass(fusion.SOFTMAX_CE_RULES), ["LogSoftmax"],
                       ["SoftmaxCrossEntropy"]),

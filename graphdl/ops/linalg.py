@@ -85,10 +85,13 @@ def _gemm_kernel(xs, attrs, out):
         a = a.T
     if attrs["transB"]:
         b = b.T
-    y = matmul_2d(a, b, out)
     alpha, beta = attrs["alpha"], attrs["beta"]
-    if alpha != 1.0:
-        y *= y.dtype.type(alpha)
+    if alpha != 1.0:  # scale the smaller operand, not the product: fewer elements to touch
+        if a.size <= b.size:
+            a = a * a.dtype.type(alpha)
+        else:
+            b = b * b.dtype.type(alpha)
+    y = matmul_2d(a, b, out)
     if len(xs) == 3:
         c = xs[2] if beta == 1.0 else xs[2] * xs[2].dtype.type(beta)
         y += c

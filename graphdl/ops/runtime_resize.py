@@ -25,7 +25,8 @@ _INTERP = ("mode", "coordinate_transformation_mode", "nearest_mode", "cubic_coef
 def resolve(shape: tuple, roi: np.ndarray, scales: np.ndarray, sizes: np.ndarray,
             axes: tuple | None, policy: str, ctm: str) -> dict:
     """The static Resize's ``sizes``, ``scales`` and ``roi`` for ONNX Resize's inputs (empty
-    arrays for absent ones), as ONNX defines them."""
+    arrays for absent ones), as ONNX defines them. Used at run time by DynResize and at
+    import by the static Resize rule; raises ValueError on inconsistent inputs."""
     rank = len(shape)
     axes = tuple(a % rank for a in (axes if axes is not None else range(rank)))
     roi, scales, sizes = (np.asarray(v).reshape(-1) for v in (roi, scales, sizes))
@@ -47,7 +48,8 @@ def resolve(shape: tuple, roi: np.ndarray, scales: np.ndarray, sizes: np.ndarray
             raise ValueError(f"Resize: {scales.size} scales for {len(axes)} axes")
         for i, ax in enumerate(axes):
             full_scales[ax] = float(scales[i])
-            full_sizes[ax] = int(full_scales[ax] * shape[ax])
+            if full_scales[ax] != 1.0:  # a scale of 1 keeps the dim (a symbolic one too)
+                full_sizes[ax] = int(full_scales[ax] * shape[ax])
     else:
         raise ValueError("Resize needs scales or sizes (both are empty)")
     full_roi = None
