@@ -13,7 +13,7 @@ import numpy as np
 
 from graphdl import tensor as F
 from graphdl.backends.onnx_import import OnnxImportError
-from graphdl.ops.recurrent import recurrence
+from graphdl.ops.recurrent import recurrence, zero_state
 
 
 def _input(node, i: int) -> str:
@@ -186,6 +186,20 @@ def _recurrent(kind: str, n_gates: int, defaults: list[str]):
     return rule
 
 
+def _is_zero(imp, node, slot: int) -> bool:
+    """Whether input ``slot`` of ``node`` is absent or known to be all zeros."""
+    name = _input(node, slot)
+    if not name:
+        return True
+    if imp.is_const(name):
+        value = np.asarray(imp.const(name))
+        return value.dtype.kind == "f" and not np.any(value)
+    v = imp.value(name)
+    if v.node.op == "DynConstantOfShape":
+        return not np.any(np.asarray(v.node.attrs["value"]))
+    return False
+
+
 def _looped(imp, node, a, kind, n_gates, x, w, r, defaults):
     """The rule without sequence_lens: one Recurrence op (a run-time loop over the sequence,
     which may be symbolic), ONNX's op itself in layout 0."""
@@ -197,15 +211,18 @@ def _looped(imp, node, a, kind, n_gates, x, w, r, defaults):
         or defaults * dirs
     alphas, betas = list(a.get("activation_alpha", [])), list(a.get("activation_beta", []))
     dt = np.dtype(x.dtype)
-    states = []
-    for slot in ((5, 6) if kind == "LSTM" else (5,)):
-        if _input(node, slot):
-            v = imp.value(node.input[slot])
-            states.append(F.transpose(v, (1, 0, 2)) if layout else v)
-        else:  # zeros (dirs, batch, H), the batch read from x at run time
-            step = F.gather(x, F.const(np.array(0, np.int64)), 0)  # (batch, in)
-            zero = F.zeros_like(F.matmul(step, F.const(np.zeros((x.shape[2], hidden), dt))))
-            states.append(F.concat([F.unsqueeze(zero, 0)] * dirs, 0))
+    slots = (5, 6) if kind == "LSTM" else (5,)
+    # initial states that are absent or all zeros (torch writes Shape -> Concat ->
+    # ConstantOfShape(0)) are ONNX's default: the op takes none, and its ONNX node omits them
+    zero = [_is_zero(imp, node, slot) for slot in slots]
+    states = [None] * len(slots)
+    if not all(zero):
+        for k, slot in enumerate(slots):
+            if not zero[k]:
+                v = imp.value(node.input[slot])
+                states[k] = F.transpose(v, (1, 0, 2)) if layout else v
+            else:
+                states[k] = zero_state(F, x, r)
     bias = imp.value(node.input[3]) if _input(node, 3) else \
         F.const(np.zeros((dirs, 2 * n_gates * hidden), dt))
     extra = ()

@@ -12,11 +12,14 @@ T, N, I, H = 3, 2, 4, 3
 
 
 def _case(kind, seed, gates, attrs, cid, dirs=1):
+    zero = attrs.get("zero_state", 0)  # zero initial states: h0/c0 are no inputs
     ins = [randn((T, N, I), seed), randn((dirs, gates * H, I), seed + 1, 0.5),
-           randn((dirs, gates * H, H), seed + 2, 0.5), randn((dirs, 2 * gates * H), seed + 3, 0.3),
-           randn((dirs, N, H), seed + 4, 0.5)]
+           randn((dirs, gates * H, H), seed + 2, 0.5), randn((dirs, 2 * gates * H), seed + 3, 0.3)]
+    if not zero:
+        ins += [randn((dirs, N, H), seed + 4, 0.5)]
     if kind == "LSTM":
-        ins += [randn((dirs, N, H), seed + 5, 0.5), randn((dirs, 3 * H), seed + 6, 0.3)]
+        ins += ([] if zero else [randn((dirs, N, H), seed + 5, 0.5)]) + \
+            [randn((dirs, 3 * H), seed + 6, 0.3)]
     names = {"RNN": ("tanh",), "GRU": ("sigmoid", "tanh"),
              "LSTM": ("sigmoid", "tanh", "tanh")}[kind] * dirs
     full = dict(kind=kind, activations=names, alphas=(0.0,) * len(names),
@@ -32,6 +35,9 @@ CASES = {"Recurrence": [
           "gru-linear-before-reset-bidirectional", dirs=2),
     _case("LSTM", 50, 4, {}, "lstm-peepholes"),
     _case("LSTM", 60, 4, {"direction": "bidirectional"}, "lstm-bidirectional", dirs=2),
+    _case("GRU", 100, 3, {"zero_state": 1}, "gru-zero-state"),
+    _case("LSTM", 110, 4, {"zero_state": 1, "direction": "bidirectional"},
+          "lstm-zero-state-bidirectional", dirs=2),
 ]}
 
 
@@ -43,7 +49,7 @@ def _grad_case(kind, seed, gates, attrs, cid, seeded, dirs=1):
     shapes = [(T, dirs, N, H), (dirs, N, H), (dirs, N, H)]
     cots = [randn(s, seed + 10 + i) for i, (s, f) in enumerate(zip(shapes, seeded)) if f]
     full = dict({"clip": None, "linear_before_reset": 0, "input_forget": 0,
-                 "direction": "forward"}, **fwd.attrs)  # the op's defaults
+                 "direction": "forward", "zero_state": 0}, **fwd.attrs)  # the op's defaults
     steps = step_vjp_graphs(VJP_API, full, TensorType((T, N, I), "float64"), H)
     return OpCase(fwd.inputs + cots, dict(fwd.attrs, seeded=seeded, steps=steps),
                   grad_inputs=(), onnx=False, id=cid)
@@ -54,4 +60,5 @@ CASES["RecurrenceGrad"] = [
     _grad_case("GRU", 80, 3, {"direction": "bidirectional"}, "gru-bidirectional-y-only",
                (1, 0), dirs=2),
     _grad_case("LSTM", 90, 4, {"direction": "reverse"}, "lstm-reverse-last-c-only", (0, 0, 1)),
+    _grad_case("LSTM", 120, 4, {"zero_state": 1}, "lstm-zero-state", (1, 1, 1)),
 ]

@@ -17,10 +17,11 @@ N, I, H = 2, 3, 4
 GATES = {"RNN": 1, "GRU": 3, "LSTM": 4}
 SETUPS = [("RNN", {"direction": "reverse"}), ("GRU", {"linear_before_reset": 1}),
           ("GRU", {"direction": "bidirectional"}), ("LSTM", {}),
-          ("LSTM", {"direction": "bidirectional", "clip": 2.0})]
+          ("LSTM", {"direction": "bidirectional", "clip": 2.0}),
+          ("LSTM", {"zero_state": True})]
 
 
-def _arrays(kind, dirs, steps, seed):
+def _arrays(kind, dirs, steps, seed, attrs=None):
     g = np.random.default_rng(seed)
     gh = GATES[kind] * H
     arrs = [g.standard_normal((steps, N, I)), 0.5 * g.standard_normal((dirs, gh, I)),
@@ -28,14 +29,21 @@ def _arrays(kind, dirs, steps, seed):
             0.5 * g.standard_normal((dirs, N, H))]
     if kind == "LSTM":
         arrs += [0.5 * g.standard_normal((dirs, N, H)), 0.3 * g.standard_normal((dirs, 3 * H))]
+    if (attrs or {}).get("zero_state"):  # no h0/c0: the op's zero initial states
+        arrs = arrs[:4] + arrs[6:]
     return arrs
 
 
 def _build(kind, attrs, arrs, steps):
     """Inputs, a loss whose cotangents depend on the outputs, and its gradients."""
+    zero = attrs.get("zero_state")
     ins = [gd.input(f"in{k}", ((steps,) + a.shape[1:]) if k == 0 else a.shape, "float64")
            for k, a in enumerate(arrs)]
-    outs = recurrence(kind, *ins, **attrs)
+    attrs = {k: v for k, v in attrs.items() if k != "zero_state"}
+    if zero:
+        outs = recurrence(kind, *ins[:4], p=ins[4], **attrs)
+    else:
+        outs = recurrence(kind, *ins, **attrs)
     loss = gd.sum(outs[0] * outs[0] * 0.5) + gd.sum(gd.tanh(outs[1]))
     if kind == "LSTM":
         loss = loss + gd.sum(outs[2] * outs[2])
@@ -45,13 +53,13 @@ def _build(kind, attrs, arrs, steps):
 @pytest.mark.parametrize("kind,attrs", SETUPS, ids=lambda s: str(s))
 def test_loop_gradient_matches_finite_differences_at_two_lengths(kind, attrs):
     dirs = 2 if attrs.get("direction") == "bidirectional" else 1
-    probe = _arrays(kind, dirs, 2, 0)
+    probe = _arrays(kind, dirs, 2, 0, attrs)
     ins, loss, grads = _build(kind, attrs, probe, "T")
     assert any(n.op == "RecurrenceGrad" for g in grads for n in gd.ir.toposort([g]))
     f_loss = gd.function(ins, loss, optimize=False)
     f_grad = gd.function(ins, grads, optimize=False)
     for steps in (2, 5):
-        arrs = _arrays(kind, dirs, steps, steps)
+        arrs = _arrays(kind, dirs, steps, steps, attrs)
         analytic = f_grad(*arrs)
         for k, base in enumerate(arrs):
             for j in np.random.default_rng(k).choice(base.size, min(4, base.size), False):
@@ -66,7 +74,7 @@ def test_loop_gradient_matches_finite_differences_at_two_lengths(kind, attrs):
 @pytest.mark.parametrize("kind,attrs", SETUPS, ids=lambda s: str(s))
 def test_loop_gradient_equals_the_unrolled_static_gradient(kind, attrs):
     dirs = 2 if attrs.get("direction") == "bidirectional" else 1
-    arrs = _arrays(kind, dirs, 4, 7)
+    arrs = _arrays(kind, dirs, 4, 7, attrs)
     ins, _, grads = _build(kind, attrs, arrs, 4)
     assert not any(n.op == "RecurrenceGrad" for g in grads for n in gd.ir.toposort([g]))
     static = gd.function(ins, grads, optimize=False)(*arrs)
@@ -172,3 +180,35 @@ def test_imported_torch_rnn_fine_tunes_at_two_sequence_lengths(kind):
         loss.backward()
         opt.step()
         assert abs(hist.history["loss"][0] - loss.item()) < 1e-9, steps
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+def test_torch_zero_initial_state_is_dropped_at_import(kind):
+    """torch writes h0/c0 = ConstantOfShape(Concat(.., Shape(x)[batch], ..)) of zeros: ONNX's
+    default, so the imported op takes no initial state and the optimized export is onnxsim's
+    five nodes (Transpose, LSTM/GRU, Transpose, Reshape, Transpose)."""
+    torch = pytest.importorskip("torch")
+    import onnx
+    import onnxruntime as ort
+
+    from graphdl.backends.onnx_export import to_onnx
+    from graphdl.backends.onnx_import import from_onnx
+
+    torch.manual_seed(0)
+    net = getattr(torch.nn, kind)(I, H, batch_first=True, bidirectional=True)
+    f = io.BytesIO()
+    torch.onnx.export(net, (torch.zeros(2, 5, I),), f, dynamo=False, input_names=["x"],
+                      output_names=["y"], dynamic_axes={"x": {0: "N", 1: "T"}})
+    proto = onnx.load_from_string(f.getvalue())
+    assert "ConstantOfShape" in {n.op_type for n in proto.graph.node}
+    out = to_onnx(gd.optimize(from_onnx(proto)).graph)
+    ops = [n.op_type for n in out.graph.node if n.op_type != "Constant"]
+    assert ops == ["Transpose", kind, "Transpose", "Reshape", "Transpose"], ops
+    rnn = [n for n in out.graph.node if n.op_type == kind][0]
+    assert not any(rnn.input[5:7]), rnn.input  # initial_h (and initial_c) omitted
+    for n, t in ((3, 7), (1, 2)):
+        x = np.random.default_rng(n).standard_normal((n, t, I)).astype(np.float32)
+        want = net(torch.from_numpy(x))[0].detach().numpy()
+        got = ort.InferenceSession(out.SerializeToString(),
+                                   providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)

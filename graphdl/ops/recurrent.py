@@ -19,7 +19,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from graphdl.ir import TensorType
+from graphdl.ir import GraphError, TensorType
 from graphdl.ops.infer import check_arity, require_float, same_dtype
 from graphdl.ops.registry import REQUIRED, Attr, OnnxLowering, OnnxNode, OpDef, apply, \
     fail, register
@@ -133,6 +133,24 @@ def _dirs(attrs) -> int:
     return 2 if attrs["direction"] == "bidirectional" else 1
 
 
+def input_slots(attrs) -> tuple[str, ...]:
+    """The names of the op's inputs in order: x, w, r, b, then h0 (and c0) unless
+    ``zero_state`` (the initial states are zeros and are not inputs), then LSTM's p."""
+    lstm = attrs["kind"] == "LSTM"
+    states = () if attrs.get("zero_state") else (("h0", "c0") if lstm else ("h0",))
+    return ("x", "w", "r", "b") + states + (("p",) if lstm else ())
+
+
+def named_inputs(xs, attrs, zeros) -> dict:
+    """The inputs by slot name, with h0/c0 from ``zeros()`` where ``zero_state``."""
+    got = dict(zip(input_slots(attrs), xs))
+    if attrs.get("zero_state"):
+        got["h0"] = zeros()
+        if attrs["kind"] == "LSTM":
+            got["c0"] = zeros()
+    return got
+
+
 def _infer(types, attrs):
     kind = attrs["kind"]
     if kind not in GATES:
@@ -141,12 +159,15 @@ def _infer(types, attrs):
         raise fail("Recurrence", "direction must be forward, reverse or bidirectional, got "
                    f"{attrs['direction']!r}", types)
     lstm, dirs = kind == "LSTM", _dirs(attrs)
-    check_arity("Recurrence", types, 7 if lstm else 5)
+    slots = input_slots(attrs)
+    check_arity("Recurrence", types, len(slots))
     dt = same_dtype("Recurrence", types)
     require_float("Recurrence", types[0])
-    x, w, r, b, h0 = types[:5]
+    hidden = types[2].shape[-1] if types[2].rank == 3 else None
+    named = named_inputs(types, attrs, lambda: TensorType(
+        (dirs, types[0].shape[1] if types[0].rank == 3 else None, hidden), dt))
+    x, w, r, b, h0 = (named[k] for k in ("x", "w", "r", "b", "h0"))
     gates = GATES[kind]
-    hidden = r.shape[-1] if r.rank == 3 else None
     if x.rank != 3 or not isinstance(hidden, int) or \
             r.shape != (dirs, gates * hidden, hidden) or \
             w.shape != (dirs, gates * hidden, x.shape[2]) or \
@@ -154,7 +175,7 @@ def _infer(types, attrs):
         raise fail("Recurrence", f"{kind} ({attrs['direction']}) with x (T, N, I) needs w "
                    f"({dirs}, {gates}H, I), r ({dirs}, {gates}H, H), b ({dirs}, "
                    f"{2 * gates}H) and h0 ({dirs}, N, H)", types)
-    if lstm and (types[5].shape != h0.shape or types[6].shape != (dirs, 3 * hidden)):
+    if lstm and (named["c0"].shape != h0.shape or named["p"].shape != (dirs, 3 * hidden)):
         raise fail("Recurrence", f"LSTM needs c0 ({dirs}, N, H) and peepholes p ({dirs}, 3H)",
                    types)
     n_acts = {"RNN": 1, "GRU": 2, "LSTM": 3}[kind] * dirs
@@ -183,14 +204,15 @@ def _reversed(attrs, d: int) -> bool:
 def _kernel(xs, attrs, out):
     x = xs[0]
     lstm, dirs = attrs["kind"] == "LSTM", _dirs(attrs)
-    n_gates = xs[2].shape[1]
+    n_gates, hidden = xs[2].shape[1], xs[2].shape[2]
+    ins = named_inputs(xs, attrs, lambda: np.zeros((dirs, x.shape[1], hidden), x.dtype))
     ops = numpy_ops()
-    y = np.empty((x.shape[0], dirs, x.shape[1], xs[2].shape[2]), x.dtype)
+    y = np.empty((x.shape[0], dirs, x.shape[1], hidden), x.dtype)
     hs, cs = [], []
     for d in range(dirs):
-        w, r, b, h = xs[1][d], xs[2][d], xs[3][d], xs[4][d]
-        c = xs[5][d] if lstm else None
-        peep = np.split(xs[6][d], 3) if lstm else None
+        w, r, b, h = ins["w"][d], ins["r"][d], ins["b"][d], ins["h0"][d]
+        c = ins["c0"][d] if lstm else None
+        peep = np.split(ins["p"][d], 3) if lstm else None
         gates_x = np.matmul(x, w.T) + b[:n_gates]  # every step's input projection at once
         a = _direction_attrs(attrs, d)
         steps = range(x.shape[0] - 1, -1, -1) if _reversed(attrs, d) else range(x.shape[0])
@@ -210,8 +232,8 @@ def _vjp(F, node, grads):
         # lazy: recurrent_grad imports this module (its cell) at import time
         from graphdl.ops.recurrent_grad import recurrence_grad
         return recurrence_grad(F, node, grads)
-    ins = node.inputs
     lstm, attrs = node.attrs["kind"] == "LSTM", node.attrs
+    ins = named_inputs(node.inputs, attrs, lambda: zero_state(F, x, node.inputs[2]))
     ops = graph_ops(F)
 
     def pick(v, d):
@@ -219,11 +241,11 @@ def _vjp(F, node, grads):
 
     ys, hs, cs = [], [], []
     for d in range(_dirs(attrs)):
-        b_in, b_rec = F.split(pick(ins[3], d), 2, axis=0)
-        gates_x = F.matmul(x, F.transpose(pick(ins[1], d), (1, 0))) + b_in
-        r_t = F.transpose(pick(ins[2], d), (1, 0))
-        peep = list(F.split(pick(ins[6], d), 3, axis=0)) if lstm else None
-        h, c = pick(ins[4], d), (pick(ins[5], d) if lstm else None)
+        b_in, b_rec = F.split(pick(ins["b"], d), 2, axis=0)
+        gates_x = F.matmul(x, F.transpose(pick(ins["w"], d), (1, 0))) + b_in
+        r_t = F.transpose(pick(ins["r"], d), (1, 0))
+        peep = list(F.split(pick(ins["p"], d), 3, axis=0)) if lstm else None
+        h, c = pick(ins["h0"], d), (pick(ins["c0"], d) if lstm else None)
         a = _direction_attrs(attrs, d)
         out = [None] * steps
         for t in (range(steps - 1, -1, -1) if _reversed(attrs, d) else range(steps)):
@@ -241,7 +263,16 @@ def _vjp(F, node, grads):
     seeded = [(v, g) for v, g in zip(outs, grads) if g is not None]
     y = F.concat([F.reshape(v, (-1,)) for v, _ in seeded], 0)
     cot = F.concat([F.reshape(g, (-1,)) for _, g in seeded], 0)
-    return list(F.grad(y, list(ins), grad_y=cot))
+    return list(F.grad(y, list(node.inputs), grad_y=cot))
+
+
+def zero_state(F, x, r):
+    """Zeros (D, batch, H) as graph values, the batch read from x (T, N, I) at run time and
+    D, H from r (D, G*H, H)."""
+    dirs, hidden = r.shape[0], r.shape[2]
+    step = F.gather(x, F.const(np.array(0, np.int64)), 0)  # (N, I)
+    zero = F.zeros_like(F.matmul(step, F.const(np.zeros((x.shape[2], hidden), x.dtype))))
+    return F.concat([F.unsqueeze(zero, 0)] * dirs, 0)
 
 
 def _onnx(attrs, tin, tout, opset):
@@ -264,7 +295,9 @@ def _onnx(attrs, tin, tout, opset):
         onnx_attrs["linear_before_reset"] = int(attrs["linear_before_reset"])
     if lstm:
         onnx_attrs["input_forget"] = int(attrs["input_forget"])
-    ins = ("in0", "in1", "in2", "in3", "", "in4") + (("in5", "in6") if lstm else ())
+    name = {k: f"in{i}" for i, k in enumerate(input_slots(attrs))}
+    ins = ("in0", "in1", "in2", "in3", "", name.get("h0", "")) + \
+        ((name.get("c0", ""), name["p"]) if lstm else ())  # zero_state: omitted (zeros)
     outs = ("out0", "out1") + (("out2",) if lstm else ())
     return OnnxLowering((OnnxNode(kind, ins, outs, onnx_attrs),))
 
@@ -279,7 +312,8 @@ register(OpDef(name="Recurrence", infer=_infer, kernel=_kernel, vjp=_vjp, onnx=_
                       "clip": Attr(float, None, "clip gate pre-activations to +-clip"),
                       "linear_before_reset": Attr(int, 0, "GRU: apply r after R h"),
                       "input_forget": Attr(int, 0, "LSTM: couple forget to input gate"),
-                      "direction": Attr(str, "forward", "forward, reverse or bidirectional")},
+                      "direction": Attr(str, "forward", "forward, reverse or bidirectional"),
+                      "zero_state": Attr(int, 0, "1: h0 (and c0) are zeros, not inputs")},
                doc="ONNX's RNN/GRU/LSTM (no sequence_lens), looping over a run-time sequence."))
 
 
@@ -287,11 +321,12 @@ DEFAULT_ACTIVATIONS = {"RNN": ("tanh",), "GRU": ("sigmoid", "tanh"),
                        "LSTM": ("sigmoid", "tanh", "tanh")}
 
 
-def recurrence(kind: str, x, w, r, b, h0, c0=None, p=None, activations=None, alphas=None,
+def recurrence(kind: str, x, w, r, b, h0=None, c0=None, p=None, activations=None, alphas=None,
                betas=None, clip: float | None = None, linear_before_reset: int = 0,
                input_forget: int = 0, direction: str = "forward"):
     """ONNX's ``kind`` (RNN, GRU, LSTM) over x (T, N, I) with per-direction weights: returns
-    (Y, last h) or, for LSTM, (Y, last h, last c). Activations default to ONNX's."""
+    (Y, last h) or, for LSTM, (Y, last h, last c). Activations default to ONNX's; h0 (and
+    c0) None: zero initial states, which are then no inputs of the op."""
     dirs = 2 if direction == "bidirectional" else 1
     names = tuple(a.lower() for a in (activations or DEFAULT_ACTIVATIONS[kind] * dirs))
     fill = [ACTIVATION_PARAMS.get(n, (0.0, 0.0)) for n in names]
@@ -299,8 +334,13 @@ def recurrence(kind: str, x, w, r, b, h0, c0=None, p=None, activations=None, alp
                    for a, d in zip(alphas or [None] * len(names), fill))
     betas = tuple(float(v if v is not None else d[1] if d[1] is not None else 0.0)
                   for v, d in zip(betas or [None] * len(names), fill))
-    ins = (x, w, r, b, h0) + ((c0, p) if kind == "LSTM" else ())
+    lstm = kind == "LSTM"
+    zero = h0 is None
+    if lstm and zero != (c0 is None):
+        raise GraphError(f"{kind}: give both h0 and c0, or neither (zero initial states)")
+    states = () if zero else ((h0, c0) if lstm else (h0,))
+    ins = (x, w, r, b) + states + ((p,) if lstm else ())
     return apply("Recurrence", *ins, kind=kind, activations=names, alphas=alphas,
                  betas=betas, clip=None if clip is None else float(clip),
                  linear_before_reset=int(linear_before_reset), input_forget=int(input_forget),
-                 direction=direction)
+                 direction=direction, zero_state=int(zero))

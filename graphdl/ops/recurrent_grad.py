@@ -21,7 +21,7 @@ import numpy as np
 
 from graphdl.ir import CONST, INPUT, Graph, GraphError, toposort
 from graphdl.ops.recurrent import _direction_attrs, _dirs, _infer as _forward_infer, \
-    _reversed, cell, graph_ops, numpy_ops
+    _reversed, cell, graph_ops, input_slots, named_inputs, numpy_ops
 from graphdl.ops.registry import REQUIRED, Attr, LoweringError, OpDef, apply, fail, get_op, \
     register
 
@@ -29,7 +29,7 @@ __all__ = ["recurrence_grad"]
 
 
 def _n_forward(attrs) -> int:
-    return 7 if attrs["kind"] == "LSTM" else 5
+    return len(input_slots(attrs))
 
 
 def _infer(types, attrs):
@@ -111,14 +111,18 @@ def _run_step(graph: Graph, lstm: bool, gates_x, h, c, r_t, rb, p, gh, gc):
 
 def _kernel(xs, attrs, out):
     n_fwd, lstm = _n_forward(attrs), attrs["kind"] == "LSTM"
-    x, w, r, b, h0 = xs[:5]
-    c0, p = (xs[5], xs[6]) if lstm else (None, None)
+    slots = input_slots(attrs)
+    ins = named_inputs(xs[:n_fwd], attrs, lambda: np.zeros(
+        (_dirs(attrs), xs[0].shape[1], xs[2].shape[2]), xs[0].dtype))
+    x, w, r, b, h0 = (ins[k] for k in ("x", "w", "r", "b", "h0"))
+    c0, p = (ins["c0"], ins["p"]) if lstm else (None, None)
     cots = iter(xs[n_fwd:])
     g_y, g_last_h, g_last_c = (next(cots) if flag else None for flag in
                                tuple(attrs["seeded"]) + (0,) * (3 - len(attrs["seeded"])))
     steps_total, n, hidden = x.shape[0], x.shape[1], r.shape[2]
     gh_ = r.shape[1]
-    grads = [np.zeros_like(v) for v in xs[:n_fwd]]
+    grads = [np.zeros_like(ins[k]) for k in ("x", "w", "r", "b", "h0", "c0", "p")
+             if k in ins]
     ops = numpy_ops()
     for d in range(_dirs(attrs)):
         a = _direction_attrs(attrs, d)
@@ -157,7 +161,8 @@ def _kernel(xs, attrs, out):
         grads[4][d] = gh
         if lstm:
             grads[5][d], grads[6][d] = gc, g_p
-    return tuple(grads)
+    full = ("x", "w", "r", "b", "h0") + (("c0", "p") if lstm else ())
+    return tuple(g for k, g in zip(full, grads) if k in slots)
 
 
 def _vjp(F, node, grads):
@@ -182,6 +187,7 @@ register(OpDef(name="RecurrenceGrad", infer=_infer, kernel=_kernel, vjp=_vjp, on
                       "linear_before_reset": Attr(int, 0, "as Recurrence"),
                       "input_forget": Attr(int, 0, "as Recurrence"),
                       "direction": Attr(str, "forward", "as Recurrence"),
+                      "zero_state": Attr(int, 0, "as Recurrence"),
                       "seeded": Attr(tuple, REQUIRED, "per Recurrence output: 1 when its "
                                                       "cotangent is an input"),
                       "steps": Attr(tuple, REQUIRED, "per direction, the step VJP graph "
