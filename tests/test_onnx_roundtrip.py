@@ -5,9 +5,11 @@ The conv models' steps exercise what graphdl's exporter writes for gradients: Ma
 Indices output feeding a ScatterElements (MaxPoolGrad), a Conv whose weight is the
 batch-transposed output gradient (ConvGradWeight, a weight with the symbolic batch as its
 channel dim), ConvTranspose (ConvGradInput) and the shape arithmetic on the symbolic batch.
-In float64, 4 images of 32x32 (batch statistics over few values, 1x1 maps deep in resnet,
-amplify rounding: with 2 images of 16x16 a reordered sum moves resnet50's loss by 8%). The
-resnet34/50/101/152 steps are left out for time: they repeat resnet18's ops (and 1x1 convs).
+In float64, 4 images (batch statistics over few values, 1x1 maps deep in resnet, amplify
+rounding: with 2 images of 16x16 a reordered sum moves resnet50's loss by 8%). The deeper
+resnets run at width 4 (the zoo's architecture, every block and BatchNorm, with fewer
+channels) on 64x64 images, so their last stage still sees 2x2 maps; at 32x32 resnet152's
+1x1 maps alone push rounding past 1e-6.
 """
 from __future__ import annotations
 
@@ -30,6 +32,10 @@ ZOO = {
                                              dropout=0.0, **F64),
     "mobilenet_v2": lambda: gd.models.mobilenet_v2(num_classes=5, input_shape=(3, 32, 32),
                                                    dropout=0.0, **F64),
+    **{name: (lambda name=name: getattr(gd.models, name)(num_classes=5,
+                                                          input_shape=(3, 64, 64), width=4,
+                                                          **F64))
+       for name in ("resnet34", "resnet50", "resnet101", "resnet152")},
 }
 
 
