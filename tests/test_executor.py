@@ -220,3 +220,26 @@ def test_kernel_failure_names_the_op_and_call_site():
     with pytest.raises(ExecutionError) as err:
         f(np.ones((3, 2)), np.array([0, 7]))
     assert "Gather" in str(err.value) and site in str(err.value)
+
+
+def test_steps_of_shapes_and_constants_are_folded_once_per_batch_size():
+    # d mean(x) / dx = 1 / N: Numel of the batch, then a division and reshape of constants,
+    # are evaluated once per batch size and skipped by each run
+    x = gd.input("x", (None, 3), "float64")
+    loss = gd.mean(gd.sum(gd.exp(x), 1))
+    f = gd.function([x], [loss, gd.grad(loss, [x])[0]])
+    ex = f.executor
+    rng = np.random.default_rng(0)
+    for n in (4, 7, 4):
+        xv = rng.standard_normal((n, 3))
+        value, grad = f(xv)
+        np.testing.assert_allclose(value, np.exp(xv).sum(1).mean())
+        np.testing.assert_allclose(grad, np.exp(xv) / n)
+        ran = {id(step[5]) for step, _, _ in ex._schedule}
+        folded = {step[5].op for step in ex.steps if id(step[5]) not in ran}
+        assert "Numel" in folded, folded
+        assert len(ex._schedule) < len(ex.steps)
+        unplanned = NumpyExecutor(f.graph, plan=False).run([xv])
+        np.testing.assert_allclose(grad, unplanned[1])
+    grad[...] = 0.0  # outputs belong to the caller, never to the folded values
+    np.testing.assert_allclose(f(xv)[1], np.exp(xv) / 4)
