@@ -8,8 +8,11 @@ instead has it copied into the view; the stats say how often), elementwise ops w
 dying input where the plan says so, and reshape-like ops are views of their input's storage.
 Outputs never alias the arena, so callers never see memory the next run overwrites: a
 kernel computing an output writes it into a fresh array (the output lives to the end anyway,
-so no other value would have reused its arena bytes), and other outputs (views, multi-output
+so no other value would have reused its arena bytes; an array it returned before that
+nothing references any more is reused for that), and other outputs (views, multi-output
 kernels) are copied out.
+Steps whose values depend only on shapes and constants (Numel of the batch, and what is
+computed from it alone) are evaluated once per binding and skipped by each run.
 Plans are computed per binding of the symbolic dims (the batch) and cached; a plan handed in
 (``memory_plan=``, e.g. the one the pass report made) seeds that cache, and the points where
 values are dropped come from the plan too.
@@ -24,6 +27,7 @@ gradient) adds its parts' results, which changes only the rounding.
 """
 from __future__ import annotations
 
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 
@@ -38,6 +42,9 @@ _ARENA, _VIEW, _MULTI, _FREE, _OUTPUT = 0, 1, 2, 3, 4  # how a step stores its r
 # A kernel call is split only when each part still writes at least this many bytes: below
 # that, handing parts to the pool costs more than it saves (a fixed constant, measured).
 SPLIT_MIN_BYTES = 256 << 10
+# A step of shapes and constants only is folded (evaluated once per binding) up to this size;
+# a larger one (an Expand of a constant to the batch) stays a step rather than held memory.
+FOLD_MAX_BYTES = 1 << 20
 
 
 class ExecutionError(GraphError, RuntimeError):
@@ -113,6 +120,9 @@ class NumpyExecutor:
         self._parts: list = []
         self._feed_shapes: tuple | None = None  # of the feeds the arena was prepared for
         self._copy_out: list[bool] = []
+        self._returned: dict[int, list] = {}  # output slot -> arrays handed out for it
+        self._folded: list = []  # (slot, value) evaluated once per binding (_fold_for)
+        self._schedule: list = []  # (step, mode, split parts) of the steps each run makes
         self.stats: dict = {}
 
     # ---- planning ------------------------------------------------------------------------
@@ -181,6 +191,60 @@ class NumpyExecutor:
                        and all(views[s] is not None for s in self.steps[i][3]) else None
                        for i, mode in enumerate(modes)]
         self._arena_key, self._arena, self._views, self._modes = key, arena, views, modes
+        self._fold_for(bindings)
+
+    def _fold_for(self, bindings: dict[str, int]) -> None:
+        """Evaluate, once for these sizes, the steps whose results depend only on shapes
+        (``OpDef.shape_only``, e.g. Numel of the batch) and constants; each run then starts
+        from those values and skips the steps. A folded value is an array of its own (never
+        arena bytes, which later steps reuse) and never an output of the graph (callers own
+        those); a step whose kernel fails, or whose value is too large, stays a run-time step.
+        """
+        known: dict[int, object] = {s: a for s, a in self.const_slots}
+        returned = set(self.output_slots)
+        folded: list[int] = []
+        for i, (kernel, attrs, ins, outs, _, node) in enumerate(self.steps):
+            opdef = get_op(node.op)
+            if opdef.collective or opdef.nonblocking or opdef.waits or opdef.state_outputs \
+                    or any(s in returned for s in outs):
+                continue
+            if opdef.shape_only:
+                args = [np.broadcast_to(np.zeros((), np.dtype(v.dtype)), _dims(v, bindings))
+                        for v in node.inputs]
+            elif ins and all(s in known for s in ins):
+                args = [known[s] for s in ins]
+            else:
+                continue
+            if sum(v.type.nbytes(bindings) for v in node.outputs) > FOLD_MAX_BYTES:
+                continue
+            try:
+                with np.errstate(all="ignore"):
+                    result = kernel(args, attrs, None)
+            except Exception:  # noqa: BLE001  (the step runs, and reports, at run time)
+                continue
+            results = tuple(result) if len(outs) > 1 else (result,)
+            arrays = [np.asarray(r) for r in results]
+            if any(a.dtype != np.dtype(v.dtype) or a.shape != _dims(v, bindings) or
+                   (a.dtype.name in FLOAT_DTYPES and not np.isfinite(a).all())
+                   for a, v in zip(arrays, node.outputs)):
+                continue  # (a non-finite value stays a step, so check_finite names it)
+            for s, a in zip(outs, arrays):
+                a.flags.writeable = False  # shared by every run: no one writes it
+                known[s] = a
+            folded.append(i)
+        consts = {s for s, _ in self.const_slots}
+        self._folded = [(s, a) for s, a in known.items() if s not in consts]
+        skip = set(folded)
+        schedule, frees = [], []
+        for i, (step, mode, parts) in enumerate(zip(self.steps, self._modes, self._parts)):
+            if i in skip:
+                frees.extend(step[4])  # its inputs' last reads move to the next run step
+                continue
+            if frees:
+                step = step[:4] + (step[4] + tuple(frees),) + step[5:]
+                frees = []
+            schedule.append((step, mode, parts))
+        self._schedule = schedule
 
     def _split_parts(self, i: int, bindings: dict[str, int]) -> list | None:
         """How step ``i``'s kernel call divides over the threads for these sizes: per part,
@@ -299,8 +363,9 @@ class NumpyExecutor:
         written = copied = fresh = 0  # bytes written into arena views / copied in / outputs
         node, args = None, []
         try:  # one handler for the whole walk (it names the failing node): no per-step cost
-            for (kernel, attrs, ins, outs, frees, node), mode, parts in zip(
-                    self.steps, self._modes, self._parts):
+            for s, value in self._folded:
+                vals[s] = value
+            for (kernel, attrs, ins, outs, frees, node), mode, parts in self._schedule:
                 args = [vals[i] for i in ins]
                 if parts is not None:  # split over the threads, straight into the buffers
                     bufs = tuple(views[s] if mode != _OUTPUT else np.empty_like(views[s])
@@ -322,7 +387,7 @@ class NumpyExecutor:
                         copied += out.nbytes
                     vals[outs[0]] = out
                 elif mode == _OUTPUT:
-                    out = np.empty_like(views[outs[0]])
+                    out = self._output_buffer(outs[0], views[outs[0]])
                     result = kernel(args, attrs, out)
                     if result is not out:
                         if isinstance(result, np.ndarray) and result.shape == out.shape and \
@@ -369,14 +434,35 @@ class NumpyExecutor:
             raise
         self.stats = {"bytes_written_in_arena": written, "bytes_copied_into_arena": copied,
                       "output_bytes_written_fresh": fresh}
-        return [vals[s].copy() if copy and np.may_share_memory(vals[s], arena) else vals[s]
+        # (an output viewing a folded value, read-only, is copied too: callers own outputs)
+        return [vals[s].copy() if copy and (np.may_share_memory(vals[s], arena) or
+                                            not vals[s].flags.writeable) else vals[s]
                 for s, copy in zip(self.output_slots, self._copy_out)]
+
+    def _output_buffer(self, s: int, like: np.ndarray) -> np.ndarray:
+        """A buffer for output slot ``s``: an array this executor returned for it before that
+        nothing holds any more (no caller, variable or view: its reference count says only
+        this executor does), else a new one. A training step's new parameter values thus
+        reuse the values two steps old instead of allocating (and faulting in) new pages."""
+        held = self._returned.get(s)
+        if held is None:
+            held = self._returned[s] = []
+        for a in held:
+            # references: the list, the loop variable, getrefcount's argument
+            if sys.getrefcount(a) == 3 and a.shape == like.shape and a.dtype == like.dtype:
+                return a
+        a = np.empty_like(like)
+        held.append(a)
+        if len(held) > 2:  # the oldest is still held elsewhere: let it go with its holder
+            del held[0]
+        return a
 
     def release(self) -> None:
         """Free the arena and stop the kernel threads (the next run starts them again;
         cached plans stay)."""
         self._arena_key = self._arena = self._views = self._modes = None
         self._feed_shapes = None
+        self._returned = {}
         if self._pool is not None:
             self._pool.shutdown(wait=False)
             self._pool = None
@@ -390,6 +476,10 @@ class NumpyExecutor:
         plan = self._plans[self._arena_key]
         return dict(plan.as_dict(), arena_bytes_allocated=int(self._arena.base.nbytes),
                     **self.stats)
+
+
+def _dims(v: Value, bindings: dict[str, int]) -> tuple:
+    return tuple(d if isinstance(d, int) else evaluate(d, bindings, default=1) for d in v.shape)
 
 
 def _call(kernel, vals, ins, attrs, out, node):

@@ -26,9 +26,10 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from graphdl.backends.onnx_dtypes import FLOAT_CODES, onnx_code
+from graphdl.backends.onnx_subgraph import lower_subgraph
 from graphdl.ir import FLOAT_DTYPES, Graph, GraphError, Node, TensorType, Value, as_graph
 from graphdl.ops.registry import CONST, DEFAULT_OPSET, PARAM, LoweringError, OnnxDType, \
-    OnnxLowering, get_op
+    OnnxLowering, OnnxSubgraph, get_op
 from graphdl.version import __version__
 
 # the oldest opset ONNX Runtime runs; whether each lowering fits the chosen opset is checked
@@ -323,7 +324,9 @@ class _Builder:
             try:
                 proto = helper.make_node(on.op_type, ins, outs, name=self.unique_node(label),
                                          domain=on.domain or None,
-                                         **{k: _attr(v) for k, v in on.attrs.items()})
+                                         **{k: self.subgraph(v, resolve, f"{label}/{k}")
+                                            if isinstance(v, OnnxSubgraph) else _attr(v)
+                                            for k, v in on.attrs.items()})
             except (TypeError, ValueError) as err:
                 raise LoweringError(f"the ONNX lowering of {node.op}{_where(node)} has a bad "
                                     f"attribute: {err}") from None
@@ -333,6 +336,11 @@ class _Builder:
         if missing:
             raise LoweringError(f"the ONNX lowering of {node.op}{_where(node)} does not "
                                 f"produce {', '.join(missing)}, which the graph uses")
+
+    def subgraph(self, sub: OnnxSubgraph, resolve, name: str) -> onnx.GraphProto:
+        """The GraphProto of a graph-valued lowering attribute (see
+        :func:`graphdl.backends.onnx_subgraph.lower_subgraph`)."""
+        return lower_subgraph(self, sub, resolve, name)
 
     def consumed(self, v: Value) -> bool:
         """Whether some node or graph output reads ``v``."""
@@ -368,8 +376,9 @@ class _Builder:
         domain = proto.domain or ""
         if domain and domain not in self.domains:
             self.domains[domain] = 1
-        try:
-            onnx.checker.check_node(proto, self.ctx)
+        try:  # a node with a body reads outer names: the body's nodes were checked one by one
+            if not any(a.HasField("g") or a.graphs for a in proto.attribute):
+                onnx.checker.check_node(proto, self.ctx)
         except onnx.checker.ValidationError as err:
             what = f"{node.op}{_where(node)} lowers to" if node is not None else "node"
             first = str(err).strip().splitlines()[0]

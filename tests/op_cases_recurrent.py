@@ -52,7 +52,7 @@ def _grad_case(kind, seed, gates, attrs, cid, seeded, dirs=1):
                  "direction": "forward", "zero_state": 0}, **fwd.attrs)  # the op's defaults
     steps = step_vjp_graphs(VJP_API, full, TensorType((T, N, I), "float64"), H)
     return OpCase(fwd.inputs + cots, dict(fwd.attrs, seeded=seeded, steps=steps),
-                  grad_inputs=(), onnx=False, id=cid)
+                  grad_inputs=(), id=cid)
 
 
 CASES["RecurrenceGrad"] = [

@@ -230,3 +230,20 @@ def test_onnx_lowering_is_well_formed(op, case):
     if lowering.nodes:
         assert {f"out{i}" for i in range(len(outs))} <= produced, \
             f"{op}: lowering does not produce every output"
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_where_into_out_is_exact_with_non_finite_values(dtype, bad):
+    # where(c, x, 0) runs as x * c only when x is finite: an inf or NaN where c is false
+    # must still give 0 there (relu's gradient), and one where c is true must stay
+    kernel = get_op("Where").kernel
+    x = np.arange(12, dtype=dtype).reshape(3, 4) - 5
+    c = x > 0
+    for pos in [(0, 0), (2, 3)]:  # masked out, then kept
+        xb = x.copy()
+        xb[pos] = bad
+        zero = np.zeros((), dtype)
+        for args in ([c, xb, zero], [~c, zero, xb]):
+            got = kernel(args, {}, np.empty_like(xb))
+            np.testing.assert_array_equal(got, np.where(*args))

@@ -11,7 +11,6 @@ import pytest
 
 import graphdl as gd
 from graphdl.ops.recurrent import recurrence
-from graphdl.ops.registry import LoweringError
 
 N, I, H = 2, 3, 4
 GATES = {"RNN": 1, "GRU": 3, "LSTM": 4}
@@ -34,10 +33,10 @@ def _arrays(kind, dirs, steps, seed, attrs=None):
     return arrs
 
 
-def _build(kind, attrs, arrs, steps):
+def _build(kind, attrs, arrs, steps, dtype="float64"):
     """Inputs, a loss whose cotangents depend on the outputs, and its gradients."""
     zero = attrs.get("zero_state")
-    ins = [gd.input(f"in{k}", ((steps,) + a.shape[1:]) if k == 0 else a.shape, "float64")
+    ins = [gd.input(f"in{k}", ((steps,) + a.shape[1:]) if k == 0 else a.shape, dtype)
            for k, a in enumerate(arrs)]
     attrs = {k: v for k, v in attrs.items() if k != "zero_state"}
     if zero:
@@ -84,14 +83,34 @@ def test_loop_gradient_equals_the_unrolled_static_gradient(kind, attrs):
         np.testing.assert_allclose(d, s, rtol=1e-12, atol=1e-12, err_msg=f"input {k}")
 
 
-def test_second_derivative_and_onnx_export_refuse_naming_the_op():
+def test_second_derivative_refuses_naming_the_op():
     arrs = _arrays("GRU", 1, 3, 1)
     ins, loss, grads = _build("GRU", {}, arrs, "T")
     with pytest.raises(gd.GraphError, match="RecurrenceGrad"):
         gd.grad(gd.sum(grads[1] * grads[1]), ins[1])
+
+
+@pytest.mark.parametrize("kind,attrs", SETUPS, ids=lambda s: str(s))
+def test_exported_loop_gradient_matches_numpy_on_ort_at_two_lengths(kind, attrs):
+    """RecurrenceGrad lowers to ONNX Loops: one exported model, run by ONNX Runtime at two
+    sequence lengths, gives the NumPy executor's gradients."""
+    import onnxruntime as ort
+
     from graphdl.backends.onnx_export import to_onnx
-    with pytest.raises(LoweringError, match="RecurrenceGrad.*ONNX Loop"):
-        to_onnx(gd.Graph(ins, grads))
+
+    dirs = 2 if attrs.get("direction") == "bidirectional" else 1
+    # float32: ONNX Runtime's RNN/GRU/LSTM (the forward feeding the cotangents) have no float64
+    ins, _, grads = _build(kind, attrs, _arrays(kind, dirs, 2, 0, attrs), "T", "float32")
+    model = to_onnx(gd.Graph(ins, grads))
+    assert sum(n.op_type == "Loop" for n in model.graph.node) == 2 * dirs
+    session = ort.InferenceSession(model.SerializeToString(),
+                                   providers=["CPUExecutionProvider"])
+    f_grad = gd.function(ins, grads, optimize=False)
+    for steps in (1, 5):
+        arrs = [a.astype(np.float32) for a in _arrays(kind, dirs, steps, steps, attrs)]
+        got = session.run(None, {f"in{k}": a for k, a in enumerate(arrs)})
+        for k, (g, w) in enumerate(zip(got, f_grad(*arrs))):
+            np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5, err_msg=f"input {k}")
 
 
 # ---- torch autograd: gates permuted from torch's order to ONNX's ---------------------------
@@ -212,3 +231,37 @@ def test_torch_zero_initial_state_is_dropped_at_import(kind):
         got = ort.InferenceSession(out.SerializeToString(),
                                    providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_imported_bidirectional_lstm_trains_on_ort_like_numpy_at_two_lengths():
+    """The training step of an imported bidirectional LSTM (dynamic batch and sequence) exports
+    (RecurrenceGrad as ONNX Loops) and ``fit`` on ONNX Runtime follows the NumPy executor."""
+    torch = pytest.importorskip("torch")
+    import onnx
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn = torch.nn.LSTM(I, H, batch_first=True, bidirectional=True)
+            self.head = torch.nn.Linear(2 * H, 1)
+
+        def forward(self, x):
+            return self.head(self.rnn(x)[0]).mean(1)
+
+    torch.manual_seed(0)
+    f = io.BytesIO()
+    torch.onnx.export(Net(), (torch.zeros(2, 5, I),), f, dynamo=False, input_names=["x"],
+                      output_names=["y"], dynamic_axes={"x": {0: "N", 1: "T"}, "y": {0: "N"}})
+    models = {}
+    for backend in ("numpy", "onnxruntime"):
+        models[backend] = m = gd.import_onnx(onnx.load_from_string(f.getvalue()))
+        m.compile(optimizer=gd.optim.SGD(0.1), loss="mse", backend=backend, providers="cpu")
+    g = np.random.default_rng(0)
+    for steps in (3, 6):
+        x = g.standard_normal((4, steps, I)).astype(np.float32)
+        y = g.standard_normal((4, 1)).astype(np.float32)
+        losses = {b: m.fit(x, y, epochs=2, batch_size=2, shuffle=False, verbose=0)
+                  .history["loss"] for b, m in models.items()}
+        np.testing.assert_allclose(losses["onnxruntime"], losses["numpy"], rtol=1e-4)
+    for a, b in zip(models["numpy"].variables, models["onnxruntime"].variables):
+        np.testing.assert_allclose(b.value, a.value, rtol=1e-4, atol=1e-5, err_msg=a.name)

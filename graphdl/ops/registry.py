@@ -116,6 +116,17 @@ class OnnxNode:
 
 
 @dataclass(frozen=True)
+class OnnxSubgraph:
+    """A graph-valued attribute of an :class:`OnnxNode` (a Loop, If or Scan body) that the
+    exporter lowers with its own node lowering. ``build(F)`` (``F``: the graph-building
+    namespace, graphdl.tensor, which this layer cannot import) returns ``(graph, captures)``:
+    the graph's inputs are the body's formal inputs followed by one per captured outer value,
+    which ``captures`` names as the enclosing lowering does (``in0``, a temporary, ...)."""
+
+    build: Callable[[Any], tuple[Any, tuple[str, ...]]]
+
+
+@dataclass(frozen=True)
 class OnnxLowering:
     """The ONNX nodes and constant initializers an op lowers to."""
 
