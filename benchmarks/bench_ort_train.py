@@ -6,7 +6,8 @@ CPU mode (default), one run, contenders interleaved in alternating blocks, media
 - ``graphdl_ort``: ``model.compile(..., backend="onnxruntime", providers="cpu")``'s train step
   (``OrtFunction``: state bound in device buffers, commit-by-swap, only the batch in and
   the scalars out), optimized by the ``onnxruntime_cpu`` pipeline (passes/ort_forms.py:
-  conv gradients and small-map convs as im2col GEMMs); ``graphdl_ort_unlowered``: the same
+  conv gradients and small-map convs as im2col GEMMs, training BatchNorm and its gradient
+  through ORT's fused BatchNormalization kernel); ``graphdl_ort_unlowered``: the same
   step through the executor's ``training`` pipeline only (the form before that lowering;
   ``--skip-unlowered`` drops it); ``graphdl_numpy``: the NumPy executor; ``torch``: torch
   eager, the same architecture, the same thread count;

@@ -102,3 +102,6 @@ def test_onnxruntime_cpu_pipeline_lowers_a_cnn_train_step():
     ops = {n.op for n in step.graph.nodes}
     assert "ConvGradWeight" not in ops and "MatMul" in ops
     assert "lower_for_ort_cpu" in {row.name for row in step.report.rows}
+    # training BatchNorm and its gradient take ORT's fused kernel form
+    norms = [n for n in step.graph.nodes if n.op in ("BatchNorm", "BatchNormGrad")]
+    assert norms and all(n.attrs["ort_cpu_form"] for n in norms)
