@@ -271,6 +271,13 @@ def _norm_cases():
                          id=f"infer-rank{len(shape)}"))
         bn_grad.append(OpCase([ins[0], ins[1], randn(shape, 130 + k)], {"eps": 1e-3},
                               torch=_bn_grad_ref(1e-3), id=f"rank{len(shape)}"))
+        # the lowering through ORT CPU's fused training-mode BatchNormalization
+        bn.append(OpCase(ins, dict(attrs, ort_cpu_form=True), torch=_bn_train_ref(0.2, 1e-3),
+                         grad_outputs=(0,), grad_inputs=(0, 1, 2),
+                         id=f"train-ort-cpu-form-rank{len(shape)}"))
+        bn_grad.append(OpCase([ins[0], ins[1], randn(shape, 130 + k)],
+                              {"eps": 1e-3, "ort_cpu_form": True}, torch=_bn_grad_ref(1e-3),
+                              id=f"ort-cpu-form-rank{len(shape)}"))
     # the running-statistics outputs are differentiable too (torch treats them as buffers)
     bn.append(OpCase(_bn_inputs((3, 2, 4, 3), 140), {"training": True, "momentum": 0.3},
                      id="train-state-gradients"))
