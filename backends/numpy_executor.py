@@ -8,8 +8,7 @@ instead has it copied into the view; the stats say how often), elementwise ops w
 dying input where the plan says so, and reshape-like ops are views of their input's storage.
 Outputs never alias the arena, so callers never see memory the next run overwrites: a
 kernel computing an output writes it into a fresh array (the output lives to the end anyway,
-so no other value would have reused its arena bytes; an array it returned before that
-nothing references any more is reused for that), and other outputs (views, multi-output
+so no other value would have reused its arena bytes), and other outputs (views, multi-output
 kernels) are copied out.
 Steps whose values depend only on shapes and constants (Numel of the batch, and what is
 computed from it alone) are evaluated once per binding and skipped by each run.
@@ -27,7 +26,6 @@ gradient) adds its parts' results, which changes only the rounding.
 """
 from __future__ import annotations
 
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 
@@ -120,7 +118,6 @@ class NumpyExecutor:
         self._parts: list = []
         self._feed_shapes: tuple | None = None  # of the feeds the arena was prepared for
         self._copy_out: list[bool] = []
-        self._returned: dict[int, list] = {}  # output slot -> arrays handed out for it
         self._folded: list = []  # (slot, value) evaluated once per binding (_fold_for)
         self._schedule: list = []  # (step, mode, split parts) of the steps each run makes
         self.stats: dict = {}
@@ -387,7 +384,7 @@ class NumpyExecutor:
                         copied += out.nbytes
                     vals[outs[0]] = out
                 elif mode == _OUTPUT:
-                    out = self._output_buffer(outs[0], views[outs[0]])
+                    out = np.empty_like(views[outs[0]])
                     result = kernel(args, attrs, out)
                     if result is not out:
                         if isinstance(result, np.ndarray) and result.shape == out.shape and \
@@ -439,30 +436,11 @@ class NumpyExecutor:
                                             not vals[s].flags.writeable) else vals[s]
                 for s, copy in zip(self.output_slots, self._copy_out)]
 
-    def _output_buffer(self, s: int, like: np.ndarray) -> np.ndarray:
-        """A buffer for output slot ``s``: an array this executor returned for it before that
-        nothing holds any more (no caller, variable or view: its reference count says only
-        this executor does), else a new one. A training step's new parameter values thus
-        reuse the values two steps old instead of allocating (and faulting in) new pages."""
-        held = self._returned.get(s)
-        if held is None:
-            held = self._returned[s] = []
-        for a in held:
-            # references: the list, the loop variable, getrefcount's argument
-            if sys.getrefcount(a) == 3 and a.shape == like.shape and a.dtype == like.dtype:
-                return a
-        a = np.empty_like(like)
-        held.append(a)
-        if len(held) > 2:  # the oldest is still held elsewhere: let it go with its holder
-            del held[0]
-        return a
-
     def release(self) -> None:
         """Free the arena and stop the kernel threads (the next run starts them again;
         cached plans stay)."""
         self._arena_key = self._arena = self._views = self._modes = None
         self._feed_shapes = None
-        self._returned = {}
         if self._pool is not None:
             self._pool.shutdown(wait=False)
             self._pool = None

@@ -243,28 +243,3 @@ def test_steps_of_shapes_and_constants_are_folded_once_per_batch_size():
         np.testing.assert_allclose(grad, unplanned[1])
     grad[...] = 0.0  # outputs belong to the caller, never to the folded values
     np.testing.assert_allclose(f(xv)[1], np.exp(xv) / 4)
-
-
-def test_new_state_reuses_only_old_values_that_nothing_holds():
-    w = gd.param("counter", np.zeros(3))
-    x = gd.input("x", (3,), "float64")
-    f = gd.function([x], gd.sum(w), updates=[(w, w + x)], optimize=False)
-    var = gd.variable_of(w)
-    for _ in range(3):
-        f(np.ones(3))
-    old = weakref.ref(var.value)  # (a weak reference holds nothing)
-    f(np.ones(3))
-    f(np.ones(3))
-    # the value two steps old is no one's any more: its buffer takes the next new value
-    assert var.value is old()
-    kept = var.value  # a caller's reference keeps a value as it is, step after step
-    snapshot = kept.copy()
-    view = var.value[1:]
-    for _ in range(4):
-        f(np.ones(3))
-    np.testing.assert_array_equal(kept, snapshot)
-    np.testing.assert_array_equal(view, snapshot[1:])
-    np.testing.assert_array_equal(var.value, snapshot + 4)
-    outs, pairs = f.run_uncommitted(np.ones(3))  # uncommitted new values are not reused
-    f(np.ones(3))
-    np.testing.assert_array_equal(pairs[0][1], snapshot + 5)
