@@ -14,6 +14,7 @@ import numpy as np
 from graphdl import tensor as F
 from graphdl.backends.onnx_import import OnnxImportError
 from graphdl.ops.recurrent import recurrence, zero_state
+from graphdl.passes.rewrite import any_value, match_value, op
 
 
 def _input(node, i: int) -> str:
@@ -186,6 +187,9 @@ def _recurrent(kind: str, n_gates: int, defaults: list[str]):
     return rule
 
 
+_RUNTIME_FILL = op("DynConstantOfShape", any_value())  # a fill of a run-time shape
+
+
 def _is_zero(imp, node, slot: int) -> bool:
     """Whether input ``slot`` of ``node`` is absent or known to be all zeros."""
     name = _input(node, slot)
@@ -195,7 +199,7 @@ def _is_zero(imp, node, slot: int) -> bool:
         value = np.asarray(imp.const(name))
         return value.dtype.kind == "f" and not np.any(value)
     v = imp.value(name)
-    if v.node.op == "DynConstantOfShape":
+    if match_value(_RUNTIME_FILL, v, {}) is not None:  # torch's Shape->Concat->ConstantOfShape
         return not np.any(np.asarray(v.node.attrs["value"]))
     return False
 

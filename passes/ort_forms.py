@@ -182,7 +182,8 @@ def _conv_grad_input_as_matmul(m: Match):
 
 def _batch_norm_ort_cpu_form(m: Match):
     node = m.root
-    if node.attrs["ort_cpu_form"] or (node.op == "BatchNorm" and not node.attrs["training"]):
+    # BatchNormGrad has no "training" attribute: a gradient is always of a training BatchNorm
+    if node.attrs["ort_cpu_form"] or not node.attrs.get("training", True):
         return None
     return m.op(node.op, *node.inputs, **{**node.attrs, "ort_cpu_form": True})
 
