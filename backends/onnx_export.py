@@ -204,13 +204,7 @@ class _Builder:
             elif node.op == CONST:
                 self.names[node.outputs[0]] = self.unique(self.const_label(node, readable))
                 self.initializer(self.names[node.outputs[0]], node.attrs["value"])
-        aliases = self.name_outputs(readable)
-        for node in graph.nodes:
-            if not get_op(node.op).source:
-                self.lower_node(node, readable)
-        for out_name, v in aliases:
-            self.emit(helper.make_node("Identity", [self.names[v]], [out_name],
-                                       name=self.unique_node(out_name)), node=None)
+        self.lower_body(readable)
         self.prune_dead_nodes()
         produced = {o for n in self.nodes for o in n.output}
         value_info = [self.value_info(self.names[v], v.type) for node in graph.nodes
@@ -284,6 +278,16 @@ class _Builder:
             name = f"{base}_{k}"
         self.node_names.add(name)
         return name
+
+    def lower_body(self, readable: dict[Value, str]) -> None:
+        """Lower every computing node (sources are named already) and alias the outputs."""
+        aliases = self.name_outputs(readable)
+        for node in self.graph.nodes:
+            if not get_op(node.op).source:
+                self.lower_node(node, readable)
+        for out_name, v in aliases:
+            self.emit(helper.make_node("Identity", [self.names[v]], [out_name],
+                                       name=self.unique_node(out_name)), node=None)
 
     def lower_node(self, node: Node, readable: dict[Value, str]) -> None:
         """Emit the ONNX nodes of ``node``'s registry lowering, with names made unique."""

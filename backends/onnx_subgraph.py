@@ -8,7 +8,7 @@ from onnx import helper
 
 from graphdl import tensor
 from graphdl.backends.onnx_dtypes import onnx_code
-from graphdl.ops.registry import CONST, PARAM, LoweringError, OnnxSubgraph, get_op
+from graphdl.ops.registry import CONST, PARAM, LoweringError, OnnxSubgraph
 
 __all__ = ["lower_subgraph"]
 
@@ -42,13 +42,7 @@ def lower_subgraph(outer, sub: OnnxSubgraph, resolve, name: str) -> onnx.GraphPr
         if node.op == CONST:
             inner.names[node.outputs[0]] = inner.const_name(
                 inner.const_label(node, readable), node.attrs["value"])
-    aliases = inner.name_outputs(readable)
-    for node in graph.nodes:
-        if not get_op(node.op).source:
-            inner.lower_node(node, readable)
-    for out_name, v in aliases:
-        inner.emit(helper.make_node("Identity", [inner.names[v]], [out_name],
-                                    name=inner.unique_node(out_name)), node=None)
+    inner.lower_body(readable)
     outputs = [helper.make_tensor_value_info(
         o.name, o.type.tensor_type.elem_type,
         [d if isinstance(d, int) else None for d in v.shape])
