@@ -69,20 +69,12 @@ def _reduced(imp, node, x, axes, keep: bool, noop: bool) -> tuple:
     return tuple(unknown_dim(f"{node.output[0]}:{i}") for i in range(x.ndim - n))
 
 
+_DIRECT = ("sum", "mean", "max", "min", "prod")  # DynReduce's own kinds
+
+
 def _reduce(kind: str, static):
-    """ReduceSum/Mean/Max/Min/Prod: the static rule, or DynReduce over run-time axes."""
-    def rule(imp, node, a):
-        axes = _axes_input(imp, node, a)
-        if axes is None:
-            return static(imp, node, a)
-        x = imp.value(node.input[0])
-        keep, noop = bool(a.get("keepdims", 1)), bool(a.get("noop_with_empty_axes", 0))
-        return [dyn_reduce(x, axes, kind, keep, noop, _reduced(imp, node, x, axes, keep, noop))]
-    return rule
-
-
-def _composite(kind: str, static):
-    """ReduceL1/L2/SumSquare/LogSum/LogSumExp over run-time axes, from DynReduce."""
+    """ReduceX over run-time axes (else the static rule): Sum/Mean/Max/Min/Prod as one
+    DynReduce; L1/L2/SumSquare/LogSum/LogSumExp built from DynReduce."""
     def rule(imp, node, a):
         axes = _axes_input(imp, node, a)
         if axes is None:
@@ -93,6 +85,8 @@ def _composite(kind: str, static):
 
         def red(v, how="sum", k=keep, shape=out):
             return dyn_reduce(v, axes, how, k, noop, shape)
+        if kind in _DIRECT:
+            return [red(x, kind)]
         if kind == "L1":  # sum |x|
             return [red(F.abs(x))]
         if kind == "L2":  # sqrt(sum x^2)
@@ -359,10 +353,10 @@ def _static(op: str):
 
 # op -> the wrapper that takes the op's static rule
 _WRAPPERS = {
-    **{f"Reduce{k}": (lambda kind: lambda st: _reduce(kind, st))(k.lower())
-       for k in ("Sum", "Mean", "Max", "Min", "Prod")},
-    **{f"Reduce{k}": (lambda kind: lambda st: _composite(kind, st))(k)
-       for k in ("L1", "L2", "SumSquare", "LogSum", "LogSumExp")},
+    **{f"Reduce{k}": (lambda kind: lambda st: _reduce(kind, st))(
+        k.lower() if k.lower() in _DIRECT else k)
+       for k in ("Sum", "Mean", "Max", "Min", "Prod", "L1", "L2", "SumSquare", "LogSum",
+                 "LogSumExp")},
     "Squeeze": _squeeze, "Unsqueeze": _unsqueeze, "Slice": _slice, "Split": _split,
     "TopK": _topk, "OneHot": _one_hot, "Compress": _compress, "Tile": _tile, "Pad": _pad,
     "Resize": _resize, "Upsample": _resize, "DFT": _dft,
