@@ -25,6 +25,8 @@ import time
 
 import numpy as np
 
+from graphdl.atomic import write_json
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import bench_cnn_train as cnn  # noqa: E402  (the sibling benchmarks' builders)
@@ -102,10 +104,7 @@ def main(argv=None) -> dict:
                          "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg")
                          else None}
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    tmp = args.out + ".tmp"
-    with open(tmp, "w") as fh:
-        json.dump(result, fh, indent=2)
-    os.replace(tmp, args.out)
+    write_json(args.out, result)
     print(json.dumps(result, indent=2))
     return result
 

@@ -26,6 +26,7 @@ import time
 import numpy as np
 
 import graphdl as gd
+from graphdl.atomic import write_json
 
 SIZES = (784, 512, 512, 10)
 BATCH = 64
@@ -220,10 +221,7 @@ def main(argv=None) -> dict:
                          "cpus": os.cpu_count(), "load_average": _load(),
                          "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE")}
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    tmp = args.out + ".tmp"
-    with open(tmp, "w") as fh:
-        json.dump(result, fh, indent=2)
-    os.replace(tmp, args.out)
+    write_json(args.out, result)
     print(json.dumps(result, indent=2))
     return result
 
