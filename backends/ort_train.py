@@ -45,7 +45,7 @@ from graphdl.backends.onnx_export import state_variables, to_onnx
 from graphdl.backends.ort import CUDA, _np_dtype, resolve_providers, session_options
 from graphdl.feeds import validate_feeds
 from graphdl.ir import Graph, GraphError, Value, Variable
-from graphdl.passes.inplace_update import guard_updates, shared_buffers
+from graphdl.passes.inplace_update import checked_updates, guard_updates, shared_buffers
 
 
 class DeviceState:
@@ -154,16 +154,18 @@ class DeviceState:
 
 
 def finite_guard(graph: Graph) -> Graph:
-    """``graph`` with one more output: the float64 sum of every float state update.
+    """``graph`` with one more output: the float64 sum of the float state updates.
 
-    It is finite exactly when no update holds a NaN or Inf (barring a float64 overflow of
-    the sum), so the host checks one scalar instead of copying the state back.
+    It is finite exactly when no update holds a NaN or Inf (barring an overflow of the sum),
+    so the host checks one scalar instead of copying the state back. Updates whose NaN/Inf
+    would reach a summed one are not summed (:func:`~graphdl.passes.inplace_update.
+    checked_updates`: SGD's momentum shows in the parameter), saving their reductions.
     """
     def total_of(v):  # a scalar needs no reduction
         s = F.sum(v) if v.shape else v
         return F.cast(s, "float64") if v.dtype != "float64" else s
 
-    sums = [total_of(v) for _, v in graph.updates if v.dtype.startswith("float")]
+    sums = [total_of(graph.updates[i][1]) for i in checked_updates(graph)]
     if not sums:
         return graph
     total = sums[0]

@@ -8,9 +8,10 @@ A runner that writes a Variable's new value into the very buffer that holds its 
 - **The NaN guard inside the graph.** The host can no longer drop a bad step by not swapping
   buffers, so :func:`guard_updates` rewrites each update ``(var, new)`` into
   ``(var, Where(ok, new, old))``. ``ok`` is ``|total| < inf`` where ``total`` is the float64
-  sum of every float update and of the ``check`` outputs (the loss): finite exactly when none
+  sum of the float updates and of the ``check`` outputs (the loss): finite exactly when none
   of them holds a NaN or an Inf (barring an overflow of the sum itself, which then skips a
-  good step rather than keep a bad one). ``total`` is appended as the last output, so the
+  good step rather than keep a bad one). An update whose NaN/Inf would reach another checked
+  update is not summed (:func:`checked_updates`: one reduction per parameter for SGD). ``total`` is appended as the last output, so the
   host still learns about the skipped step from one scalar. Integer state (the step counter,
   seeds) is selected by the same ``ok``, so a skipped step leaves *every* variable as it was.
 - **Reads before writes.** ONNX Runtime orders nodes by data dependencies only; it may run
@@ -42,6 +43,65 @@ from graphdl.ops.registry import constant, get_op
 from graphdl.ops.shape import reshape
 
 
+# Ops whose output is non-finite somewhere whenever the listed inputs are (x*0 is NaN for an
+# Inf x; finite/Inf is 0, so a divisor does not count): the guard sums one update instead of
+# two when the other flows into it through these (see :func:`checked_updates`).
+NONFINITE_PROPAGATION_RULES = {
+    "Add": (0, 1), "Sub": (0, 1), "Mul": (0, 1), "Div": (0,), "Neg": (0,), "Sqrt": (0,),
+    "Abs": (0,), "Reshape": (0,), "ReduceSum": (0,),
+}
+
+
+def checked_updates(graph: Graph) -> list[int]:
+    """Indices of the float updates whose finiteness the guard must check: an update whose
+    every NaN/Inf would reach another checked update (through
+    :data:`NONFINITE_PROPAGATION_RULES`) needs no reduction of its own. SGD with momentum
+    checks the parameter only (``p - lr * buf`` carries any non-finite ``buf``), Adam the
+    parameter and the second moment (``m / (sqrt(v) + eps)`` carries ``m``, not ``v``)."""
+    floats = [i for i, (_, v) in enumerate(graph.updates) if _is_float(v)]
+    reach = {i: _propagated_from(graph.updates[i][1]) for i in floats}
+    checked = list(floats)
+    for i in floats:
+        value = id(graph.updates[i][1])
+        if any(j != i and value in reach[j] for j in checked):
+            checked.remove(i)  # implied by a still-checked update (transitively, if removed)
+    return checked
+
+
+def _propagated_from(value: Value) -> set[int]:
+    """ids of the values a NaN/Inf in which makes ``value`` non-finite somewhere."""
+    seen: set[int] = set()
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if id(v) in seen:
+            continue
+        seen.add(id(v))
+        stack.extend(v.node.inputs[i] for i in _propagating_inputs(v.node))
+    return seen
+
+
+def _propagating_inputs(node: Node) -> set[int]:
+    opdef = get_op(node.op)
+    if not (opdef.holds_program and opdef.elementwise):  # an epilogue's producer: not walked
+        return {i for i in NONFINITE_PROPAGATION_RULES.get(node.op, ()) if i < len(node.inputs)}
+    program, n = node.attrs["program"], len(node.inputs)
+    found: set[int] = set()
+    stack, seen = [n + len(program) - 1], set()
+    while stack:
+        k = stack.pop()
+        if k in seen:
+            continue
+        seen.add(k)
+        if k < n:
+            found.add(k)
+            continue
+        op_name, args, _ = program[k - n]
+        stack.extend(args[i] for i in NONFINITE_PROPAGATION_RULES.get(op_name, ())
+                     if i < len(args))
+    return found
+
+
 def guard_updates(graph: Graph, check: Sequence[int] = (), order: bool = True) -> Graph:
     """``graph`` with every update selected by one in-graph finiteness flag, the flag ordered
     after every reader of an updated variable's old value, and the float64 guard total as one
@@ -50,7 +110,7 @@ def guard_updates(graph: Graph, check: Sequence[int] = (), order: bool = True) -
     tests that show why they are needed)."""
     if not graph.updates:
         return graph
-    terms = [_total_of(v) for _, v in graph.updates if _is_float(v)]
+    terms = [_total_of(graph.updates[i][1]) for i in checked_updates(graph)]
     terms += [_total_of(graph.outputs[i]) for i in check if _is_float(graph.outputs[i])]
     total = _add_all(terms) if terms else constant(0.0, "float64")
     if order:

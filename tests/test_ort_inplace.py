@@ -12,7 +12,7 @@ import pytest
 import graphdl as gd
 import graphdl.backends.ort_train as ort_train
 from graphdl.callbacks import Callback
-from graphdl.passes.inplace_update import guard_updates, shared_buffers
+from graphdl.passes.inplace_update import checked_updates, guard_updates, shared_buffers
 from graphdl.training import NonFiniteLossError
 
 STEPS = 6
@@ -190,3 +190,49 @@ def test_inplace_update_is_refused_where_it_cannot_apply():
     x = gd.input("x", (2,))
     with pytest.raises(ValueError, match="onnxruntime"):
         gd.function([x], x * 2.0, inplace_update=True)
+
+
+# ---- the guard sums only the updates a NaN/Inf could hide in -----------------------------------
+
+def _step_graph(optimizer):
+    model = _cnn()
+    model.compile(optimizer, "cross_entropy")
+    return model.train_step_graph(model.loss, model.optimizer)
+
+
+@pytest.mark.parametrize("opt, skipped", [
+    (lambda: gd.optim.SGD(0.1, momentum=0.9), {"momentum"}),
+    (lambda: gd.optim.SGD(0.1, momentum=0.9, nesterov=True, weight_decay=1e-4), {"momentum"}),
+    (lambda: gd.optim.Adam(1e-3), {"adam_m"}),
+    (lambda: gd.optim.SGD(0.1), set()),
+])
+def test_checked_updates_skip_what_the_parameter_update_carries(opt, skipped):
+    graph = _step_graph(opt())
+    for pipeline in ("onnxruntime_cpu", "onnx_export"):  # fused programs and plain chains
+        g, _ = gd.passes.optimize_graph(graph, training=True, passes=pipeline)
+        checked = {g.updates[i][0].name for i in checked_updates(g)}
+        floats = {var.name for var, v in g.updates if v.dtype.startswith("float")}
+        assert {name.rsplit(".", 1)[1] for name in floats - checked} == skipped
+        assert all(name.endswith(("weight", "bias", "running_mean", "running_var", "adam_v"))
+                   for name in checked)
+
+
+@pytest.mark.parametrize("inplace", [False, True])
+def test_an_infinite_gradient_is_caught_through_the_parameter_alone(inplace):
+    """SGD momentum checks only the parameter: an Inf gradient still shows there."""
+    x = gd.input("x", (None, 3))
+    w = gd.param("w", np.ones((3, 2), np.float32))
+    loss = gd.sum(gd.tanh(x @ w))  # finite even for an Inf input; d/dw is not
+    (gw,) = gd.grad(loss, [w])
+    opt = gd.optim.SGD(0.1, momentum=0.9)
+    graph = gd.ir.Graph([x], [loss], opt.updates([w], [gw]))
+    assert len(checked_updates(graph)) == 1
+    fn = ort_train.OrtFunction(graph, providers="cpu", inplace_update=inplace)
+    fn(np.ones((2, 3), np.float32))
+    before = [v.value.copy() for v, _ in graph.updates]
+    bad = np.array([[np.inf, 1, 1], [1, 1, 1]], np.float32)
+    outs, pending = fn.run_uncommitted(bad)
+    assert np.isfinite(outs[0]) and fn.non_finite(pending) is not None
+    if inplace:  # skipped inside the graph: nothing to commit, nothing changed
+        for (var, _), want in zip(graph.updates, before):
+            np.testing.assert_array_equal(var.value, want)
