@@ -32,7 +32,7 @@ from typing import Sequence
 import numpy as np
 
 from graphdl.dims import DimExpr, evaluate
-from graphdl.ir import FLOAT_DTYPES, Graph, GraphError, Value
+from graphdl.ir import FLOAT_DTYPES, Graph, GraphError, TensorType, Value
 from graphdl.ops.registry import CONST, PARAM, get_op, split_rows
 from graphdl.passes.memory import ARENA, DEFAULT_ALIGNMENT, VIEW, free_points, plan_memory
 
@@ -240,6 +240,12 @@ class NumpyExecutor:
             if frees:
                 step = step[:4] + (step[4] + tuple(frees),) + step[5:]
                 frees = []
+            specialize = get_op(step[5].op).specialize
+            if specialize is not None and parts is None and mode in (_ARENA, _OUTPUT):
+                # the kernel made for these sizes (split steps run on slices: generic)
+                node = step[5]
+                step = (specialize(step[1], [_concrete(v, bindings) for v in node.inputs],
+                                   [_concrete(v, bindings) for v in node.outputs]),) + step[1:]
             schedule.append((step, mode, parts))
         self._schedule = schedule
 
@@ -458,6 +464,10 @@ class NumpyExecutor:
 
 def _dims(v: Value, bindings: dict[str, int]) -> tuple:
     return tuple(d if isinstance(d, int) else evaluate(d, bindings, default=1) for d in v.shape)
+
+
+def _concrete(v: Value, bindings: dict[str, int]) -> TensorType:
+    return TensorType(_dims(v, bindings), v.dtype)
 
 
 def _call(kernel, vals, ins, attrs, out, node):

@@ -11,6 +11,13 @@ values ``<var>.new`` (:func:`graphdl.backends.onnx_export.to_onnx` with
   preallocated buffers); :meth:`DeviceState.commit` swaps them. A step whose loss or update is
   NaN/Inf is simply not committed, so every weight and moment stays as before that step, with
   no copy of the state.
+- ``inplace_update=True`` (opt-in) halves the state memory: each update output is bound to
+  its input's own buffer, so a step writes the new parameters and moments over the old ones.
+  The NaN guard then moves into the graph (passes/inplace_update.py: every update becomes
+  ``Where(ok, new, old)``, ``ok`` checking the updates and the loss, and ordered after every
+  reader of an old value), so a non-finite step still leaves the state as it was; it costs
+  one elementwise select per state tensor. Variables whose new value is a view of another's
+  old value keep double buffers.
 - Lazy sync, explicitly: after a commit the Variables' host copies are marked stale
   (``Variable.stale``) and their ``device`` is this state. Reading ``var.value`` (through
   ``get_weights``, ``save``, a callback, the NumPy executor, ...) copies that one buffer back;
@@ -38,6 +45,7 @@ from graphdl.backends.onnx_export import state_variables, to_onnx
 from graphdl.backends.ort import CUDA, _np_dtype, resolve_providers, session_options
 from graphdl.feeds import validate_feeds
 from graphdl.ir import Graph, GraphError, Value, Variable
+from graphdl.passes.inplace_update import checked_updates, guard_updates, shared_buffers
 
 
 class DeviceState:
@@ -54,6 +62,12 @@ class DeviceState:
         self._pending: set[int] = set()
         self.bytes_to_device = 0
         self.bytes_to_host = 0
+
+    @property
+    def bytes_resident(self) -> int:
+        """Bytes of every state buffer held on the device (current and spare buffers)."""
+        return sum(b.tensor_size_in_bytes() for table in (self.current, self.spare)
+                   for b in table.values())
 
     def attach(self, variables: Iterable[Variable]) -> None:
         """Take ``variables`` onto the device (a Variable held by another state moves here)."""
@@ -94,8 +108,11 @@ class DeviceState:
                     self._upload(self.vars[key])
             self._pending.clear()
 
-    def commit(self, variables: Sequence[Variable]) -> None:
-        """Make the spare buffers (the step's new values) current: a swap, no copy."""
+    def commit(self, variables: Sequence[Variable], in_place: Sequence[Variable] = ()) -> None:
+        """Make the spare buffers (the step's new values) current: a swap, no copy.
+        ``in_place`` Variables were written into their current buffers by the step."""
+        for var in in_place:
+            var.stale = True
         cur, spare, parity = self.current, self.spare, self.parity
         for var in variables:
             key = id(var)
@@ -137,16 +154,18 @@ class DeviceState:
 
 
 def finite_guard(graph: Graph) -> Graph:
-    """``graph`` with one more output: the float64 sum of every float state update.
+    """``graph`` with one more output: the float64 sum of the float state updates.
 
-    It is finite exactly when no update holds a NaN or Inf (barring a float64 overflow of
-    the sum), so the host checks one scalar instead of copying the state back.
+    It is finite exactly when no update holds a NaN or Inf (barring an overflow of the sum),
+    so the host checks one scalar instead of copying the state back. Updates whose NaN/Inf
+    would reach a summed one are not summed (:func:`~graphdl.passes.inplace_update.
+    checked_updates`: SGD's momentum shows in the parameter), saving their reductions.
     """
     def total_of(v):  # a scalar needs no reduction
         s = F.sum(v) if v.shape else v
         return F.cast(s, "float64") if v.dtype != "float64" else s
 
-    sums = [total_of(v) for _, v in graph.updates if v.dtype.startswith("float")]
+    sums = [total_of(graph.updates[i][1]) for i in checked_updates(graph)]
     if not sums:
         return graph
     total = sums[0]
@@ -178,9 +197,16 @@ class OrtFunction:
                  providers: str | Sequence[Any] = "auto", threads: int | None = None,
                  optimization_level: str = "all", guard: bool = True,
                  single_output: bool = False, report: Any = None, profile: bool = False,
-                 device_id: int = 0):
+                 device_id: int = 0, inplace_update: bool = False,
+                 check_outputs: Sequence[int] = ()):
         self.user_graph = graph
-        self.graph = finite_guard(graph) if guard and graph.updates else graph
+        self.inplace_update = bool(inplace_update and graph.updates)
+        if self.inplace_update:  # the guard selects inside the graph (passes/inplace_update)
+            self.graph = guard_updates(graph, check_outputs)
+            shared = shared_buffers(graph)
+        else:
+            self.graph = finite_guard(graph) if guard and graph.updates else graph
+            shared = {id(var) for var, _ in graph.updates}
         # guarded when there is a float update to check (an int seed alone has no guard)
         self.guarded = len(self.graph.outputs) > len(graph.outputs)
         self.report = report
@@ -196,7 +222,10 @@ class OrtFunction:
                              f"for {device}; compile again to move it")
         self.state = state
         self.variables = state_variables(self.graph)
-        self.updated = [var for var, _ in self.graph.updates]
+        # double-buffered (written to a spare, committed by a swap) or written in place
+        self.updated = [var for var, _ in self.graph.updates if id(var) in shared]
+        self.in_place = [var for var, _ in self.graph.updates if id(var) not in shared]
+        self._outputs_to = [(var, id(var) not in shared) for var, _ in self.graph.updates]
         proto = to_onnx(self.graph, params_as_inputs=True)
         options = session_options(threads, optimization_level)
         if profile:
@@ -239,8 +268,9 @@ class OrtFunction:
                 binding.bind_ortvalue_input(name, state.current[k])
             for name in self.output_names:  # first: get_outputs() lists them in bind order
                 binding.bind_output(name, "cpu")  # small: the loss, outputs, the guard
-            for name, var in zip(self.update_output_names, self.updated):
-                binding.bind_ortvalue_output(name, state.spare[id(var)])
+            for name, (var, in_place) in zip(self.update_output_names, self._outputs_to):
+                table = state.current if in_place else state.spare
+                binding.bind_ortvalue_output(name, table[id(var)])
             self._bindings[key] = binding
         return binding
 
@@ -289,6 +319,8 @@ class OrtFunction:
         uncommitted values are read back only in that case)."""
         if pending.guard is None or np.isfinite(pending.guard):
             return None
+        if self.inplace_update:  # the graph kept the old values; nothing to inspect
+            return "the loss or an update became non-finite (the step was skipped)"
         for var in self.updated:
             value = self.state.spare[id(var)].numpy()
             if value.dtype.kind == "f" and not np.isfinite(value).all():
@@ -301,7 +333,7 @@ class OrtFunction:
             if pending.committed:
                 raise GraphError("this step was committed already")
             pending.committed = True
-        self.state.commit(self.updated)
+        self.state.commit(self.updated, self.in_place)
 
     def __call__(self, *args: Any, **kwargs: Any):
         outs, pending = self.run_uncommitted(*args, **kwargs)

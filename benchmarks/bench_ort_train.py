@@ -9,7 +9,9 @@ CPU mode (default), one run, contenders interleaved in alternating blocks, media
   conv gradients and small-map convs as im2col GEMMs, training BatchNorm and its gradient
   through ORT's fused BatchNormalization kernel); ``graphdl_ort_unlowered``: the same
   step through the executor's ``training`` pipeline only (the form before that lowering;
-  ``--skip-unlowered`` drops it); ``graphdl_numpy``: the NumPy executor; ``torch``: torch
+  ``--skip-unlowered`` drops it); ``graphdl_ort_inplace``: the ORT step with
+  ``inplace_update=True`` (state written over the old buffers, the NaN guard in the graph;
+  ``--skip-inplace`` drops it); ``graphdl_numpy``: the NumPy executor; ``torch``: torch
   eager, the same architecture, the same thread count;
 - per model, ``lowering``: how often each ort_forms rule fired;
 - per model: ms per step, ratios to torch, first-step losses, and the host<->device bytes
@@ -131,13 +133,15 @@ def torch_resnet18(num_classes: int = 1000):
 
 def graphdl_step(model, backend: str, threads: int, providers: str = "cpu",
                  precision: str = "float32", profile: bool = False,
-                 pipeline: str | None = None):
+                 pipeline: str | None = None, inplace: bool = False):
     """The compiled train step of ``model`` on ``backend`` (an OrtFunction or a Function);
-    ``pipeline`` overrides the pass pipeline an ORT step gets by default."""
+    ``pipeline`` overrides the pass pipeline an ORT step gets by default; ``inplace`` writes
+    the state updates in place (``inplace_update=True``)."""
     import graphdl as gd
 
     model.compile(gd.optim.SGD(LR, momentum=MOMENTUM), "cross_entropy", backend=backend,
-                  providers=providers, threads=threads, precision=precision)
+                  providers=providers, threads=threads, precision=precision,
+                  **({"inplace_update": True} if inplace else {}))
     if profile or pipeline is not None:
         from graphdl.backends.ort_train import OrtFunction, pipeline_for
         from graphdl.passes import optimize_graph
@@ -146,7 +150,7 @@ def graphdl_step(model, backend: str, threads: int, providers: str = "cpu",
         graph, report = optimize_graph(g, training=True,
                                        passes=pipeline or pipeline_for(providers))
         return OrtFunction(graph, providers=providers, threads=threads, profile=profile,
-                           report=report)
+                           report=report, inplace_update=inplace, check_outputs=(0,))
     return model._train_function()
 
 
@@ -233,6 +237,10 @@ def bench_cpu(args) -> dict:
             base_step = graphdl_step(build_model(name, shape), "onnxruntime", args.threads,
                                      pipeline="training")
             staged_base, call_base = base_step.stage(x, y), run_step(base_step)
+        if not args.skip_inplace:
+            inplace_step = graphdl_step(build_model(name, shape), "onnxruntime", args.threads,
+                                        inplace=True)
+            staged_inplace, call_inplace = inplace_step.stage(x, y), run_step(inplace_step)
 
         def torch_step():
             topt.zero_grad(set_to_none=True)
@@ -250,6 +258,9 @@ def bench_cpu(args) -> dict:
             fns["graphdl_ort_unlowered"] = lambda: call_base(staged_base)
         if not args.skip_numpy:
             fns["graphdl_numpy"] = lambda: call_np([x, y])
+        if not args.skip_inplace:
+            first["graphdl_ort_inplace"] = call_inplace(staged_inplace)
+            fns["graphdl_ort_inplace"] = lambda: call_inplace(staged_inplace)
         before = (ort_step.bytes_in, ort_step.bytes_out, ort_step.runs,
                   ort_step.state.bytes_to_device, ort_step.state.bytes_to_host)
         reps = args.repeats if name == "cnn" else max(2, args.repeats // 3)
@@ -262,8 +273,9 @@ def bench_cpu(args) -> dict:
                        (ort_step.state.bytes_to_device - before[3]) / runs,
                    "state_to_host_bytes_per_step":
                        (ort_step.state.bytes_to_host - before[4]) / runs,
-                   "state_bytes_resident": int(sum(
-                       v.value.nbytes for v in ort_step.variables)) * 1,
+                   "state_bytes": int(sum(v.value.nbytes for v in ort_step.variables)),
+                   # the DeviceState's buffers: double buffers hold each updated one twice
+                   "state_bytes_resident": ort_step.state.bytes_resident,
                    "note": "on CPU the batch is bound without a copy (the provider reads host "
                            "memory); on CUDA these bytes cross PCIe"}
         ref = timing["torch"]["median_ms"]
@@ -276,6 +288,9 @@ def bench_cpu(args) -> dict:
             "providers": ort_step.providers}
         print(f"{name}: " + ", ".join(f"{k} {v['median_ms']:.1f} ms" for k, v in
                                       timing.items()), flush=True)
+        if not args.skip_inplace:
+            traffic["state_bytes_resident_inplace"] = inplace_step.state.bytes_resident
+            del inplace_step
         del np_step, m_np
         if not args.skip_unlowered:
             del base_step
@@ -288,6 +303,10 @@ def bench_cpu(args) -> dict:
     y = r.integers(0, 10 if slowest == "cnn" else 1000, batch)
     prof = graphdl_step(build_model(slowest, shape), "onnxruntime", args.threads, profile=True)
     out = {"models": results, "ort_profile": {"model": slowest, **ort_profile(prof, x, y)}}
+    if not args.skip_inplace:
+        prof = graphdl_step(build_model(slowest, shape), "onnxruntime", args.threads,
+                            profile=True, inplace=True)
+        out["ort_profile_inplace"] = {"model": slowest, **ort_profile(prof, x, y)}
     if not args.skip_unlowered:  # the same step before the ORT CPU lowering, for comparison
         prof = graphdl_step(build_model(slowest, shape), "onnxruntime", args.threads,
                             profile=True, pipeline="training")
@@ -361,6 +380,8 @@ def main(argv=None) -> dict:
                         help="one thread each, timed by thread CPU time (for loaded machines)")
     parser.add_argument("--skip-unlowered", action="store_true",
                         help="do not time the ORT step without the ORT CPU lowering")
+    parser.add_argument("--skip-inplace", action="store_true",
+                        help="do not time the ORT step with inplace_update=True")
     parser.add_argument("--cuda", action="store_true", help="the H200 mode (see docstring)")
     parser.add_argument("--dry-run", action="store_true", help="--cuda logic on the CPU")
     args = parser.parse_args(argv)

@@ -77,7 +77,7 @@ def function(inputs: Sequence[Value], outputs: Sequence[Value] | Value,
              updates: Sequence[tuple[Any, Value]] = (), backend: str = "numpy",
              optimize: bool = True, training: bool = True, check_finite: bool = False,
              passes: Sequence[str] | None = None, threads: int | None = None,
-             providers: Any = "auto") -> Function:
+             providers: Any = "auto", inplace_update: bool = False) -> Function:
     """Compile ``outputs`` as a function of ``inputs``; passes run once, here.
 
     ``updates`` pairs state (``gd.param`` values or Variables) with their new values, written
@@ -87,7 +87,9 @@ def function(inputs: Sequence[Value], outputs: Sequence[Value] | Value,
     (``threadpoolctl.threadpool_limits(1, "blas")``), or its spinning threads take the cores.
     ``backend="onnxruntime"`` runs on ONNX Runtime (``providers``: "auto", "cpu", "cuda";
     ``threads``: ORT's intra-op threads, default ORT's own) with the state kept in device
-    buffers and synced lazily (see :mod:`graphdl.backends.ort_train`).
+    buffers and synced lazily (see :mod:`graphdl.backends.ort_train`);
+    ``inplace_update=True`` there writes new state over the old buffers (half the memory) and
+    skips, inside the graph, a call whose updates are not all finite (``non_finite`` says so).
     """
     single = isinstance(outputs, Value)
     outs = [outputs] if single else list(outputs)
@@ -108,10 +110,13 @@ def function(inputs: Sequence[Value], outputs: Sequence[Value] | Value,
         from graphdl.backends.ort_train import OrtFunction  # lazy: onnxruntime loads slowly
 
         return OrtFunction(graph, providers=providers, threads=threads,
-                           single_output=single, report=report)
+                           single_output=single, report=report, inplace_update=inplace_update)
     if backend != "numpy":
         raise ValueError(f"gd.function backend must be 'numpy' or 'onnxruntime', got "
                          f"{backend!r}")
+    if inplace_update:
+        raise ValueError("inplace_update=True applies to backend='onnxruntime' (the NumPy "
+                         "executor already writes its updates without a second buffer)")
     return Function(graph, backend=backend, check_finite=check_finite, single_output=single,
                     report=report, threads=1 if threads is None else threads,
                     memory_plan=report and report.plan)

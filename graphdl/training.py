@@ -114,7 +114,7 @@ class TrainingMixin:
     def compile(self, optimizer: Any = "adam", loss: Any = None,
                 metrics: Sequence[str | Callable] | None = None, distributed: Any = None,
                 backend: str = "numpy", providers: Any = "auto", precision: str = "float32",
-                threads: int | None = None) -> None:
+                threads: int | None = None, inplace_update: bool = False) -> None:
         """Choose the optimizer (an optimizer or "sgd"/"adam"/"adamw"), the loss (a name such
         as "cross_entropy", a Loss, or ``fn(outputs, targets)``) and host-side metrics
         ("accuracy", "mae", "mse" or ``fn(outputs, y) -> per-sample values``).
@@ -128,6 +128,9 @@ class TrainingMixin:
         device buffers between steps (see :meth:`sync_weights`). ``precision="mixed"``
         computes convolutions and matrix products in float16 (bfloat16 where the provider
         prefers it) with float32 master weights and dynamic loss scaling in the graph.
+        ``inplace_update=True`` (ONNX Runtime) writes each step's new weights and moments over
+        the old ones instead of into second buffers (half the state memory); a step with a
+        non-finite loss or update is then skipped inside the graph.
         """
         if loss is None:
             raise ValueError("compile needs a loss, e.g. loss='cross_entropy'")
@@ -141,13 +144,18 @@ class TrainingMixin:
             from graphdl.backends.ort import resolve_providers  # lazy: onnxruntime loads slowly
 
             resolve_providers(providers)  # a clear error now, not at the first fit
+        if inplace_update and (backend != "onnxruntime" or distributed is not None):
+            raise ValueError("inplace_update=True needs backend='onnxruntime' (the NumPy "
+                             "executor has no second buffers) and no distributed= (a step "
+                             "another rank rejects could not be undone on this one)")
         if distributed is not None:
             distributed = DataParallel.of(distributed)
         self._reset_compiled_functions()
         self.optimizer, self.loss, self.metrics = opt, loss_obj, chosen
         self.distributed = distributed
         self.backend, self.precision = backend, precision
-        self._ort_options = {"providers": providers, "threads": threads}
+        self._ort_options = {"providers": providers, "threads": threads,
+                             **({"inplace_update": True} if inplace_update else {})}
 
     # ---- compiled functions --------------------------------------------------------------
 
@@ -158,7 +166,9 @@ class TrainingMixin:
 
         pipeline = pipeline_for(self._ort_options["providers"], training=training)
         graph, report = _passes.optimize_graph(g, training=training, passes=pipeline)
-        fn = OrtFunction(graph, state=self._device_state, report=report, **self._ort_options)
+        # the loss (output 0) gates an in-place step too: a NaN loss keeps the weights
+        fn = OrtFunction(graph, state=self._device_state, report=report,
+                         check_outputs=(0,) if g.updates else (), **self._ort_options)
         self._device_state = fn.state  # train, eval and predict share the device buffers
         return fn
 

@@ -66,17 +66,27 @@ def test_program_runs_the_registry_kernel(name):
         program = (fused.instruction(name, range(len(xs)), attrs),)
         fresh = fused.run_program(program, xs, None)
         into = fused.run_program(program, xs, np.empty(want.shape, numpy_dtype(out_type.dtype)))
-        results = {"fresh": fresh, "out": into}
+        # the same program bound once to these types (what the executor runs per binding)
+        bound = fused.bind_program(program, types, out_type)
+        results = {"fresh": fresh, "out": into, "bound": bound(
+            xs, np.empty(want.shape, numpy_dtype(out_type.dtype)))}
         if types[0] == out_type:  # the result overwrites input 0, as the planner may ask
             buf = xs[0].copy()
             results["in place"] = fused.run_program(program, [buf, *xs[1:]], buf)
             assert results["in place"] is buf
+            buf = xs[0].copy()
+            results["bound in place"] = bound([buf, *xs[1:]], buf)
+            assert results["bound in place"] is buf
         # a chain: the op over a temporary (a copy of input 0 made by Max(x, x)) whose buffer
         # the program may reuse for the op's result
         if types[0].dtype != "bool":
             chain = (fused.instruction("Max", (0, 0)),
                      fused.instruction(name, (len(xs), *range(1, len(xs))), attrs))
             results["chain"] = fused.run_program(chain, xs, None)
+            if types[0] == out_type:
+                buf = xs[0].copy()
+                results["bound chain in place"] = fused.bind_program(chain, types, out_type)(
+                    [buf, *xs[1:]], buf)
     for how, got in results.items():
         assert got.dtype == want.dtype and got.shape == want.shape, (name, how)
         np.testing.assert_array_equal(got, want, err_msg=f"{name} ({how})")

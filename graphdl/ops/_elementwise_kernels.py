@@ -71,12 +71,20 @@ def where_kernel(xs: list, attrs: dict, out: Any) -> np.ndarray:
         # where(c, x, 0) = x * c and where(c, 0, y) = y * !c exactly when x (y) is finite:
         # one fast pass, where np.where and masked copies take ten times longer (relu and
         # clip gradients are all of this form)
-        if np.ndim(y) == 0 and y == 0 and _finite(x):
+        # (a 0-d zero is tested through float(): np.ndim and == on a 0-d array cost more
+        # than the multiply on small tensors)
+        if _is_zero_scalar(y) and _finite(x):
             return np.multiply(x, c, out=out)
-        if np.ndim(x) == 0 and x == 0 and _finite(y):
+        if _is_zero_scalar(x) and _finite(y):
             return np.multiply(y, np.logical_not(c), out=out)
     np.copyto(out, np.where(c, x, y))  # computed aside first: out may alias x or y
     return out
+
+
+def _is_zero_scalar(v) -> bool:
+    if isinstance(v, np.ndarray):
+        return v.ndim == 0 and float(v) == 0.0
+    return isinstance(v, (int, float, np.number)) and v == 0
 
 
 def _finite(x) -> bool:

@@ -17,7 +17,7 @@ members' own lowerings, chained (ONNX sees the unfused graph).
 from __future__ import annotations
 
 import functools
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -138,6 +138,45 @@ def run_program(program: tuple, inputs: Sequence[np.ndarray], out: np.ndarray | 
     return result
 
 
+def bind_program(program: tuple, in_types: Sequence[TensorType], out_type: TensorType
+                 ) -> Callable[[Sequence[np.ndarray], np.ndarray | None], np.ndarray]:
+    """:func:`run_program` made once for inputs and an output of fixed, concrete types: the
+    returned ``run(inputs, out)`` skips building and looking up the per-call signature
+    (which costs as much as a small kernel). Only whether an input shares ``out``'s memory
+    is checked per call (that varies with the memory plan's in-place reuse); an ``out`` of
+    another type falls back to :func:`run_program`."""
+    n_in = len(in_types)
+    steps, last = _compiled(program, n_in)
+    sig = tuple((tuple(t.shape), numpy_dtype(t.dtype)) for t in in_types)
+    out_sig = (tuple(out_type.shape), numpy_dtype(out_type.dtype))
+    may_alias = tuple(k for k, (shape, _) in enumerate(sig) if shape == out_sig[0])
+    plans: dict[int, tuple] = {}  # out_free_at -> ((kernel, args, attrs), (kind, where))...
+
+    def run(inputs: Sequence[np.ndarray], out: np.ndarray | None) -> np.ndarray:
+        if out is None or out.shape != out_sig[0] or out.dtype != out_sig[1]:
+            return run_program(program, inputs, out)
+        out_free_at = 0
+        for k in may_alias:
+            a = inputs[k]
+            if (a is out or np.may_share_memory(a, out)) and last[k] > out_free_at:
+                out_free_at = last[k]
+        plan = plans.get(out_free_at)
+        if plan is None:
+            plan = plans[out_free_at] = tuple(zip(steps, _destinations(
+                program, last, sig, n_in, out_sig, out_free_at)))
+        vals = list(inputs)
+        for (kernel, args, attrs), (kind, where) in plan:
+            dest = out if kind == 0 else vals[where] if kind == 1 else np.empty(*where)
+            r = kernel([vals[a] for a in args], attrs, dest)
+            if r is not dest:
+                np.copyto(dest, r, casting="unsafe")
+            vals.append(dest)
+        if vals[-1] is not out:
+            np.copyto(out, vals[-1])
+        return out
+    return run
+
+
 # (id(program), input and output signature) -> (program, destinations); a memo of what
 # _destinations decides, as _COMPILED is of _compile (the program guards id reuse)
 _DESTS: dict[tuple, tuple] = {}
@@ -247,6 +286,11 @@ def _elementwise_kernel(xs, attrs, out):
     return run_program(tuple(attrs["program"]), xs, out)
 
 
+def _elementwise_specialize(attrs, in_types, out_types):
+    run = bind_program(tuple(attrs["program"]), in_types, out_types[0])
+    return lambda xs, attrs_, out: run(xs, out)
+
+
 def _elementwise_vjp(F, node, grads):
     return _vjp_through(F, expand_program(node.attrs["program"], node.inputs), node.inputs,
                         grads)
@@ -260,7 +304,8 @@ def _elementwise_onnx(attrs, tin, tout, opset):
 
 register(OpDef(
     name="FusedElementwise", infer=_elementwise_infer, kernel=_elementwise_kernel,
-    vjp=_elementwise_vjp, onnx=_elementwise_onnx, elementwise=True, inplace=True,
+    vjp=_elementwise_vjp, onnx=_elementwise_onnx, specialize=_elementwise_specialize,
+    elementwise=True, inplace=True,
     holds_program=True, attrs={"program": _PROGRAM},
     doc="A chain of elementwise ops run as one kernel over one output buffer (attr program).",
 ))
@@ -294,6 +339,22 @@ def _register_epilogue_op(name: str, main_op: str) -> None:
             out = y if fresh and y.shape == _shape_of(attrs, y, extras) else None
         return run_program(tuple(attrs["program"]), [y, *extras], out)
 
+    def specialize(attrs, in_types, out_types):
+        n = int(attrs["n_main"])
+        main_kernel, main_attrs = get_op(main_op).kernel, _main_attrs(attrs["main"])
+        produced = get_op(main_op).infer(list(in_types[:n]), dict(attrs["main"]))[0]
+        run = bind_program(tuple(attrs["program"]), [produced, *in_types[n:]], out_types[0])
+        into_dtype = numpy_dtype(produced.dtype)
+        if numpy_dtype(in_types[0].dtype) != into_dtype:
+            return kernel
+
+        def specialized(xs, attrs_, out):
+            if out is None or out.dtype != into_dtype:
+                return kernel(xs, attrs_, out)
+            # as kernel: the producer writes into out, the epilogue runs there in place
+            return run([main_kernel(xs[:n], main_attrs, out), *xs[n:]], out)
+        return specialized
+
     def vjp(F, node, grads):
         main_in, extras = split(node.inputs, node.attrs)
         y = apply(main_op, *main_in, **dict(node.attrs["main"]))
@@ -317,6 +378,7 @@ def _register_epilogue_op(name: str, main_op: str) -> None:
         return OnnxLowering(tuple(nodes + more), consts)
 
     register(OpDef(name=name, infer=infer, kernel=kernel, vjp=vjp, onnx=onnx,
+                   specialize=specialize,
                    attrs={"main": Attr(tuple, REQUIRED, f"{main_op}'s attributes, frozen"),
                           "n_main": Attr(int, REQUIRED, f"how many inputs {main_op} takes"),
                           "program": _PROGRAM},

@@ -208,6 +208,12 @@ class OpDef:
     # the axis its slices are cut along, or None to pass it whole; per output the axis) or
     # None when these shapes do not split. Elementwise ops split by output rows anyway.
     split: Callable[[dict, list, list], Any] | None = None
+    # A kernel made for fixed, concrete input and output types (every size known):
+    # ``specialize(attrs, in_types, out_types)`` returns a callable with ``kernel``'s
+    # signature and results, which an executor builds once per set of sizes and calls instead
+    # of ``kernel`` (the fused ops decide their buffers once there, not on every call). It
+    # must still accept any arguments ``kernel`` accepts (falling back to it is enough).
+    specialize: Callable[[dict, list, list], Callable] | None = None
 
     def __post_init__(self) -> None:
         if self.inplace is None:  # an elementwise op may overwrite a dying input by default
