@@ -13,6 +13,7 @@ from graphdl import passes as _passes
 from graphdl.backends.numpy_executor import NumpyExecutor
 from graphdl.feeds import FeedError, validate_feeds  # noqa: F401  (FeedError: public here too)
 from graphdl.ir import PARAM, Graph, GraphError, Value, Variable
+from graphdl.passes.inplace_update import checked_updates
 
 
 class Function:
@@ -33,6 +34,7 @@ class Function:
                                       memory_plan=memory_plan)
         self._n_out = len(graph.outputs)
         self._checked: tuple | None = None  # (shape, dtype) of the last feeds that passed
+        self._finite_checks = checked_updates(graph)  # the updates a NaN/Inf could hide in
 
     def _feeds(self, args: tuple, kwargs: dict) -> list:
         """The feeds as arrays in input order, validated (a training loop feeds arrays of the
@@ -65,6 +67,19 @@ class Function:
         results = self.executor.run(arrays)
         pairs = [(var, new) for (var, _), new in zip(self.graph.updates, results[self._n_out:])]
         return results[:self._n_out], pairs
+
+    def non_finite(self, pairs: Sequence[tuple[Variable, Any]]) -> str | None:
+        """None when every new state value from :meth:`run_uncommitted` is finite, else which
+        one is not. One reduction per update a NaN/Inf could hide in (an SGD momentum's shows
+        in its parameter, :func:`graphdl.passes.inplace_update.checked_updates`); the culprit
+        is looked for only when there is one."""
+        with np.errstate(over="ignore", invalid="ignore"):
+            if np.isfinite(sum(float(pairs[i][1].sum()) for i in self._finite_checks)):
+                return None
+        for var, value in pairs:
+            if value.dtype.kind == "f" and not np.isfinite(value).all():
+                return f"the update of {var.name!r} became non-finite"
+        return None
 
     @staticmethod
     def commit(pairs: Sequence[tuple[Variable, Any]]) -> None:

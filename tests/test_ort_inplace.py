@@ -80,6 +80,7 @@ def test_inplace_halves_the_state_buffers():
         model, _ = _fit(gd.optim.Adam(1e-3), inplace, x, y)
         step = model._train_function()
         assert bool(step.in_place) == inplace
+        assert step.selects_by_if == inplace  # one If, not a Where per state tensor
         resident[inplace] = step.state.bytes_resident
         updated = sum(v.value.nbytes for v, _ in step.graph.updates)
         total = sum(v.value.nbytes for v in step.variables)
@@ -236,3 +237,18 @@ def test_an_infinite_gradient_is_caught_through_the_parameter_alone(inplace):
     if inplace:  # skipped inside the graph: nothing to commit, nothing changed
         for (var, _), want in zip(graph.updates, before):
             np.testing.assert_array_equal(var.value, want)
+
+
+def test_the_numpy_executor_checks_the_same_updates():
+    """The executor's host-side check sums only the checked updates, and still names an Inf
+    that hides in the momentum."""
+    x = gd.input("x", (None, 3))
+    w = gd.param("w", np.ones((3, 2), np.float32))
+    (gw,) = gd.grad(gd.sum(gd.tanh(x @ w)), [w])
+    updates = gd.optim.SGD(0.1, momentum=0.9).updates([w], [gw])
+    fn = gd.function([x], [gw], updates=updates)
+    assert len(fn._finite_checks) == 1
+    _, pairs = fn.run_uncommitted(np.ones((2, 3), np.float32))
+    assert fn.non_finite(pairs) is None
+    _, pairs = fn.run_uncommitted(np.array([[np.inf, 1, 1], [1, 1, 1]], np.float32))
+    assert "became non-finite" in fn.non_finite(pairs)
