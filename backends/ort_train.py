@@ -16,9 +16,10 @@ values ``<var>.new`` (:func:`graphdl.backends.onnx_export.to_onnx` with
   The NaN guard then moves into the graph (passes/inplace_update.py: every update becomes
   ``Where(ok, new, old)``, ``ok`` checking the updates and the loss, and ordered after every
   reader of an old value), so a non-finite step still leaves the state as it was. In the
-  ONNX graph the selects become one ``If`` (:func:`select_by_if`): a good step copies each
-  new value into its buffer, a skipped one copies nothing. Variables whose new value is a
-  view of another's old value keep double buffers.
+  ONNX graph the selects become one ``If`` (:mod:`graphdl.backends.ort_inplace`): a good
+  step recomputes each update's elementwise tail straight into its buffer
+  (``recompute=False``: copies the checked values in), a skipped one touches nothing.
+  Variables whose new value is a view of another's old value keep double buffers.
 - Lazy sync, explicitly: after a commit the Variables' host copies are marked stale
   (``Variable.stale``) and their ``device`` is this state. Reading ``var.value`` (through
   ``get_weights``, ``save``, a callback, the NumPy executor, ...) copies that one buffer back;
@@ -39,11 +40,11 @@ import threading
 from typing import Any, Iterable, Sequence
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 
 from graphdl import tensor as F
 from graphdl.backends.onnx_export import state_variables, to_onnx
+from graphdl.backends.ort_inplace import select_by_if
 from graphdl.backends.ort import CUDA, _np_dtype, resolve_providers, session_options
 from graphdl.feeds import validate_feeds
 from graphdl.ir import Graph, GraphError, Value, Variable
@@ -177,41 +178,6 @@ def finite_guard(graph: Graph) -> Graph:
                  name=graph.name)
 
 
-def select_by_if(proto: onnx.ModelProto, names: Sequence[str]) -> bool:
-    """Turn the ``Where(ok, new, old)`` nodes that produce the outputs ``names`` (one scalar
-    ``ok``, :func:`~graphdl.passes.inplace_update.guard_updates`) into one ``If(ok)`` whose
-    branches return the new values or the old ones; True when it did.
-
-    ONNX Runtime's CPU Where walks a broadcast loop (measured 8.1 ms on 2.4 M floats, 14x a
-    Sub); the If copies ``new`` into the bound output (0.46 ms), and its else branch returns
-    ``old`` into the buffer ``old`` already is (no copy at all).
-    """
-    producers = {out: node for node in proto.graph.node for out in node.output}
-    wheres = [producers.get(name) for name in names]
-    if not wheres or any(n is None or n.op_type != "Where" for n in wheres) or \
-            len({n.input[0] for n in wheres}) != 1:
-        return False
-    types = {o.name: o.type for o in proto.graph.output}
-
-    def branch(label: str, pick: int) -> onnx.GraphProto:
-        nodes, outs = [], []
-        for node in wheres:
-            name = f"{node.output[0]}.{label}"
-            nodes.append(onnx.helper.make_node("Identity", [node.input[pick]], [name]))
-            info = onnx.ValueInfoProto(name=name)
-            info.type.CopyFrom(types[node.output[0]])
-            outs.append(info)
-        return onnx.helper.make_graph(nodes, f"updates_{label}", [], outs)
-
-    select = onnx.helper.make_node("If", [wheres[0].input[0]], list(names),
-                                   then_branch=branch("kept", 1),
-                                   else_branch=branch("skipped", 2))
-    for node in wheres:
-        proto.graph.node.remove(node)
-    proto.graph.node.append(select)
-    return True
-
-
 class Pending:
     """The result of an uncommitted step: the guard scalar; commit it with the function."""
 
@@ -228,6 +194,8 @@ class OrtFunction:
     Call it like a NumPy :class:`graphdl.compiled_function.Function` (arrays by position or name): it
     runs and commits the state. ``run_uncommitted`` + ``commit`` let the caller check the step
     first (``non_finite``). ``profile=True`` turns on ORT's profiler (see :meth:`end_profiling`).
+    ``inplace_update=True`` writes the state over its old buffers (module docstring);
+    ``check_outputs`` are outputs (the loss) whose NaN/Inf also skips such a step.
     """
 
     def __init__(self, graph: Graph, state: DeviceState | None = None,
@@ -235,7 +203,7 @@ class OrtFunction:
                  optimization_level: str = "all", guard: bool = True,
                  single_output: bool = False, report: Any = None, profile: bool = False,
                  device_id: int = 0, inplace_update: bool = False,
-                 check_outputs: Sequence[int] = ()):
+                 check_outputs: Sequence[int] = (), recompute: bool = True):
         self.user_graph = graph
         self.inplace_update = bool(inplace_update and graph.updates)
         if self.inplace_update:  # the guard selects inside the graph (passes/inplace_update)
@@ -265,10 +233,14 @@ class OrtFunction:
         self._outputs_to = [(var, id(var) not in shared) for var, _ in self.graph.updates]
         proto = to_onnx(self.graph, params_as_inputs=True)
         updates_out = [o.name for o in proto.graph.output[len(self.graph.outputs):]]
-        self.selects_by_if = self.inplace_update and select_by_if(proto, updates_out)
+        self.selects_by_if = self.inplace_update and select_by_if(
+            proto, updates_out, [name for name, (_, in_place) in
+                                 zip(updates_out, self._outputs_to) if in_place],
+            recompute=recompute)
         options = session_options(threads, optimization_level)
         if profile:
             options.enable_profiling = True
+        self.onnx_model = proto
         self.session = ort.InferenceSession(proto.SerializeToString(), options,
                                             providers=self.providers_requested)
         self.providers = self.session.get_providers()

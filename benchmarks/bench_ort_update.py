@@ -8,14 +8,19 @@ Runtime CPU, timed interleaved in one process (medians), each with ORT's per-op 
 - ``double``: double buffers, the guard summing only the updates a NaN/Inf could hide in
   (:func:`graphdl.passes.inplace_update.checked_updates`);
 - ``inplace``: ``inplace_update=True`` (state written over the old buffers; the updates
-  selected by one ``If(ok)`` in the ONNX graph, :func:`graphdl.backends.ort_train.
-  select_by_if`); ``inplace_where``: the same with the ``Where(ok, new, old)`` nodes
-  the graph has before that lowering.
+  selected by one ``If(ok)`` whose then branch recomputes each update's elementwise tail
+  into its buffer, :mod:`graphdl.backends.ort_inplace`); ``inplace_copy``: the If copying
+  the checked values in instead (``recompute=False``); ``inplace_where``: one
+  ``Where(ok, new, old)`` per state tensor, the graph's form before that lowering.
+
+``--memory`` also runs each form in a fresh process and reports its peak RSS growth over 3
+steps (what the spare buffers and ORT's arena cost together).
 
 Per form: ms per step, the DeviceState's resident bytes, and the kernel ms and call counts of
 the ops the update and guard use (Where, If, ReduceSum, Mul, Add, Sub). Run with
 ``env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_ort_update.py``
-(``--models resnet18 --repeats 6``: about a minute on 2 quiet cores).
+(``--models resnet18 --repeats 6``: about a minute on 2 quiet cores; ``--cpu-time`` on a
+loaded one).
 """
 from __future__ import annotations
 
@@ -29,6 +34,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 UPDATE_OPS = ("Where", "If", "ReduceSum", "Mul", "Add", "Sub")
+FORMS = ("double_full_guard", "double", "inplace", "inplace_copy", "inplace_where")
 
 
 def _optimizer(name: str):
@@ -51,13 +57,46 @@ def _step(model_name: str, shape, opt: str, form: str, threads: int, profile: bo
         ort_train.checked_updates = lambda gr: [
             i for i, (_, v) in enumerate(gr.updates) if v.dtype.startswith("float")]
     if form == "inplace_where":  # one Where per state tensor, as before select_by_if
-        ort_train.select_by_if = lambda proto, names: False
+        ort_train.select_by_if = lambda proto, *args, **kwargs: False
     try:
         return ort_train.OrtFunction(graph, providers="cpu", threads=threads, profile=profile,
                                      report=report, inplace_update=form.startswith("inplace"),
-                                     check_outputs=(0,))
+                                     check_outputs=(0,), recompute=form != "inplace_copy")
     finally:
         ort_train.checked_updates, ort_train.select_by_if = checked, select
+
+
+def _peak_rss(args) -> dict:
+    """In a child process: peak RSS growth (MB) over 3 steps of one form, printed as JSON."""
+    import json
+    import resource
+
+    from bench_ort_train import CPU_MODELS
+
+    name, opt = args.models[0], args.optimizers[0]
+    shape, batch = CPU_MODELS[name]
+    r = np.random.default_rng(0)
+    x = r.normal(size=(batch, *shape)).astype(np.float32)
+    y = r.integers(0, 10 if name == "cnn" else 1000, batch)
+    step = _step(name, shape, opt, args.rss_of, args.threads)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    staged = step.stage(x, y)
+    for _ in range(3):
+        outs, pending = step.run_staged(staged)
+        step.commit(pending)
+    grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    print(json.dumps({"peak_rss_growth_mb": grown}))
+    return {"peak_rss_growth_mb": grown}
+
+
+def _child_rss(name: str, opt: str, form: str, threads: int) -> float:
+    import json
+    import subprocess
+
+    out = subprocess.run([sys.executable, os.path.abspath(__file__), "--rss-of", form,
+                          "--models", name, "--optimizers", opt, "--threads", str(threads)],
+                         capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])["peak_rss_growth_mb"]
 
 
 def main(argv=None) -> dict:
@@ -74,8 +113,18 @@ def main(argv=None) -> dict:
     parser.add_argument("--repeats", type=int, default=6)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default=os.path.join("bench_out", "bench_ort_update.json"))
+    parser.add_argument("--cpu-time", action="store_true",
+                        help="one ORT thread, steps timed by the thread's CPU time (a loaded "
+                             "machine inflates wall time, not this)")
+    parser.add_argument("--memory", action="store_true",
+                        help="peak RSS growth of each form, each in a fresh process")
+    parser.add_argument("--rss-of", default=None, help=argparse.SUPPRESS)  # one child run
     args = parser.parse_args(argv)
-    forms = ("double_full_guard", "double", "inplace", "inplace_where")
+    if args.cpu_time:
+        args.threads = 1
+    if args.rss_of:
+        return _peak_rss(args)
+    forms = FORMS
     results: dict = {}
     started = time.time()
     for name in args.models:
@@ -88,7 +137,9 @@ def main(argv=None) -> dict:
             staged = {f: s.stage(x, y) for f, s in steps.items()}
             calls = {f: run_step(s) for f, s in steps.items()}
             fns = {f: (lambda f=f: calls[f](staged[f])) for f in forms}
-            timing = time_interleaved(fns, repeats=args.repeats, warmup=1, rounds=3)
+            timing = time_interleaved(fns, repeats=args.repeats, warmup=1, rounds=3,
+                                      clock=time.thread_time if args.cpu_time else
+                                      time.perf_counter)
             entry = {}
             for f in forms:
                 prof = ort_profile(_step(name, shape, opt, f, args.threads, profile=True), x, y)
@@ -97,6 +148,9 @@ def main(argv=None) -> dict:
                             "kernel_ms_per_step": prof["kernel_ms_per_step"],
                             "update_ops": {op: prof["by_op"][op] for op in UPDATE_OPS
                                            if op in prof["by_op"]}}
+            if args.memory:
+                for f in forms:
+                    entry[f]["peak_rss_growth_mb"] = _child_rss(name, opt, f, args.threads)
             base = entry["double_full_guard"]["median_ms"]
             for f in forms:
                 entry[f]["ratio_to_double_full_guard"] = entry[f]["median_ms"] / base
@@ -105,6 +159,7 @@ def main(argv=None) -> dict:
                                                 for f in forms), flush=True)
             del steps, staged, calls, fns
     data = {"benchmark": "ort_update", "results": results, "threads": args.threads,
+            "clock": "thread_time" if args.cpu_time else "perf_counter",
             "seconds": time.time() - started, "load_average": os.getloadavg()[0]}
     write_json(args.out, data)
     print(f"wrote {args.out}")

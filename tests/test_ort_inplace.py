@@ -73,6 +73,30 @@ def test_inplace_trains_exactly_like_double_buffers(opt):
     assert m1.optimizer.iterations == 2 * STEPS
 
 
+@pytest.mark.parametrize("recompute", [True, False])
+def test_the_if_form_trains_like_double_buffers(recompute):
+    """The If recomputing each update's tail into its buffer, or copying it in, is exact."""
+    x, y = _data(steps=3)
+    losses = {}
+    for form in ("double", "inplace"):
+        model = _cnn()
+        model.compile(gd.optim.Adam(3e-3), "cross_entropy")
+        graph, _ = gd.passes.optimize_graph(model.train_step_graph(model.loss, model.optimizer),
+                                            training=True, passes="onnxruntime_cpu")
+        fn = ort_train.OrtFunction(graph, providers="cpu", inplace_update=form == "inplace",
+                                   check_outputs=(0,), recompute=recompute)
+        losses[form] = [float(fn(x[i:i + 8], y[i:i + 8])[0]) for i in range(0, 24, 8)]
+        losses[form + "_weights"] = [v.value.copy() for v, _ in graph.updates]
+        if form == "inplace":
+            (select,) = [n for n in fn.onnx_model.graph.node if n.op_type == "If"]
+            then = next(a.g for a in select.attribute if a.name == "then_branch")
+            ops = {n.op_type for n in then.node}
+            assert ops > {"Mul", "Add", "Sub"} if recompute else ops == {"Identity"}
+    assert losses["double"] == losses["inplace"]
+    for a, b in zip(losses["double_weights"], losses["inplace_weights"]):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_inplace_halves_the_state_buffers():
     x, y = _data(steps=1)
     resident = {}
