@@ -138,6 +138,15 @@ def _unswapped(v: Value) -> Value | None:
     return None if caps is None else caps["src"]
 
 
+def _gemm_subtracted(m: Match):
+    g = m["g"].node
+    if len(g.inputs) != 2 or m["c"].ndim > 2 or m["c"].dtype != m["g"].dtype \
+            or not m.only_used_here(m["g"]):
+        return None
+    return m.try_op("Gemm", *g.inputs, m["c"], name=g.name or m.root.name,
+                    **dict(g.attrs, alpha=-float(g.attrs["alpha"]), beta=1.0))
+
+
 def _matmul_transposed(m: Match):
     a, b = m.root.inputs
     sa, sb = _unswapped(a), _unswapped(b)
@@ -185,6 +194,10 @@ GEMM_RULES = [
     # ^ a @ b + c -> gemm(a, b, c)
     Rule("gemm_add", op("Add", op("Gemm", capture="g"), any_value("c")), _gemm_add),
     # ^ gemm(a, b) + c -> gemm(a, b, c)
+    Rule("gemm_subtracted", op("Sub", any_value("c"), op("Gemm", capture="g")),
+         _gemm_subtracted),
+    # ^ c - gemm(a, b) -> gemm(a, b, c, alpha=-alpha): an SGD update W - lr * (a^T @ g) is one
+    # Gemm whose C the BLAS call accumulates into (no pass of its own over the weight)
     Rule("matmul_transposed", op("MatMul"), _matmul_transposed),
     # ^ a @ b.T -> gemm(a, b, transB=1)
     Rule("transposed_product", op("Transpose", op(("Gemm", "MatMul"), capture="g"),

@@ -240,6 +240,12 @@ def _scaled_product():
     return [x], [0.01 * gd.gemm(x, gd.param("w", _w(3, 5)), trans_a=False)]
 
 
+def _gemm_subtracted():
+    x, g = _x((None, 3)), _x((None, 5), "g")
+    # an SGD step's weight update: W - lr * x^T g
+    return [x, g], [gd.param("w", _w(3, 5)) - 0.01 * gd.gemm(x, g, trans_a=True)]
+
+
 def _conv_bias():
     x = _x((None, 3, 5, 5))
     y = gd.conv2d(x, gd.param("w", _w(4, 3, 3, 3)))
@@ -273,6 +279,8 @@ OTHER_RULES = {
     "transposed_product": (_transposed_product, _rules_pass(fusion.GEMM_RULES), ["Transpose"],
                            ["Gemm"]),
     "scaled_product": (_scaled_product, _rules_pass(fusion.GEMM_RULES), ["Mul"], ["Gemm"]),
+    "gemm_subtracted": (_gemm_subtracted, _rules_pass(fusion.GEMM_RULES), ["Sub", "Mul"],
+                        ["Gemm"]),
     "conv_bias": (_conv_bias, _rules_pass(fusion.GEMM_RULES), ["Add"], ["Conv"]),
     "cross_entropy": (_nll(False), _rules_pass(fusion.SOFTMAX_CE_RULES), ["LogSoftmax"],
                       ["SoftmaxCrossEntropy"]),
