@@ -73,6 +73,45 @@ def test_inplace_trains_exactly_like_double_buffers(opt):
     assert m1.optimizer.iterations == 2 * STEPS
 
 
+def test_inplace_save_load_and_evaluate_mid_training(tmp_path):
+    """A loaded checkpoint is uploaded over the in-place buffers; evaluate and predict read
+    the same buffers; training on from the checkpoint matches double buffers."""
+    x, y = _data()
+    models = {}
+    for inplace in (False, True):
+        model, _ = _fit(gd.optim.Adam(3e-3), inplace, x, y)
+        models[inplace] = model
+    path = tmp_path / "mid.npz"
+    models[False].save(path)
+    models[False].fit(x, y, epochs=1, batch_size=8, shuffle=False, verbose=0)
+    models[True].fit(x, y, epochs=1, batch_size=8, shuffle=False, verbose=0)  # moves on
+    models[True].load(path)  # ...and goes back
+    models[True].fit(x, y, epochs=1, batch_size=8, shuffle=False, verbose=0)
+    models[False].load(path)
+    models[False].fit(x, y, epochs=1, batch_size=8, shuffle=False, verbose=0)
+    for a, b in zip(models[False].get_weights(), models[True].get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert models[False].evaluate(x, y) == models[True].evaluate(x, y)
+    np.testing.assert_array_equal(models[False].predict(x), models[True].predict(x))
+
+
+def test_inplace_with_mixed_precision_matches_double_buffers():
+    """Loss scaling's own in-graph skip composes with the in-place guard."""
+    x, y = _data(steps=4)
+    losses = {}
+    for inplace in (False, True):
+        model = _cnn()
+        model.compile(gd.optim.SGD(0.05, momentum=0.9), "cross_entropy",
+                      backend="onnxruntime", providers="cpu", precision="mixed",
+                      inplace_update=inplace)
+        record = _Record()
+        model.fit(x, y, epochs=1, batch_size=8, shuffle=False, callbacks=[record], verbose=0)
+        losses[inplace] = (record.losses, model.get_weights())
+    assert losses[False][0] == losses[True][0]
+    for a, b in zip(losses[False][1], losses[True][1]):
+        np.testing.assert_array_equal(a, b)
+
+
 @pytest.mark.parametrize("recompute", [True, False])
 def test_the_if_form_trains_like_double_buffers(recompute):
     """The If recomputing each update's tail into its buffer, or copying it in, is exact."""
