@@ -74,15 +74,13 @@ def _windows(m: Match, x: Value, kernel, out_hw, strides, pads, dilations,
     span_h, span_w = sh * (ho - 1) + 1, sw * (wo - 1) + 1
     if kh == kw == 1 and x.shape[2] == span_h and x.shape[3] == span_w:
         return m.op("Reshape", x, shape=(0, c, ho * wo))
-    tap_axis = 1 if tap_major else 2
-    taps = [m.op("Unsqueeze", m.op("Slice", x, starts=(i * dh, j * dw),
-                                   ends=(i * dh + span_h, j * dw + span_w), axes=(2, 3),
-                                   steps=(sh, sw)), axes=(tap_axis,))
-            for i in range(kh) for j in range(kw)]
+    taps = [m.op("Slice", x, starts=(i * dh, j * dw), ends=(i * dh + span_h, j * dw + span_w),
+                 axes=(2, 3), steps=(sh, sw)) for i in range(kh) for j in range(kw)]
     if reverse:
         taps.reverse()
-    stacked = taps[0] if len(taps) == 1 else m.op("Concat", *taps, axis=tap_axis)
-    # (N, C, kk, Ho, Wo), or (N, kk, C, Ho, Wo) tap-major
+    # joined along C: (N, kk*C, Ho, Wo), tap-major; along Ho: (N, C, kk*Ho, Wo), which has
+    # the layout of (N, C, kk, Ho, Wo) (no Unsqueeze kernel per tap)
+    stacked = taps[0] if len(taps) == 1 else m.op("Concat", *taps, axis=1 if tap_major else 2)
     return m.op("Reshape", stacked, shape=(0, c * kh * kw, ho * wo))
 
 
