@@ -16,7 +16,10 @@ CPU mode (default), one run, contenders interleaved in alternating blocks, media
 - per model, ``lowering``: how often each ort_forms rule fired;
 - per model: ms per step, ratios to torch, first-step losses, and the host<->device bytes
   per step measured by the runner's counters (batch in, outputs out, state moved);
-- the ORT per-op profile (``SessionOptions.enable_profiling``) of the slowest model.
+- the ORT per-op profile (``SessionOptions.enable_profiling``) of the slowest model (or
+  ``--profile-model``), with its kernel time summed by class (GEMM and convolution, data
+  movement, normalization, pooling, the rest), and torch's per-op profile of the same step
+  by the same classes.
 
 CUDA mode (``--cuda``): ResNet-50 at batch 64 on the ORT CUDA provider in fp32 and with
 ``precision="mixed"``, against torch eager fp32 and bf16 autocast in the same run; JSON goes
@@ -173,6 +176,53 @@ def run_step(step):
     return call
 
 
+# kernel classes for the profile summaries: ORT op types, and substrings of torch's aten ops
+KERNEL_CLASSES = {
+    "gemm_and_conv": ("Conv", "ConvTranspose", "MatMul", "FusedMatMul", "Gemm", "FusedGemm",
+                      "convolution", "aten::mm", "aten::addmm"),
+    "data_movement": ("Transpose", "Slice", "Concat", "Pad", "Reshape", "Unsqueeze", "Squeeze",
+                      "ReorderInput", "ReorderOutput", "Gather", "aten::copy_", "aten::cat"),
+    "normalization": ("BatchNormalization", "batch_norm"),
+    "pooling": ("MaxPool", "ScatterElements", "GlobalAveragePool", "max_pool", "avg_pool",
+                "adaptive_avg_pool"),
+}
+
+
+def kernel_class(op: str) -> str:
+    """The KERNEL_CLASSES entry an ORT op type or a torch aten op belongs to (else
+    "elementwise_and_other": the optimizer update, activations, reductions, casts)."""
+    for name, members in KERNEL_CLASSES.items():
+        if op in members or any(m in op for m in members if m.islower() or ":" in m):
+            return name
+    return "elementwise_and_other"
+
+
+def by_class(ms_by_op: dict) -> dict:
+    """ms per step summed by kernel_class."""
+    out: Counter = Counter()
+    for op, ms in ms_by_op.items():
+        out[kernel_class(op)] += ms
+    return dict(out.most_common())
+
+
+def torch_profile(step_fn, steps: int = 3) -> dict:
+    """torch's per-op self CPU ms per step (torch.profiler) and their sum by kernel class,
+    to set against the ORT profile of the same model."""
+    from torch.profiler import ProfilerActivity, profile
+
+    step_fn()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        started = time.perf_counter()
+        for _ in range(steps):
+            step_fn()
+        wall = (time.perf_counter() - started) * 1e3 / steps
+    ms = Counter({e.key: e.self_cpu_time_total / 1e3 / steps for e in prof.key_averages()})
+    return {"steps": steps, "wall_ms_per_step": wall, "self_cpu_ms_per_step": sum(ms.values()),
+            "by_class": by_class(ms), "by_op": dict(ms.most_common(15)),
+            "note": "each op's time on the calling thread (its OpenMP workers run inside "
+                    "it), as ORT's kernel times are each kernel's wall time"}
+
+
 def ort_profile(step, x, y, steps: int = 3) -> dict:
     """Per-op ms per step from ORT's profiler trace (kernel time, summed by op type)."""
     staged = step.stage(x, y)
@@ -195,6 +245,7 @@ def ort_profile(step, x, y, steps: int = 3) -> dict:
             shapes[node] = (op, [list(t.values())[0] for t in args.get("input_type_shape", [])])
     total = sum(spent.values())
     return {"steps": steps, "kernel_ms_per_step": total / 1e3 / steps,
+            "by_class": by_class({op: us / 1e3 / steps for op, us in spent.items()}),
             "by_op": {op: {"ms": us / 1e3 / steps, "share": us / total,
                            "calls": calls[op] // steps}
                       for op, us in spent.most_common()},
@@ -294,7 +345,8 @@ def bench_cpu(args) -> dict:
         del np_step, m_np
         if not args.skip_unlowered:
             del base_step
-    slowest = max(results, key=lambda k: results[k]["ms"]["graphdl_ort"]["median_ms"])
+    slowest = args.profile_model or max(
+        results, key=lambda k: results[k]["ms"]["graphdl_ort"]["median_ms"])
     shape, batch = CPU_MODELS[slowest]
     if args.quick and slowest != "cnn":
         batch = max(2, batch // 2)
@@ -303,6 +355,16 @@ def bench_cpu(args) -> dict:
     y = r.integers(0, 10 if slowest == "cnn" else 1000, batch)
     prof = graphdl_step(build_model(slowest, shape), "onnxruntime", args.threads, profile=True)
     out = {"models": results, "ort_profile": {"model": slowest, **ort_profile(prof, x, y)}}
+    net = torch_model(slowest, build_model(slowest, shape))
+    net.train()
+    topt = torch.optim.SGD(net.parameters(), lr=LR, momentum=MOMENTUM)
+    tx, ty = torch.from_numpy(x), torch.from_numpy(y)
+
+    def torch_step():
+        topt.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(net(tx), ty).backward()
+        topt.step()
+    out["torch_profile"] = {"model": slowest, **torch_profile(torch_step)}
     if not args.skip_inplace:
         prof = graphdl_step(build_model(slowest, shape), "onnxruntime", args.threads,
                             profile=True, inplace=True)
@@ -382,6 +444,8 @@ def main(argv=None) -> dict:
                         help="do not time the ORT step without the ORT CPU lowering")
     parser.add_argument("--skip-inplace", action="store_true",
                         help="do not time the ORT step with inplace_update=True")
+    parser.add_argument("--profile-model", choices=CPU_MODELS, default=None,
+                        help="profile this model (ORT and torch per-op; default: the slowest)")
     parser.add_argument("--cuda", action="store_true", help="the H200 mode (see docstring)")
     parser.add_argument("--dry-run", action="store_true", help="--cuda logic on the CPU")
     args = parser.parse_args(argv)
