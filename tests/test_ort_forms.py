@@ -24,6 +24,7 @@ GEOMETRIES = {
     "strided_small": (2, 3, 6, 5, 4, (3, 3), (2, 2), (1, 0, 1, 2), (1, 1)),
     "1x1_strided_small": (2, 4, 6, 6, 3, (1, 1), (2, 2), (0, 0, 0, 0), (1, 1)),
     "3x3_s2_odd_small": (3, 4, 7, 7, 5, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1)),
+    "3x3_per_image": (2, 3, 12, 12, 4, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1)),
 }
 
 
@@ -59,7 +60,8 @@ def _run(graph, feeds, backend="numpy"):
 FIRES = {
     "ConvGradWeight": {"3x3_big_map", "3x3_small_map", "1x1", "1x1_small_map",
                        "strided_uneven", "dilated_1x2", "small_asym_pads", "1x1_padded_small",
-                       "strided_small", "1x1_strided_small", "3x3_s2_odd_small"},
+                       "strided_small", "1x1_strided_small", "3x3_s2_odd_small",
+                       "3x3_per_image"},
     "Conv": {"3x3_small_map", "1x1_small_map", "small_asym_pads", "1x1_padded_small",
              "strided_uneven", "strided_small", "1x1_strided_small", "3x3_s2_odd_small"},
     "ConvGradInput": {"3x3_small_map", "1x1_small_map", "small_asym_pads", "strided_small",
@@ -83,6 +85,34 @@ def test_lowering_matches_the_op_it_replaces(op_name, geometry):
     np.testing.assert_allclose(_run(lowered, feeds), ref, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(_run(lowered, feeds, "onnxruntime"), ref, rtol=1e-4,
                                atol=1e-4)
+
+
+@pytest.mark.parametrize("geometry,per_image", [("3x3_per_image", True), ("1x1", False),
+                                                 ("3x3_big_map", False)])
+def test_weight_gradient_form_follows_the_map_size(geometry, per_image):
+    # one GEMM per image and a batch sum from WEIGHT_GRAD_GEMM_PIXELS output pixels up,
+    # one GEMM over batch and pixels below (8x8 and 9x9 maps here)
+    graph, _ = _case(geometry, "ConvGradWeight")
+    ops = [n.op for n in lower_for_ort_cpu(graph).nodes]
+    assert ("ReduceSum" in ops) == per_image, ops
+
+
+def test_input_gradient_transposes_the_weight_in_two_dimensions():
+    # the weight's (O*C, kk) -> (kk, O*C) transpose is split over ORT's threads; a 3-D
+    # (O, C, kk) -> (O, kk, C) one is not
+    graph, _ = _case("3x3_small_map", "ConvGradInput")
+    lowered = lower_for_ort_cpu(graph)
+    w = graph.inputs[1]
+    producers = {out: n for n in lowered.nodes for out in n.outputs}
+
+    def from_weight(v):
+        node = producers.get(v)
+        return v is w or (node is not None and node.op == "Reshape" and from_weight(node.inputs[0]))
+
+    weight_transposes = [n for n in lowered.nodes
+                         if n.op == "Transpose" and from_weight(n.inputs[0])]
+    assert len(weight_transposes) == 1
+    assert weight_transposes[0].inputs[0].shape == (6 * 5, 9)
 
 
 def test_large_kernels_and_groups_stay_convolutions():
