@@ -69,7 +69,6 @@ def _step(model_name: str, shape, opt: str, form: str, threads: int, profile: bo
 def _peak_rss(args) -> dict:
     """In a child process: peak RSS growth (MB) over 3 steps of one form, printed as JSON."""
     import json
-    import resource
 
     from bench_ort_train import CPU_MODELS
 
@@ -79,24 +78,34 @@ def _peak_rss(args) -> dict:
     x = r.normal(size=(batch, *shape)).astype(np.float32)
     y = r.integers(0, 10 if name == "cnn" else 1000, batch)
     step = _step(name, shape, opt, args.rss_of, args.threads)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    before = _high_water_mb()
     staged = step.stage(x, y)
     for _ in range(3):
         outs, pending = step.run_staged(staged)
         step.commit(pending)
-    grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
-    print(json.dumps({"peak_rss_growth_mb": grown}))
-    return {"peak_rss_growth_mb": grown}
+    peak = _high_water_mb()
+    data = {"peak_rss_growth_mb": peak - before, "peak_rss_mb": peak,
+            "rss_before_steps_mb": before}
+    print(json.dumps(data))
+    return data
 
 
-def _child_rss(name: str, opt: str, form: str, threads: int) -> float:
+def _high_water_mb() -> float:
+    """This process's peak resident memory (VmHWM: unlike ru_maxrss, not inherited from the
+    parent across exec)."""
+    with open("/proc/self/status") as f:
+        line = next(li for li in f if li.startswith("VmHWM:"))
+    return int(line.split()[1]) / 1024
+
+
+def _child_rss(name: str, opt: str, form: str, threads: int) -> dict:
     import json
     import subprocess
 
     out = subprocess.run([sys.executable, os.path.abspath(__file__), "--rss-of", form,
                           "--models", name, "--optimizers", opt, "--threads", str(threads)],
                          capture_output=True, text=True, check=True).stdout
-    return json.loads(out.strip().splitlines()[-1])["peak_rss_growth_mb"]
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def main(argv=None) -> dict:
@@ -150,7 +159,7 @@ def main(argv=None) -> dict:
                                            if op in prof["by_op"]}}
             if args.memory:
                 for f in forms:
-                    entry[f]["peak_rss_growth_mb"] = _child_rss(name, opt, f, args.threads)
+                    entry[f]["memory"] = _child_rss(name, opt, f, args.threads)
             base = entry["double_full_guard"]["median_ms"]
             for f in forms:
                 entry[f]["ratio_to_double_full_guard"] = entry[f]["median_ms"] / base

@@ -129,8 +129,9 @@ class TrainingMixin:
         computes convolutions and matrix products in float16 (bfloat16 where the provider
         prefers it) with float32 master weights and dynamic loss scaling in the graph.
         ``inplace_update=True`` (ONNX Runtime) writes each step's new weights and moments over
-        the old ones instead of into second buffers (half the state memory); a step with a
-        non-finite loss or update is then skipped inside the graph.
+        the old ones instead of into second buffers (half the state buffers; the optimizer's
+        elementwise tail runs twice, once for the NaN guard); a step with a non-finite loss
+        or update is then skipped inside the graph.
         """
         if loss is None:
             raise ValueError("compile needs a loss, e.g. loss='cross_entropy'")

@@ -11,8 +11,9 @@ A runner that writes a Variable's new value into the very buffer that holds its 
   sum of the float updates and of the ``check`` outputs (the loss): finite exactly when none
   of them holds a NaN or an Inf (barring an overflow of the sum itself, which then skips a
   good step rather than keep a bad one). An update whose NaN/Inf would reach another checked
-  update is not summed (:func:`checked_updates`: one reduction per parameter for SGD). ``total`` is appended as the last output, so the
-  host still learns about the skipped step from one scalar. Integer state (the step counter,
+  update is not summed (:func:`checked_updates`: one reduction per parameter for SGD).
+  ``total`` is appended as the last output, so the host still learns about the skipped step
+  from one scalar. Integer state (the step counter,
   seeds) is selected by the same ``ok``, so a skipped step leaves *every* variable as it was.
 - **Reads before writes.** ONNX Runtime orders nodes by data dependencies only; it may run
   ``Where`` (which writes ``var``'s buffer) before another node that still reads the old
