@@ -172,23 +172,30 @@ class _Weights(Callback):
         self.weights.append(self.model.get_weights())
 
 
-def test_nan_guard_on_ort_keeps_the_weights_and_moments_before_the_bad_step():
-    x, y = _blobs()
-    m = _mlp()
+def check_nan_guard_keeps_the_state(model, x, y, **compile_options) -> None:
+    """Train with an Adam that overflows within a few steps: ``fit`` must stop naming the
+    epoch and batch, and the weights and moments must stay as the last good step left them."""
     opt = gd.optim.Adam(1e25)  # overflows within a few steps
-    m.compile(opt, "cross_entropy", backend="onnxruntime", providers="cpu")
+    model.compile(opt, "cross_entropy", backend="onnxruntime", providers="cpu",
+                  **compile_options)
     recorder = _Weights()
     with pytest.raises(NonFiniteLossError) as err:
-        m.fit(x, y, epochs=3, batch_size=8, callbacks=[recorder], verbose=0, shuffle=False)
+        model.fit(x, y, epochs=3, batch_size=8, callbacks=[recorder], verbose=0,
+                  shuffle=False)
     committed = len(recorder.weights)
     assert 0 < committed < 3 * 8
     epoch, batch = divmod(committed, 8)
     assert f"epoch {epoch + 1}/3, batch {batch + 1}/8" in str(err.value)
-    for kept, want in zip(m.get_weights(), recorder.weights[-1]):
+    for kept, want in zip(model.get_weights(), recorder.weights[-1]):
         np.testing.assert_array_equal(kept, want)
     assert opt.iterations == committed
     for var in opt.variables:
         assert np.isfinite(var.value).all(), var.name
+
+
+def test_nan_guard_on_ort_keeps_the_weights_and_moments_before_the_bad_step():
+    x, y = _blobs()
+    check_nan_guard_keeps_the_state(_mlp(), x, y)
 
 
 def test_state_stays_on_device_and_syncs_lazily():
