@@ -15,6 +15,11 @@ Measured on ORT 1.31 (MLAS), 2 threads (benchmarks/bench_ort_train.py has the pr
 - Training BatchNorm and its gradient lowered to elementwise chains were about a fifth of
   the ResNet-50 step (full-size Sub/Mul/Add/ReduceMean); ORT's training-mode
   ``BatchNormalization`` computes y (or xhat) and the batch statistics in one kernel.
+- On the smallest maps (ResNet stages 3-4 at 64x64 inputs) the windows are one ``MatMul``
+  with a constant 0/1 selection matrix instead of ``Pad`` + strided ``Slice`` + ``Concat``
+  (about 25 small kernels per convolution): ResNet-18 kernel time 238 -> 208 ms per step,
+  2 threads (bench_ort_train's profile); the input gradient reads its rows straight out of
+  that product, with no Pad for the zeros spread between a strided dy's elements.
 - ORT's ``Transpose`` of a weight is slow (a general permutation of 512x512x3x3 cost more
   than the GEMM), so the windows are laid out channel-major and every weight reshapes to its
   matrix as it is; the only transposes left swap the last two axes of activations (which
@@ -43,11 +48,43 @@ SMALL_MAP_PIXELS = 64
 WEIGHT_GRAD_GEMM_PIXELS = 128
 # im2col by a grouped 0/1-kernel Conv from this many pixels per image (else Slice + Concat)
 IM2COL_CONV_PIXELS = SMALL_MAP_PIXELS
+# im2col as one MatMul with a 0/1 selection matrix below this many source pixels per image
+# (taps, stride, padding and a transposed conv's zero spreading folded into the matrix).
+# ORT, min of 40, 3x3 pad 1 (selection MatMul vs Pad + 9 Slices + Concat), 1 / 2 threads:
+# 16x256x4x4 0.65 / 0.48 vs 1.74 / 1.74 ms; 16x512x2x2 0.26 / 0.24 vs 1.50 / 1.48 ms;
+# 8x512x7x7 3.2 / 3.2 vs 3.6 / 3.6 ms and 16x128x8x8 2.2 vs 2.2 ms (no gain from 49 pixels)
+SELECTION_PIXELS = 32
 
 
 def _geometry(node) -> tuple:
     a = node.attrs
     return (tuple(a["strides"]), tuple(a["pads"]), tuple(a["dilations"]), int(a["group"]))
+
+
+def _selection(src_hw, kernel, out_hw, source, dtype) -> np.ndarray:
+    """The 0/1 matrix S (H*W, kh*kw*Ho*Wo) with ``x_flat @ S`` = im2col of x: column
+    ``t*Ho*Wo + p`` holds the source pixel ``source(i, j, a, b)`` (or none: zero) of tap
+    t = (i, j) of output pixel p = (a, b)."""
+    (h, w), (kh, kw), (ho, wo) = src_hw, kernel, out_hw
+    sel = np.zeros((h * w, kh * kw * ho * wo), dtype)
+    for i in range(kh):
+        for j in range(kw):
+            for a in range(ho):
+                for b in range(wo):
+                    rc = source(i, j, a, b)
+                    if rc is not None and 0 <= rc[0] < h and 0 <= rc[1] < w:
+                        sel[rc[0] * w + rc[1], ((i * kw + j) * ho + a) * wo + b] = 1
+    return sel
+
+
+def _selected_windows(m: Match, x: Value, kernel, out_hw, source) -> Value:
+    """im2col of a small map x (N, C, H, W) as one MatMul: (N, C, kh*kw, Ho*Wo). Each
+    entry is one x times 1 plus zeros, so it equals x exactly (for finite x)."""
+    h, w = x.shape[2:]
+    sel = _selection((h, w), kernel, out_hw, source, np.dtype(x.dtype))
+    cols = m.op("MatMul", m.op("Reshape", x, shape=(0, x.shape[1], h * w)), m.const(sel))
+    return m.op("Reshape", cols, shape=(0, x.shape[1], kernel[0] * kernel[1],
+                                        out_hw[0] * out_hw[1]))
 
 
 def _windows(m: Match, x: Value, kernel, out_hw, strides, pads, dilations,
@@ -60,6 +97,11 @@ def _windows(m: Match, x: Value, kernel, out_hw, strides, pads, dilations,
     (kh, kw), (ho, wo), (sh, sw), (dh, dw) = kernel, out_hw, strides, dilations
     pt, pl, pb, pr = pads
     c = x.shape[1]
+    if x.shape[2] * x.shape[3] < SELECTION_PIXELS and not (reverse or tap_major):
+        def source(i, j, a, b):  # y[a, b] reads x[a*s + i*d - p] (the forward convolution)
+            return a * sh + i * dh - pt, b * sw + j * dw - pl
+        cols = _selected_windows(m, x, kernel, out_hw, source)
+        return m.op("Reshape", cols, shape=(0, c * kh * kw, ho * wo))
     if ho * wo >= IM2COL_CONV_PIXELS and kh * kw > 1 and not tap_major:
         # one grouped Conv with a 0/1 kernel per channel copies the taps out in one kernel
         # (MLAS); the strided Slices + Concat measured 1.5-2x slower on large maps
@@ -162,6 +204,22 @@ def _conv_grad_input_as_matmul(m: Match):
     if pt > kh - 1 or pl > kw - 1 or not _static(*dy.shape[1:], *w.shape):
         return None
     (h, wd), (ho, wo) = out_hw, dy.shape[2:]
+    wr = m.op("Reshape", m.op("Transpose", m.op("Reshape", w, shape=(o * c, kh * kw)),
+                              perm=(1, 0)), shape=(-1, c))  # wr[(t, o), c] = w[o, c, t]
+    if ho * wo < SELECTION_PIXELS:
+        def source(i, j, r, q):  # dx[r, q] gets w[., ., i, j] * dy[a, b] where r = a*s + i - p
+            a, ra = divmod(r + pt - i, sh)
+            b, rb = divmod(q + pl - j, sw)
+            return None if ra or rb else (a, b)
+        # rows (N*P, kk*O) tap-major straight from a selection with its rows in (pixel, tap)
+        # order times dy^T: a Transpose of the windows (N, O, kk, P) -> (N, P, kk, O) cost
+        # as much as the Slices, Pads and Concats it replaced (ResNet-18, 2 threads)
+        sel = _selection((ho, wo), kernel, out_hw, source, np.dtype(dy.dtype))
+        sel = sel.reshape(ho * wo, kh * kw, h * wd).transpose(2, 1, 0).reshape(-1, ho * wo)
+        rows = m.op("MatMul", m.const(np.ascontiguousarray(sel)),
+                    _swap_last(m, m.op("Reshape", dy, shape=(0, o, ho * wo))))  # (N, P*kk, O)
+        rows = m.op("Reshape", rows, shape=(-1, kh * kw * o))
+        return _pixels_to_nchw(m, m.op("MatMul", rows, wr), out_hw)
     d = dy
     if strides != (1, 1):
         # a strided transposed conv is a stride-1 one over dy with s-1 zeros after each
@@ -181,8 +239,6 @@ def _conv_grad_input_as_matmul(m: Match):
     # 1.35 ms each on 1)
     full = (kh - 1 - pt, kw - 1 - pl, h - th + pt, wd - tw + pl)
     cols = _windows(m, d, kernel, out_hw, (1, 1), full, (1, 1), reverse=True, tap_major=True)
-    wr = m.op("Reshape", m.op("Transpose", m.op("Reshape", w, shape=(o * c, kh * kw)),
-                              perm=(1, 0)), shape=(-1, c))  # wr[(t, o), c] = w[o, c, t]
     return _pixels_to_nchw(m, m.op("MatMul", _rows(m, cols), wr), out_hw)
 
 

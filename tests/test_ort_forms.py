@@ -25,6 +25,9 @@ GEOMETRIES = {
     "1x1_strided_small": (2, 4, 6, 6, 3, (1, 1), (2, 2), (0, 0, 0, 0), (1, 1)),
     "3x3_s2_odd_small": (3, 4, 7, 7, 5, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1)),
     "3x3_per_image": (2, 3, 12, 12, 4, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1)),
+    # windows by Slices (from SELECTION_PIXELS source pixels), the input gradient too
+    "3x3_7x7_slices": (2, 3, 7, 7, 4, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1)),
+    "strided_rows_slices": (2, 3, 8, 7, 4, (3, 3), (1, 2), (1, 1, 1, 1), (1, 1)),
 }
 
 
@@ -61,11 +64,13 @@ FIRES = {
     "ConvGradWeight": {"3x3_big_map", "3x3_small_map", "1x1", "1x1_small_map",
                        "strided_uneven", "dilated_1x2", "small_asym_pads", "1x1_padded_small",
                        "strided_small", "1x1_strided_small", "3x3_s2_odd_small",
-                       "3x3_per_image"},
+                       "3x3_per_image", "3x3_7x7_slices", "strided_rows_slices"},
     "Conv": {"3x3_small_map", "1x1_small_map", "small_asym_pads", "1x1_padded_small",
-             "strided_uneven", "strided_small", "1x1_strided_small", "3x3_s2_odd_small"},
+             "strided_uneven", "strided_small", "1x1_strided_small", "3x3_s2_odd_small",
+             "3x3_7x7_slices", "strided_rows_slices"},
     "ConvGradInput": {"3x3_small_map", "1x1_small_map", "small_asym_pads", "strided_small",
-                      "1x1_strided_small", "3x3_s2_odd_small"},
+                      "1x1_strided_small", "3x3_s2_odd_small", "3x3_7x7_slices",
+                      "strided_rows_slices"},
 }
 
 
@@ -113,6 +118,22 @@ def test_input_gradient_transposes_the_weight_in_two_dimensions():
                          if n.op == "Transpose" and from_weight(n.inputs[0])]
     assert len(weight_transposes) == 1
     assert weight_transposes[0].inputs[0].shape == (6 * 5, 9)
+
+
+@pytest.mark.parametrize("op_name", ["Conv", "ConvGradWeight", "ConvGradInput"])
+@pytest.mark.parametrize("geometry,selection", [("3x3_small_map", True), ("strided_small", True),
+                                                ("3x3_7x7_slices", False),
+                                                ("strided_rows_slices", False)])
+def test_small_source_maps_take_their_windows_by_one_selection_matmul(op_name, geometry,
+                                                                      selection):
+    # below SELECTION_PIXELS source pixels (x, or dy for the input gradient) the windows are
+    # one MatMul with a constant 0/1 matrix; from there on strided Slices
+    graph, _ = _case(geometry, op_name)
+    lowered = lower_for_ort_cpu(graph)
+    ops = [n.op for n in lowered.nodes]
+    constant_matmuls = [n for n in lowered.nodes if n.op == "MatMul" and any(
+        v.node.op == "Const" for v in n.inputs)]
+    assert ("Slice" not in ops and len(constant_matmuls) == 1) == selection, ops
 
 
 def test_large_kernels_and_groups_stay_convolutions():
