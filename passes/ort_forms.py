@@ -10,16 +10,17 @@ Measured on ORT 1.31 (MLAS), 2 threads (benchmarks/bench_ort_train.py has the pr
 - A convolution on a small feature map (ResNet stage 4 at 64x64 inputs: 2x2 pixels, 512
   channels) is run by MLAS image by image, streaming the whole weight matrix once per image;
   as im2col over the whole batch and one ``MatMul`` the weights are read once.
-  The same holds for the input gradient, a stride-1 convolution with the flipped kernel
-  over dy (for a strided convolution, over dy with zeros spread between its elements).
+  The same holds for the input gradient (a transposed convolution: each dx pixel sums
+  W times the dy pixels its taps reach).
 - Training BatchNorm and its gradient lowered to elementwise chains were about a fifth of
   the ResNet-50 step (full-size Sub/Mul/Add/ReduceMean); ORT's training-mode
   ``BatchNormalization`` computes y (or xhat) and the batch statistics in one kernel.
-- On the smallest maps (ResNet stages 3-4 at 64x64 inputs) the windows are one ``MatMul``
+- On the smallest maps (under 64 pixels: ResNet-18's stages 3-4 at 64x64 inputs, ResNet-50's
+  stage 4 at 224x224) the windows are one ``MatMul``
   with a constant 0/1 selection matrix instead of ``Pad`` + strided ``Slice`` + ``Concat``
   (about 25 small kernels per convolution): ResNet-18 kernel time 238 -> 208 ms per step,
   2 threads (bench_ort_train's profile); the input gradient reads its rows straight out of
-  that product, with no Pad for the zeros spread between a strided dy's elements.
+  that product, a strided dy's zero spreading folded into the matrix.
 - ORT's ``Transpose`` of a weight is slow (a general permutation of 512x512x3x3 cost more
   than the GEMM), so the windows are laid out channel-major and every weight reshapes to its
   matrix as it is; the only transposes left swap the last two axes of activations (which
@@ -52,8 +53,10 @@ IM2COL_CONV_PIXELS = SMALL_MAP_PIXELS
 # (taps, stride, padding and a transposed conv's zero spreading folded into the matrix).
 # ORT, min of 40, 3x3 pad 1 (selection MatMul vs Pad + 9 Slices + Concat), 1 / 2 threads:
 # 16x256x4x4 0.65 / 0.48 vs 1.74 / 1.74 ms; 16x512x2x2 0.26 / 0.24 vs 1.50 / 1.48 ms;
-# 8x512x7x7 3.2 / 3.2 vs 3.6 / 3.6 ms and 16x128x8x8 2.2 vs 2.2 ms (no gain from 49 pixels)
-SELECTION_PIXELS = 32
+# 8x512x7x7 3.2 / 3.2 vs 3.6 / 3.6 ms, 16x128x8x8 2.2 vs 2.2 ms. The selection MatMul adds
+# (source pixels / channels) of the conv's FLOPs: ResNet-50's 7x7 stage (49 / 512), whole
+# step 1809 -> 1769 ms median with the threshold at 64 instead of 32 (2 threads, 6 repeats)
+SELECTION_PIXELS = 64
 
 
 def _geometry(node) -> tuple:
@@ -87,42 +90,38 @@ def _selected_windows(m: Match, x: Value, kernel, out_hw, source) -> Value:
                                         out_hw[0] * out_hw[1]))
 
 
-def _windows(m: Match, x: Value, kernel, out_hw, strides, pads, dilations,
-             reverse: bool = False, tap_major: bool = False) -> Value:
+def _windows(m: Match, x: Value, kernel, out_hw, strides, pads, dilations) -> Value:
     """im2col of x (N, C, H, W): (N, C*kh*kw, Ho*Wo), row ``c*kh*kw + i*kw + j`` holding the
     window tap (i, j) of channel c, so a (O, C, kh, kw) weight reshapes to its matrix with
-    no transpose (ORT's Transpose of a weight costs more than the GEMM). ``reverse`` lists
-    the taps last to first (the kernel flipped in space); ``tap_major`` orders the rows
-    ``t*C + c`` instead (Slice windows only)."""
+    no transpose (ORT's Transpose of a weight costs more than the GEMM)."""
     (kh, kw), (ho, wo), (sh, sw), (dh, dw) = kernel, out_hw, strides, dilations
     pt, pl, pb, pr = pads
     c = x.shape[1]
-    if x.shape[2] * x.shape[3] < SELECTION_PIXELS and not (reverse or tap_major):
+    span_h, span_w = sh * (ho - 1) + 1, sw * (wo - 1) + 1
+    if kh == kw == 1 and not any(pads) and x.shape[2:] == (span_h, span_w) == (ho, wo):
+        return m.op("Reshape", x, shape=(0, c, ho * wo))  # a 1x1 conv's windows: x itself
+    if x.shape[2] * x.shape[3] < SELECTION_PIXELS:
         def source(i, j, a, b):  # y[a, b] reads x[a*s + i*d - p] (the forward convolution)
             return a * sh + i * dh - pt, b * sw + j * dw - pl
         cols = _selected_windows(m, x, kernel, out_hw, source)
         return m.op("Reshape", cols, shape=(0, c * kh * kw, ho * wo))
-    if ho * wo >= IM2COL_CONV_PIXELS and kh * kw > 1 and not tap_major:
+    if ho * wo >= IM2COL_CONV_PIXELS and kh * kw > 1:
         # one grouped Conv with a 0/1 kernel per channel copies the taps out in one kernel
         # (MLAS); the strided Slices + Concat measured 1.5-2x slower on large maps
-        order = list(range(kh * kw))[::-1] if reverse else list(range(kh * kw))
         eye = np.zeros((c, kh * kw, 1, kh * kw), np.dtype(x.dtype))
-        eye[:, np.arange(kh * kw), 0, order] = 1
+        eye[:, np.arange(kh * kw), 0, np.arange(kh * kw)] = 1
         taps = m.op("Conv", x, m.const(eye.reshape(c * kh * kw, 1, kh, kw)),
                     strides=strides, pads=pads, dilations=dilations, group=c)
         return m.op("Reshape", taps, shape=(0, c * kh * kw, ho * wo))
     if any(pads):
         x = m.op("Pad", x, pads=((0, 0), (0, 0), (pt, pb), (pl, pr)), value=0.0)
-    span_h, span_w = sh * (ho - 1) + 1, sw * (wo - 1) + 1
-    if kh == kw == 1 and x.shape[2] == span_h and x.shape[3] == span_w:
-        return m.op("Reshape", x, shape=(0, c, ho * wo))
+    if kh == kw == 1 and x.shape[2:] == (span_h, span_w) == (ho, wo):
+        return m.op("Reshape", x, shape=(0, c, ho * wo))  # (a strided one still slices)
     taps = [m.op("Slice", x, starts=(i * dh, j * dw), ends=(i * dh + span_h, j * dw + span_w),
                  axes=(2, 3), steps=(sh, sw)) for i in range(kh) for j in range(kw)]
-    if reverse:
-        taps.reverse()
-    # joined along C: (N, kk*C, Ho, Wo), tap-major; along Ho: (N, C, kk*Ho, Wo), which has
-    # the layout of (N, C, kk, Ho, Wo) (no Unsqueeze kernel per tap)
-    stacked = taps[0] if len(taps) == 1 else m.op("Concat", *taps, axis=1 if tap_major else 2)
+    # joined along Ho: (N, C, kk*Ho, Wo), which has the layout of (N, C, kk, Ho, Wo) (no
+    # Unsqueeze kernel per tap)
+    stacked = taps[0] if len(taps) == 1 else m.op("Concat", *taps, axis=2)
     return m.op("Reshape", stacked, shape=(0, c * kh * kw, ho * wo))
 
 
@@ -197,49 +196,33 @@ def _conv_grad_input_as_matmul(m: Match):
     dy, w = node.inputs
     strides, pads, dilations, group = _geometry(node)
     kernel, out_hw = tuple(w.shape[2:]), tuple(m.type.shape[2:])
-    (kh, kw), (sh, sw), (pt, pl, _, _) = kernel, strides, pads
+    (kh, kw), (sh, sw), (dh, dw), (pt, pl, _, _) = kernel, strides, dilations, pads
     o, c = w.shape[:2]
-    if group != 1 or dilations != (1, 1) or not _small(out_hw, kernel):
-        return None
-    if pt > kh - 1 or pl > kw - 1 or not _static(*dy.shape[1:], *w.shape):
+    if group != 1 or not _small(out_hw, kernel) or not _static(*dy.shape[1:], *w.shape):
         return None
     (h, wd), (ho, wo) = out_hw, dy.shape[2:]
+    # the weight as (kk, O, C) rows: the 2-D transpose (O*C, kk) -> (kk, O*C), which ORT
+    # splits over its threads, unlike (O, C, kk) -> (O, kk, C) (512x512x3x3, min of 40:
+    # 0.74 vs 1.57 ms on 2 threads; 1.35 ms each on 1)
     wr = m.op("Reshape", m.op("Transpose", m.op("Reshape", w, shape=(o * c, kh * kw)),
                               perm=(1, 0)), shape=(-1, c))  # wr[(t, o), c] = w[o, c, t]
-    if ho * wo < SELECTION_PIXELS:
-        def source(i, j, r, q):  # dx[r, q] gets w[., ., i, j] * dy[a, b] where r = a*s + i - p
-            a, ra = divmod(r + pt - i, sh)
-            b, rb = divmod(q + pl - j, sw)
+    flat = m.op("Reshape", dy, shape=(0, o, ho * wo))
+    if (kh, kw, sh, sw) == (1, 1, 1, 1) and not any(pads):
+        rows = _swap_last(m, flat)  # dy's pixels are dx's: dx = dy @ W
+    else:
+        def source(i, j, r, q):  # dx[r, q] gets w[., ., i, j] * dy[a, b]: r = a*s + i*d - p
+            a, ra = divmod(r + pt - i * dh, sh)
+            b, rb = divmod(q + pl - j * dw, sw)
             return None if ra or rb else (a, b)
         # rows (N*P, kk*O) tap-major straight from a selection with its rows in (pixel, tap)
-        # order times dy^T: a Transpose of the windows (N, O, kk, P) -> (N, P, kk, O) cost
-        # as much as the Slices, Pads and Concats it replaced (ResNet-18, 2 threads)
+        # order times dy^T (the stride's zero spreading, the padding and the taps folded in);
+        # a Transpose of windows (N, O, kk, P) -> (N, P, kk, O) cost as much as the Pads,
+        # Slices and Concats the selection replaced (ResNet-18, 2 threads)
         sel = _selection((ho, wo), kernel, out_hw, source, np.dtype(dy.dtype))
         sel = sel.reshape(ho * wo, kh * kw, h * wd).transpose(2, 1, 0).reshape(-1, ho * wo)
-        rows = m.op("MatMul", m.const(np.ascontiguousarray(sel)),
-                    _swap_last(m, m.op("Reshape", dy, shape=(0, o, ho * wo))))  # (N, P*kk, O)
-        rows = m.op("Reshape", rows, shape=(-1, kh * kw * o))
-        return _pixels_to_nchw(m, m.op("MatMul", rows, wr), out_hw)
-    d = dy
-    if strides != (1, 1):
-        # a strided transposed conv is a stride-1 one over dy with s-1 zeros after each
-        # element (the zero products add nothing)
-        spread = m.op("Pad", m.op("Reshape", dy, shape=(0, o, ho, 1, wo, 1)),
-                      pads=((0, 0), (0, 0), (0, 0), (0, sh - 1), (0, 0), (0, sw - 1)),
-                      value=0.0)
-        d = m.op("Reshape", spread, shape=(0, o, ho * sh, wo * sw))
-    # dx row r reads rows r - (kh-1-pt) .. r + pt of d: rows past h + pt are never read
-    th, tw = min(ho * sh, h + pt), min(wo * sw, wd + pl)
-    if (th, tw) != (ho * sh, wo * sw):
-        d = m.op("Slice", d, starts=(0, 0), ends=(th, tw), axes=(2, 3), steps=(1, 1))
-    # dx = conv(d, w flipped in space, in/out channels swapped), padded so it has dx's size;
-    # the flip is the taps taken in reverse, so the weight only needs (kk, O, C) rows: the
-    # 2-D transpose (O*C, kk) -> (kk, O*C), which ORT splits over its threads, unlike
-    # (O, C, kk) -> (O, kk, C) (512x512x3x3, min of 40: 0.74 vs 1.57 ms on 2 threads;
-    # 1.35 ms each on 1)
-    full = (kh - 1 - pt, kw - 1 - pl, h - th + pt, wd - tw + pl)
-    cols = _windows(m, d, kernel, out_hw, (1, 1), full, (1, 1), reverse=True, tap_major=True)
-    return _pixels_to_nchw(m, m.op("MatMul", _rows(m, cols), wr), out_hw)
+        rows = m.op("MatMul", m.const(np.ascontiguousarray(sel)), _swap_last(m, flat))
+    rows = m.op("Reshape", rows, shape=(-1, kh * kw * o))  # (N*P, kk*O)
+    return _pixels_to_nchw(m, m.op("MatMul", rows, wr), out_hw)
 
 
 def _batch_norm_ort_cpu_form(m: Match):
@@ -261,7 +244,8 @@ ORT_CPU_RULES = [
     Rule("small_map_conv_as_matmul", op("Conv"), _conv_as_matmul),
     # ^ conv(x, W) = im2col(x) @ W^T, one GEMM for the whole batch
     Rule("small_map_conv_grad_input_as_matmul", op("ConvGradInput"), _conv_grad_input_as_matmul),
-    # ^ dX = conv(zero-spread dY, flip(W)^T, pads k-1-p) = im2col(., taps reversed) @ W
+    # ^ dX[r] = sum_(o, t) W[o, ., t] dY[o, a] over r = a*s + t*d - p: a 0/1 selection of dY's
+    #   pixels per (dx pixel, tap), then one GEMM with W
 ]
 
 

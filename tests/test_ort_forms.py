@@ -25,9 +25,12 @@ GEOMETRIES = {
     "1x1_strided_small": (2, 4, 6, 6, 3, (1, 1), (2, 2), (0, 0, 0, 0), (1, 1)),
     "3x3_s2_odd_small": (3, 4, 7, 7, 5, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1)),
     "3x3_per_image": (2, 3, 12, 12, 4, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1)),
-    # windows by Slices (from SELECTION_PIXELS source pixels), the input gradient too
-    "3x3_7x7_slices": (2, 3, 7, 7, 4, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1)),
-    "strided_rows_slices": (2, 3, 8, 7, 4, (3, 3), (1, 2), (1, 1, 1, 1), (1, 1)),
+    "3x3_7x7": (2, 3, 7, 7, 4, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1)),
+    "strided_rows": (2, 3, 8, 7, 4, (3, 3), (1, 2), (1, 1, 1, 1), (1, 1)),
+    # windows of the (64-pixel) input by strided Slices
+    "3x3_s2_8x8_slices": (2, 3, 8, 8, 4, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1)),
+    # a strided 1x1 whose input spans exactly its strided windows (odd size)
+    "1x1_s2_odd_span": (2, 3, 7, 7, 4, (1, 1), (2, 2), (0, 0, 0, 0), (1, 1)),
 }
 
 
@@ -64,13 +67,14 @@ FIRES = {
     "ConvGradWeight": {"3x3_big_map", "3x3_small_map", "1x1", "1x1_small_map",
                        "strided_uneven", "dilated_1x2", "small_asym_pads", "1x1_padded_small",
                        "strided_small", "1x1_strided_small", "3x3_s2_odd_small",
-                       "3x3_per_image", "3x3_7x7_slices", "strided_rows_slices"},
+                       "3x3_per_image", "3x3_7x7", "strided_rows",
+                       "1x1_s2_odd_span", "3x3_s2_8x8_slices"},
     "Conv": {"3x3_small_map", "1x1_small_map", "small_asym_pads", "1x1_padded_small",
              "strided_uneven", "strided_small", "1x1_strided_small", "3x3_s2_odd_small",
-             "3x3_7x7_slices", "strided_rows_slices"},
+             "3x3_7x7", "strided_rows", "1x1_s2_odd_span", "3x3_s2_8x8_slices"},
     "ConvGradInput": {"3x3_small_map", "1x1_small_map", "small_asym_pads", "strided_small",
-                      "1x1_strided_small", "3x3_s2_odd_small", "3x3_7x7_slices",
-                      "strided_rows_slices"},
+                      "1x1_strided_small", "3x3_s2_odd_small", "3x3_7x7",
+                      "strided_rows", "1x1_s2_odd_span", "1x1_padded_small"},
 }
 
 
@@ -120,20 +124,25 @@ def test_input_gradient_transposes_the_weight_in_two_dimensions():
     assert weight_transposes[0].inputs[0].shape == (6 * 5, 9)
 
 
-@pytest.mark.parametrize("op_name", ["Conv", "ConvGradWeight", "ConvGradInput"])
-@pytest.mark.parametrize("geometry,selection", [("3x3_small_map", True), ("strided_small", True),
-                                                ("3x3_7x7_slices", False),
-                                                ("strided_rows_slices", False)])
+@pytest.mark.parametrize("op_name,geometry,selection", [
+    ("Conv", "3x3_small_map", True), ("Conv", "strided_rows", True),
+    ("Conv", "3x3_s2_8x8_slices", False), ("ConvGradWeight", "3x3_7x7", True),
+    ("ConvGradWeight", "3x3_s2_8x8_slices", False), ("ConvGradInput", "3x3_small_map", True),
+    ("ConvGradInput", "strided_small", True), ("ConvGradInput", "1x1_padded_small", True),
+    ("ConvGradInput", "1x1_small_map", False)])
 def test_small_source_maps_take_their_windows_by_one_selection_matmul(op_name, geometry,
                                                                       selection):
     # below SELECTION_PIXELS source pixels (x, or dy for the input gradient) the windows are
-    # one MatMul with a constant 0/1 matrix; from there on strided Slices
+    # one MatMul with a constant 0/1 matrix; from there on strided Slices (a 1x1 input
+    # gradient without stride or padding needs no windows)
     graph, _ = _case(geometry, op_name)
     lowered = lower_for_ort_cpu(graph)
     ops = [n.op for n in lowered.nodes]
     constant_matmuls = [n for n in lowered.nodes if n.op == "MatMul" and any(
         v.node.op == "Const" for v in n.inputs)]
-    assert ("Slice" not in ops and len(constant_matmuls) == 1) == selection, ops
+    assert op_name not in ops
+    assert len(constant_matmuls) == int(selection), ops
+    assert ("Slice" in ops) == (not selection and op_name != "ConvGradInput"), ops
 
 
 def test_large_kernels_and_groups_stay_convolutions():
