@@ -13,7 +13,7 @@ import functools
 import io
 import os
 import tempfile
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -107,8 +107,11 @@ def resolve_providers(providers: str | Sequence[Any] = "auto", device_id: int = 
 
 def session_options(threads: int | None = None, optimization_level: str = "all",
                     optimized_model_path: str | None = None,
-                    log_level: int = 3) -> ort.SessionOptions:
-    """ORT session options from graphdl's knobs (threads, optimization level)."""
+                    log_level: int = 3,
+                    settings: Mapping[str, Any] | None = None) -> ort.SessionOptions:
+    """ORT session options from graphdl's knobs (threads, optimization level) and
+    ``settings``: ``SessionOptions`` attributes by name (``"enable_mem_pattern"``), or session
+    config entries by their dotted key (``"session.intra_op.allow_spinning"``)."""
     if optimization_level not in OPTIMIZATION_LEVELS:
         raise ValueError(f"optimization_level={optimization_level!r}: use one of "
                          f"{', '.join(OPTIMIZATION_LEVELS)}")
@@ -122,6 +125,14 @@ def session_options(threads: int | None = None, optimization_level: str = "all",
         options.inter_op_num_threads = 1
     if optimized_model_path:
         options.optimized_model_filepath = os.fspath(optimized_model_path)
+    for key, value in (settings or {}).items():
+        if "." in key:  # a session config entry: ORT takes strings
+            options.add_session_config_entry(key, str(value))
+        elif hasattr(options, key):
+            setattr(options, key, value)
+        else:
+            raise ValueError(f"session setting {key!r}: not a SessionOptions attribute nor a "
+                             "dotted session config key")
     return options
 
 

@@ -37,7 +37,7 @@ values ``<var>.new`` (:func:`graphdl.backends.onnx_export.to_onnx` with
 from __future__ import annotations
 
 import threading
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import onnxruntime as ort
@@ -49,6 +49,11 @@ from graphdl.backends.ort import CUDA, _np_dtype, resolve_providers, session_opt
 from graphdl.feeds import validate_feeds
 from graphdl.ir import Graph, GraphError, Value, Variable
 from graphdl.passes.inplace_update import checked_updates, guard_updates, shared_buffers
+
+# Session settings of every train-step session (benchmarks/bench_ort_session.py measures them;
+# benchmarks/results/ort_session.json). Only settings that paid on cnn, resnet18 and resnet50
+# belong here, each with its measured reason.
+TRAIN_SESSION_SETTINGS: dict[str, Any] = {}
 
 
 class DeviceState:
@@ -196,6 +201,8 @@ class OrtFunction:
     first (``non_finite``). ``profile=True`` turns on ORT's profiler (see :meth:`end_profiling`).
     ``inplace_update=True`` writes the state over its old buffers (module docstring);
     ``check_outputs`` are outputs (the loss) whose NaN/Inf also skips such a step.
+    ``session_settings`` override :data:`TRAIN_SESSION_SETTINGS` (ORT session options by
+    attribute name or dotted config key, :func:`graphdl.backends.ort.session_options`).
     """
 
     def __init__(self, graph: Graph, state: DeviceState | None = None,
@@ -203,7 +210,8 @@ class OrtFunction:
                  optimization_level: str = "all", guard: bool = True,
                  single_output: bool = False, report: Any = None, profile: bool = False,
                  device_id: int = 0, inplace_update: bool = False,
-                 check_outputs: Sequence[int] = (), recompute: bool = True):
+                 check_outputs: Sequence[int] = (), recompute: bool = True,
+                 session_settings: Mapping[str, Any] | None = None):
         self.user_graph = graph
         self.inplace_update = bool(inplace_update and graph.updates)
         if self.inplace_update:  # the guard selects inside the graph (passes/inplace_update)
@@ -237,7 +245,9 @@ class OrtFunction:
             proto, updates_out, [name for name, (_, in_place) in
                                  zip(updates_out, self._outputs_to) if in_place],
             recompute=recompute)
-        options = session_options(threads, optimization_level)
+        # the measured defaults (TRAIN_SESSION_SETTINGS), then the caller's overrides
+        self.session_settings = {**TRAIN_SESSION_SETTINGS, **(session_settings or {})}
+        options = session_options(threads, optimization_level, settings=self.session_settings)
         if profile:
             options.enable_profiling = True
         self.onnx_model = proto
