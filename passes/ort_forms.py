@@ -6,7 +6,8 @@ Measured on ORT 1.31 (MLAS), 2 threads (benchmarks/bench_ort_train.py has the pr
   (``ConvGradWeight``'s own ONNX lowering), runs one skinny GEMM per input channel and took
   about half of the step. As im2col and one ``MatMul`` contracting over the batch and the
   pixels it is 2-7x faster. im2col is a grouped ``Conv`` with a 0/1 kernel on large maps
-  (one MLAS kernel) and strided ``Slice`` windows joined by ``Concat`` on small ones.
+  (one MLAS kernel), strided ``Slice`` windows joined by ``Concat`` on small ones and a
+  selection ``MatMul`` (below) on the smallest.
 - A convolution on a small feature map (ResNet stage 4 at 64x64 inputs: 2x2 pixels, 512
   channels) is run by MLAS image by image, streaming the whole weight matrix once per image;
   as im2col over the whole batch and one ``MatMul`` the weights are read once.
@@ -24,7 +25,9 @@ Measured on ORT 1.31 (MLAS), 2 threads (benchmarks/bench_ort_train.py has the pr
 - ORT's ``Transpose`` of a weight is slow (a general permutation of 512x512x3x3 cost more
   than the GEMM), so the windows are laid out channel-major and every weight reshapes to its
   matrix as it is; the only transposes left swap the last two axes of activations (which
-  ORT runs at copy speed) or fold into ``MatMul`` (ORT's FusedMatMul transA/transB).
+  ORT runs at copy speed) or fold into ``MatMul`` (ORT's FusedMatMul transA/transB), and
+  the input gradient's weight, transposed as a 2-D (O*C, kk) matrix, which ORT splits over
+  its threads.
 Each rule keeps the arithmetic of the op it replaces (the same products, summed in another
 order), so losses agree with the NumPy executor within float tolerance. The pass is a
 lowering for one runtime: the ``onnxruntime_cpu`` pipeline runs it; the NumPy executor and
@@ -55,7 +58,9 @@ IM2COL_CONV_PIXELS = SMALL_MAP_PIXELS
 # 16x256x4x4 0.65 / 0.48 vs 1.74 / 1.74 ms; 16x512x2x2 0.26 / 0.24 vs 1.50 / 1.48 ms;
 # 8x512x7x7 3.2 / 3.2 vs 3.6 / 3.6 ms, 16x128x8x8 2.2 vs 2.2 ms. The selection MatMul adds
 # (source pixels / channels) of the conv's FLOPs: ResNet-50's 7x7 stage (49 / 512), whole
-# step 1809 -> 1769 ms median with the threshold at 64 instead of 32 (2 threads, 6 repeats)
+# step 1809 -> 1769 ms median with the threshold at 64 instead of 32 (2 threads, 6 repeats;
+# 3044 -> 3100 ms on 1 thread: within the noise of the loaded machine either way). Per op
+# at 8x512x7x7 on 1 thread: input gradient 22.8 vs 24.5 ms, conv and weight gradient even
 SELECTION_PIXELS = 64
 
 
