@@ -50,10 +50,19 @@ from graphdl.feeds import validate_feeds
 from graphdl.ir import Graph, GraphError, Value, Variable
 from graphdl.passes.inplace_update import checked_updates, guard_updates, shared_buffers
 
-# Session settings of every train-step session (benchmarks/bench_ort_session.py measures them;
-# benchmarks/results/ort_session.json). Only settings that paid on cnn, resnet18 and resnet50
-# belong here, each with its measured reason.
-TRAIN_SESSION_SETTINGS: dict[str, Any] = {}
+# Session settings of every train-step session, measured by benchmarks/bench_ort_session.py
+# on cnn / resnet18 / resnet50 (benchmarks/results/ort_session*.json; ratios are step time to
+# ORT's defaults, 1-thread CPU time, interleaved medians). No setting beat ORT's defaults by
+# more than the spread between two identical sessions (wall, 2 threads: 4-13 %), so none is
+# changed; the one that clearly matters is pinned. Measured and not taken: level "extended"
+# 0.99/1.00/0.99 (the NCHWc transformer cannot fire: weights are graph inputs), "basic"
+# 1.07/1.07/1.02; no memory pattern 1.01/1.00/0.98; denormals as zero 1.01/0.99/0.97 (and it
+# would change results); PRIORITY_BASED order, dynamic_block_base=4, no spinning (resnet18
+# wall 1.15 worse), force_spinning_stop: within the spread. Per-step overhead is no lever
+# either: graphdl's Python outside run_with_iobinding is 0.3 / 0.9 / 2 ms per step.
+TRAIN_SESSION_SETTINGS: dict[str, Any] = {
+    "enable_cpu_mem_arena": True,  # ORT's default, pinned: off costs 1.47 / 1.14 / 1.11
+}
 
 
 class DeviceState:

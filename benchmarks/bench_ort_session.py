@@ -34,6 +34,7 @@ import sys
 import time
 
 import numpy as np
+import onnxruntime as ort
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -46,12 +47,15 @@ SETTINGS = {
     "level_basic": ("basic", {}),
     "no_spinning": ("all", {"session.intra_op.allow_spinning": "0"}),
     "spinning_stops_after_run": ("all", {"session.force_spinning_stop": "1"}),
+    "dynamic_block_base_4": ("all", {"session.dynamic_block_base": "4"}),  # parallel-for blocks
     "denormal_as_zero": ("all", {"session.set_denormal_as_zero": "1"}),
     "no_mem_pattern": ("all", {"enable_mem_pattern": False}),
     "no_cpu_arena": ("all", {"enable_cpu_mem_arena": False}),
+    "priority_order": ("all", {"execution_order": ort.ExecutionOrder.PRIORITY_BASED}),
     "default_again": ("all", {}),  # a control: the spread between two identical sessions
 }
-SPINNING = ("no_spinning", "spinning_stops_after_run")  # moot on one thread
+# moot on one thread
+SPINNING = ("no_spinning", "spinning_stops_after_run", "dynamic_block_base_4")
 
 
 def train_graph(model):
@@ -212,7 +216,7 @@ def main(argv=None) -> dict:
                              "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE")}})
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out + ".tmp", "w") as f:
-        json.dump(data, f, indent=2)
+        json.dump(data, f, indent=2, default=str)  # enum settings by name
     os.replace(args.out + ".tmp", args.out)
     print(f"wrote {args.out}")
     return data
