@@ -14,13 +14,19 @@ threads) are timed interleaved, medians. Per model it also records:
   so the gap splits into graphdl's Python per step, ORT's binding/run call, and ORT's
   executor between kernels.
 
-Run (about 4-6 minutes on a quiet 2-core machine)::
+Run (about 6-9 minutes on the shared 2-core machine; it wrote ``ort_session.json``)::
 
-    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_ort_session.py
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_ort_session.py \
+        --repeats 4
 
 ``--cpu-time`` times every contender on one thread by the calling thread's CPU time
-(robust to a loaded machine; spinning settings are then moot and left out). JSON goes to
-``benchmarks/results/ort_session.json`` (``--out``).
+(robust to a loaded machine; the spinning settings are then moot and left out); it wrote
+``ort_session_cpu_time.json`` with ``--cpu-time --repeats 4 --skip-overhead --out
+benchmarks/results/ort_session_cpu_time.json``, and ``ort_session_spinning.json`` came from
+``--repeats 10 --skip-overhead --settings default no_spinning spinning_stops_after_run
+default_again --out benchmarks/results/ort_session_spinning.json``. ``default_again`` is a
+control: its spread from ``default`` is the noise floor of the run. JSON goes to
+``benchmarks/results/ort_session.json`` unless ``--out`` says otherwise.
 """
 from __future__ import annotations
 
