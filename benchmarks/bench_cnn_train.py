@@ -135,19 +135,10 @@ def _worker(args) -> dict:
                 return float(step(x, y)[0])
         else:
             import torch
+            from onnx_bench_common import torch_sgd_step
 
             torch.set_num_threads(args.kernel_threads)
-            net = torch_twin(model)
-            net.train()
-            opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=momentum)
-            tx, ty = torch.from_numpy(x), torch.from_numpy(y)
-
-            def run():
-                opt.zero_grad(set_to_none=True)
-                loss = torch.nn.functional.cross_entropy(net(tx), ty)
-                loss.backward()
-                opt.step()
-                return loss.item()
+            run = torch_sgd_step(torch_twin(model), x, y, lr, momentum)
         info = {"first_loss": run(), "compile_seconds": compile_seconds,
                 "graph_nodes": len(step.graph.nodes), "params": model.num_params()}
         if args.worker == "torch":

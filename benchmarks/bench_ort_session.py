@@ -45,6 +45,7 @@ import onnxruntime as ort
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from bench_ort_train import CPU_MODELS, LR, MOMENTUM, build_model, run_step, torch_model  # noqa
+from onnx_bench_common import torch_sgd_step  # noqa: E402
 
 # name: (optimization level, session settings merged over the train step's defaults)
 SETTINGS = {
@@ -147,17 +148,8 @@ def bench(args) -> dict:
         graph = train_graph(build_model(name, shape))
         fns, first, built = {}, {}, {}  # torch first: the ORT sessions follow each other
         state = DeviceState("cpu")  # one set of buffers: every contender steps the same state
-        net = torch_model(name, build_model(name, shape))
-        net.train()
-        topt = torch.optim.SGD(net.parameters(), lr=LR, momentum=MOMENTUM)
-        tx, ty = torch.from_numpy(x), torch.from_numpy(y)
-
-        def torch_step():
-            topt.zero_grad(set_to_none=True)
-            loss = torch.nn.functional.cross_entropy(net(tx), ty)
-            loss.backward()
-            topt.step()
-            return loss.item()
+        torch_step = torch_sgd_step(torch_model(name, build_model(name, shape)), x, y, LR,
+                                    MOMENTUM)
         first["torch"] = torch_step()
         fns["torch"] = torch_step
         for setting in names:

@@ -55,6 +55,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from onnx_bench_common import time_interleaved, torch_sgd_step  # noqa: E402
+
 CPU_MODELS = {  # name: (input shape, batch)
     "cnn": ((3, 32, 32), 64),
     "resnet18": ((3, 64, 64), 16),
@@ -257,7 +259,6 @@ def ort_profile(step, x, y, steps: int = 3) -> dict:
 def bench_cpu(args) -> dict:
     """CPU mode: every model, three contenders, interleaved."""
     import torch
-    from onnx_bench_common import time_interleaved
 
     if args.cpu_time:
         args.threads, args.skip_numpy = 1, True
@@ -273,10 +274,7 @@ def bench_cpu(args) -> dict:
         classes = 10 if name == "cnn" else 1000
         y = r.integers(0, classes, batch)
         m_ort, m_np = build_model(name, shape), build_model(name, shape)
-        net = torch_model(name, m_ort)
-        net.train()
-        topt = torch.optim.SGD(net.parameters(), lr=LR, momentum=MOMENTUM)
-        tx, ty = torch.from_numpy(x), torch.from_numpy(y)
+        torch_step = torch_sgd_step(torch_model(name, m_ort), x, y, LR, MOMENTUM)
         t0 = time.perf_counter()
         ort_step = graphdl_step(m_ort, "onnxruntime", args.threads)
         compile_s = time.perf_counter() - t0
@@ -292,13 +290,6 @@ def bench_cpu(args) -> dict:
             inplace_step = graphdl_step(build_model(name, shape), "onnxruntime", args.threads,
                                         inplace=True)
             staged_inplace, call_inplace = inplace_step.stage(x, y), run_step(inplace_step)
-
-        def torch_step():
-            topt.zero_grad(set_to_none=True)
-            loss = torch.nn.functional.cross_entropy(net(tx), ty)
-            loss.backward()
-            topt.step()
-            return loss.item()
 
         first = {"graphdl_ort": call_ort(staged_ort), "torch": torch_step()}
         if call_np is not None:
@@ -355,15 +346,8 @@ def bench_cpu(args) -> dict:
     y = r.integers(0, 10 if slowest == "cnn" else 1000, batch)
     prof = graphdl_step(build_model(slowest, shape), "onnxruntime", args.threads, profile=True)
     out = {"models": results, "ort_profile": {"model": slowest, **ort_profile(prof, x, y)}}
-    net = torch_model(slowest, build_model(slowest, shape))
-    net.train()
-    topt = torch.optim.SGD(net.parameters(), lr=LR, momentum=MOMENTUM)
-    tx, ty = torch.from_numpy(x), torch.from_numpy(y)
-
-    def torch_step():
-        topt.zero_grad(set_to_none=True)
-        torch.nn.functional.cross_entropy(net(tx), ty).backward()
-        topt.step()
+    torch_step = torch_sgd_step(torch_model(slowest, build_model(slowest, shape)), x, y, LR,
+                                MOMENTUM)
     out["torch_profile"] = {"model": slowest, **torch_profile(torch_step)}
     if not args.skip_inplace:
         prof = graphdl_step(build_model(slowest, shape), "onnxruntime", args.threads,
@@ -383,7 +367,6 @@ def bench_cuda(args) -> dict:
 
     if hasattr(ort, "preload_dlls") and not args.dry_run:
         ort.preload_dlls()
-    from onnx_bench_common import time_interleaved
 
     dry = args.dry_run
     device = "cpu" if dry else "cuda"
@@ -397,29 +380,17 @@ def bench_cuda(args) -> dict:
         model = build_model("resnet50", shape)
         steps[precision] = graphdl_step(model, "onnxruntime", None, providers, precision)
     net = torch_model("resnet50", build_model("resnet50", shape)).to(device)
-    net.train()
-    topt = torch.optim.SGD(net.parameters(), lr=LR, momentum=MOMENTUM)
-    tx, ty = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
     if not dry:
         torch.backends.cudnn.benchmark = True
-
-    def torch_step(autocast: bool):
-        def run():
-            topt.zero_grad(set_to_none=True)
-            with torch.autocast(device, dtype=torch.bfloat16, enabled=autocast):
-                loss = torch.nn.functional.cross_entropy(net(tx), ty)
-            loss.backward()
-            topt.step()
-            return loss.item()  # synchronizes, as the ORT step returns its loss to the host
-        return run
-
     fns = {}
     for precision, step in steps.items():
         staged = step.stage(x, y)
         call = run_step(step)
         fns[f"graphdl_ort_{precision}"] = (lambda c=call, s=staged: c(s))
-    fns["torch_eager_fp32"] = torch_step(False)
-    fns["torch_eager_bf16_autocast"] = torch_step(True)
+    # (each with its own optimizer over the same weights)
+    fns["torch_eager_fp32"] = torch_sgd_step(net, x, y, LR, MOMENTUM, device)
+    fns["torch_eager_bf16_autocast"] = torch_sgd_step(net, x, y, LR, MOMENTUM, device,
+                                                      autocast=True)
     timing = time_interleaved(fns, repeats=args.repeats, warmup=2, rounds=3)
     ref = timing["torch_eager_fp32"]["median_ms"]
     return {"model": "resnet50", "input": list(shape), "batch": batch, "dry_run": dry,

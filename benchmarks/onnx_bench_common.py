@@ -75,6 +75,31 @@ def torch_resnet(name: str, num_classes: int = 1000):
     return ResNet(RESNET_LAYERS[name]).eval()
 
 
+def torch_sgd_step(net, x: np.ndarray, y: np.ndarray, lr: float, momentum: float,
+                   device: str = "cpu", autocast: bool = False) -> Callable[[], float]:
+    """torch eager's train step on fixed arrays, the peer every training benchmark times:
+    zero_grad, forward, cross-entropy, backward, SGD with momentum; returns the loss through
+    ``.item()`` (the host waits for it, as graphdl's step returns its loss). ``autocast``:
+    the forward in bfloat16 autocast."""
+    import contextlib
+
+    import torch
+
+    net.train()
+    opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=momentum)
+    tx, ty = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
+
+    def step() -> float:
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast(device, dtype=torch.bfloat16) if autocast \
+                else contextlib.nullcontext():
+            loss = torch.nn.functional.cross_entropy(net(tx), ty)
+        loss.backward()
+        opt.step()
+        return loss.item()
+    return step
+
+
 def copy_weights(gd_model, torch_model) -> int:
     """Copy every graphdl Variable into the torch module's state dict entry of the same name
     (the zoo uses torchvision's names and layouts); returns the number copied."""
