@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from graphdl.ops._windows import Window2d, batch_chunk, target, window2d
+from graphdl.ops.registry import write_into
 
 
 def geometry(in_hw, kernel, attrs) -> Window2d:
@@ -242,9 +243,9 @@ def conv2d_grad_weight(x: np.ndarray, dy: np.ndarray, kernel, attrs,
         dyg = dy.reshape(n, g, o // g, h * wd)
         xg = x.reshape(n, g, cg, h * wd)
         dw = np.einsum("ngop,ngcp->goc", dyg, xg, optimize=True)
-        return _into(out, dw.reshape(o, cg, 1, 1))
+        return write_into(out, dw.reshape(o, cg, 1, 1))
     if _is_depthwise(c, g, cg):
-        return _into(out, _depthwise_grad_weight(x, dy, geo))
+        return write_into(out, _depthwise_grad_weight(x, dy, geo))
     wq = geo.wide
     k, span = cg * kh * kw, ho * wq
     og = o // g
@@ -264,15 +265,8 @@ def conv2d_grad_weight(x: np.ndarray, dy: np.ndarray, kernel, attrs,
                   dyw[:m].reshape(m, g, og, span).transpose(0, 1, 3, 2), out=part[:m])
         dwt += part[:m].sum(axis=0)
     dw = dwt.transpose(0, 2, 1)
-    return _into(out, dw.reshape(o, cg, kh, kw))
+    return write_into(out, dw.reshape(o, cg, kh, kw))
 
-
-def _into(out: np.ndarray | None, result: np.ndarray) -> np.ndarray:
-    """Copy a small result into ``out`` when one is given (the executor's arena)."""
-    if out is None or out.shape != result.shape or out.dtype != result.dtype:
-        return result
-    np.copyto(out, result)
-    return out
 
 
 def _depthwise_grad_weight(x, dy, geo: Window2d):

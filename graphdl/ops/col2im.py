@@ -13,7 +13,7 @@ import numpy as np
 from graphdl.ir import GraphError, TensorType
 from graphdl.ops.infer import check_arity
 from graphdl.ops.registry import REQUIRED, Attr, OnnxLowering, OnnxNode, OpDef, apply, \
-    constant, fail, lower, register
+    constant, fail, lower, register, write_into
 
 __all__ = ["col2im", "im2col"]
 
@@ -91,10 +91,7 @@ def _col2im_kernel(xs, attrs, out):
     for t in range(taps):  # within one tap the block positions hit distinct pixels
         y[:, :, np.where(table[t] < 0, size, table[t])] += v[:, :, t]
     y = y[:, :, :size].reshape((n, c, *image))
-    if out is not None and out.shape == y.shape:
-        np.copyto(out, y)
-        return out
-    return y
+    return write_into(out, y)
 
 
 def _col2im_vjp(F, node, grads):
@@ -144,10 +141,7 @@ def _im2col_kernel(xs, attrs, out):
     flat = np.concatenate([x.reshape(n, c, -1), np.zeros((n, c, 1), x.dtype)], 2)
     y = flat[:, :, np.where(table < 0, flat.shape[2] - 1, table)].reshape(n, -1,
                                                                           table.shape[1])
-    if out is not None and out.shape == y.shape:
-        np.copyto(out, y)
-        return out
-    return y
+    return write_into(out, y)
 
 
 def _im2col_vjp(F, node, grads):

@@ -9,7 +9,8 @@ import numpy as np
 from graphdl.ir import Dim, TensorType
 from graphdl.ops.dynamic import unknown_dim
 from graphdl.ops.infer import check_arity
-from graphdl.ops.registry import REQUIRED, Attr, OpDef, apply, fail, lower, register
+from graphdl.ops.registry import REQUIRED, Attr, OpDef, apply, fail, lower, register, \
+    write_into
 
 __all__ = ["arange_dyn", "center_crop_pad", "range_count", "reverse_sequence"]
 
@@ -39,10 +40,7 @@ def _range_kernel(xs, attrs, out):
     wide = np.float64 if xs[0].dtype.kind not in "iu" else np.int64
     y = (np.asarray(start, wide) + np.arange(n, dtype=wide) * np.asarray(delta, wide))
     y = y.astype(xs[0].dtype)
-    if out is not None and out.shape == y.shape:
-        out[...] = y
-        return out
-    return y
+    return write_into(out, y)
 
 
 register(OpDef(name="Range", infer=_range_infer, kernel=_range_kernel, vjp=None,

@@ -16,7 +16,7 @@ import numpy as np
 from graphdl.ir import FLOAT_DTYPES, TensorType
 from graphdl.ops.infer import check_arity
 from graphdl.ops.registry import REQUIRED, Attr, LoweringError, OnnxLowering, OnnxNode, OpDef, \
-    apply, constant, fail, lower, register
+    apply, constant, fail, lower, register, write_into
 
 __all__ = ["affine_grid", "grid_sample"]
 
@@ -279,10 +279,7 @@ def _affine_kernel(xs, attrs, out):
     # (P, k) @ (N, k, k)^T + (N, 1, k): the linear part and the translation column
     y = np.einsum("pj,nij->npi", base, t[:, :, :-1]) + t[:, None, :, -1]
     y = y.reshape((theta.shape[0], *sizes, len(sizes))).astype(theta.dtype)
-    if out is not None and out.shape == y.shape:
-        np.copyto(out, y)
-        return out
-    return y
+    return write_into(out, y)
 
 
 def _affine_vjp(F, node, grads):

@@ -11,7 +11,7 @@ import numpy as np
 
 from graphdl.ir import GraphError, TensorType
 from graphdl.ops.infer import check_arity, norm_axis, same_dtype
-from graphdl.ops.registry import Attr, OpDef, apply, fail, lower, register
+from graphdl.ops.registry import Attr, OpDef, apply, fail, lower, register, write_into
 
 __all__ = ["gather_elements", "scatter_elements", "gather_nd", "scatter_nd"]
 
@@ -19,12 +19,6 @@ _INT_DTYPES = ("int64", "int32")
 REDUCTIONS = {"none": None, "add": np.add, "mul": np.multiply, "max": np.maximum,
               "min": np.minimum}
 
-
-def _into(out, result):
-    if out is None:
-        return result
-    np.copyto(out, result)
-    return out
 
 
 def _axis(attrs, tin) -> int:
@@ -91,7 +85,7 @@ def _gather_elements_infer(types, attrs):
 def _gather_elements_kernel(xs, attrs, out):
     data, idx = xs
     axis = attrs["axis"] % data.ndim
-    return _into(out, np.take_along_axis(data, _wrap(idx, data.shape[axis]), axis))
+    return write_into(out, np.take_along_axis(data, _wrap(idx, data.shape[axis]), axis))
 
 
 def _gather_elements_vjp(F, n, g):
@@ -128,7 +122,7 @@ def _scatter_elements_kernel(xs, attrs, out):
     data, idx, upd = xs
     axis = attrs["axis"] % data.ndim
     index = _elements_index(_wrap(idx, data.shape[axis]), axis)
-    return _into(out, _scatter_into(data, index, upd, attrs["reduction"]))
+    return write_into(out, _scatter_into(data, index, upd, attrs["reduction"]))
 
 
 def _scatter_vjp(gather, scatter, op):
@@ -184,7 +178,7 @@ def _gather_nd_kernel(xs, attrs, out):
     pad = (1,) * (idx.ndim - 1 - b)
     index = tuple(c.reshape(c.shape + pad) for c in batch) + tuple(
         idx[..., j] for j in range(k))
-    return _into(out, data[index])
+    return write_into(out, data[index])
 
 
 def _gather_nd_vjp(F, n, g):
@@ -226,7 +220,7 @@ def _scatter_nd_kernel(xs, attrs, out):
     k = idx.shape[-1]
     idx = _wrap(idx, data.shape[:k])
     index = tuple(idx[..., j] for j in range(k))
-    return _into(out, _scatter_into(data, index, upd, attrs["reduction"]))
+    return write_into(out, _scatter_into(data, index, upd, attrs["reduction"]))
 
 
 register(OpDef(name="ScatterND", infer=_scatter_nd_infer, kernel=_scatter_nd_kernel,

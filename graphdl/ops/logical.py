@@ -7,7 +7,8 @@ import numpy as np
 
 from graphdl.ir import TensorType, normalize_dtype
 from graphdl.ops.infer import broadcast_shapes, check_arity, same_dtype
-from graphdl.ops.registry import REQUIRED, Attr, OpDef, apply, fail, lower, register
+from graphdl.ops.registry import REQUIRED, Attr, OpDef, apply, fail, lower, register, \
+    write_into
 
 __all__ = ["logical_and", "logical_or", "logical_xor", "logical_not", "bitwise_and",
            "bitwise_or", "bitwise_xor", "bitwise_not", "bit_shift", "bitcast"]
@@ -26,12 +27,6 @@ def dtype_size(name: str) -> int:
     """Bytes per element of a graphdl dtype."""
     return dtype_of(name).itemsize
 
-
-def _into(out, result):
-    if out is None:
-        return result
-    np.copyto(out, result)
-    return out
 
 
 def _kind_check(op, types, logical: bool):
@@ -96,7 +91,7 @@ BINARY_LOGICAL_RULES = {
 for _name, (_fn, _logical) in BINARY_LOGICAL_RULES.items():
     register(OpDef(
         name=_name, infer=_binary_infer(_name, _logical),
-        kernel=lambda xs, a, out, _f=_fn: _into(out, _f(xs[0], xs[1], a)),
+        kernel=lambda xs, a, out, _f=_fn: write_into(out, _f(xs[0], xs[1], a)),
         vjp=None, differentiable=False, elementwise=True,
         attrs={"direction": Attr(str, None, "LEFT or RIGHT")} if _name == "BitShift" else {},
         onnx=lambda a, ti, to, o, _t=_name: lower(_t, 2, **(
@@ -105,7 +100,7 @@ for _name, (_fn, _logical) in BINARY_LOGICAL_RULES.items():
 for _name, _logical in (("Not", True), ("BitwiseNot", False)):
     register(OpDef(
         name=_name, infer=_unary_infer(_name, _logical),
-        kernel=lambda xs, a, out: _into(out, np.invert(xs[0])),
+        kernel=lambda xs, a, out: write_into(out, np.invert(xs[0])),
         vjp=None, differentiable=False, elementwise=True, attrs={},
         onnx=lambda a, ti, to, o, _t=_name: lower(_t)))
 
@@ -130,7 +125,7 @@ def _bitcast_infer(types, attrs):
 
 register(OpDef(name="BitCast", infer=_bitcast_infer,
                attrs={"to": Attr(str, REQUIRED, "the dtype whose bits it reads")},
-               kernel=lambda xs, a, out: _into(out, np.ascontiguousarray(xs[0]).view(
+               kernel=lambda xs, a, out: write_into(out, np.ascontiguousarray(xs[0]).view(
                    dtype_of(a["to"]))),
                vjp=None, differentiable=False,
                onnx=lambda a, ti, to, o: lower("BitCast", to=ONNX_CODES[a["to"]]),

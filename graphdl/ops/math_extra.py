@@ -12,7 +12,7 @@ import numpy as np
 from graphdl.ir import FLOAT_DTYPES, TensorType
 from graphdl.ops.infer import broadcast_shapes, check_arity, require_float, same_dtype
 from graphdl.ops.registry import (Attr, OnnxLowering, OnnxNode, OpDef, apply, fail, lower,
-                                  register)
+                                  register, write_into)
 
 __all__ = ["reciprocal", "tan", "acos", "asin", "atan", "sinh", "cosh", "asinh", "acosh",
            "atanh", "ceil", "round", "softsign", "mish", "hard_sigmoid", "hard_swish", "elu",
@@ -20,20 +20,12 @@ __all__ = ["reciprocal", "tan", "acos", "asin", "atan", "sinh", "cosh", "asinh",
            "mod"]
 
 
-def _into(out, result, dtype):
-    """``result`` in ``dtype``, written into ``out`` when a buffer is given."""
-    result = np.asarray(result).astype(dtype, copy=False)
-    if out is None:
-        return result
-    np.copyto(out, result)
-    return out
-
 
 def _float_kernel(fn):
     """A kernel ``fn(x, attrs)`` computed in the input's dtype (float32 stays float32)."""
     def kernel(xs, attrs, out):
         with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-            return _into(out, fn(xs[0], attrs), xs[0].dtype)
+            return write_into(out, fn(xs[0], attrs), xs[0].dtype)
     return kernel
 
 
@@ -263,12 +255,12 @@ def _test_infer(op):
 
 
 register(OpDef(name="IsNaN", infer=_test_infer("IsNaN"), attrs={},
-               kernel=lambda xs, a, out: _into(out, np.isnan(xs[0]), bool),
+               kernel=lambda xs, a, out: write_into(out, np.isnan(xs[0]), bool),
                vjp=None, onnx=lambda a, ti, to, o: lower("IsNaN"), differentiable=False))
 register(OpDef(name="IsInf", infer=_test_infer("IsInf"),
                attrs={"detect_negative": Attr(int, 1, "flag -inf"),
                       "detect_positive": Attr(int, 1, "flag +inf")},
-               kernel=lambda xs, a, out: _into(out, _isinf(xs[0], a), bool),
+               kernel=lambda xs, a, out: write_into(out, _isinf(xs[0], a), bool),
                vjp=None, onnx=_isinf_onnx, differentiable=False))
 
 
@@ -293,7 +285,7 @@ def _prelu_vjp(F, n, g):
 
 
 register(OpDef(name="PRelu", infer=_prelu_infer, attrs={},
-               kernel=lambda xs, a, out: _into(out, np.where(xs[0] < 0, xs[0] * xs[1], xs[0]),
+               kernel=lambda xs, a, out: write_into(out, np.where(xs[0] < 0, xs[0] * xs[1], xs[0]),
                                                xs[0].dtype),
                vjp=_prelu_vjp, onnx=lambda a, ti, to, o: lower("PRelu", 2), elementwise=True))
 
@@ -311,7 +303,7 @@ def _mod_kernel(xs, attrs, out):
     with np.errstate(divide="ignore", invalid="ignore"):
         # fmod=1: the sign of the dividend (C fmod); fmod=0: the sign of the divisor (Python)
         r = np.fmod(a, b) if attrs["fmod"] else np.mod(a, b)
-    return _into(out, r, a.dtype)
+    return write_into(out, r, a.dtype)
 
 
 def _mod_vjp(F, n, g):

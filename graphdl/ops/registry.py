@@ -220,6 +220,19 @@ class OpDef:
             object.__setattr__(self, "inplace", self.elementwise)
 
 
+def write_into(out: np.ndarray | None, result: Any, dtype: Any = None) -> Any:
+    """A kernel's ``result`` (as ``dtype`` when given) written into the executor's ``out``
+    buffer when one of the same shape and dtype is given; else the result itself, which the
+    executor copies where it needs it (kernels that cannot compute in place end with this)."""
+    result = np.asarray(result)
+    if dtype is not None:
+        result = result.astype(dtype, copy=False)
+    if out is None or out.shape != result.shape or out.dtype != result.dtype:
+        return result
+    np.copyto(out, result)
+    return out
+
+
 def split_along(in_axes: tuple, out_axes: tuple) -> Callable[[dict, list, list], Any]:
     """An ``OpDef.split`` rule with fixed axes (e.g. pooling: the batch of input and output)."""
     axes = (tuple(in_axes), tuple(out_axes))

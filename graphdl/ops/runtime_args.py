@@ -16,7 +16,7 @@ from graphdl.ir import GraphError, TensorType
 from graphdl.ops.dynamic import dyn_reshape, shape_of, unknown_dim
 from graphdl.ops.infer import check_arity
 from graphdl.ops.registry import REQUIRED, Attr, LoweringError, OnnxLowering, OnnxNode, OpDef, \
-    apply, fail, lower, register
+    apply, fail, lower, register, write_into
 
 __all__ = ["dyn_reduce", "dyn_slice", "dyn_pad", "dyn_squeeze", "dyn_unsqueeze"]
 
@@ -32,12 +32,6 @@ def _axes_of(axes: np.ndarray, rank: int) -> tuple[int, ...]:
     """Run-time axes as non-negative ints (ONNX: negative counts from the end)."""
     return tuple(int(a) % max(rank, 1) for a in np.asarray(axes).reshape(-1))
 
-
-def _out(out, y):
-    if out is not None and out.shape == y.shape:
-        np.copyto(out, y)
-        return out
-    return y
 
 
 # ---- DynReduce -------------------------------------------------------------------------------
@@ -92,11 +86,11 @@ def _dyn_reduce_kernel(xs, attrs, out):
     ax = _axes_of(axes, x.ndim)
     if not ax:
         if attrs["noop_with_empty_axes"]:
-            return _out(out, x.copy())
+            return write_into(out, x.copy())
         ax = tuple(range(x.ndim))
     fn = REDUCE_KINDS[attrs["kind"]][0]
     y = np.asarray(fn(x, ax, bool(attrs["keepdims"]))).astype(x.dtype, copy=False)
-    return _out(out, y)
+    return write_into(out, y)
 
 
 def _kept(F, n, x, axes):
@@ -172,7 +166,7 @@ def _dyn_slice_infer(types, attrs):
 
 def _dyn_slice_kernel(xs, attrs, out):
     x = xs[0]
-    return _out(out, np.array(x[_slices(x.ndim, *xs[1:])]))
+    return write_into(out, np.array(x[_slices(x.ndim, *xs[1:])]))
 
 
 def _dyn_slice_vjp(F, n, g):
@@ -284,7 +278,7 @@ def _dyn_pad_kernel(xs, attrs, out):
     width = [(max(b, 0), max(e, 0)) for b, e in zip(before, after)]
     mode = PAD_MODES[attrs["mode"]]
     kw = {"constant_values": value} if mode == "constant" else {}
-    return _out(out, np.pad(x, width, mode=mode, **kw))
+    return write_into(out, np.pad(x, width, mode=mode, **kw))
 
 
 def _dyn_pad_vjp(F, n, g):

@@ -13,7 +13,7 @@ import numpy as np
 from graphdl.ir import GraphError, TensorType
 from graphdl.ops.infer import check_arity
 from graphdl.ops.registry import REQUIRED, Attr, OnnxLowering, OnnxNode, OpDef, apply, fail, \
-    get_op, register
+    get_op, register, write_into
 from graphdl.ops.resize import COORDINATE_MODES, MODES, NEAREST_MODES
 
 __all__ = ["dyn_resize"]
@@ -92,10 +92,7 @@ def _kernel(xs, attrs, out):
                           attrs["keep_aspect_ratio_policy"],
                           attrs["coordinate_transformation_mode"]))
     y = get_op("Resize").kernel([x], static, None)
-    if out is not None and out.shape == y.shape:
-        np.copyto(out, y)
-        return out
-    return y
+    return write_into(out, y)
 
 
 def _vjp(F, n, g):

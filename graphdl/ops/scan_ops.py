@@ -14,19 +14,10 @@ from graphdl.ir import TensorType
 from graphdl.ops.indexing_extra import scatter_elements
 from graphdl.ops.infer import check_arity, norm_axes, norm_axis
 from graphdl.ops.registry import (REQUIRED, Attr, LoweringError, OnnxLowering, OnnxNode, OpDef,
-                                  apply, fail, lower, register)
+                                  apply, fail, lower, register, write_into)
 
 __all__ = ["cumsum", "cumprod", "argmax", "argmin", "topk", "trilu", "prod"]
 
-
-def _into(out, result, dtype=None):
-    result = np.asarray(result)
-    if dtype is not None:
-        result = result.astype(dtype, copy=False)
-    if out is None:
-        return result
-    np.copyto(out, result)
-    return out
 
 
 def _numeric(op, types):
@@ -69,7 +60,7 @@ def _scan_kernel(op, fn, identity):
         if attrs["exclusive"]:  # shift by one: the entries strictly before
             c = np.concatenate([np.full_like(np.take(c, [0], axis), identity),
                                 np.take(c, np.arange(c.shape[axis] - 1), axis)], axis)
-        return _into(out, np.flip(c, axis) if rev else c)
+        return write_into(out, np.flip(c, axis) if rev else c)
     return kernel
 
 
@@ -140,7 +131,7 @@ def _arg_kernel(fn):
             idx = fn(x, axis=axis)
         if attrs["keepdims"]:
             idx = np.expand_dims(idx, axis)
-        return _into(out, idx, np.int64)
+        return write_into(out, idx, np.int64)
     return kernel
 
 
@@ -226,7 +217,7 @@ def _trilu_infer(types, attrs):
 def _trilu_kernel(xs, attrs, out):
     k = int(np.asarray(xs[1]).reshape(-1)[0]) if len(xs) > 1 else int(attrs["k"])
     fn = np.triu if attrs["upper"] else np.tril
-    return _into(out, fn(xs[0], k))
+    return write_into(out, fn(xs[0], k))
 
 
 def _trilu_onnx(attrs, tin, tout, opset):
@@ -261,7 +252,7 @@ def _prod_infer(types, attrs):
 
 def _prod_kernel(xs, attrs, out):
     axes = attrs.get("axes")
-    return _into(out, np.prod(xs[0], axis=None if axes is None else tuple(axes),
+    return write_into(out, np.prod(xs[0], axis=None if axes is None else tuple(axes),
                               keepdims=bool(attrs["keepdims"])), xs[0].dtype)
 
 
