@@ -28,6 +28,15 @@ def _int_vector(op: str, t: TensorType, what: str, types) -> None:
         raise fail(op, f"{what} must be a 1-D int64 tensor, got {t}", list(types))
 
 
+def run_time_out_type(op: str, attrs: dict, x: TensorType, types) -> TensorType:
+    """The output type of a run-time-argument op: the shape inference recorded in attr
+    ``out_shape`` (its rank must be x's), x's dtype."""
+    out = tuple(attrs["out_shape"])
+    if len(out) != x.rank:
+        raise fail(op, f"out_shape {out} must keep the rank {x.rank}", list(types))
+    return TensorType(out, x.dtype)
+
+
 def _axes_of(axes: np.ndarray, rank: int) -> tuple[int, ...]:
     """Run-time axes as non-negative ints (ONNX: negative counts from the end)."""
     return tuple(int(a) % max(rank, 1) for a in np.asarray(axes).reshape(-1))
@@ -158,10 +167,7 @@ def _dyn_slice_check(op, types):
 def _dyn_slice_infer(types, attrs):
     check_arity("DynSlice", types, 5)
     _dyn_slice_check("DynSlice", types)
-    out = tuple(attrs["out_shape"])
-    if len(out) != types[0].rank:
-        raise fail("DynSlice", f"out_shape {out} must keep the rank {types[0].rank}", types)
-    return [TensorType(out, types[0].dtype)]
+    return [run_time_out_type("DynSlice", attrs, types[0], types)]
 
 
 def _dyn_slice_kernel(xs, attrs, out):
@@ -255,10 +261,7 @@ def _dyn_pad_infer(types, attrs):
     if attrs["mode"] not in PAD_MODES:
         raise fail("DynPad", f"mode must be one of {', '.join(PAD_MODES)}, got "
                    f"{attrs['mode']!r}", types)
-    out = tuple(attrs["out_shape"])
-    if len(out) != x.rank:
-        raise fail("DynPad", f"out_shape {out} must keep the rank {x.rank}", types)
-    return [TensorType(out, x.dtype)]
+    return [run_time_out_type("DynPad", attrs, x, types)]
 
 
 def _dyn_pad_kernel(xs, attrs, out):

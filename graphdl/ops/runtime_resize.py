@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from graphdl.ir import GraphError, TensorType
+from graphdl.ir import GraphError
 from graphdl.ops.infer import check_arity
 from graphdl.ops.registry import REQUIRED, Attr, OnnxLowering, OnnxNode, OpDef, apply, fail, \
     get_op, register, write_into
 from graphdl.ops.resize import COORDINATE_MODES, MODES, NEAREST_MODES
+from graphdl.ops.runtime_args import run_time_out_type
 
 __all__ = ["dyn_resize"]
 
@@ -75,10 +76,7 @@ def _infer(types, attrs):
         if attrs[key] not in allowed:
             raise fail("DynResize", f"{key} must be one of {', '.join(allowed)}, got "
                        f"{attrs[key]!r}", types)
-    out = tuple(attrs["out_shape"])
-    if len(out) != x.rank:
-        raise fail("DynResize", f"out_shape {out} must keep the rank {x.rank}", types)
-    return [TensorType(out, x.dtype)]
+    return [run_time_out_type("DynResize", attrs, x, types)]
 
 
 def _kernel(xs, attrs, out):
