@@ -226,18 +226,25 @@ def torch_profile(step_fn, steps: int = 3) -> dict:
 
 
 def ort_profile(step, x, y, steps: int = 3) -> dict:
-    """Per-op ms per step from ORT's profiler trace (kernel time, summed by op type)."""
+    """Per-op ms per step from ORT's profiler trace (kernel time, summed by op type), over
+    ``steps`` steps after one warm-up step whose events are dropped (a fresh session's first
+    run allocates its buffers and faults their pages in: it inflated big-output kernels such
+    as weight transposes up to 10x)."""
     staged = step.stage(x, y)
     call = run_step(step)
-    for _ in range(steps):
+    for _ in range(steps + 1):
         call(staged)
     path = step.end_profiling()
     with open(path) as f:
         events = json.load(f)
     os.remove(path)
+    runs = sorted((e["ts"], e["ts"] + e.get("dur", 0)) for e in events
+                  if e.get("cat") == "Session" and e.get("name") == "model_run")
+    warm_from = runs[0][1] if len(runs) > steps else float("-inf")
     spent, calls, by_node, shapes = Counter(), Counter(), Counter(), {}
     for e in events:
-        if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time"):
+        if (e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time")
+                and e.get("ts", 0) >= warm_from):
             args = e.get("args", {})
             op = args.get("op_name", "?")
             spent[op] += e.get("dur", 0)

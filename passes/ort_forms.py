@@ -28,6 +28,11 @@ Measured on ORT 1.31 (MLAS), 2 threads (benchmarks/bench_ort_train.py has the pr
   ORT runs at copy speed) or fold into ``MatMul`` (ORT's FusedMatMul transA/transB), and
   the input gradient's weight, transposed as a 2-D (O*C, kk) matrix, which ORT splits over
   its threads.
+- On tiny maps (at most 16 pixels in and out) even that copy goes: the convolution is
+  ``W @ windows`` with the weight as the left operand as it lies (MLAS copies only a right
+  or a transposed operand into its packed panels), the input gradient ``W^T @ dy`` with the
+  transpose inside the GEMM and the col2im a 0/1 product; only the small activations are
+  transposed (ResNet-18 at 64x64, 1 thread: kernel time 414 -> 389 ms per step).
 Each rule keeps the arithmetic of the op it replaces (the same products, summed in another
 order), so losses agree with the NumPy executor within float tolerance. The pass is a
 lowering for one runtime: the ``onnxruntime_cpu`` pipeline runs it; the NumPy executor and
@@ -62,6 +67,15 @@ IM2COL_CONV_PIXELS = SMALL_MAP_PIXELS
 # 3044 -> 3100 ms on 1 thread: within the noise of the loaded machine either way). Per op
 # at 8x512x7x7 on 1 thread: input gradient 22.8 vs 24.5 ms, conv and weight gradient even
 SELECTION_PIXELS = 64
+# on tiny maps (input and output of at most this many pixels per image: ResNet-18's stages
+# 3-4 at 64x64 inputs, where a 512x512x3x3 weight is 18x the 16x512x2x2 activation) the
+# convolution and its input gradient read the weight as it lies, as a GEMM's left operand
+# (MLAS packs, i.e. copies, only a right operand or a transposed one) and transpose the small
+# activations instead. ResNet-18, 1 thread, ORT kernel time per step (profiler, 4 rounds
+# interleaved): 387 -> 377 ms, transposes 23 -> 11 ms. Above it the selection products run
+# as one small GEMM per channel: ResNet-50's 7x7 stage 4 took 80 ms more of MatMul than
+# the weight copies it saved
+TINY_MAP_PIXELS = 16
 
 
 def _geometry(node) -> tuple:
@@ -179,6 +193,57 @@ def _small(out_hw, kernel) -> bool:
             and kernel[0] * kernel[1] <= MAX_IM2COL_TAPS)
 
 
+def _tiny(src_hw, out_hw) -> bool:
+    return src_hw[0] * src_hw[1] <= TINY_MAP_PIXELS and out_hw[0] * out_hw[1] <= TINY_MAP_PIXELS
+
+
+def _tiny_conv(m: Match, x: Value, w: Value, kernel, out_hw, strides, pads, dilations) -> Value:
+    """conv(x, W) on a tiny map with the weight as the GEMM's left operand, read as it lies:
+    y^T (O, P*N) = W (O, C*kk) @ windows (C*kk, P*N), the windows taken pixel-major from x
+    transposed to (C, H*W, N) by the 0/1 selection: G[(t, p), q] @ x_t."""
+    o, c, (kh, kw), (h, wd) = w.shape[0], x.shape[1], kernel, x.shape[2:]
+    (sh, sw), (dh, dw), (pt, pl) = strides, dilations, pads[:2]
+    x_t = m.op("Transpose", m.op("Reshape", x, shape=(0, c, h * wd)), perm=(1, 2, 0))
+    if (kh, kw, sh, sw) == (1, 1, 1, 1) and not any(pads):
+        cols_t = x_t  # a 1x1 conv's windows: x itself
+    else:
+        def source(i, j, a, b):  # y[a, b] reads x[a*s + i*d - p] (the forward convolution)
+            return a * sh + i * dh - pt, b * sw + j * dw - pl
+        sel = _selection((h, wd), kernel, out_hw, source, np.dtype(x.dtype))
+        cols_t = m.op("MatMul", m.const(np.ascontiguousarray(sel.T)), x_t)  # (C, kk*P, N)
+    y_t = m.op("MatMul", m.op("Reshape", w, shape=(o, -1)),
+               m.op("Reshape", cols_t, shape=(c * kh * kw, -1)))  # (O, P*N)
+    y = m.op("Transpose", m.op("Reshape", y_t, shape=(o, out_hw[0] * out_hw[1], -1)),
+             perm=(2, 0, 1))
+    return m.op("Reshape", y, shape=(-1, o) + out_hw)
+
+
+def _tiny_conv_grad_input(m: Match, dy: Value, w: Value, kernel, out_hw, strides, pads,
+                          dilations) -> Value:
+    """dX on a tiny map with no copy of the weight beyond the one inside the GEMM:
+    cols (C*kk, P*N) = W^T @ dy_t (FusedMatMul transA; dy transposed to (O, P*N)), then
+    col2im as one product with a 0/1 matrix G[q, (t, p)]: dx pixel q sums the taps t of the
+    dy pixels p that reach it (the stride's zero spreading and the padding folded in)."""
+    o, c, (kh, kw), (h, wd), (ho, wo) = *w.shape[:2], kernel, out_hw, dy.shape[2:]
+    (sh, sw), (dh, dw), (pt, pl) = strides, dilations, pads[:2]
+    dy_t = m.op("Transpose", m.op("Reshape", dy, shape=(0, o, ho * wo)), perm=(1, 2, 0))
+    wm = m.op("Reshape", w, shape=(o, c * kh * kw))
+    cols = m.op("MatMul", m.op("Transpose", wm, perm=(1, 0)),
+                m.op("Reshape", dy_t, shape=(o, -1)))
+    cols = m.op("Reshape", cols, shape=(c, kh * kw * ho * wo, -1))  # (C, kk*P, N)
+    if (kh, kw, sh, sw) == (1, 1, 1, 1) and not any(pads):
+        dx_t = cols  # dy's pixels are dx's
+    else:
+        def source(i, j, r, q):  # dx[r, q] gets w[., ., i, j] * dy[a, b]: r = a*s + i*d - p
+            a, ra = divmod(r + pt - i * dh, sh)
+            b, rb = divmod(q + pl - j * dw, sw)
+            return None if ra or rb else (a, b)
+        sel = _selection((ho, wo), kernel, out_hw, source, np.dtype(dy.dtype))
+        g = sel.reshape(ho * wo, kh * kw, h * wd).transpose(2, 1, 0).reshape(h * wd, -1)
+        dx_t = m.op("MatMul", m.const(np.ascontiguousarray(g)), cols)  # (C, P_in, N)
+    return m.op("Reshape", m.op("Transpose", dx_t, perm=(2, 0, 1)), shape=(-1, c, h, wd))
+
+
 def _conv_as_matmul(m: Match):
     node = m.root
     if len(node.inputs) != 2:
@@ -190,6 +255,8 @@ def _conv_as_matmul(m: Match):
         return None
     if not _static(*x.shape[1:], *w.shape):
         return None
+    if _tiny(x.shape[2:], out_hw):
+        return _tiny_conv(m, x, w, kernel, out_hw, strides, pads, dilations)
     cols = _windows(m, x, kernel, out_hw, strides, pads, dilations)
     wm = m.op("Reshape", w, shape=(w.shape[0], -1))  # (O, C*kk)
     y = m.op("MatMul", _rows(m, cols), m.op("Transpose", wm, perm=(1, 0)))  # (N*P, O)
@@ -206,6 +273,8 @@ def _conv_grad_input_as_matmul(m: Match):
     if group != 1 or not _small(out_hw, kernel) or not _static(*dy.shape[1:], *w.shape):
         return None
     (h, wd), (ho, wo) = out_hw, dy.shape[2:]
+    if _tiny((ho, wo), out_hw):
+        return _tiny_conv_grad_input(m, dy, w, kernel, out_hw, strides, pads, dilations)
     # the weight as (kk, O, C) rows: the 2-D transpose (O*C, kk) -> (kk, O*C), which ORT
     # splits over its threads, unlike (O, C, kk) -> (O, kk, C) (512x512x3x3, min of 40:
     # 0.74 vs 1.57 ms on 2 threads; 1.35 ms each on 1)

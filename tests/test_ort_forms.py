@@ -31,7 +31,14 @@ GEOMETRIES = {
     "3x3_s2_8x8_slices": (2, 3, 8, 8, 4, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1)),
     # a strided 1x1 whose input spans exactly its strided windows (odd size)
     "1x1_s2_odd_span": (2, 3, 7, 7, 4, (1, 1), (2, 2), (0, 0, 0, 0), (1, 1)),
+    # tiny maps (at most TINY_MAP_PIXELS in and out): the weight-as-it-lies forms
+    "tiny_strided": (3, 4, 4, 4, 5, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1)),
+    "tiny_1x1_strided": (2, 4, 4, 4, 3, (1, 1), (2, 2), (0, 0, 0, 0), (1, 1)),
+    "tiny_1x1_padded": (2, 3, 2, 2, 4, (1, 1), (1, 1), (1, 1, 1, 1), (1, 1)),
+    "tiny_asym_dilated": (2, 3, 4, 3, 2, (3, 2), (1, 1), (1, 0, 2, 1), (1, 2)),
 }
+TINY = {name for name in GEOMETRIES if name.startswith("tiny_")} | {"3x3_small_map",
+                                                                     "1x1_small_map"}
 
 
 def _case(name, op_name):
@@ -68,13 +75,13 @@ FIRES = {
                        "strided_uneven", "dilated_1x2", "small_asym_pads", "1x1_padded_small",
                        "strided_small", "1x1_strided_small", "3x3_s2_odd_small",
                        "3x3_per_image", "3x3_7x7", "strided_rows",
-                       "1x1_s2_odd_span", "3x3_s2_8x8_slices"},
+                       "1x1_s2_odd_span", "3x3_s2_8x8_slices"} | TINY,
     "Conv": {"3x3_small_map", "1x1_small_map", "small_asym_pads", "1x1_padded_small",
              "strided_uneven", "strided_small", "1x1_strided_small", "3x3_s2_odd_small",
-             "3x3_7x7", "strided_rows", "1x1_s2_odd_span", "3x3_s2_8x8_slices"},
+             "3x3_7x7", "strided_rows", "1x1_s2_odd_span", "3x3_s2_8x8_slices"} | TINY,
     "ConvGradInput": {"3x3_small_map", "1x1_small_map", "small_asym_pads", "strided_small",
                       "1x1_strided_small", "3x3_s2_odd_small", "3x3_7x7",
-                      "strided_rows", "1x1_s2_odd_span", "1x1_padded_small"},
+                      "strided_rows", "1x1_s2_odd_span", "1x1_padded_small"} | TINY,
 }
 
 
@@ -106,10 +113,10 @@ def test_weight_gradient_form_follows_the_map_size(geometry, per_image):
     assert ("ReduceSum" in ops) == per_image, ops
 
 
-def test_input_gradient_transposes_the_weight_in_two_dimensions():
-    # the weight's (O*C, kk) -> (kk, O*C) transpose is split over ORT's threads; a 3-D
-    # (O, C, kk) -> (O, kk, C) one is not
-    graph, _ = _case("3x3_small_map", "ConvGradInput")
+def _weight_transposes(geometry, op_name):
+    """The lowered graph's Transpose nodes that read the weight (through Reshapes), with the
+    node consuming each."""
+    graph, _ = _case(geometry, op_name)
     lowered = lower_for_ort_cpu(graph)
     w = graph.inputs[1]
     producers = {out: n for n in lowered.nodes for out in n.outputs}
@@ -118,10 +125,31 @@ def test_input_gradient_transposes_the_weight_in_two_dimensions():
         node = producers.get(v)
         return v is w or (node is not None and node.op == "Reshape" and from_weight(node.inputs[0]))
 
-    weight_transposes = [n for n in lowered.nodes
-                         if n.op == "Transpose" and from_weight(n.inputs[0])]
-    assert len(weight_transposes) == 1
-    assert weight_transposes[0].inputs[0].shape == (6 * 5, 9)
+    return [(n, [c for c in lowered.nodes if n.outputs[0] in c.inputs])
+            for n in lowered.nodes if n.op == "Transpose" and from_weight(n.inputs[0])]
+
+
+def test_input_gradient_transposes_the_weight_in_two_dimensions():
+    # above tiny maps, the weight's (O*C, kk) -> (kk, O*C) transpose is split over ORT's
+    # threads; a 3-D (O, C, kk) -> (O, kk, C) one is not
+    transposes = _weight_transposes("3x3_7x7", "ConvGradInput")
+    assert len(transposes) == 1
+    assert transposes[0][0].inputs[0].shape == (4 * 3, 9)
+
+
+@pytest.mark.parametrize("op_name", ["Conv", "ConvGradInput"])
+@pytest.mark.parametrize("geometry", sorted(TINY))
+def test_tiny_maps_read_the_weight_as_it_lies(op_name, geometry):
+    # the convolution takes W (O, C*kk) as the GEMM's left operand, untransposed; the input
+    # gradient's one transpose of W is the GEMM's own (transA: ORT's FusedMatMul)
+    transposes = _weight_transposes(geometry, op_name)
+    if op_name == "Conv":
+        assert transposes == []
+    else:
+        [(node, consumers)] = transposes
+        assert node.attrs["perm"] == (1, 0)
+        assert [c.op for c in consumers] == ["MatMul"]
+        assert consumers[0].inputs[0] is node.outputs[0]
 
 
 @pytest.mark.parametrize("op_name,geometry,selection", [
